@@ -1,0 +1,190 @@
+//! The in-memory backend: an in-process stand-in for the PostgreSQL server.
+//!
+//! It has the same semantics as the Postgres L2 — one global version counter,
+//! writes and their notifications published atomically and in commit order —
+//! so several [`C3`](crate::C3) handles built on one [`MemoryServer`] behave
+//! like a cluster of nodes sharing one database. Used by the embedded demo and
+//! by fast tests.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use tokio::sync::broadcast;
+
+use super::{Row, WriteItem};
+use crate::clock::to_micros;
+
+/// How many notifications a slow node may fall behind before it is treated
+/// like a node that lost its connection (and purges L1).
+const CHANNEL_CAPACITY: usize = 4096;
+
+/// A shared in-memory "database" that several [`C3`](crate::C3) handles can use
+/// as their L2, forming a simulated cluster inside one process.
+///
+/// Cloning is cheap and shares the same data.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), c3_core::Error> {
+/// let server = c3_core::MemoryServer::new();
+/// let a = c3_core::C3::builder().memory(&server).build().await?;
+/// let b = c3_core::C3::builder().memory(&server).build().await?;
+/// a.set("greeting", &"hello".to_string()).await?;
+/// assert_eq!(b.get::<String>("greeting").await?.as_deref().map(String::as_str), Some("hello"));
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct MemoryServer {
+    inner: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<State>,
+    notify: broadcast::Sender<Arc<str>>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    rows: HashMap<String, Row>,
+    version: u64,
+}
+
+impl MemoryServer {
+    /// An empty server.
+    #[must_use]
+    pub fn new() -> Self {
+        let (notify, _) = broadcast::channel(CHANNEL_CAPACITY);
+        MemoryServer {
+            inner: Arc::new(Shared {
+                state: Mutex::default(),
+                notify,
+            }),
+        }
+    }
+
+    /// Publishes a raw payload, like `SELECT pg_notify(channel, payload)` from
+    /// a foreign client.
+    pub fn notify(&self, payload: &str) {
+        let _ = self.inner.notify.send(Arc::from(payload));
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<Arc<str>> {
+        self.inner.notify.subscribe()
+    }
+}
+
+impl Default for MemoryServer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+pub(crate) struct MemoryBackend {
+    server: MemoryServer,
+}
+
+fn live(row: &Row, now_us: u64) -> bool {
+    match row.stale_until_us.or(row.fresh_until_us) {
+        Some(until) => until > now_us,
+        None => true,
+    }
+}
+
+impl MemoryBackend {
+    pub(crate) fn new(server: MemoryServer) -> Self {
+        MemoryBackend { server }
+    }
+
+    pub(crate) fn get(&self, key: &str, now: SystemTime) -> Option<Row> {
+        let now = to_micros(now);
+        self.server
+            .lock()
+            .rows
+            .get(key)
+            .filter(|r| live(r, now))
+            .cloned()
+    }
+
+    pub(crate) fn get_many(&self, keys: &[&str], now: SystemTime) -> Vec<(String, Row)> {
+        let now = to_micros(now);
+        let state = self.server.lock();
+        keys.iter()
+            .filter_map(|k| {
+                state
+                    .rows
+                    .get(*k)
+                    .filter(|r| live(r, now))
+                    .map(|r| ((*k).to_owned(), r.clone()))
+            })
+            .collect()
+    }
+
+    // Publishing while the state lock is held is what makes the notification
+    // order equal the commit order, as PostgreSQL guarantees.
+    pub(crate) fn set(&self, items: &[WriteItem], header: &str) -> Vec<u64> {
+        let mut state = self.server.lock();
+        let mut versions = Vec::with_capacity(items.len());
+        for item in items {
+            state.version += 1;
+            let version = state.version;
+            state.rows.insert(
+                item.key.clone(),
+                Row {
+                    value: item.value.clone(),
+                    encoding: item.encoding.to_owned(),
+                    version,
+                    fresh_until_us: item.fresh_until.map(to_micros),
+                    stale_until_us: item.stale_until.map(to_micros),
+                },
+            );
+            versions.push(version);
+        }
+        let lines = items
+            .iter()
+            .zip(&versions)
+            .map(|(i, v)| format!("{v} {}", i.key));
+        for p in crate::protocol::pack(header, lines) {
+            self.server.notify(&p);
+        }
+        versions
+    }
+
+    pub(crate) fn delete(&self, keys: &[&str], header: &str) -> u64 {
+        let mut state = self.server.lock();
+        for k in keys {
+            state.rows.remove(*k);
+        }
+        state.version += 1;
+        let version = state.version;
+        for p in crate::protocol::pack(header, keys.iter().map(|k| format!("{version} {k}"))) {
+            self.server.notify(&p);
+        }
+        version
+    }
+
+    pub(crate) fn publish(&self, payloads: &[String]) {
+        let _state = self.server.lock();
+        for p in payloads {
+            self.server.notify(p);
+        }
+    }
+
+    pub(crate) fn clear(&self, payload: &str) {
+        let mut state = self.server.lock();
+        state.rows.clear();
+        self.server.notify(payload);
+    }
+
+    pub(crate) fn sweep(&self, now: SystemTime) -> u64 {
+        let now = to_micros(now);
+        let mut state = self.server.lock();
+        let before = state.rows.len();
+        state.rows.retain(|_, r| live(r, now));
+        (before - state.rows.len()) as u64
+    }
+}

@@ -1,0 +1,120 @@
+//! L2 backends: where shared entries live and how invalidations are published.
+//!
+//! A closed enum rather than a trait object: there are exactly two backends,
+//! both internal, and static dispatch keeps the L2 path free of boxing.
+
+pub(crate) mod memory;
+pub(crate) mod postgres;
+
+use std::future::Future;
+use std::time::{Duration, SystemTime};
+
+use crate::error::{Error, Result};
+
+/// One L2 row as c3 reads it.
+#[derive(Debug, Clone)]
+pub(crate) struct Row {
+    pub(crate) value: Vec<u8>,
+    pub(crate) encoding: String,
+    pub(crate) version: u64,
+    /// Fresh until this wall-clock time (µs since epoch); `None`: forever.
+    pub(crate) fresh_until_us: Option<u64>,
+    /// Servable as a fail-safe fallback until this time; `None`: same as fresh.
+    pub(crate) stale_until_us: Option<u64>,
+}
+
+/// One row to upsert.
+#[derive(Debug, Clone)]
+pub(crate) struct WriteItem {
+    pub(crate) key: String,
+    pub(crate) value: Vec<u8>,
+    pub(crate) encoding: &'static str,
+    pub(crate) fresh_until: Option<SystemTime>,
+    pub(crate) stale_until: Option<SystemTime>,
+}
+
+pub(crate) enum Backend {
+    Postgres(Box<postgres::PgBackend>),
+    Memory(memory::MemoryBackend),
+}
+
+/// Bounds an L2 call so a dead or blackholed server yields a typed error, not a hang.
+pub(crate) async fn bounded<T>(
+    op: &'static str,
+    after: Duration,
+    fut: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    match tokio::time::timeout(after, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(Error::timeout(op, after)),
+    }
+}
+
+impl Backend {
+    /// Reads a row that has not passed its hard expiry at `now`.
+    pub(crate) async fn get(&self, key: &str, now: SystemTime) -> Result<Option<Row>> {
+        match self {
+            Backend::Postgres(b) => b.get(key, now).await,
+            Backend::Memory(b) => Ok(b.get(key, now)),
+        }
+    }
+
+    /// Reads several rows; missing keys are absent from the result.
+    pub(crate) async fn get_many(
+        &self,
+        keys: &[&str],
+        now: SystemTime,
+    ) -> Result<Vec<(String, Row)>> {
+        match self {
+            Backend::Postgres(b) => b.get_many(keys, now).await,
+            Backend::Memory(b) => Ok(b.get_many(keys, now)),
+        }
+    }
+
+    /// Upserts rows and publishes their versions in the same transaction.
+    /// Returns the new version of each item, in order.
+    pub(crate) async fn set(&self, items: &[WriteItem], header: &str) -> Result<Vec<u64>> {
+        match self {
+            Backend::Postgres(b) => b.set(items, header).await,
+            Backend::Memory(b) => Ok(b.set(items, header)),
+        }
+    }
+
+    /// Deletes rows and publishes one new version for all of them, atomically.
+    pub(crate) async fn delete(&self, keys: &[&str], header: &str) -> Result<u64> {
+        match self {
+            Backend::Postgres(b) => b.delete(keys, header).await,
+            Backend::Memory(b) => Ok(b.delete(keys, header)),
+        }
+    }
+
+    /// Publishes ready-made payloads (unversioned invalidations).
+    pub(crate) async fn publish(&self, payloads: &[String]) -> Result<()> {
+        match self {
+            Backend::Postgres(b) => b.publish(payloads).await,
+            Backend::Memory(b) => {
+                b.publish(payloads);
+                Ok(())
+            }
+        }
+    }
+
+    /// Deletes every row and publishes `payload` (a clear message) atomically.
+    pub(crate) async fn clear(&self, payload: &str) -> Result<()> {
+        match self {
+            Backend::Postgres(b) => b.clear(payload).await,
+            Backend::Memory(b) => {
+                b.clear(payload);
+                Ok(())
+            }
+        }
+    }
+
+    /// Deletes rows past their hard expiry; returns how many.
+    pub(crate) async fn sweep(&self, now: SystemTime, batch: i64) -> Result<u64> {
+        match self {
+            Backend::Postgres(b) => b.sweep(now, batch).await,
+            Backend::Memory(b) => Ok(b.sweep(now)),
+        }
+    }
+}

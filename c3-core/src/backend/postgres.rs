@@ -1,0 +1,346 @@
+//! The PostgreSQL L2: one table, one version sequence, one trigger.
+//!
+//! Every write is a single transaction that changes the table *and* calls
+//! `pg_notify`, so the invalidation is published exactly when — and only if —
+//! the write commits. PostgreSQL delivers notifications in commit order.
+
+use std::time::{Duration, SystemTime};
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
+
+use super::{Row, WriteItem};
+use crate::clock::to_micros;
+use crate::error::{Error, Result};
+use crate::key::quote_ident;
+
+/// Serialises schema creation across nodes that start at the same moment;
+/// `CREATE … IF NOT EXISTS` alone races on the catalog's unique indexes.
+const MIGRATE_LOCK: &str = "c3:migrate";
+
+/// The SQL for one configured table, built once with validated, quoted names.
+struct Sql {
+    ddl: String,
+    get: String,
+    get_many: String,
+    set_one: String,
+    set_many: String,
+    delete: String,
+    clear: String,
+    sweep: String,
+}
+
+pub(crate) const NOTIFY: &str = "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p";
+
+impl Sql {
+    fn new(schema: &str, table: &str) -> Sql {
+        let t = format!("{}.{}", quote_ident(schema), quote_ident(table));
+        let seq = format!("{}.{}", quote_ident(schema), quote_ident(&format!("{table}_version_seq")));
+        let func = format!("{}.{}", quote_ident(schema), quote_ident(&format!("{table}_bump_version")));
+        let trigger = quote_ident(&format!("{table}_bump_version"));
+        let index = quote_ident(&format!("{table}_expiry_idx"));
+        let create_schema = if schema == "public" {
+            String::new()
+        } else {
+            format!("CREATE SCHEMA IF NOT EXISTS {};\n", quote_ident(schema))
+        };
+        // The sequence name is embedded in a string literal for nextval(); the
+        // identifiers were validated to [a-z0-9_], so no quote can appear in it.
+        let ddl = format!(
+            "{create_schema}\
+CREATE SEQUENCE IF NOT EXISTS {seq};
+CREATE TABLE IF NOT EXISTS {t} (
+    key         text PRIMARY KEY,
+    value       bytea NOT NULL,
+    encoding    text NOT NULL DEFAULT 'json',
+    version     bigint NOT NULL DEFAULT 0,
+    expires_at  timestamptz,
+    stale_until timestamptz,
+    updated_at  timestamptz NOT NULL DEFAULT now()
+);
+ALTER TABLE {t} ADD COLUMN IF NOT EXISTS encoding text NOT NULL DEFAULT 'json';
+ALTER TABLE {t} ADD COLUMN IF NOT EXISTS stale_until timestamptz;
+CREATE INDEX IF NOT EXISTS {index} ON {t} ((coalesce(stale_until, expires_at)))
+    WHERE expires_at IS NOT NULL OR stale_until IS NOT NULL;
+CREATE OR REPLACE FUNCTION {func}() RETURNS trigger LANGUAGE plpgsql AS $c3$
+BEGIN
+    NEW.version := nextval('{seq}');
+    NEW.updated_at := now();
+    RETURN NEW;
+END
+$c3$;
+CREATE OR REPLACE TRIGGER {trigger} BEFORE INSERT OR UPDATE ON {t}
+    FOR EACH ROW EXECUTE FUNCTION {func}();
+COMMENT ON TABLE {t} IS 'c3 cache (protocol 1): see docs/PROTOCOL.md';"
+        );
+        let live = "(coalesce(stale_until, expires_at) IS NULL OR coalesce(stale_until, expires_at) > $2)";
+        let upsert_set = "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, \
+encoding = EXCLUDED.encoding, expires_at = EXCLUDED.expires_at, stale_until = EXCLUDED.stale_until";
+        Sql {
+            ddl,
+            get: format!(
+                "SELECT value, encoding, version, expires_at, stale_until FROM {t} WHERE key = $1 AND {live}"
+            ),
+            get_many: format!(
+                "SELECT key, value, encoding, version, expires_at, stale_until FROM {t} \
+WHERE key = ANY($1) AND {live}"
+            ),
+            // One statement, hence one implicit transaction and one round trip:
+            // the upsert and its notification commit together.
+            set_one: format!(
+                "WITH up AS (INSERT INTO {t} (key, value, encoding, expires_at, stale_until) \
+VALUES ($1, $2, $3, $4, $5) {upsert_set} RETURNING version) \
+SELECT version, pg_notify($6, $7 || E'\\n' || version || ' ' || $1) FROM up"
+            ),
+            set_many: format!(
+                "INSERT INTO {t} (key, value, encoding, expires_at, stale_until) \
+SELECT * FROM unnest($1::text[], $2::bytea[], $3::text[], $4::timestamptz[], $5::timestamptz[]) \
+{upsert_set} RETURNING key, version"
+            ),
+            // The version is drawn *after* the DELETE has locked the rows (the
+            // count(*) forces that order), so it is newer than any version a
+            // concurrent writer of the same key obtained before us.
+            delete: format!(
+                "WITH d AS (DELETE FROM {t} WHERE key = ANY($1) RETURNING 1) \
+SELECT nextval('{seq}') FROM (SELECT count(*) FROM d) AS x"
+            ),
+            clear: format!("DELETE FROM {t}"),
+            sweep: format!(
+                "DELETE FROM {t} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {t} \
+WHERE coalesce(stale_until, expires_at) < $1 LIMIT $2))"
+            ),
+        }
+    }
+}
+
+pub(crate) struct PgBackend {
+    pool: Pool,
+    sql: Sql,
+    channel: String,
+    sweep_lock: String,
+}
+
+/// Settings the pool is built with.
+pub(crate) struct PoolSettings {
+    pub(crate) max_size: usize,
+    pub(crate) wait_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
+}
+
+pub(crate) fn build_pool(config: tokio_postgres::Config, s: &PoolSettings) -> Result<Pool> {
+    let mgr = Manager::from_config(
+        config,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(mgr)
+        .max_size(s.max_size)
+        .wait_timeout(Some(s.wait_timeout))
+        .create_timeout(Some(s.connect_timeout))
+        .recycle_timeout(Some(s.connect_timeout))
+        .runtime(Runtime::Tokio1)
+        .build()
+        .map_err(|e| Error::config(format!("could not build the connection pool: {e}")))
+}
+
+fn time_us(t: Option<SystemTime>) -> Option<u64> {
+    t.map(to_micros)
+}
+
+fn row_from(r: &tokio_postgres::Row, offset: usize) -> Result<Row> {
+    let get = |i: usize| i + offset;
+    let version: i64 = r.try_get(get(2)).map_err(|e| Error::postgres("decode row", e))?;
+    Ok(Row {
+        value: r.try_get(get(0)).map_err(|e| Error::postgres("decode row", e))?,
+        encoding: r.try_get(get(1)).map_err(|e| Error::postgres("decode row", e))?,
+        version: u64::try_from(version).unwrap_or(0),
+        fresh_until_us: time_us(r.try_get(get(3)).map_err(|e| Error::postgres("decode row", e))?),
+        stale_until_us: time_us(r.try_get(get(4)).map_err(|e| Error::postgres("decode row", e))?),
+    })
+}
+
+impl PgBackend {
+    pub(crate) fn new(pool: Pool, schema: &str, table: &str, channel: &str) -> Self {
+        PgBackend {
+            pool,
+            sql: Sql::new(schema, table),
+            channel: channel.to_owned(),
+            sweep_lock: format!("c3:sweep:{schema}.{table}"),
+        }
+    }
+
+    async fn client(&self, op: &'static str) -> Result<deadpool_postgres::Object> {
+        self.pool.get().await.map_err(|e| Error::pool(op, e))
+    }
+
+    /// Creates or upgrades the schema; safe to run from many nodes at once.
+    pub(crate) async fn migrate(&self) -> Result<()> {
+        let mut client = self.client("migrate").await?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(|e| Error::postgres("migrate", e))?;
+        tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&MIGRATE_LOCK])
+            .await
+            .map_err(|e| Error::postgres("migrate", e))?;
+        tx.batch_execute(&self.sql.ddl)
+            .await
+            .map_err(|e| Error::postgres("migrate", e))?;
+        tx.commit().await.map_err(|e| Error::postgres("migrate", e))
+    }
+
+    pub(crate) async fn get(&self, key: &str, now: SystemTime) -> Result<Option<Row>> {
+        let client = self.client("get").await?;
+        let stmt = client
+            .prepare_cached(&self.sql.get)
+            .await
+            .map_err(|e| Error::postgres("get", e))?;
+        let row = client
+            .query_opt(&stmt, &[&key, &now])
+            .await
+            .map_err(|e| Error::postgres("get", e))?;
+        row.map(|r| row_from(&r, 0)).transpose()
+    }
+
+    pub(crate) async fn get_many(&self, keys: &[&str], now: SystemTime) -> Result<Vec<(String, Row)>> {
+        let client = self.client("get_many").await?;
+        let stmt = client
+            .prepare_cached(&self.sql.get_many)
+            .await
+            .map_err(|e| Error::postgres("get_many", e))?;
+        let rows = client
+            .query(&stmt, &[&keys, &now])
+            .await
+            .map_err(|e| Error::postgres("get_many", e))?;
+        rows.iter()
+            .map(|r| {
+                let key: String = r.try_get(0).map_err(|e| Error::postgres("get_many", e))?;
+                Ok((key, row_from(r, 1)?))
+            })
+            .collect()
+    }
+
+    pub(crate) async fn set(&self, items: &[WriteItem], header: &str) -> Result<Vec<u64>> {
+        if let [item] = items {
+            return self.set_one(item, header).await.map(|v| vec![v]);
+        }
+        let mut client = self.client("set_many").await?;
+        let pg = |e| Error::postgres("set_many", e);
+        let stmt = client.prepare_cached(&self.sql.set_many).await.map_err(pg)?;
+        let tx = client.transaction().await.map_err(pg)?;
+        let keys: Vec<&str> = items.iter().map(|i| i.key.as_str()).collect();
+        let values: Vec<&[u8]> = items.iter().map(|i| i.value.as_slice()).collect();
+        let encodings: Vec<&str> = items.iter().map(|i| i.encoding).collect();
+        let fresh: Vec<Option<SystemTime>> = items.iter().map(|i| i.fresh_until).collect();
+        let stale: Vec<Option<SystemTime>> = items.iter().map(|i| i.stale_until).collect();
+        let rows = tx
+            .query(&stmt, &[&keys, &values, &encodings, &fresh, &stale])
+            .await
+            .map_err(pg)?;
+        let mut by_key = std::collections::HashMap::with_capacity(rows.len());
+        for r in &rows {
+            let k: String = r.try_get(0).map_err(pg)?;
+            let v: i64 = r.try_get(1).map_err(pg)?;
+            by_key.insert(k, u64::try_from(v).unwrap_or(0));
+        }
+        let versions: Vec<u64> = items
+            .iter()
+            .map(|i| by_key.get(&i.key).copied().unwrap_or(0))
+            .collect();
+        let payloads = crate::protocol::pack(
+            header,
+            items
+                .iter()
+                .zip(&versions)
+                .map(|(i, v)| format!("{v} {}", i.key)),
+        );
+        tx.execute(NOTIFY, &[&self.channel, &payloads]).await.map_err(pg)?;
+        tx.commit().await.map_err(pg)?;
+        Ok(versions)
+    }
+
+    async fn set_one(&self, item: &WriteItem, header: &str) -> Result<u64> {
+        let client = self.client("set").await?;
+        let pg = |e| Error::postgres("set", e);
+        let stmt = client.prepare_cached(&self.sql.set_one).await.map_err(pg)?;
+        let row = client
+            .query_one(
+                &stmt,
+                &[
+                    &item.key,
+                    &item.value,
+                    &item.encoding,
+                    &item.fresh_until,
+                    &item.stale_until,
+                    &self.channel,
+                    &header,
+                ],
+            )
+            .await
+            .map_err(pg)?;
+        let v: i64 = row.try_get(0).map_err(pg)?;
+        Ok(u64::try_from(v).unwrap_or(0))
+    }
+
+    pub(crate) async fn delete(&self, keys: &[&str], header: &str) -> Result<u64> {
+        let mut client = self.client("delete").await?;
+        let pg = |e| Error::postgres("delete", e);
+        let stmt = client.prepare_cached(&self.sql.delete).await.map_err(pg)?;
+        let tx = client.transaction().await.map_err(pg)?;
+        let row = tx.query_one(&stmt, &[&keys]).await.map_err(pg)?;
+        let v: i64 = row.try_get(0).map_err(pg)?;
+        let version = u64::try_from(v).unwrap_or(0);
+        let payloads =
+            crate::protocol::pack(header, keys.iter().map(|k| format!("{version} {k}")));
+        tx.execute(NOTIFY, &[&self.channel, &payloads]).await.map_err(pg)?;
+        tx.commit().await.map_err(pg)?;
+        Ok(version)
+    }
+
+    pub(crate) async fn publish(&self, payloads: &[String]) -> Result<()> {
+        let client = self.client("publish").await?;
+        client
+            .execute(NOTIFY, &[&self.channel, &payloads])
+            .await
+            .map_err(|e| Error::postgres("publish", e))?;
+        Ok(())
+    }
+
+    pub(crate) async fn clear(&self, payload: &str) -> Result<()> {
+        let mut client = self.client("clear").await?;
+        let pg = |e| Error::postgres("clear", e);
+        let tx = client.transaction().await.map_err(pg)?;
+        tx.execute(&self.sql.clear, &[]).await.map_err(pg)?;
+        tx.execute(NOTIFY, &[&self.channel, &vec![payload]]).await.map_err(pg)?;
+        tx.commit().await.map_err(pg)
+    }
+
+    /// Deletes expired rows in batches, on one node at a time: the advisory
+    /// lock is *tried*, so other nodes skip this round instead of queueing.
+    pub(crate) async fn sweep(&self, now: SystemTime, batch: i64) -> Result<u64> {
+        let mut client = self.client("sweep").await?;
+        let pg = |e| Error::postgres("sweep", e);
+        let tx = client.transaction().await.map_err(pg)?;
+        let got: bool = tx
+            .query_one("SELECT pg_try_advisory_xact_lock(hashtext($1))", &[&self.sweep_lock])
+            .await
+            .map_err(pg)?
+            .try_get(0)
+            .map_err(pg)?;
+        let mut total = 0;
+        if got {
+            // Bounded number of batches per round keeps each transaction short.
+            for _ in 0..10 {
+                let n = tx.execute(&self.sql.sweep, &[&now, &batch]).await.map_err(pg)?;
+                total += n;
+                if n < batch as u64 {
+                    break;
+                }
+            }
+        }
+        tx.commit().await.map_err(pg)?;
+        Ok(total)
+    }
+}

@@ -1,0 +1,468 @@
+//! [`C3Builder`]: every setting of a cache, with defaults that suit a small
+//! service, checked once in [`build`](C3Builder::build).
+
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::backend::memory::{MemoryBackend, MemoryServer};
+use crate::backend::postgres::{PgBackend, PoolSettings, build_pool};
+use crate::backend::{Backend, bounded};
+use crate::cache::{C3, Inner, Limits};
+use crate::clock::{Clock, SystemClock};
+use crate::coherency::{Coherency, ListenerState};
+use crate::error::{Error, Result};
+use crate::key::{MAX_KEY_BYTES_LIMIT, validate_ident};
+use crate::listener::{self, ListenerSettings};
+use crate::protocol::valid_node_id;
+use crate::stats::Counters;
+
+/// Longest table or channel name: derived names (`<table>_version_seq`,
+/// `<channel>_hb_<16 hex>`) must stay within PostgreSQL's 63-byte limit.
+const MAX_DERIVED_IDENT: usize = 40;
+
+enum Source {
+    Unset,
+    Postgres(Box<tokio_postgres::Config>),
+    Pool(deadpool_postgres::Pool),
+    Memory(MemoryServer),
+}
+
+/// A hook run after an L2 read and before its L1 fill (feature `test-util`).
+#[cfg(feature = "test-util")]
+pub type FillHook = Arc<
+    dyn Fn(&str) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// Configures and builds a [`C3`]. Start from [`C3::builder`].
+///
+/// | setting | default |
+/// |---|---|
+/// | [`l1_max_bytes`](Self::l1_max_bytes) | 64 MiB |
+/// | [`default_ttl`](Self::default_ttl) | 5 minutes |
+/// | [`schema`](Self::schema) / [`table`](Self::table) / [`channel`](Self::channel) | `public` / `cache_data` / `cache_invalidate` |
+/// | [`max_key_bytes`](Self::max_key_bytes) / [`max_value_bytes`](Self::max_value_bytes) | 1024 / 1 MiB |
+/// | [`op_timeout`](Self::op_timeout) / [`connect_timeout`](Self::connect_timeout) | 5 s / 5 s |
+/// | [`heartbeat`](Self::heartbeat) interval / timeout | 1 s / 1 s |
+/// | [`reconnect_backoff`](Self::reconnect_backoff) | 100 ms … 5 s, with jitter |
+/// | [`sweep_interval`](Self::sweep_interval) | 60 s |
+/// | [`pool_size`](Self::pool_size) | 16 |
+#[must_use = "a builder does nothing until build() is called"]
+pub struct C3Builder {
+    source: Source,
+    listener_config: Option<tokio_postgres::Config>,
+    error: Option<Error>,
+    pub(crate) l1_max_bytes: u64,
+    pub(crate) default_ttl: Option<Duration>,
+    schema: String,
+    table: String,
+    channel: String,
+    max_key_bytes: usize,
+    max_value_bytes: usize,
+    op_timeout: Duration,
+    connect_timeout: Duration,
+    heartbeat_interval: Duration,
+    heartbeat_timeout: Duration,
+    backoff: (Duration, Duration),
+    sweep_interval: Option<Duration>,
+    sweep_batch: i64,
+    pool_size: usize,
+    node_id: Option<String>,
+    clock: Arc<dyn Clock>,
+    #[cfg(feature = "test-util")]
+    fill_hook: Option<FillHook>,
+}
+
+impl Default for C3Builder {
+    fn default() -> Self {
+        C3Builder {
+            source: Source::Unset,
+            listener_config: None,
+            error: None,
+            l1_max_bytes: 64 * 1024 * 1024,
+            default_ttl: Some(Duration::from_secs(300)),
+            schema: "public".into(),
+            table: "cache_data".into(),
+            channel: "cache_invalidate".into(),
+            max_key_bytes: 1024,
+            max_value_bytes: 1024 * 1024,
+            op_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            heartbeat_interval: Duration::from_secs(1),
+            heartbeat_timeout: Duration::from_secs(1),
+            backoff: (Duration::from_millis(100), Duration::from_secs(5)),
+            sweep_interval: Some(Duration::from_secs(60)),
+            sweep_batch: 1000,
+            pool_size: 16,
+            node_id: None,
+            clock: Arc::new(SystemClock),
+            #[cfg(feature = "test-util")]
+            fill_hook: None,
+        }
+    }
+}
+
+impl C3Builder {
+    /// Uses PostgreSQL at `url` (`postgres://user@host:port/db` or a libpq
+    /// key=value string) for L2 and for the LISTEN connection.
+    pub fn postgres(mut self, url: &str) -> Self {
+        match tokio_postgres::Config::from_str(url) {
+            Ok(cfg) => {
+                self.listener_config = Some(cfg.clone());
+                if !matches!(self.source, Source::Pool(_)) {
+                    self.source = Source::Postgres(Box::new(cfg));
+                }
+            }
+            Err(e) => {
+                self.error = Some(Error::config(format!("invalid PostgreSQL URL: {e}")));
+            }
+        }
+        self
+    }
+
+    /// Uses an existing connection pool for L2. The LISTEN connection cannot
+    /// come from a pool, so [`postgres`](Self::postgres) must also be given; it
+    /// is then used for the listener only.
+    pub fn pool(mut self, pool: deadpool_postgres::Pool) -> Self {
+        self.source = Source::Pool(pool);
+        self
+    }
+
+    /// Uses an in-process [`MemoryServer`] as L2. Handles built on the same
+    /// server form a simulated cluster.
+    pub fn memory(mut self, server: &MemoryServer) -> Self {
+        self.source = Source::Memory(server.clone());
+        self
+    }
+
+    /// Maximum L1 size in bytes (encoded value size plus key, per entry).
+    /// `0` disables L1: every read goes to L2.
+    pub fn l1_max_bytes(mut self, bytes: u64) -> Self {
+        self.l1_max_bytes = bytes;
+        self
+    }
+
+    /// TTL for writes that do not give one; `None` keeps entries until deleted.
+    pub fn default_ttl(mut self, ttl: Option<Duration>) -> Self {
+        self.default_ttl = ttl;
+        self
+    }
+
+    /// Schema of the L2 table (created if missing).
+    pub fn schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = schema.into();
+        self
+    }
+
+    /// Name of the L2 table.
+    pub fn table(mut self, table: impl Into<String>) -> Self {
+        self.table = table.into();
+        self
+    }
+
+    /// Notification channel shared by all nodes of one cache.
+    pub fn channel(mut self, channel: impl Into<String>) -> Self {
+        self.channel = channel.into();
+        self
+    }
+
+    /// Longest accepted key, in bytes (at most 7000, so a key always fits in
+    /// one notification).
+    pub fn max_key_bytes(mut self, bytes: usize) -> Self {
+        self.max_key_bytes = bytes;
+        self
+    }
+
+    /// Largest accepted encoded value, in bytes.
+    pub fn max_value_bytes(mut self, bytes: usize) -> Self {
+        self.max_value_bytes = bytes;
+        self
+    }
+
+    /// Upper bound on every L2 call, including waiting for a pooled connection.
+    pub fn op_timeout(mut self, timeout: Duration) -> Self {
+        self.op_timeout = timeout;
+        self
+    }
+
+    /// Upper bound on opening a connection (pool and listener).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How often the listener proves its connection works, and how long the
+    /// proof may take. A dead or half-open link is detected, and L1 purged,
+    /// within `interval + timeout`.
+    pub fn heartbeat(mut self, interval: Duration, timeout: Duration) -> Self {
+        self.heartbeat_interval = interval;
+        self.heartbeat_timeout = timeout;
+        self
+    }
+
+    /// Reconnect delays: exponential from `min` to `max`, each jittered down by
+    /// up to half.
+    pub fn reconnect_backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.backoff = (min, max);
+        self
+    }
+
+    /// How often expired rows are deleted from L2 (`None`: never). Only one
+    /// node sweeps at a time.
+    pub fn sweep_interval(mut self, interval: Option<Duration>) -> Self {
+        self.sweep_interval = interval;
+        self
+    }
+
+    /// Connections in the L2 pool (when c3 builds the pool).
+    pub fn pool_size(mut self, size: usize) -> Self {
+        self.pool_size = size;
+        self
+    }
+
+    /// This node's id in notifications (`[A-Za-z0-9_.:-]`, up to 64 bytes).
+    /// Defaults to a random id; it must be unique per live handle.
+    pub fn node_id(mut self, id: impl Into<String>) -> Self {
+        self.node_id = Some(id.into());
+        self
+    }
+
+    /// The wall clock used for expiry (tests pass a [`ManualClock`](crate::ManualClock)).
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// Runs `hook` between every L2 read and its L1 fill, so tests can inject
+    /// an invalidation into that window deterministically.
+    #[cfg(feature = "test-util")]
+    pub fn fill_hook(mut self, hook: FillHook) -> Self {
+        self.fill_hook = Some(hook);
+        self
+    }
+
+    fn validate(&self) -> Result<()> {
+        if let Some(e) = &self.error {
+            return Err(Error::config(e.to_string()));
+        }
+        validate_ident("schema", &self.schema, 63).map_err(Error::config)?;
+        validate_ident("table", &self.table, MAX_DERIVED_IDENT).map_err(Error::config)?;
+        validate_ident("channel", &self.channel, MAX_DERIVED_IDENT).map_err(Error::config)?;
+        if self.max_key_bytes == 0 || self.max_key_bytes > MAX_KEY_BYTES_LIMIT {
+            return Err(Error::config(format!(
+                "max_key_bytes must be between 1 and {MAX_KEY_BYTES_LIMIT}, got {}",
+                self.max_key_bytes
+            )));
+        }
+        if self.max_value_bytes == 0 || self.max_value_bytes > 512 * 1024 * 1024 {
+            return Err(Error::config(
+                "max_value_bytes must be between 1 and 512 MiB",
+            ));
+        }
+        if let Some(id) = &self.node_id
+            && !valid_node_id(id)
+        {
+            return Err(Error::config(format!(
+                "node id {id:?} must be 1 to 64 characters from [A-Za-z0-9_.:-]"
+            )));
+        }
+        for (name, d) in [
+            ("op_timeout", self.op_timeout),
+            ("connect_timeout", self.connect_timeout),
+            ("heartbeat interval", self.heartbeat_interval),
+            ("heartbeat timeout", self.heartbeat_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(Error::config(format!("{name} must be greater than zero")));
+            }
+        }
+        if self.pool_size == 0 {
+            return Err(Error::config("pool_size must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// Connects, creates or upgrades the L2 table, starts the listener and the
+    /// sweeper, and returns the handle.
+    ///
+    /// With PostgreSQL this waits (up to `connect_timeout`) for LISTEN to be in
+    /// effect, so L1 is in use as soon as it returns; if LISTEN is not up by
+    /// then, the handle still works with L1 bypassed until it is.
+    ///
+    /// Must be called inside a Tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) for invalid settings or no
+    /// backend; a backend or timeout error if the table cannot be created.
+    pub async fn build(self) -> Result<C3> {
+        self.validate()?;
+        let node_id = self.node_id.clone().unwrap_or_else(random_node_id);
+        let counters = Arc::new(Counters::default());
+        let coherency = Arc::new(Coherency::new(
+            self.l1_max_bytes,
+            node_id.clone(),
+            Arc::clone(&counters),
+        ));
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+        let backend = match self.source {
+            Source::Unset => {
+                return Err(Error::config(
+                    "no backend: call .postgres(url), .pool(pool) or .memory(&server)",
+                ));
+            }
+            Source::Memory(server) => {
+                let rx = server.subscribe();
+                coherency.enable();
+                tasks.push(tokio::spawn(listener::run_memory(
+                    Arc::clone(&coherency),
+                    rx,
+                    shutdown_rx.clone(),
+                )));
+                Backend::Memory(MemoryBackend::new(server))
+            }
+            Source::Postgres(_) | Source::Pool(_) => {
+                let Some(mut listen_cfg) = self.listener_config.clone() else {
+                    return Err(Error::config(
+                        "a pool was given but no URL for the LISTEN connection: also call .postgres(url)",
+                    ));
+                };
+                let pool = match self.source {
+                    Source::Pool(pool) => pool,
+                    Source::Postgres(cfg) => build_pool(
+                        {
+                            let mut cfg = *cfg;
+                            let app: String =
+                                format!("c3-pool {node_id}").chars().take(63).collect();
+                            cfg.application_name(&app);
+                            cfg
+                        },
+                        &PoolSettings {
+                            max_size: self.pool_size,
+                            wait_timeout: self.op_timeout,
+                            connect_timeout: self.connect_timeout,
+                        },
+                    )?,
+                    _ => unreachable!("matched above"),
+                };
+                let pg = PgBackend::new(pool, &self.schema, &self.table, &self.channel);
+                bounded("migrate", self.connect_timeout + self.op_timeout, pg.migrate()).await?;
+                // Keepalives and a user timeout make the kernel give up on a dead
+                // peer too; the heartbeat below is what bounds detection.
+                // The node id in the application name lets operators (and the
+                // fault tests) find a node's listener in pg_stat_activity.
+                let app: String = format!("c3-listener {node_id}").chars().take(63).collect();
+                listen_cfg
+                    .application_name(&app)
+                    .connect_timeout(self.connect_timeout)
+                    .keepalives(true)
+                    .keepalives_idle(self.heartbeat_interval.max(Duration::from_secs(1)))
+                    .tcp_user_timeout(self.heartbeat_interval + self.heartbeat_timeout);
+                let settings = ListenerSettings {
+                    heartbeat_channel: format!("{}_hb_{:016x}", self.channel, fnv(&node_id)),
+                    channel: self.channel.clone(),
+                    connect_timeout: self.connect_timeout,
+                    heartbeat_interval: self.heartbeat_interval,
+                    heartbeat_timeout: self.heartbeat_timeout,
+                    backoff_min: self.backoff.0,
+                    backoff_max: self.backoff.1,
+                };
+                let mut state = coherency.subscribe();
+                tasks.push(tokio::spawn(listener::run_postgres(
+                    Arc::clone(&coherency),
+                    listen_cfg,
+                    settings,
+                    shutdown_rx.clone(),
+                )));
+                let _ = tokio::time::timeout(
+                    self.connect_timeout,
+                    state.wait_for(|s| *s == ListenerState::Listening),
+                )
+                .await;
+                Backend::Postgres(Box::new(pg))
+            }
+        };
+        let backend = Arc::new(backend);
+        if let Some(every) = self.sweep_interval {
+            tasks.push(tokio::spawn(sweeper(
+                Arc::clone(&backend),
+                Arc::clone(&self.clock),
+                every,
+                self.sweep_batch,
+                self.op_timeout,
+                shutdown_rx,
+            )));
+        }
+        Ok(C3::from_inner(Inner {
+            coherency,
+            backend,
+            clock: self.clock,
+            counters,
+            limits: Limits {
+                max_key_bytes: self.max_key_bytes,
+                max_value_bytes: self.max_value_bytes,
+                default_ttl: self.default_ttl,
+                op_timeout: self.op_timeout,
+            },
+            shutdown: shutdown_tx,
+            tasks: Mutex::new(tasks),
+            #[cfg(feature = "test-util")]
+            fill_hook: self.fill_hook,
+        }))
+    }
+}
+
+/// Deletes expired L2 rows now and then. Exists so that keys written once and
+/// never read again do not accumulate in the table forever.
+async fn sweeper(
+    backend: Arc<Backend>,
+    clock: Arc<dyn Clock>,
+    every: Duration,
+    batch: i64,
+    op_timeout: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.changed() => return,
+        }
+        let now = clock.now();
+        match bounded("sweep", op_timeout, backend.sweep(now, batch)).await {
+            Ok(n) if n > 0 => tracing::debug!(target: "c3::sweeper", deleted = n, "swept expired rows"),
+            Ok(_) => {}
+            Err(e) => tracing::debug!(target: "c3::sweeper", error = %e, "sweep failed; will retry"),
+        }
+    }
+}
+
+fn fnv(s: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in s.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// A node id unlikely to collide: process id, time and a per-process counter,
+/// mixed by std's randomly keyed hasher.
+fn random_node_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    format!("n{:016x}", h.finish())
+}

@@ -1,0 +1,541 @@
+//! [`C3`], the handle applications use: typed reads and writes over L1 and L2.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::backend::{Backend, Row, WriteItem, bounded};
+use crate::builder::C3Builder;
+use crate::clock::{Clock, to_micros};
+use crate::coherency::{Coherency, Entry, ListenerState};
+use crate::error::{Repr, Result};
+use crate::key::validate_key;
+use crate::protocol;
+use crate::stats::{Counters, Stats};
+
+/// The only value encoding this build writes; see `docs/PROTOCOL.md`.
+pub(crate) const ENCODING_JSON: &str = "json";
+
+/// Bytes charged per L1 entry on top of its encoded value, for the entry
+/// struct, the `Arc`s and moka's bookkeeping.
+const ENTRY_OVERHEAD: usize = 96;
+
+/// A coherent two-tier cache: L1 in this process, L2 in PostgreSQL (or a
+/// [`MemoryServer`](crate::MemoryServer)), kept consistent across nodes by
+/// LISTEN/NOTIFY.
+///
+/// Cloning is cheap and shares everything. Background tasks (the listener and
+/// the sweeper) stop when the last clone is dropped or on [`shutdown`](Self::shutdown).
+///
+/// # Consistency
+///
+/// A read never returns a value older than a write whose notification this node
+/// has applied before the read started, and never a value written before a
+/// commit made through this same handle. While the listener connection is down,
+/// L1 is bypassed and reads go to L2.
+#[derive(Clone)]
+pub struct C3 {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Limits {
+    pub(crate) max_key_bytes: usize,
+    pub(crate) max_value_bytes: usize,
+    pub(crate) default_ttl: Option<Duration>,
+    pub(crate) op_timeout: Duration,
+}
+
+pub(crate) struct Inner {
+    pub(crate) coherency: Arc<Coherency>,
+    pub(crate) backend: Arc<Backend>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) limits: Limits,
+    pub(crate) shutdown: watch::Sender<bool>,
+    pub(crate) tasks: Mutex<Vec<JoinHandle<()>>>,
+    #[cfg(feature = "test-util")]
+    pub(crate) fill_hook: Option<crate::builder::FillHook>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The tasks hold only the parts they need, never `Inner`, so this runs
+        // when the last handle goes and is what stops them.
+        self.shutdown.send_replace(true);
+    }
+}
+
+impl std::fmt::Debug for C3 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("C3")
+            .field("node_id", &self.inner.coherency.node_id)
+            .field("listener", &self.inner.coherency.state())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A value decoded from L2, ready for L1.
+struct Decoded<T> {
+    value: Arc<T>,
+    entry: Entry,
+}
+
+impl C3 {
+    /// Starts configuring a cache.
+    pub fn builder() -> C3Builder {
+        C3Builder::default()
+    }
+
+    pub(crate) fn from_inner(inner: Inner) -> C3 {
+        C3 {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// This node's id, as written in its notifications.
+    #[must_use]
+    pub fn node_id(&self) -> &str {
+        &self.inner.coherency.node_id
+    }
+
+    /// The listener's current state.
+    #[must_use]
+    pub fn listener_state(&self) -> ListenerState {
+        self.inner.coherency.state()
+    }
+
+    /// A receiver that sees every listener state change (e.g. for health checks).
+    #[must_use]
+    pub fn watch_listener(&self) -> watch::Receiver<ListenerState> {
+        self.inner.coherency.subscribe()
+    }
+
+    /// A snapshot of this node's counters and L1 size.
+    #[must_use]
+    pub fn stats(&self) -> Stats {
+        let mut s = self.inner.counters.snapshot();
+        let (entries, bytes) = self.inner.coherency.l1_size();
+        s.l1_entries = entries;
+        s.l1_bytes = bytes;
+        s
+    }
+
+    /// Whether L1 currently holds a fresh entry for `key` (no I/O). Meant for
+    /// diagnostics and tests; reads decide on their own.
+    #[must_use]
+    pub fn is_cached_locally(&self, key: &str) -> bool {
+        let now = self.now_us();
+        self.inner
+            .coherency
+            .peek(key)
+            .is_some_and(|e| e.fresh_until_us > now)
+    }
+
+    fn now_us(&self) -> u64 {
+        to_micros(self.inner.clock.now())
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if *self.inner.shutdown.borrow() {
+            return Err(Repr::Shutdown.into());
+        }
+        Ok(())
+    }
+
+    fn check_key(&self, key: &str) -> Result<()> {
+        self.check_open()?;
+        validate_key(key, self.inner.limits.max_key_bytes)?;
+        Ok(())
+    }
+
+    fn header(&self, op: char) -> String {
+        protocol::header(&self.inner.coherency.node_id, self.now_us(), op)
+    }
+
+    async fn l2<T>(
+        &self,
+        op: &'static str,
+        fut: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let r = bounded(op, self.inner.limits.op_timeout, fut).await;
+        if r.is_err() {
+            Counters::inc(&self.inner.counters.l2_errors);
+        }
+        r
+    }
+
+    /// Reads `key`: from L1 when it holds a fresh entry (no I/O, no decoding),
+    /// otherwise from L2, filling L1.
+    ///
+    /// Returns `None` when the key is absent or expired. The value is shared
+    /// with L1, hence the `Arc`.
+    ///
+    /// # Errors
+    ///
+    /// An invalid key; an L2 error or timeout; [`ErrorKind::Decode`](crate::ErrorKind::Decode)
+    /// if the stored value is not a `T`.
+    ///
+    /// # Cancellation
+    ///
+    /// Dropping the future is safe: at worst L1 is not filled.
+    pub async fn get<T>(&self, key: &str) -> Result<Option<Arc<T>>>
+    where
+        T: DeserializeOwned + Send + Sync + 'static,
+    {
+        self.check_key(key)?;
+        if let Some(v) = self.l1_get::<T>(key) {
+            return Ok(Some(v));
+        }
+        Counters::inc(&self.inner.counters.l1_misses);
+        let token = self.inner.coherency.begin_fill(key);
+        let now = self.inner.clock.now();
+        let row = self.l2("get", self.inner.backend.get(key, now)).await?;
+        #[cfg(feature = "test-util")]
+        if let Some(hook) = &self.inner.fill_hook {
+            hook(key).await;
+        }
+        let Some(row) = row.filter(|r| r.fresh_until_us.is_none_or(|f| f > to_micros(now))) else {
+            Counters::inc(&self.inner.counters.l2_misses);
+            return Ok(None);
+        };
+        Counters::inc(&self.inner.counters.l2_hits);
+        let d = decode::<T>(key, row, to_micros(now))?;
+        if let Some(token) = token {
+            self.inner.coherency.fill(key, token, d.entry);
+        }
+        Ok(Some(d.value))
+    }
+
+    /// L1 lookup: a fresh entry of the right type, or `None`.
+    fn l1_get<T: Send + Sync + 'static>(&self, key: &str) -> Option<Arc<T>> {
+        let e = self.inner.coherency.peek(key)?;
+        if e.fresh_until_us <= self.now_us() {
+            return None;
+        }
+        // A different type under the same key is treated as a miss; the L2
+        // read that follows replaces the entry with the requested type.
+        let v = Arc::clone(&e.value).downcast::<T>().ok()?;
+        Counters::inc(&self.inner.counters.l1_hits);
+        Some(v)
+    }
+
+    /// Reads several keys with at most one L2 round trip. The result has one
+    /// slot per key, in order.
+    ///
+    /// # Errors
+    ///
+    /// As for [`get`](Self::get); an invalid key fails the whole call before any I/O.
+    pub async fn get_many<T>(&self, keys: &[&str]) -> Result<Vec<Option<Arc<T>>>>
+    where
+        T: DeserializeOwned + Send + Sync + 'static,
+    {
+        for k in keys {
+            self.check_key(k)?;
+        }
+        let mut out: Vec<Option<Arc<T>>> = Vec::with_capacity(keys.len());
+        let mut missing = Vec::new();
+        for (i, k) in keys.iter().enumerate() {
+            let hit = self.l1_get::<T>(k);
+            if hit.is_none() {
+                Counters::inc(&self.inner.counters.l1_misses);
+                missing.push((i, *k, self.inner.coherency.begin_fill(k)));
+            }
+            out.push(hit);
+        }
+        if missing.is_empty() {
+            return Ok(out);
+        }
+        let now = self.inner.clock.now();
+        let miss_keys: Vec<&str> = missing.iter().map(|(_, k, _)| *k).collect();
+        let rows = self
+            .l2("get_many", self.inner.backend.get_many(&miss_keys, now))
+            .await?;
+        let mut rows: HashMap<String, Row> = rows.into_iter().collect();
+        let now_us = to_micros(now);
+        for (i, k, token) in missing {
+            match rows.remove(k).filter(|r| r.fresh_until_us.is_none_or(|f| f > now_us)) {
+                Some(row) => {
+                    Counters::inc(&self.inner.counters.l2_hits);
+                    let d = decode::<T>(k, row, now_us)?;
+                    if let Some(token) = token {
+                        self.inner.coherency.fill(k, token, d.entry);
+                    }
+                    out[i] = Some(d.value);
+                }
+                None => Counters::inc(&self.inner.counters.l2_misses),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes `value` under `key` with the default TTL. See [`set_with_ttl`](Self::set_with_ttl).
+    ///
+    /// # Errors
+    ///
+    /// As for [`set_with_ttl`](Self::set_with_ttl).
+    pub async fn set<T>(&self, key: &str, value: &T) -> Result<()>
+    where
+        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+    {
+        self.set_with_ttl(key, value, self.inner.limits.default_ttl)
+            .await
+    }
+
+    /// Writes `value` under `key`, fresh for `ttl` (`None`: until deleted).
+    ///
+    /// The L2 upsert and the notification to other nodes are one transaction:
+    /// if it fails nothing is published and no L1 changes. On success this
+    /// node's L1 holds the new value (decoded back from its encoding, so it is
+    /// exactly what other nodes will read), and every other node drops its
+    /// older copy when the notification arrives.
+    ///
+    /// # Errors
+    ///
+    /// An invalid key; [`ErrorKind::ValueTooLarge`](crate::ErrorKind::ValueTooLarge);
+    /// [`ErrorKind::Encode`](crate::ErrorKind::Encode); an L2 error or timeout.
+    /// After a timeout the write may or may not have committed; either way the
+    /// cache stays coherent, because the notification goes with the commit.
+    ///
+    /// # Concurrent calls on the same key
+    ///
+    /// The last commit wins in L2 and on every node; a slower writer's L1 fill
+    /// never replaces a newer version.
+    pub async fn set_with_ttl<T>(&self, key: &str, value: &T, ttl: Option<Duration>) -> Result<()>
+    where
+        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+    {
+        self.set_entries::<T>(&[(key, value)], ttl).await
+    }
+
+    /// Writes several entries in one transaction with one round of notifications.
+    /// If a key appears twice, the last value wins.
+    ///
+    /// # Errors
+    ///
+    /// As for [`set_with_ttl`](Self::set_with_ttl); nothing is written if any entry is invalid.
+    pub async fn set_many<T>(&self, entries: &[(&str, T)]) -> Result<()>
+    where
+        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+    {
+        let refs: Vec<(&str, &T)> = entries.iter().map(|(k, v)| (*k, v)).collect();
+        self.set_entries(&refs, self.inner.limits.default_ttl).await
+    }
+
+    async fn set_entries<T>(&self, entries: &[(&str, &T)], ttl: Option<Duration>) -> Result<()>
+    where
+        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+    {
+        // Last value wins for duplicate keys (Postgres would refuse to update
+        // one row twice in a statement).
+        let mut order: Vec<&str> = Vec::with_capacity(entries.len());
+        let mut latest: HashMap<&str, &T> = HashMap::with_capacity(entries.len());
+        for (k, v) in entries {
+            self.check_key(k)?;
+            if latest.insert(k, v).is_none() {
+                order.push(k);
+            }
+        }
+        if order.is_empty() {
+            return Ok(());
+        }
+        let now = self.inner.clock.now();
+        let fresh_until = ttl.map(|t| now + t);
+        let mut items = Vec::with_capacity(order.len());
+        for k in &order {
+            let bytes = serde_json::to_vec(latest[k]).map_err(Repr::Encode)?;
+            if bytes.len() > self.inner.limits.max_value_bytes {
+                return Err(Repr::ValueTooLarge {
+                    size: bytes.len(),
+                    max: self.inner.limits.max_value_bytes,
+                }
+                .into());
+            }
+            items.push(WriteItem {
+                key: (*k).to_owned(),
+                value: bytes,
+                encoding: ENCODING_JSON,
+                fresh_until,
+                stale_until: None,
+            });
+        }
+        self.write_items::<T>(items).await
+    }
+
+    /// Commits `items` to L2 and, on success, puts each in this node's L1.
+    pub(crate) async fn write_items<T>(&self, items: Vec<WriteItem>) -> Result<()>
+    where
+        T: DeserializeOwned + Send + Sync + 'static,
+    {
+        let tokens: Vec<_> = items
+            .iter()
+            .map(|i| self.inner.coherency.begin_fill(&i.key))
+            .collect();
+        let header = self.header('k');
+        let versions = self
+            .l2("set", self.inner.backend.set(&items, &header))
+            .await?;
+        Counters::inc(&self.inner.counters.writes);
+        Counters::inc(&self.inner.counters.invalidations_sent);
+        let now_us = self.now_us();
+        for ((item, version), token) in items.into_iter().zip(versions).zip(tokens) {
+            let Some(token) = token else { continue };
+            let key = item.key.clone();
+            let row = Row {
+                value: item.value,
+                encoding: item.encoding.to_owned(),
+                version,
+                fresh_until_us: item.fresh_until.map(to_micros),
+                stale_until_us: item.stale_until.map(to_micros),
+            };
+            // Round-trip through the encoding so L1 holds what peers will read.
+            let d = decode::<T>(&key, row, now_us)?;
+            self.inner.coherency.fill(&key, token, d.entry);
+        }
+        Ok(())
+    }
+
+    /// Deletes `key` from L2 and from every node's L1.
+    ///
+    /// # Errors
+    ///
+    /// An invalid key; an L2 error or timeout.
+    pub async fn delete(&self, key: &str) -> Result<()> {
+        self.delete_many(&[key]).await
+    }
+
+    /// Deletes several keys in one transaction.
+    ///
+    /// # Errors
+    ///
+    /// As for [`delete`](Self::delete).
+    pub async fn delete_many(&self, keys: &[&str]) -> Result<()> {
+        for k in keys {
+            self.check_key(k)?;
+        }
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let header = self.header('k');
+        let version = self
+            .l2("delete", self.inner.backend.delete(keys, &header))
+            .await?;
+        Counters::inc(&self.inner.counters.writes);
+        Counters::inc(&self.inner.counters.invalidations_sent);
+        // Our own notification will say the same; applying it now gives
+        // read-your-writes without waiting for the round trip.
+        for k in keys {
+            self.inner.coherency.apply_written(k, version);
+        }
+        Ok(())
+    }
+
+    /// Drops `key` from every node's L1 without touching L2 — for when the L2
+    /// row was changed behind c3's back, or to force a re-read.
+    ///
+    /// # Errors
+    ///
+    /// An invalid key; an L2 error or timeout (then other nodes were not told;
+    /// this node's L1 is dropped regardless).
+    pub async fn invalidate(&self, key: &str) -> Result<()> {
+        self.invalidate_many(&[key]).await
+    }
+
+    /// [`invalidate`](Self::invalidate) for several keys, in as few
+    /// notifications as fit.
+    ///
+    /// # Errors
+    ///
+    /// As for [`invalidate`](Self::invalidate).
+    pub async fn invalidate_many(&self, keys: &[&str]) -> Result<()> {
+        for k in keys {
+            self.check_key(k)?;
+        }
+        for k in keys {
+            self.inner.coherency.apply_bare(k);
+        }
+        let payloads = protocol::pack(&self.header('i'), keys.iter().map(|k| (*k).to_owned()));
+        if payloads.is_empty() {
+            return Ok(());
+        }
+        self.l2("invalidate", self.inner.backend.publish(&payloads))
+            .await?;
+        Counters::inc(&self.inner.counters.invalidations_sent);
+        Ok(())
+    }
+
+    /// Deletes every entry from L2 and every node's L1.
+    ///
+    /// # Errors
+    ///
+    /// An L2 error or timeout.
+    pub async fn clear(&self) -> Result<()> {
+        self.check_open()?;
+        let payload = self.header('c');
+        self.l2("clear", self.inner.backend.clear(&payload)).await?;
+        Counters::inc(&self.inner.counters.invalidations_sent);
+        self.inner.coherency.purge();
+        Ok(())
+    }
+
+    /// Stops the listener and the sweeper and waits for them to finish. Later
+    /// calls on any clone of this handle fail with
+    /// [`ErrorKind::Shutdown`](crate::ErrorKind::Shutdown).
+    pub async fn shutdown(&self) {
+        self.inner.shutdown.send_replace(true);
+        let tasks = std::mem::take(&mut *self.inner.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        for t in tasks {
+            let _ = t.await;
+        }
+        self.inner.coherency.disable(ListenerState::Stopped);
+    }
+}
+
+/// Decodes an L2 row into a `T` and the L1 entry that would hold it.
+fn decode<T>(key: &str, row: Row, now_us: u64) -> Result<Decoded<T>>
+where
+    T: DeserializeOwned + Send + Sync + 'static,
+{
+    if row.encoding != ENCODING_JSON {
+        return Err(Repr::UnknownEncoding {
+            key: key.to_owned(),
+            encoding: row.encoding,
+        }
+        .into());
+    }
+    let value: T = serde_json::from_slice(&row.value).map_err(|source| Repr::Decode {
+        key: key.to_owned(),
+        source,
+    })?;
+    let value = Arc::new(value);
+    let fresh_until_us = row.fresh_until_us.unwrap_or(u64::MAX);
+    let stale_until_us = row.stale_until_us.unwrap_or(fresh_until_us).max(fresh_until_us);
+    let keep_for = (stale_until_us != u64::MAX)
+        .then(|| Duration::from_micros(stale_until_us.saturating_sub(now_us)));
+    let entry = Entry {
+        value: Arc::clone(&value) as Arc<dyn Any + Send + Sync>,
+        version: row.version,
+        fresh_until_us,
+        stale_until_us,
+        weight: u32::try_from(row.value.len() + ENTRY_OVERHEAD).unwrap_or(u32::MAX),
+        keep_for,
+    };
+    Ok(Decoded { value, entry })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync<T: Send + Sync + Clone + 'static>() {}
+
+    #[test]
+    fn handle_is_send_sync() {
+        assert_send_sync::<C3>();
+    }
+}

@@ -1,0 +1,392 @@
+//! The coherency engine: L1 plus the rules that keep it from ever serving a
+//! value older than the newest commit this node has heard about.
+//!
+//! # The rules
+//!
+//! 1. **Versioned invalidation.** Every L2 write gets a row version from one
+//!    global sequence, and c3 messages carry it. An L1 entry is dropped when a
+//!    message names its key with a *newer* version. So a writer's own
+//!    notification, arriving after it stored its new value, leaves that value
+//!    alone, while anybody else's later write evicts it.
+//! 2. **Bare invalidation.** A bare key (from psql, another language, a
+//!    trigger) has no version, so it always evicts.
+//! 3. **No stale fill.** A read that goes to L2 takes a [`FillToken`] first.
+//!    Its fill is applied only if nothing that could make the value stale was
+//!    applied to the key's stripe since: no bare invalidation, no purge, and no
+//!    versioned write newer than the value read. Check and insert happen under
+//!    the stripe's lock, the same lock invalidations take, so an invalidation
+//!    is either fully before the fill (and the fill is dropped) or fully after
+//!    (and it evicts the filled entry).
+//! 4. **Fail-safe.** While the listener is not LISTENing, invalidations may be
+//!    lost, so L1 is purged and bypassed. After LISTEN is re-established it is
+//!    purged *again* (anything filled in between may have missed a message),
+//!    and only then re-enabled.
+//!
+//! Stripes (rather than one lock or one counter per key) bound memory; two keys
+//! sharing a stripe can only cost each other a dropped fill, never correctness.
+
+use std::any::Any;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use moka::Expiry;
+use tokio::sync::watch;
+
+use crate::protocol::{Body, Notification};
+use crate::stats::Counters;
+
+const STRIPES: usize = 256;
+
+/// What L1 holds for one key: the decoded value, so a hit does no work.
+pub(crate) struct Entry {
+    pub(crate) value: Arc<dyn Any + Send + Sync>,
+    pub(crate) version: u64,
+    /// Wall-clock µs after which the entry is stale (`u64::MAX`: never).
+    pub(crate) fresh_until_us: u64,
+    #[allow(dead_code)] // read by fail-safe loading
+    /// Wall-clock µs after which the entry may not be served even as a
+    /// fail-safe fallback.
+    pub(crate) stale_until_us: u64,
+    /// Bytes charged against the L1 capacity.
+    pub(crate) weight: u32,
+    /// How long moka should keep the entry, computed when it was made.
+    pub(crate) keep_for: Option<Duration>,
+}
+
+/// The state of a node's LISTEN connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ListenerState {
+    /// Connecting for the first time; L1 is bypassed.
+    Starting,
+    /// LISTEN is active; L1 is in use.
+    Listening,
+    /// The connection was lost or found unhealthy; L1 was purged and is
+    /// bypassed until LISTEN is re-established.
+    Reconnecting {
+        /// Consecutive failed attempts so far.
+        attempt: u32,
+    },
+    /// The cache was shut down.
+    Stopped,
+}
+
+#[derive(Default)]
+struct Stripe {
+    bare_gen: u64,
+    max_version: u64,
+}
+
+/// Taken before reading L2; see rule 3 above.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FillToken {
+    stripe: usize,
+    bare_gen: u64,
+    max_version: u64,
+    epoch: u64,
+}
+
+struct EntryExpiry;
+
+impl Expiry<String, Arc<Entry>> for EntryExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &String,
+        value: &Arc<Entry>,
+        _created_at: Instant,
+    ) -> Option<Duration> {
+        value.keep_for
+    }
+
+    fn expire_after_update(
+        &self,
+        _key: &String,
+        value: &Arc<Entry>,
+        _updated_at: Instant,
+        _duration_until_expiry: Option<Duration>,
+    ) -> Option<Duration> {
+        value.keep_for
+    }
+}
+
+pub(crate) struct Coherency {
+    l1: moka::sync::Cache<String, Arc<Entry>>,
+    stripes: Box<[Mutex<Stripe>]>,
+    /// Bumped by every whole-L1 purge; a fill whose token predates it is dropped.
+    epoch: AtomicU64,
+    enabled: AtomicBool,
+    /// False when L1 was configured off (capacity 0); then nothing is ever filled.
+    l1_configured: bool,
+    state: watch::Sender<ListenerState>,
+    pub(crate) node_id: String,
+    pub(crate) counters: Arc<Counters>,
+}
+
+impl Coherency {
+    pub(crate) fn new(l1_max_bytes: u64, node_id: String, counters: Arc<Counters>) -> Self {
+        let l1 = moka::sync::Cache::builder()
+            .max_capacity(l1_max_bytes)
+            .weigher(|k: &String, e: &Arc<Entry>| {
+                e.weight.saturating_add(u32::try_from(k.len()).unwrap_or(u32::MAX))
+            })
+            .expire_after(EntryExpiry)
+            .build();
+        let (state, _) = watch::channel(ListenerState::Starting);
+        Coherency {
+            l1,
+            stripes: (0..STRIPES).map(|_| Mutex::default()).collect(),
+            epoch: AtomicU64::new(0),
+            enabled: AtomicBool::new(false),
+            l1_configured: l1_max_bytes > 0,
+            state,
+            node_id,
+            counters,
+        }
+    }
+
+    fn stripe_of(key: &str) -> usize {
+        // FNV-1a: cheap, stable, and good enough to spread keys over stripes.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in key.bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        (h as usize) % STRIPES
+    }
+
+    fn lock(&self, i: usize) -> MutexGuard<'_, Stripe> {
+        // A panic while holding a stripe lock cannot leave a Stripe half-updated
+        // in a harmful way (two integers), so poisoning is ignored.
+        self.stripes[i].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether reads may use L1 right now.
+    pub(crate) fn l1_enabled(&self) -> bool {
+        self.enabled.load(Ordering::Acquire)
+    }
+
+    /// The L1 entry for `key`, if L1 is in use and holds one.
+    pub(crate) fn peek(&self, key: &str) -> Option<Arc<Entry>> {
+        if !self.l1_enabled() {
+            return None;
+        }
+        self.l1.get(key)
+    }
+
+    /// Starts an L2 read whose result may be put in L1; `None` when L1 is off.
+    pub(crate) fn begin_fill(&self, key: &str) -> Option<FillToken> {
+        if !self.l1_enabled() {
+            return None;
+        }
+        let stripe = Self::stripe_of(key);
+        let s = self.lock(stripe);
+        Some(FillToken {
+            stripe,
+            bare_gen: s.bare_gen,
+            max_version: s.max_version,
+            epoch: self.epoch.load(Ordering::Acquire),
+        })
+    }
+
+    /// Puts `entry` in L1 unless something invalidated `key` since `token` was
+    /// taken. Returns whether it was stored.
+    pub(crate) fn fill(&self, key: &str, token: FillToken, entry: Entry) -> bool {
+        let s = self.lock(token.stripe);
+        let untouched = self.l1_enabled()
+            && self.epoch.load(Ordering::Acquire) == token.epoch
+            && s.bare_gen == token.bare_gen
+            && (s.max_version == token.max_version || s.max_version <= entry.version);
+        if !untouched {
+            drop(s);
+            Counters::inc(&self.counters.fills_dropped);
+            return false;
+        }
+        // Never replace a newer value with an older one (two fills racing).
+        if let Some(existing) = self.l1.get(key)
+            && existing.version > entry.version
+        {
+            return false;
+        }
+        self.l1.insert(key.to_owned(), Arc::new(entry));
+        drop(s);
+        true
+    }
+
+    /// Parses and applies one payload. A payload that cannot be read may have
+    /// been an invalidation, so it purges L1: fail safe, not fail open.
+    pub(crate) fn apply_payload(&self, payload: &str) {
+        match crate::protocol::parse(payload) {
+            Ok(n) => self.apply(&n),
+            Err(e) => {
+                Counters::inc(&self.counters.malformed_notifications);
+                tracing::warn!(
+                    target: "c3::coherency",
+                    error = %e,
+                    payload_len = payload.len(),
+                    "malformed notification payload; purging L1"
+                );
+                self.purge();
+            }
+        }
+    }
+
+    /// Applies a parsed notification. `own` is true when it came from this node.
+    pub(crate) fn apply(&self, n: &Notification) {
+        let own = n.node.as_deref() == Some(self.node_id.as_str());
+        match &n.body {
+            Body::Written(entries) => {
+                for (version, key) in entries {
+                    self.apply_written(key, *version);
+                }
+            }
+            Body::Invalidate(keys) => {
+                for key in keys {
+                    self.apply_bare(key);
+                }
+            }
+            Body::Clear => self.purge(),
+            Body::Heartbeat => return,
+        }
+        if !own {
+            Counters::inc(&self.counters.invalidations_received);
+        }
+    }
+
+    /// A write at `version` committed for `key`.
+    pub(crate) fn apply_written(&self, key: &str, version: u64) {
+        let mut s = self.lock(Self::stripe_of(key));
+        s.max_version = s.max_version.max(version);
+        if let Some(e) = self.l1.get(key)
+            && e.version < version
+        {
+            self.l1.invalidate(key);
+        }
+    }
+
+    /// `key` changed in a way we cannot order: drop it whatever its version.
+    pub(crate) fn apply_bare(&self, key: &str) {
+        let mut s = self.lock(Self::stripe_of(key));
+        s.bare_gen = s.bare_gen.wrapping_add(1);
+        self.l1.invalidate(key);
+    }
+
+    /// Drops all of L1 and every fill in flight.
+    pub(crate) fn purge(&self) {
+        // All stripe locks, in index order (so two purges cannot deadlock):
+        // no fill can slip an entry in between the epoch bump and the clear.
+        let guards: Vec<_> = (0..STRIPES).map(|i| self.lock(i)).collect();
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.l1.invalidate_all();
+        drop(guards);
+        Counters::inc(&self.counters.purges);
+    }
+
+    /// The listener lost (or has not yet got) its connection: stop using L1.
+    pub(crate) fn disable(&self, state: ListenerState) {
+        self.enabled.store(false, Ordering::Release);
+        self.purge();
+        self.state.send_replace(state);
+    }
+
+    /// LISTEN is (again) in effect: purge what may have missed a message, then
+    /// start using L1.
+    pub(crate) fn enable(&self) {
+        self.purge();
+        self.enabled.store(self.l1_configured, Ordering::Release);
+        self.state.send_replace(ListenerState::Listening);
+    }
+
+    pub(crate) fn set_state(&self, state: ListenerState) {
+        self.state.send_replace(state);
+    }
+
+    pub(crate) fn state(&self) -> ListenerState {
+        *self.state.borrow()
+    }
+
+    pub(crate) fn subscribe(&self) -> watch::Receiver<ListenerState> {
+        self.state.subscribe()
+    }
+
+    pub(crate) fn l1_size(&self) -> (u64, u64) {
+        self.l1.run_pending_tasks();
+        (self.l1.entry_count(), self.l1.weighted_size())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(version: u64) -> Entry {
+        Entry {
+            value: Arc::new(version),
+            version,
+            fresh_until_us: u64::MAX,
+            stale_until_us: u64::MAX,
+            weight: 8,
+            keep_for: None,
+        }
+    }
+
+    fn engine() -> Coherency {
+        let c = Coherency::new(1 << 20, "me".into(), Arc::default());
+        c.enable();
+        c
+    }
+
+    #[test]
+    fn versioned_invalidation_keeps_newer() {
+        let c = engine();
+        let t = c.begin_fill("k").unwrap();
+        assert!(c.fill("k", t, entry(5)));
+        c.apply_written("k", 5);
+        assert!(c.peek("k").is_some(), "own notification must not evict");
+        c.apply_written("k", 4);
+        assert!(c.peek("k").is_some(), "late notification must not evict");
+        c.apply_written("k", 6);
+        assert!(c.peek("k").is_none());
+    }
+
+    #[test]
+    fn invalidation_during_read_drops_fill() {
+        let c = engine();
+        let t = c.begin_fill("k").unwrap();
+        c.apply_bare("k");
+        assert!(!c.fill("k", t, entry(1)));
+        let t = c.begin_fill("k").unwrap();
+        c.apply_written("k", 9);
+        assert!(!c.fill("k", t, entry(8)), "read an older version than committed");
+        let t = c.begin_fill("k").unwrap();
+        c.apply_written("k", 10);
+        assert!(c.fill("k", t, entry(10)), "read already saw that write");
+        let t = c.begin_fill("k").unwrap();
+        c.purge();
+        assert!(!c.fill("k", t, entry(11)));
+    }
+
+    #[test]
+    fn disabled_bypasses() {
+        let c = engine();
+        let t = c.begin_fill("k").unwrap();
+        assert!(c.fill("k", t, entry(1)));
+        c.disable(ListenerState::Reconnecting { attempt: 0 });
+        assert!(c.peek("k").is_none());
+        assert!(c.begin_fill("k").is_none());
+        assert!(!c.fill("k", t, entry(2)));
+        c.enable();
+        assert!(c.peek("k").is_none());
+        assert_eq!(c.state(), ListenerState::Listening);
+    }
+
+    #[test]
+    fn older_fill_does_not_replace_newer() {
+        let c = engine();
+        let t1 = c.begin_fill("k").unwrap();
+        let t2 = c.begin_fill("k").unwrap();
+        assert!(c.fill("k", t2, entry(7)));
+        assert!(!c.fill("k", t1, entry(6)));
+        assert_eq!(c.peek("k").unwrap().version, 7);
+    }
+}

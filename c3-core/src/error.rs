@@ -1,0 +1,201 @@
+//! The one error type of c3-core, modelled on `tokio_postgres::Error`: an opaque
+//! struct with a [`kind`](Error::kind) to match on and `is_*` shortcuts, so new
+//! failure details can be added without breaking callers.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::key::KeyError;
+
+/// What went wrong, for callers that need to branch on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The key is empty, too long, contains control characters or uses the
+    /// reserved `c3|` prefix.
+    InvalidKey,
+    /// The encoded value is larger than the configured maximum.
+    ValueTooLarge,
+    /// The value could not be serialized.
+    Encode,
+    /// A stored value could not be deserialized into the requested type, or was
+    /// written with an encoding this build cannot read.
+    Decode,
+    /// An L2 operation did not finish within the configured timeout.
+    Timeout,
+    /// PostgreSQL (or the connection pool) reported an error.
+    Backend,
+    /// The builder or the environment held an invalid setting.
+    Config,
+    /// The L2 circuit breaker is open, so L2 was not called.
+    CircuitOpen,
+    /// A loader passed to `get_or_load` failed and no stale value could be served.
+    Loader,
+    /// The cache was shut down.
+    Shutdown,
+}
+
+/// An error from a c3 operation.
+///
+/// Errors are cheap to move (one box) and say what happened in their `Display`
+/// output, including the limit that was exceeded or the operation that timed out.
+pub struct Error(Box<Repr>);
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Repr {
+    #[error("invalid cache key: {0}")]
+    InvalidKey(#[from] KeyError),
+    #[error("encoded value is {size} bytes, over the configured maximum of {max} bytes")]
+    ValueTooLarge { size: usize, max: usize },
+    #[error("could not encode value: {0}")]
+    Encode(#[source] serde_json::Error),
+    #[error("could not decode the cached value of key {key:?}: {source}")]
+    Decode {
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("the value of key {key:?} uses encoding {encoding:?}, which this build cannot read")]
+    UnknownEncoding { key: String, encoding: String },
+    #[error("L2 operation `{op}` timed out after {after:?}")]
+    Timeout { op: &'static str, after: Duration },
+    #[error("PostgreSQL error during `{op}`: {source}")]
+    Postgres {
+        op: &'static str,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("could not get a PostgreSQL connection from the pool for `{op}`: {source}")]
+    Pool {
+        op: &'static str,
+        #[source]
+        source: deadpool_postgres::PoolError,
+    },
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[allow(dead_code)] // raised by the L2 breaker
+    #[error("the L2 circuit breaker is open; L2 was not called")]
+    CircuitOpen,
+    #[error("loader failed: {0}")]
+    Loader(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("the cache has been shut down")]
+    Shutdown,
+}
+
+impl Error {
+    pub(crate) fn new(repr: Repr) -> Self {
+        Error(Box::new(repr))
+    }
+
+    pub(crate) fn config(msg: impl Into<String>) -> Self {
+        Error::new(Repr::Config(msg.into()))
+    }
+
+    pub(crate) fn timeout(op: &'static str, after: Duration) -> Self {
+        Error::new(Repr::Timeout { op, after })
+    }
+
+    pub(crate) fn postgres(op: &'static str, source: tokio_postgres::Error) -> Self {
+        Error::new(Repr::Postgres { op, source })
+    }
+
+    pub(crate) fn pool(op: &'static str, source: deadpool_postgres::PoolError) -> Self {
+        Error::new(Repr::Pool { op, source })
+    }
+
+    /// Wraps a loader's error so it can travel through `get_or_load`.
+    pub fn loader(source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Error::new(Repr::Loader(source.into()))
+    }
+
+    /// What kind of failure this is.
+    #[must_use]
+    pub fn kind(&self) -> ErrorKind {
+        match &*self.0 {
+            Repr::InvalidKey(_) => ErrorKind::InvalidKey,
+            Repr::ValueTooLarge { .. } => ErrorKind::ValueTooLarge,
+            Repr::Encode(_) => ErrorKind::Encode,
+            Repr::Decode { .. } | Repr::UnknownEncoding { .. } => ErrorKind::Decode,
+            Repr::Timeout { .. } => ErrorKind::Timeout,
+            Repr::Postgres { .. } | Repr::Pool { .. } => ErrorKind::Backend,
+            Repr::Config(_) => ErrorKind::Config,
+            Repr::CircuitOpen => ErrorKind::CircuitOpen,
+            Repr::Loader(_) => ErrorKind::Loader,
+            Repr::Shutdown => ErrorKind::Shutdown,
+        }
+    }
+
+    /// The key was rejected before any I/O.
+    #[must_use]
+    pub fn is_invalid_key(&self) -> bool {
+        self.kind() == ErrorKind::InvalidKey
+    }
+
+    /// An L2 call timed out.
+    #[must_use]
+    pub fn is_timeout(&self) -> bool {
+        self.kind() == ErrorKind::Timeout
+    }
+
+    /// PostgreSQL or the pool failed (other than by timing out).
+    #[must_use]
+    pub fn is_backend(&self) -> bool {
+        self.kind() == ErrorKind::Backend
+    }
+
+    /// Whether the failure came from L2's availability (timeout, backend error or
+    /// an open breaker) rather than from the caller's input. Such failures count
+    /// towards the L2 circuit breaker.
+    #[must_use]
+    pub fn is_l2_unavailable(&self) -> bool {
+        matches!(
+            self.kind(),
+            ErrorKind::Timeout | ErrorKind::Backend | ErrorKind::CircuitOpen
+        )
+    }
+
+    /// The SQLSTATE code, when PostgreSQL reported one.
+    #[must_use]
+    pub fn sqlstate(&self) -> Option<&str> {
+        match &*self.0 {
+            Repr::Postgres { source, .. } => source.code().map(|c| c.code()),
+            _ => None,
+        }
+    }
+}
+
+impl From<Repr> for Error {
+    fn from(repr: Repr) -> Self {
+        Error::new(repr)
+    }
+}
+
+impl From<KeyError> for Error {
+    fn from(e: KeyError) -> Self {
+        Error::new(Repr::InvalidKey(e))
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Error")
+            .field("kind", &self.kind())
+            .field("detail", &self.0)
+            .finish()
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        std::error::Error::source(&*self.0)
+    }
+}
+
+/// The result type of c3 operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

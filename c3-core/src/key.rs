@@ -1,0 +1,128 @@
+//! Validation of cache keys and SQL identifiers.
+//!
+//! Keys travel in NOTIFY payloads, whose hard limit is 8000 bytes, and are stored
+//! in a `text` column, which cannot hold NUL. Validating them up front turns both
+//! limits into a typed error at the call site instead of a failed transaction.
+
+/// Keys may never be longer than this, whatever the configuration says: a key
+/// must always fit in one notification together with the message header.
+pub const MAX_KEY_BYTES_LIMIT: usize = 7000;
+
+/// The prefix that marks c3's own notification messages; keys may not start
+/// with it, or a bare-key notification could be mistaken for a message.
+pub(crate) const RESERVED_PREFIX: &str = "c3|";
+
+/// Why a key was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyError {
+    /// The key is the empty string.
+    #[error("key is empty")]
+    Empty,
+    /// The key is longer than the configured maximum.
+    #[error("key is {len} bytes, over the maximum of {max} bytes")]
+    TooLong {
+        /// Length of the key in bytes.
+        len: usize,
+        /// The maximum in force.
+        max: usize,
+    },
+    /// The key contains a control character (including NUL and newline).
+    #[error("key contains control character U+{code:04X} at byte {at}")]
+    ControlCharacter {
+        /// The code point found.
+        code: u32,
+        /// Its byte offset.
+        at: usize,
+    },
+    /// The key starts with the reserved `c3|` prefix.
+    #[error("key starts with the reserved prefix \"c3|\"")]
+    ReservedPrefix,
+}
+
+/// Checks a key against the rules in `docs/PROTOCOL.md`.
+pub(crate) fn validate_key(key: &str, max: usize) -> Result<(), KeyError> {
+    if key.is_empty() {
+        return Err(KeyError::Empty);
+    }
+    if key.len() > max {
+        return Err(KeyError::TooLong {
+            len: key.len(),
+            max,
+        });
+    }
+    if let Some((at, c)) = key.char_indices().find(|(_, c)| c.is_control()) {
+        return Err(KeyError::ControlCharacter {
+            code: c as u32,
+            at,
+        });
+    }
+    if key.starts_with(RESERVED_PREFIX) {
+        return Err(KeyError::ReservedPrefix);
+    }
+    Ok(())
+}
+
+/// A validated SQL identifier (schema, table or channel name).
+///
+/// Only `[a-z_][a-z0-9_]*` up to `max` bytes is accepted. That is stricter than
+/// PostgreSQL needs, but it means the name reads the same quoted and unquoted,
+/// in `LISTEN` and in `pg_notify('…')`, so no case-folding surprises.
+pub(crate) fn validate_ident(what: &str, name: &str, max: usize) -> Result<(), String> {
+    let ok_first = name
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_lowercase() || b == b'_');
+    let ok_rest = name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if !ok_first || !ok_rest || name.len() > max {
+        return Err(format!(
+            "{what} name {name:?} is not a valid identifier: use 1 to {max} characters from [a-z0-9_], not starting with a digit"
+        ));
+    }
+    Ok(())
+}
+
+/// Quotes a validated identifier. Validation already excludes `"`, so this
+/// cannot be broken out of; quoting still keeps reserved words usable.
+pub(crate) fn quote_ident(name: &str) -> String {
+    format!("\"{name}\"")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys() {
+        assert_eq!(validate_key("", 10), Err(KeyError::Empty));
+        assert!(validate_key("user:42", 10).is_ok());
+        assert_eq!(
+            validate_key("abcdefghijk", 10),
+            Err(KeyError::TooLong { len: 11, max: 10 })
+        );
+        assert_eq!(
+            validate_key("a\0b", 10),
+            Err(KeyError::ControlCharacter { code: 0, at: 1 })
+        );
+        assert_eq!(
+            validate_key("a\nb", 10),
+            Err(KeyError::ControlCharacter { code: 10, at: 1 })
+        );
+        assert_eq!(validate_key("c3|x", 10), Err(KeyError::ReservedPrefix));
+        assert!(validate_key("'; DROP TABLE x; --", 100).is_ok());
+        assert!(validate_key("ключ", 100).is_ok());
+    }
+
+    #[test]
+    fn identifiers() {
+        assert!(validate_ident("table", "cache_data", 40).is_ok());
+        assert!(validate_ident("table", "_x1", 40).is_ok());
+        for bad in ["", "1abc", "Cache", "a-b", "a\"b", "x; drop table y", "a b"] {
+            assert!(validate_ident("table", bad, 40).is_err(), "{bad}");
+        }
+        assert!(validate_ident("table", &"a".repeat(41), 40).is_err());
+        assert_eq!(quote_ident("t"), "\"t\"");
+    }
+}

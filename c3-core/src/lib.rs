@@ -1,0 +1,80 @@
+//! # c3-core: a coherent two-tier cache on PostgreSQL
+//!
+//! Every service instance keeps a hot in-process cache (**L1**, [moka]), all
+//! instances share a durable cache table in the PostgreSQL they already run
+//! (**L2**), and they stay consistent through PostgreSQL itself: each write
+//! commits its row and a `pg_notify` in one transaction, and every node
+//! `LISTEN`s and drops what became stale. No Redis, no sidecar.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), c3_core::Error> {
+//! use c3_core::{C3, MemoryServer};
+//!
+//! // Two nodes sharing one L2. With PostgreSQL: C3::builder().postgres(&url).
+//! let db = MemoryServer::new();
+//! let a = C3::builder().memory(&db).build().await?;
+//! let b = C3::builder().memory(&db).build().await?;
+//!
+//! a.set("user:42", &"Ada".to_string()).await?;
+//! assert_eq!(*b.get::<String>("user:42").await?.unwrap(), "Ada"); // L2 hit, fills B's L1
+//!
+//! a.set("user:42", &"Ada Lovelace".to_string()).await?;          // notifies B
+//! # tokio::task::yield_now().await;
+//! assert_eq!(*a.get::<String>("user:42").await?.unwrap(), "Ada Lovelace"); // A's L1
+//! # Ok(()) }
+//! ```
+//!
+//! ## Guarantees
+//!
+//! * An L1 hit does no I/O and no decoding: L1 keeps the decoded `Arc<T>`.
+//! * A write and its invalidation commit together; a rolled-back write
+//!   publishes nothing.
+//! * After a node applies an invalidation, it never serves the older value
+//!   again — including from an L2 read that was in flight at the time.
+//! * When the LISTEN connection is lost or stops answering heartbeats, L1 is
+//!   purged and bypassed until LISTEN is back (and purged again then).
+//! * Any client can invalidate with `SELECT pg_notify('cache_invalidate', 'key')`.
+//!   The wire protocol is specified in `docs/PROTOCOL.md`.
+//!
+//! ## Features
+//!
+//! | feature | what it adds |
+//! |---|---|
+//! | `test-util` | [`C3Builder::fill_hook`], to make race tests deterministic |
+//!
+//! ## Layout
+//!
+//! * `builder` — [`C3Builder`], all settings and `build()`.
+//! * `cache` — [`C3`], the typed get/set/delete/invalidate API.
+//! * `coherency` — L1 and the rules that keep it coherent (versions, fill
+//!   tokens, fail-safe purge).
+//! * `listener` — the tasks that drive the LISTEN connection and heartbeat.
+//! * `backend` — L2: the PostgreSQL table and the in-memory stand-in.
+//! * `protocol` — the notification payload grammar.
+//! * `key`, `clock`, `stats`, `error` — key rules, injectable time, counters, errors.
+//!
+//! [moka]: https://docs.rs/moka
+
+mod backend;
+mod builder;
+mod cache;
+mod clock;
+mod coherency;
+mod error;
+mod key;
+mod listener;
+mod protocol;
+mod stats;
+
+pub use backend::memory::MemoryServer;
+#[cfg(feature = "test-util")]
+pub use builder::FillHook;
+pub use builder::C3Builder;
+pub use cache::C3;
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use coherency::ListenerState;
+pub use error::{Error, ErrorKind, Result};
+pub use key::{KeyError, MAX_KEY_BYTES_LIMIT};
+pub use protocol::ProtocolError;
+pub use stats::Stats;

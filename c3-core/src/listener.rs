@@ -1,0 +1,279 @@
+//! Driving the LISTEN connections, separate from using the cache (as
+//! tokio-postgres separates `Connection` from `Client`).
+//!
+//! Each node owns one dedicated connection that is never taken from the pool:
+//! a pooled connection may be handed to someone else, and LISTEN state would go
+//! with it. This task connects, LISTENs, feeds every payload to the
+//! [`Coherency`] engine and watches the connection's health:
+//!
+//! * the connection reports an error or end of stream → it is gone;
+//! * a heartbeat, a NOTIFY on a channel only this node listens to, is sent every
+//!   `heartbeat_interval` and must come back within `heartbeat_timeout`. This
+//!   proves the whole notification path works, and catches a half-open TCP link
+//!   that would otherwise look healthy for as long as the OS's timeouts.
+//!
+//! On any loss L1 is purged and bypassed at once (a notification may already be
+//! missing: PostgreSQL queues nothing for a disconnected listener). After
+//! reconnecting and LISTENing again, L1 is purged once more before it is used.
+
+use std::future::poll_fn;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Instant, sleep, sleep_until};
+use tokio_postgres::{AsyncMessage, NoTls};
+use tracing::{debug, warn};
+
+use crate::coherency::{Coherency, ListenerState};
+use crate::key::quote_ident;
+use crate::stats::Counters;
+
+/// Settings for the Postgres listener task.
+#[derive(Debug, Clone)]
+pub(crate) struct ListenerSettings {
+    pub(crate) channel: String,
+    pub(crate) heartbeat_channel: String,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) heartbeat_interval: Duration,
+    pub(crate) heartbeat_timeout: Duration,
+    pub(crate) backoff_min: Duration,
+    pub(crate) backoff_max: Duration,
+}
+
+enum Event {
+    Notification { channel: String, payload: String },
+    Closed(Option<tokio_postgres::Error>),
+}
+
+/// Why a LISTEN session ended.
+enum Ended {
+    Lost(String),
+    Shutdown,
+}
+
+/// Runs until `shutdown` turns true; then leaves the state at `Stopped`.
+pub(crate) async fn run_postgres(
+    coherency: Arc<Coherency>,
+    config: tokio_postgres::Config,
+    settings: ListenerSettings,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut attempt: u32 = 0;
+    let mut ever_connected = false;
+    let mut rng = Jitter::new(&coherency.node_id);
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        match connect(&config, &settings).await {
+            Ok((client, events)) => {
+                if ever_connected {
+                    Counters::inc(&coherency.counters.reconnects);
+                }
+                ever_connected = true;
+                attempt = 0;
+                coherency.enable();
+                debug!(target: "c3::listener", channel = %settings.channel, "listening");
+                let ended = session(&coherency, client, events, &settings, &mut shutdown).await;
+                coherency.disable(ListenerState::Reconnecting { attempt: 0 });
+                match ended {
+                    Ended::Shutdown => break,
+                    Ended::Lost(why) => {
+                        warn!(target: "c3::listener", reason = %why, "listener connection lost; L1 purged and bypassed until LISTEN is back");
+                    }
+                }
+            }
+            Err(why) => {
+                attempt = attempt.saturating_add(1);
+                coherency.set_state(ListenerState::Reconnecting { attempt });
+                warn!(target: "c3::listener", attempt, reason = %why, "could not (re)establish LISTEN");
+            }
+        }
+        let delay = rng.backoff(attempt, settings.backoff_min, settings.backoff_max);
+        tokio::select! {
+            _ = sleep(delay) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+    coherency.disable(ListenerState::Stopped);
+}
+
+async fn connect(
+    config: &tokio_postgres::Config,
+    settings: &ListenerSettings,
+) -> Result<(tokio_postgres::Client, mpsc::Receiver<Event>), String> {
+    let (client, mut connection) =
+        tokio::time::timeout(settings.connect_timeout, config.connect(NoTls))
+            .await
+            .map_err(|_| format!("connect timed out after {:?}", settings.connect_timeout))?
+            .map_err(|e| format!("connect failed: {e}"))?;
+    // Bounded: if the engine falls behind, the driver stops reading the socket
+    // and PostgreSQL buffers for us, instead of this process growing without
+    // bound during a notification flood.
+    let (tx, rx) = mpsc::channel(1024);
+    tokio::spawn(async move {
+        // The Connection future's own poll() discards notifications, so the
+        // connection is driven message by message here.
+        loop {
+            match poll_fn(|cx| connection.poll_message(cx)).await {
+                Some(Ok(AsyncMessage::Notification(n))) => {
+                    let ev = Event::Notification {
+                        channel: n.channel().to_owned(),
+                        payload: n.payload().to_owned(),
+                    };
+                    if tx.send(ev).await.is_err() {
+                        return;
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    let _ = tx.send(Event::Closed(Some(e))).await;
+                    return;
+                }
+                None => {
+                    let _ = tx.send(Event::Closed(None)).await;
+                    return;
+                }
+            }
+        }
+    });
+    let listen = format!(
+        "LISTEN {}; LISTEN {}",
+        quote_ident(&settings.channel),
+        quote_ident(&settings.heartbeat_channel)
+    );
+    tokio::time::timeout(settings.connect_timeout, client.batch_execute(&listen))
+        .await
+        .map_err(|_| "LISTEN timed out".to_owned())?
+        .map_err(|e| format!("LISTEN failed: {e}"))?;
+    Ok((client, rx))
+}
+
+async fn session(
+    coherency: &Coherency,
+    client: tokio_postgres::Client,
+    mut events: mpsc::Receiver<Event>,
+    settings: &ListenerSettings,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Ended {
+    let client = Arc::new(client);
+    let mut nonce: u64 = 0;
+    let mut awaiting: Option<(String, Instant)> = None;
+    let mut next_beat = Instant::now() + settings.heartbeat_interval;
+    loop {
+        let wake = awaiting.as_ref().map_or(next_beat, |(_, deadline)| *deadline);
+        tokio::select! {
+            biased;
+            _ = shutdown.changed() => return Ended::Shutdown,
+            ev = events.recv() => match ev {
+                Some(Event::Notification { channel, payload }) => {
+                    if channel == settings.heartbeat_channel {
+                        if awaiting.as_ref().is_some_and(|(p, _)| *p == payload) {
+                            awaiting = None;
+                        }
+                    } else {
+                        coherency.apply_payload(&payload);
+                    }
+                }
+                Some(Event::Closed(e)) => {
+                    return Ended::Lost(e.map_or_else(|| "connection closed".to_owned(), |e| e.to_string()));
+                }
+                None => return Ended::Lost("connection driver stopped".to_owned()),
+            },
+            _ = sleep_until(wake) => {
+                if awaiting.is_some() {
+                    return Ended::Lost(format!(
+                        "heartbeat not echoed within {:?}", settings.heartbeat_timeout
+                    ));
+                }
+                nonce += 1;
+                let payload = nonce.to_string();
+                awaiting = Some((payload.clone(), Instant::now() + settings.heartbeat_timeout));
+                next_beat = Instant::now() + settings.heartbeat_interval;
+                // Sent from a separate task: awaiting the reply here would stop
+                // us draining `events`, which the reply may be queued behind.
+                let client = Arc::clone(&client);
+                let channel = settings.heartbeat_channel.clone();
+                tokio::spawn(async move {
+                    let _ = client
+                        .execute("SELECT pg_notify($1, $2)", &[&channel, &payload])
+                        .await;
+                });
+            }
+        }
+    }
+}
+
+/// The in-memory backend's equivalent of the listener task.
+/// The caller subscribes (and enables L1) before spawning, so no message sent
+/// after `build()` returns can be missed.
+pub(crate) async fn run_memory(
+    coherency: Arc<Coherency>,
+    mut rx: tokio::sync::broadcast::Receiver<Arc<str>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.changed() => break,
+            msg = rx.recv() => match msg {
+                Ok(payload) => coherency.apply_payload(&payload),
+                // Messages were dropped: exactly like a lost connection, we no
+                // longer know what changed, so everything goes.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    warn!(target: "c3::listener", missed = n, "fell behind the notification stream; purging L1");
+                    coherency.purge();
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            },
+        }
+    }
+    coherency.disable(ListenerState::Stopped);
+}
+
+/// Exponential backoff with jitter, so a fleet that lost its database does not
+/// reconnect in lockstep. A tiny xorshift avoids a dependency on `rand`.
+struct Jitter(u64);
+
+impl Jitter {
+    fn new(seed: &str) -> Self {
+        let mut h: u64 = 0x9e37_79b9_7f4a_7c15 ^ u64::from(std::process::id());
+        for b in seed.bytes() {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        Jitter(h | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn backoff(&mut self, attempt: u32, min: Duration, max: Duration) -> Duration {
+        let exp = min.saturating_mul(1u32 << attempt.min(16)).min(max);
+        // Uniform in [exp/2, exp].
+        let half = exp / 2;
+        let extra = self.next() % (half.as_micros() as u64 + 1);
+        half + Duration::from_micros(extra)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_bounded_and_grows() {
+        let mut j = Jitter::new("n");
+        let min = Duration::from_millis(100);
+        let max = Duration::from_secs(5);
+        for attempt in 0..40 {
+            let d = j.backoff(attempt, min, max);
+            assert!(d <= max, "{d:?}");
+            assert!(d >= min.saturating_mul(1u32 << attempt.min(16)).min(max) / 2);
+        }
+    }
+}

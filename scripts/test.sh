@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Runs the whole test suite against a real PostgreSQL.
+#
+# Finds a server in this order: $DATABASE_URL; the local default
+# postgres://postgres@127.0.0.1:5432/postgres; otherwise starts a throwaway
+# cluster from the local PostgreSQL binaries (installing Debian's `postgresql`
+# package if they are missing) and stops it on exit.
+#
+# Extra arguments go to `cargo test`, e.g. `scripts/test.sh -- --nocapture`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=scripts/pg.sh
+source scripts/pg.sh
+c3_find_or_start_postgres
+echo "scripts/test.sh: using DATABASE_URL=$DATABASE_URL"
+cargo test --workspace "$@"

@@ -1,0 +1,22 @@
+//! # c3: coherent caching on PostgreSQL
+//!
+//! The facade crate. It re-exports the c3 crates so one dependency is enough:
+//!
+//! | module | crate | what it is |
+//! |---|---|---|
+//! | [`core`] | `c3-core` | the coherent two-tier cache ([`C3`]) |
+//!
+//! The most used items are also re-exported at the top level.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), c3::Error> {
+//! let db = c3::MemoryServer::new(); // or C3::builder().postgres("postgres://…")
+//! let cache = c3::C3::builder().memory(&db).build().await?;
+//! cache.set("answer", &42u32).await?;
+//! assert_eq!(cache.get::<u32>("answer").await?.as_deref(), Some(&42));
+//! # Ok(()) }
+//! ```
+
+pub use c3_core as core;
+pub use c3_core::{C3, C3Builder, Error, ErrorKind, ListenerState, MemoryServer, Stats};

@@ -1,0 +1,149 @@
+//! Every kind of bad input gets a typed error (or, for notifications, a
+//! counted, logged purge) — never a panic, never a hang.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use c3::core::{C3, ErrorKind, MemoryServer};
+use support::{DELIVERY, TestDb, wait_until};
+
+#[tokio::test]
+async fn invalid_keys_and_values_are_rejected_before_io() {
+    let db = TestDb::new("bad_keys").await;
+    let a = db.builder().max_value_bytes(1024).build().await.unwrap();
+    let long = "k".repeat(1025);
+    for key in ["", long.as_str(), "a\0b", "line\nbreak", "c3|1|x|1|c"] {
+        let err = a.set(key, &1).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidKey, "{key:?}: {err}");
+        assert!(a.get::<i32>(key).await.unwrap_err().is_invalid_key());
+        assert!(a.delete(key).await.unwrap_err().is_invalid_key());
+        assert!(a.invalidate(key).await.unwrap_err().is_invalid_key());
+    }
+    let err = a.set("big", &"x".repeat(2000)).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ValueTooLarge);
+    assert!(err.to_string().contains("1024"), "{err}");
+    // One bad key fails the whole batch, and nothing is written.
+    let err = a.set_many(&[("ok", 1), ("", 2)]).await.unwrap_err();
+    assert!(err.is_invalid_key());
+    assert!(a.get::<i32>("ok").await.unwrap().is_none());
+
+    // SQL metacharacters are just bytes of a key.
+    let evil = "'; DROP TABLE cache_data; --";
+    a.set(evil, &7).await.unwrap();
+    assert_eq!(a.get::<i32>(evil).await.unwrap().as_deref(), Some(&7));
+    // Keys up to the configured maximum work, including in notifications.
+    let max_key = "m".repeat(1024);
+    a.set(&max_key, &1).await.unwrap();
+    a.delete(&max_key).await.unwrap();
+    // Non-ASCII keys are fine.
+    a.set("ключ:🔑", &1).await.unwrap();
+    assert!(a.get::<i32>("ключ:🔑").await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn invalid_configuration_is_a_config_error() {
+    let db = TestDb::new("bad_config").await;
+    for b in [
+        db.builder().table("x; DROP TABLE y"),
+        db.builder().table("Upper"),
+        db.builder().schema("a\"b"),
+        db.builder().channel("has space"),
+        db.builder().channel("c".repeat(41)),
+        db.builder().max_key_bytes(8000),
+        db.builder().max_key_bytes(0),
+        db.builder().node_id("bad node id"),
+        db.builder().pool_size(0),
+        C3::builder().postgres("not a url at all ::"),
+        C3::builder(),
+    ] {
+        let err = b.build().await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+    }
+}
+
+#[tokio::test]
+async fn unreachable_postgres_fails_fast_with_a_clear_error() {
+    let started = Instant::now();
+    let err = C3::builder()
+        .postgres("postgres://postgres@127.0.0.1:1/postgres")
+        .connect_timeout(Duration::from_secs(1))
+        .op_timeout(Duration::from_secs(1))
+        .build()
+        .await
+        .unwrap_err();
+    assert!(err.is_backend() || err.is_timeout(), "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(10), "no hang");
+}
+
+#[tokio::test]
+async fn l2_calls_time_out_instead_of_hanging_when_postgres_goes_silent() {
+    let db = TestDb::new("silent_pg").await;
+    let proxy = support::proxy::FaultProxy::start(support::database_addr()).await;
+    let url = proxy.url(&support::database_url());
+    let a = db
+        .builder()
+        .postgres(&url)
+        .op_timeout(Duration::from_millis(500))
+        .build()
+        .await
+        .unwrap();
+    a.set("k", &1).await.unwrap();
+    proxy.blackhole();
+    for op in 0..3 {
+        let started = Instant::now();
+        let err = match op {
+            0 => a.set("k", &2).await.unwrap_err(),
+            1 => a.delete("other").await.unwrap_err(),
+            _ => a.get::<i32>("never-cached").await.unwrap_err(),
+        };
+        assert!(err.is_timeout(), "{err:?}");
+        assert!(started.elapsed() < Duration::from_secs(3));
+    }
+    assert!(a.stats().l2_errors >= 3);
+}
+
+#[tokio::test]
+async fn malformed_notifications_are_counted_and_purge_l1() {
+    let db = TestDb::new("malformed").await;
+    let a = db.node().await;
+    a.set("k", &1).await.unwrap();
+    assert!(a.is_cached_locally("k"));
+    for payload in ["c3|1|x", "c3|9|n|1|k\n1 k", "c3|1|n|1|zz", "c3|1|n|1|k\nnot-a-version k"] {
+        db.client
+            .execute("SELECT pg_notify($1, $2)", &[&db.channel, &payload])
+            .await
+            .unwrap();
+    }
+    wait_until("four malformed payloads counted", DELIVERY, || async {
+        a.stats().malformed_notifications == 4
+    })
+    .await;
+    assert!(!a.is_cached_locally("k"), "an unreadable message fails safe");
+    assert_eq!(a.listener_state(), c3::ListenerState::Listening, "listener survives");
+    a.set("k", &2).await.unwrap();
+    assert!(a.is_cached_locally("k"));
+}
+
+#[tokio::test]
+async fn memory_backend_has_the_same_semantics() {
+    let server = MemoryServer::new();
+    let a = C3::builder().memory(&server).build().await.unwrap();
+    let b = C3::builder().memory(&server).build().await.unwrap();
+    a.set("k", &1).await.unwrap();
+    assert_eq!(b.get::<i32>("k").await.unwrap().as_deref(), Some(&1));
+    a.set("k", &2).await.unwrap();
+    wait_until("B drops k", DELIVERY, || async { !b.is_cached_locally("k") }).await;
+    assert_eq!(b.get::<i32>("k").await.unwrap().as_deref(), Some(&2));
+    assert!(a.is_cached_locally("k"));
+    server.notify("k");
+    wait_until("bare notify drops k on A", DELIVERY, || async { !a.is_cached_locally("k") }).await;
+    server.notify("c3|garbage");
+    wait_until("malformed counted", DELIVERY, || async {
+        a.stats().malformed_notifications == 1 && b.stats().malformed_notifications == 1
+    })
+    .await;
+    a.shutdown().await;
+    assert_eq!(a.listener_state(), c3::ListenerState::Stopped);
+    assert_eq!(a.get::<i32>("k").await.unwrap_err().kind(), ErrorKind::Shutdown);
+}

@@ -1,0 +1,383 @@
+//! Multi-node coherency on a real PostgreSQL: several `C3` nodes in one
+//! process, each with its own pool and LISTEN connection.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use c3::ListenerState;
+use c3::core::{ErrorKind, ManualClock};
+use support::{DELIVERY, TestDb, wait_until};
+use tokio::sync::Notify;
+
+#[tokio::test]
+async fn set_on_a_is_read_on_b_and_a_newer_write_replaces_b_copy() {
+    let db = TestDb::new("set_get").await;
+    let nodes = db.nodes(2).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+
+    a.set("user:1", &"v1".to_string()).await.unwrap();
+    assert_eq!(*b.get::<String>("user:1").await.unwrap().unwrap(), "v1");
+    assert!(b.is_cached_locally("user:1"), "B filled its L1 from L2");
+
+    a.set("user:1", &"v2".to_string()).await.unwrap();
+    // The writer reads its own write from L1, even after its own notification.
+    let before = a.stats().l1_hits;
+    assert_eq!(*a.get::<String>("user:1").await.unwrap().unwrap(), "v2");
+    assert_eq!(a.stats().l1_hits, before + 1, "A's read after its write is an L1 hit");
+
+    wait_until("B drops v1 after A's notification", DELIVERY, || async {
+        !b.is_cached_locally("user:1")
+    })
+    .await;
+    assert_eq!(*b.get::<String>("user:1").await.unwrap().unwrap(), "v2");
+
+    // Notifications arrive in commit order: once a later marker reached A, so
+    // had A's own notification for v2, and A must still hold v2.
+    let received = a.stats().invalidations_received;
+    db.client
+        .execute("SELECT pg_notify($1, 'marker')", &[&db.channel])
+        .await
+        .unwrap();
+    wait_until("A receives the marker", DELIVERY, || async {
+        a.stats().invalidations_received > received
+    })
+    .await;
+    assert!(a.is_cached_locally("user:1"), "own notification did not evict own value");
+}
+
+#[tokio::test]
+async fn delete_and_get_many_set_many_across_nodes() {
+    let db = TestDb::new("delete_many").await;
+    let nodes = db.nodes(2).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    a.set_many(&[("k1", 1u32), ("k2", 2), ("k3", 3), ("k2", 22)]).await.unwrap();
+    let got = b.get_many::<u32>(&["k1", "k2", "nope", "k3"]).await.unwrap();
+    let got: Vec<Option<u32>> = got.into_iter().map(|v| v.map(|v| *v)).collect();
+    assert_eq!(got, vec![Some(1), Some(22), None, Some(3)]);
+    assert!(b.is_cached_locally("k2"));
+
+    a.delete("k2").await.unwrap();
+    assert!(a.get::<u32>("k2").await.unwrap().is_none(), "read-your-delete on A");
+    wait_until("B drops deleted k2", DELIVERY, || async { !b.is_cached_locally("k2") }).await;
+    assert!(b.get::<u32>("k2").await.unwrap().is_none());
+
+    // Re-inserting after a delete gets a higher version than before.
+    a.set("k2", &5u32).await.unwrap();
+    wait_until("B sees re-inserted k2", DELIVERY, || async {
+        b.get::<u32>("k2").await.unwrap().as_deref() == Some(&5)
+    })
+    .await;
+
+    a.invalidate("k1").await.unwrap();
+    assert!(!a.is_cached_locally("k1"));
+    wait_until("B drops invalidated k1", DELIVERY, || async { !b.is_cached_locally("k1") }).await;
+    assert_eq!(b.get::<u32>("k1").await.unwrap().as_deref(), Some(&1), "L2 untouched");
+
+    b.clear().await.unwrap();
+    wait_until("A cleared", DELIVERY, || async {
+        a.get::<u32>("k3").await.unwrap().is_none()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn bare_pg_notify_from_a_plain_client_invalidates_every_node() {
+    let db = TestDb::new("bare_notify").await;
+    let nodes = db.nodes(3).await;
+    for n in &nodes {
+        n.set("user:42", &"old".to_string()).await.unwrap();
+        assert!(n.get::<String>("user:42").await.unwrap().is_some());
+    }
+    // A non-Rust writer: plain SQL update of the row, then a bare notify.
+    db.client
+        .execute(
+            &format!(
+                "UPDATE {} SET value = convert_to($1, 'UTF8') WHERE key = 'user:42'",
+                db.table()
+            ),
+            &[&"\"new\""],
+        )
+        .await
+        .unwrap();
+    db.client
+        .execute("SELECT pg_notify($1, 'user:42')", &[&db.channel])
+        .await
+        .unwrap();
+    for n in &nodes {
+        wait_until("node drops user:42 after bare notify", DELIVERY, || async {
+            !n.is_cached_locally("user:42")
+        })
+        .await;
+        assert_eq!(*n.get::<String>("user:42").await.unwrap().unwrap(), "new");
+    }
+}
+
+#[tokio::test]
+async fn a_row_inserted_by_a_foreign_client_is_read_correctly() {
+    let db = TestDb::new("foreign_row").await;
+    let a = db.node().await;
+    db.client
+        .execute(
+            &format!(
+                "INSERT INTO {} (key, value, expires_at) \
+                 VALUES ('profile:7', convert_to('{{\"name\":\"Grace\",\"langs\":[\"COBOL\"]}}', 'UTF8'), now() + interval '1 hour')",
+                db.table()
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    #[derive(serde::Deserialize, Debug, PartialEq)]
+    struct Profile {
+        name: String,
+        langs: Vec<String>,
+    }
+    let p = a.get::<Profile>("profile:7").await.unwrap().unwrap();
+    assert_eq!(p.name, "Grace");
+    assert_eq!(p.langs, vec!["COBOL"]);
+    // A row expired by the foreign writer is not served.
+    db.client
+        .execute(
+            &format!(
+                "INSERT INTO {} (key, value, expires_at) VALUES ('gone', convert_to('1', 'UTF8'), now() - interval '1 second')",
+                db.table()
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(a.get::<u32>("gone").await.unwrap().is_none());
+    // A row whose bytes are not a `T` is a typed error, not a panic.
+    let err = a.get::<Vec<u32>>("profile:7").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Decode);
+}
+
+#[tokio::test]
+async fn versions_never_go_backwards_for_a_key() {
+    let db = TestDb::new("versions").await;
+    let a = db.node().await;
+    let version = |key: &'static str| {
+        let db = &db;
+        async move {
+            let row = db
+                .client
+                .query_opt(&format!("SELECT version FROM {} WHERE key = $1", db.table()), &[&key])
+                .await
+                .unwrap();
+            row.map(|r| r.get::<_, i64>(0))
+        }
+    };
+    a.set("v", &1).await.unwrap();
+    let v1 = version("v").await.unwrap();
+    a.set("v", &2).await.unwrap();
+    let v2 = version("v").await.unwrap();
+    a.delete("v").await.unwrap();
+    assert!(version("v").await.is_none());
+    a.set("v", &3).await.unwrap();
+    let v3 = version("v").await.unwrap();
+    // Even a foreign writer that sets version by hand cannot move it back.
+    db.client
+        .execute(&format!("UPDATE {} SET version = 1 WHERE key = 'v'", db.table()), &[])
+        .await
+        .unwrap();
+    let v4 = version("v").await.unwrap();
+    assert!(v1 < v2 && v2 < v3 && v3 < v4, "{v1} {v2} {v3} {v4}");
+}
+
+#[tokio::test]
+async fn listener_loss_purges_and_bypasses_l1_then_coherency_resumes() {
+    let db = TestDb::new("fail_safe").await;
+    // A slow first reconnect keeps the outage long enough to look at it.
+    let a = db
+        .builder()
+        .node_id("fail-safe-a")
+        .reconnect_backoff(Duration::from_secs(2), Duration::from_secs(2))
+        .build()
+        .await
+        .unwrap();
+    let b = db.node().await;
+    a.set("x", &"v1".to_string()).await.unwrap();
+    assert!(a.is_cached_locally("x"));
+    let purges_before = a.stats().purges;
+
+    let mut state = a.watch_listener();
+    assert_eq!(db.kill_listener(&a).await, 1, "found A's listener backend");
+    tokio::time::timeout(
+        DELIVERY,
+        state.wait_for(|s| matches!(s, ListenerState::Reconnecting { .. })),
+    )
+    .await
+    .expect("A notices the lost connection")
+    .unwrap();
+    assert!(a.stats().purges > purges_before, "L1 purged on loss");
+    assert!(!a.is_cached_locally("x"), "L1 empty while disconnected");
+
+    // A write during the outage: A cannot hear its notification.
+    b.set("x", &"v2".to_string()).await.unwrap();
+    let l2_before = a.stats().l2_hits;
+    assert_eq!(*a.get::<String>("x").await.unwrap().unwrap(), "v2", "bypass reads L2");
+    assert_eq!(a.stats().l2_hits, l2_before + 1);
+    assert!(!a.is_cached_locally("x"), "fills are not kept while disconnected");
+
+    tokio::time::timeout(DELIVERY, state.wait_for(|s| *s == ListenerState::Listening))
+        .await
+        .expect("A reconnects")
+        .unwrap();
+    assert_eq!(a.stats().reconnects, 1);
+    assert_eq!(*a.get::<String>("x").await.unwrap().unwrap(), "v2");
+    assert!(a.is_cached_locally("x"), "L1 back in use after re-LISTEN");
+
+    // Coherency resumed: B's next write reaches A.
+    b.set("x", &"v3".to_string()).await.unwrap();
+    wait_until("A hears B again", DELIVERY, || async { !a.is_cached_locally("x") }).await;
+    assert_eq!(*a.get::<String>("x").await.unwrap().unwrap(), "v3");
+}
+
+/// The stale-fill race, made deterministic: A reads v1 from L2, and before it
+/// can fill L1 an invalidation for the key is applied. The fill must be dropped.
+#[tokio::test]
+async fn an_invalidation_during_an_l2_read_prevents_the_fill() {
+    for bare in [false, true] {
+        let db = TestDb::new("stale_fill").await;
+        let armed = Arc::new(AtomicBool::new(false));
+        let reached = Arc::new(Notify::new());
+        let release = Arc::new(Notify::new());
+        let hook: c3::core::FillHook = {
+            let (armed, reached, release) = (armed.clone(), reached.clone(), release.clone());
+            Arc::new(move |key: &str| {
+                let hold = key == "race" && armed.swap(false, Ordering::SeqCst);
+                let (reached, release) = (reached.clone(), release.clone());
+                Box::pin(async move {
+                    if hold {
+                        reached.notify_one();
+                        release.notified().await;
+                    }
+                })
+            })
+        };
+        let a = db.builder().fill_hook(hook).build().await.unwrap();
+        let b = db.node().await;
+        b.set("race", &1u32).await.unwrap();
+
+        armed.store(true, Ordering::SeqCst);
+        let reader = {
+            let a = a.clone();
+            tokio::spawn(async move { a.get::<u32>("race").await })
+        };
+        reached.notified().await; // A has read v1 from L2 and not filled yet
+        let received = a.stats().invalidations_received;
+        if bare {
+            db.client
+                .execute("SELECT pg_notify($1, 'race')", &[&db.channel])
+                .await
+                .unwrap();
+        } else {
+            b.set("race", &2u32).await.unwrap();
+        }
+        wait_until("A applies the invalidation", DELIVERY, || async {
+            a.stats().invalidations_received > received
+        })
+        .await;
+        release.notify_one();
+        let got = reader.await.unwrap().unwrap();
+        assert_eq!(got.as_deref(), Some(&1), "the read itself began before the write");
+        assert!(!a.is_cached_locally("race"), "stale fill must be dropped (bare={bare})");
+        assert!(a.stats().fills_dropped >= 1);
+        let expect = if bare { 1 } else { 2 };
+        assert_eq!(a.get::<u32>("race").await.unwrap().as_deref(), Some(&expect));
+    }
+}
+
+#[tokio::test]
+async fn ttl_expires_in_l1_and_l2() {
+    let db = TestDb::new("ttl").await;
+    let clock = ManualClock::new();
+    let a = db.builder().clock(clock.clone()).build().await.unwrap();
+    let b = db.builder().clock(clock.clone()).build().await.unwrap();
+    a.set_with_ttl("t", &"short".to_string(), Some(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    a.set_with_ttl("forever", &"long".to_string(), None).await.unwrap();
+    assert!(b.get::<String>("t").await.unwrap().is_some());
+    assert!(a.is_cached_locally("t") && b.is_cached_locally("t"));
+
+    clock.advance(Duration::from_secs(9));
+    assert!(a.is_cached_locally("t"), "still fresh at 9 s");
+    clock.advance(Duration::from_secs(2));
+    assert!(!a.is_cached_locally("t"), "L1 entry expired at 11 s");
+    let l2_misses = a.stats().l2_misses;
+    assert!(a.get::<String>("t").await.unwrap().is_none(), "L2 row expired too");
+    assert_eq!(a.stats().l2_misses, l2_misses + 1);
+    assert!(b.get::<String>("t").await.unwrap().is_none());
+    assert!(a.get::<String>("forever").await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn a_rolled_back_transaction_sends_nothing_and_changes_no_l1() {
+    let db = TestDb::new("rollback").await;
+    let nodes = db.nodes(2).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    a.set("r", &"kept".to_string()).await.unwrap();
+    b.get::<String>("r").await.unwrap();
+    assert!(b.is_cached_locally("r"));
+
+    // 1. A foreign transaction that notifies and then rolls back.
+    db.client.batch_execute("BEGIN").await.unwrap();
+    db.client
+        .execute("SELECT pg_notify($1, 'r')", &[&db.channel])
+        .await
+        .unwrap();
+    db.client.batch_execute("ROLLBACK").await.unwrap();
+
+    // 2. c3's own write failing inside its transaction (a trigger rejects it).
+    db.client
+        .batch_execute(&format!(
+            "CREATE FUNCTION \"{s}\".reject() RETURNS trigger LANGUAGE plpgsql AS $$ \
+             BEGIN IF NEW.key = 'r' THEN RAISE EXCEPTION 'rejected'; END IF; RETURN NEW; END $$; \
+             CREATE TRIGGER reject AFTER UPDATE ON {t} FOR EACH ROW EXECUTE FUNCTION \"{s}\".reject();",
+            s = db.schema,
+            t = db.table()
+        ))
+        .await
+        .unwrap();
+    let err = a.set("r", &"lost".to_string()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Backend);
+    assert_eq!(err.sqlstate(), Some("P0001"));
+
+    // Notifications arrive in commit order, so once a later marker arrives,
+    // anything the rolled-back transactions had sent would have arrived too.
+    let received = b.stats().invalidations_received;
+    db.client
+        .execute("SELECT pg_notify($1, 'marker')", &[&db.channel])
+        .await
+        .unwrap();
+    wait_until("B receives the marker", DELIVERY, || async {
+        b.stats().invalidations_received > received
+    })
+    .await;
+    assert_eq!(b.stats().invalidations_received, received + 1, "only the marker");
+    assert!(b.is_cached_locally("r"), "B's L1 unchanged");
+    assert_eq!(*a.get::<String>("r").await.unwrap().unwrap(), "kept");
+}
+
+#[tokio::test]
+async fn four_nodes_creating_the_schema_at_once() {
+    let db = TestDb::new("concurrent_ddl").await;
+    let fresh = format!("{}_x", db.schema.chars().take(50).collect::<String>());
+    let build = || db.builder().schema(fresh.clone()).table("shared_cache").build();
+    let (a, b, c, d) = tokio::join!(build(), build(), build(), build());
+    let nodes = [a.unwrap(), b.unwrap(), c.unwrap(), d.unwrap()];
+    nodes[0].set("k", &1).await.unwrap();
+    for n in &nodes {
+        assert_eq!(n.get::<i32>("k").await.unwrap().as_deref(), Some(&1));
+    }
+    // And once more on an existing schema (idempotent migration).
+    db.builder().schema(fresh.clone()).table("shared_cache").build().await.unwrap();
+    db.client
+        .batch_execute(&format!("DROP SCHEMA \"{fresh}\" CASCADE"))
+        .await
+        .unwrap();
+}

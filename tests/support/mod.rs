@@ -1,0 +1,174 @@
+//! Shared test support: a throwaway schema per test, nodes built on it,
+//! condition waits with deadlines, and a TCP fault proxy.
+//!
+//! Every test gets its own schema and notification channel, so tests run in
+//! parallel against one server and never depend on leftovers.
+
+#![allow(dead_code, unreachable_pub)]
+
+pub mod proxy;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use c3::core::{C3, C3Builder};
+
+/// The PostgreSQL the tests use: `DATABASE_URL`, or the local default.
+pub fn database_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// `host:port` of [`database_url`], for the fault proxy's upstream.
+pub fn database_addr() -> String {
+    let url = database_url();
+    let rest = url.rsplit('@').next().unwrap_or(&url);
+    let rest = rest.trim_start_matches("postgres://").trim_start_matches("postgresql://");
+    rest.split('/').next().unwrap_or("127.0.0.1:5432").to_owned()
+}
+
+/// Connects a plain tokio-postgres client (a "foreign", non-c3 client).
+pub async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = match tokio_postgres::connect(url, tokio_postgres::NoTls).await {
+        Ok(c) => c,
+        Err(e) => panic!(
+            "cannot reach PostgreSQL at {url}: {e}\n\
+             These tests need a real server. Run `scripts/test.sh`, which finds or starts one, \
+             or set DATABASE_URL to a reachable database."
+        ),
+    };
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}
+
+/// One test's private schema and channel on the shared server.
+pub struct TestDb {
+    pub url: String,
+    pub schema: String,
+    pub channel: String,
+    pub client: tokio_postgres::Client,
+}
+
+static SEQ: AtomicU64 = AtomicU64::new(0);
+
+impl TestDb {
+    /// Creates a fresh schema named after the test.
+    pub async fn new(test: &str) -> TestDb {
+        let url = database_url();
+        let client = connect(&url).await;
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let tag = format!("{:x}{:x}{:x}", std::process::id(), n, nanos);
+        let short: String = test
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .take(20)
+            .collect::<String>()
+            .to_ascii_lowercase();
+        let schema = format!("c3t_{short}_{tag}");
+        let channel = format!("c3t_{tag}");
+        client
+            .batch_execute(&format!("CREATE SCHEMA \"{schema}\""))
+            .await
+            .expect("create test schema");
+        TestDb {
+            url,
+            schema,
+            channel,
+            client,
+        }
+    }
+
+    /// A builder pointed at this test's schema and channel, with short
+    /// heartbeats so failures are detected quickly.
+    pub fn builder(&self) -> C3Builder {
+        C3::builder()
+            .postgres(&self.url)
+            .schema(self.schema.clone())
+            .channel(self.channel.clone())
+            .heartbeat(Duration::from_millis(200), Duration::from_millis(800))
+            .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(500))
+            .connect_timeout(Duration::from_secs(5))
+            .pool_size(4)
+    }
+
+    pub async fn node(&self) -> C3 {
+        self.builder().build().await.expect("build node")
+    }
+
+    pub async fn nodes(&self, n: usize) -> Vec<C3> {
+        let mut v = Vec::with_capacity(n);
+        for _ in 0..n {
+            v.push(self.node().await);
+        }
+        v
+    }
+
+    /// `"schema"."cache_data"`.
+    pub fn table(&self) -> String {
+        format!("\"{}\".cache_data", self.schema)
+    }
+
+    /// Terminates the listener backend of `node` (found by application_name).
+    pub async fn kill_listener(&self, node: &C3) -> u64 {
+        let app = format!("c3-listener {}", node.node_id());
+        let rows = self
+            .client
+            .query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+                &[&app],
+            )
+            .await
+            .expect("terminate listener");
+        rows.len() as u64
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        // Runs even when the test panicked. A separate thread with its own
+        // runtime, because we may be inside the test's runtime here.
+        let url = self.url.clone();
+        let schema = self.schema.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                if let Ok((client, conn)) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
+                    tokio::spawn(conn);
+                    let _ = client
+                        .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// Polls `cond` until it is true, failing the test after `within`.
+pub async fn wait_until<F, Fut>(what: &str, within: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if cond().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Standard deadline for "a notification lands".
+pub const DELIVERY: Duration = Duration::from_secs(10);
