@@ -25,21 +25,38 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("backend: {backend}");
     println!("node A = {}, node B = {}\n", a.node_id(), b.node_id());
 
-    let ada = User { id: 42, name: "Ada".into() };
+    let ada = User {
+        id: 42,
+        name: "Ada".into(),
+    };
     a.set("user:42", &ada).await?;
     println!("A  set  user:42 = {:?}", ada.name);
 
     let t = Instant::now();
     let got = b.get::<User>("user:42").await?.expect("present");
-    println!("B  get  user:42 = {:?}  (L2 hit, {:?})", got.name, t.elapsed());
+    println!(
+        "B  get  user:42 = {:?}  (L2 hit, {:?})",
+        got.name,
+        t.elapsed()
+    );
     let t = Instant::now();
     let got = b.get::<User>("user:42").await?.expect("present");
-    println!("B  get  user:42 = {:?}  (L1 hit, {:?})", got.name, t.elapsed());
+    println!(
+        "B  get  user:42 = {:?}  (L1 hit, {:?})",
+        got.name,
+        t.elapsed()
+    );
 
-    let renamed = User { id: 42, name: "Ada Lovelace".into() };
+    let renamed = User {
+        id: 42,
+        name: "Ada Lovelace".into(),
+    };
     let t = Instant::now();
     a.set("user:42", &renamed).await?;
-    println!("\nA  set  user:42 = {:?}  (upsert + NOTIFY in one transaction)", renamed.name);
+    println!(
+        "\nA  set  user:42 = {:?}  (upsert + NOTIFY in one transaction)",
+        renamed.name
+    );
 
     // B drops its copy when A's notification arrives.
     while b.is_cached_locally("user:42") {

@@ -50,6 +50,7 @@ c3_find_or_start_postgres() {
   "${as[@]}" "$bindir/pg_ctl" -D "$dir/data" -l "$dir/log" -w \
     -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c max_connections=300" start >/dev/null
   C3_PG_STOP=("${as[@]}" "$bindir/pg_ctl" -D "$dir/data" -m fast stop)
+  C3_PG_DIR="$dir"
   trap 'c3_stop_postgres' EXIT
   export DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"
   echo "started a throwaway PostgreSQL in $dir on port $port" >&2
@@ -57,4 +58,5 @@ c3_find_or_start_postgres() {
 
 c3_stop_postgres() {
   if [ -n "${C3_PG_STOP:-}" ]; then "${C3_PG_STOP[@]}" >/dev/null 2>&1 || true; fi
+  if [ -n "${C3_PG_DIR:-}" ]; then rm -rf "$C3_PG_DIR"; fi
 }

@@ -13,4 +13,13 @@ cd "$(dirname "$0")/.."
 source scripts/pg.sh
 c3_find_or_start_postgres
 echo "scripts/test.sh: using DATABASE_URL=$DATABASE_URL"
-cargo test --workspace "$@"
+log=$(mktemp)
+trap 'c3_stop_postgres; rm -f "$log"' EXIT
+set +e
+cargo test --workspace "$@" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line for the whole run (cargo prints one per test binary).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i-1); if ($(i) ~ /^failed;?$/) f += $(i-1) } }
+     END { printf "summary: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"

@@ -109,7 +109,12 @@ async fn malformed_notifications_are_counted_and_purge_l1() {
     let a = db.node().await;
     a.set("k", &1).await.unwrap();
     assert!(a.is_cached_locally("k"));
-    for payload in ["c3|1|x", "c3|9|n|1|k\n1 k", "c3|1|n|1|zz", "c3|1|n|1|k\nnot-a-version k"] {
+    for payload in [
+        "c3|1|x",
+        "c3|9|n|1|k\n1 k",
+        "c3|1|n|1|zz",
+        "c3|1|n|1|k\nnot-a-version k",
+    ] {
         db.client
             .execute("SELECT pg_notify($1, $2)", &[&db.channel, &payload])
             .await
@@ -119,8 +124,15 @@ async fn malformed_notifications_are_counted_and_purge_l1() {
         a.stats().malformed_notifications == 4
     })
     .await;
-    assert!(!a.is_cached_locally("k"), "an unreadable message fails safe");
-    assert_eq!(a.listener_state(), c3::ListenerState::Listening, "listener survives");
+    assert!(
+        !a.is_cached_locally("k"),
+        "an unreadable message fails safe"
+    );
+    assert_eq!(
+        a.listener_state(),
+        c3::ListenerState::Listening,
+        "listener survives"
+    );
     a.set("k", &2).await.unwrap();
     assert!(a.is_cached_locally("k"));
 }
@@ -133,11 +145,17 @@ async fn memory_backend_has_the_same_semantics() {
     a.set("k", &1).await.unwrap();
     assert_eq!(b.get::<i32>("k").await.unwrap().as_deref(), Some(&1));
     a.set("k", &2).await.unwrap();
-    wait_until("B drops k", DELIVERY, || async { !b.is_cached_locally("k") }).await;
+    wait_until("B drops k", DELIVERY, || async {
+        !b.is_cached_locally("k")
+    })
+    .await;
     assert_eq!(b.get::<i32>("k").await.unwrap().as_deref(), Some(&2));
     assert!(a.is_cached_locally("k"));
     server.notify("k");
-    wait_until("bare notify drops k on A", DELIVERY, || async { !a.is_cached_locally("k") }).await;
+    wait_until("bare notify drops k on A", DELIVERY, || async {
+        !a.is_cached_locally("k")
+    })
+    .await;
     server.notify("c3|garbage");
     wait_until("malformed counted", DELIVERY, || async {
         a.stats().malformed_notifications == 1 && b.stats().malformed_notifications == 1
@@ -145,5 +163,8 @@ async fn memory_backend_has_the_same_semantics() {
     .await;
     a.shutdown().await;
     assert_eq!(a.listener_state(), c3::ListenerState::Stopped);
-    assert_eq!(a.get::<i32>("k").await.unwrap_err().kind(), ErrorKind::Shutdown);
+    assert_eq!(
+        a.get::<i32>("k").await.unwrap_err().kind(),
+        ErrorKind::Shutdown
+    );
 }

@@ -26,7 +26,11 @@ async fn set_on_a_is_read_on_b_and_a_newer_write_replaces_b_copy() {
     // The writer reads its own write from L1, even after its own notification.
     let before = a.stats().l1_hits;
     assert_eq!(*a.get::<String>("user:1").await.unwrap().unwrap(), "v2");
-    assert_eq!(a.stats().l1_hits, before + 1, "A's read after its write is an L1 hit");
+    assert_eq!(
+        a.stats().l1_hits,
+        before + 1,
+        "A's read after its write is an L1 hit"
+    );
 
     wait_until("B drops v1 after A's notification", DELIVERY, || async {
         !b.is_cached_locally("user:1")
@@ -45,7 +49,10 @@ async fn set_on_a_is_read_on_b_and_a_newer_write_replaces_b_copy() {
         a.stats().invalidations_received > received
     })
     .await;
-    assert!(a.is_cached_locally("user:1"), "own notification did not evict own value");
+    assert!(
+        a.is_cached_locally("user:1"),
+        "own notification did not evict own value"
+    );
 }
 
 #[tokio::test]
@@ -53,15 +60,26 @@ async fn delete_and_get_many_set_many_across_nodes() {
     let db = TestDb::new("delete_many").await;
     let nodes = db.nodes(2).await;
     let (a, b) = (&nodes[0], &nodes[1]);
-    a.set_many(&[("k1", 1u32), ("k2", 2), ("k3", 3), ("k2", 22)]).await.unwrap();
-    let got = b.get_many::<u32>(&["k1", "k2", "nope", "k3"]).await.unwrap();
+    a.set_many(&[("k1", 1u32), ("k2", 2), ("k3", 3), ("k2", 22)])
+        .await
+        .unwrap();
+    let got = b
+        .get_many::<u32>(&["k1", "k2", "nope", "k3"])
+        .await
+        .unwrap();
     let got: Vec<Option<u32>> = got.into_iter().map(|v| v.map(|v| *v)).collect();
     assert_eq!(got, vec![Some(1), Some(22), None, Some(3)]);
     assert!(b.is_cached_locally("k2"));
 
     a.delete("k2").await.unwrap();
-    assert!(a.get::<u32>("k2").await.unwrap().is_none(), "read-your-delete on A");
-    wait_until("B drops deleted k2", DELIVERY, || async { !b.is_cached_locally("k2") }).await;
+    assert!(
+        a.get::<u32>("k2").await.unwrap().is_none(),
+        "read-your-delete on A"
+    );
+    wait_until("B drops deleted k2", DELIVERY, || async {
+        !b.is_cached_locally("k2")
+    })
+    .await;
     assert!(b.get::<u32>("k2").await.unwrap().is_none());
 
     // Re-inserting after a delete gets a higher version than before.
@@ -73,8 +91,15 @@ async fn delete_and_get_many_set_many_across_nodes() {
 
     a.invalidate("k1").await.unwrap();
     assert!(!a.is_cached_locally("k1"));
-    wait_until("B drops invalidated k1", DELIVERY, || async { !b.is_cached_locally("k1") }).await;
-    assert_eq!(b.get::<u32>("k1").await.unwrap().as_deref(), Some(&1), "L2 untouched");
+    wait_until("B drops invalidated k1", DELIVERY, || async {
+        !b.is_cached_locally("k1")
+    })
+    .await;
+    assert_eq!(
+        b.get::<u32>("k1").await.unwrap().as_deref(),
+        Some(&1),
+        "L2 untouched"
+    );
 
     b.clear().await.unwrap();
     wait_until("A cleared", DELIVERY, || async {
@@ -164,7 +189,10 @@ async fn versions_never_go_backwards_for_a_key() {
         async move {
             let row = db
                 .client
-                .query_opt(&format!("SELECT version FROM {} WHERE key = $1", db.table()), &[&key])
+                .query_opt(
+                    &format!("SELECT version FROM {} WHERE key = $1", db.table()),
+                    &[&key],
+                )
                 .await
                 .unwrap();
             row.map(|r| r.get::<_, i64>(0))
@@ -180,7 +208,10 @@ async fn versions_never_go_backwards_for_a_key() {
     let v3 = version("v").await.unwrap();
     // Even a foreign writer that sets version by hand cannot move it back.
     db.client
-        .execute(&format!("UPDATE {} SET version = 1 WHERE key = 'v'", db.table()), &[])
+        .execute(
+            &format!("UPDATE {} SET version = 1 WHERE key = 'v'", db.table()),
+            &[],
+        )
         .await
         .unwrap();
     let v4 = version("v").await.unwrap();
@@ -218,9 +249,16 @@ async fn listener_loss_purges_and_bypasses_l1_then_coherency_resumes() {
     // A write during the outage: A cannot hear its notification.
     b.set("x", &"v2".to_string()).await.unwrap();
     let l2_before = a.stats().l2_hits;
-    assert_eq!(*a.get::<String>("x").await.unwrap().unwrap(), "v2", "bypass reads L2");
+    assert_eq!(
+        *a.get::<String>("x").await.unwrap().unwrap(),
+        "v2",
+        "bypass reads L2"
+    );
     assert_eq!(a.stats().l2_hits, l2_before + 1);
-    assert!(!a.is_cached_locally("x"), "fills are not kept while disconnected");
+    assert!(
+        !a.is_cached_locally("x"),
+        "fills are not kept while disconnected"
+    );
 
     tokio::time::timeout(DELIVERY, state.wait_for(|s| *s == ListenerState::Listening))
         .await
@@ -232,7 +270,10 @@ async fn listener_loss_purges_and_bypasses_l1_then_coherency_resumes() {
 
     // Coherency resumed: B's next write reaches A.
     b.set("x", &"v3".to_string()).await.unwrap();
-    wait_until("A hears B again", DELIVERY, || async { !a.is_cached_locally("x") }).await;
+    wait_until("A hears B again", DELIVERY, || async {
+        !a.is_cached_locally("x")
+    })
+    .await;
     assert_eq!(*a.get::<String>("x").await.unwrap().unwrap(), "v3");
 }
 
@@ -283,11 +324,21 @@ async fn an_invalidation_during_an_l2_read_prevents_the_fill() {
         .await;
         release.notify_one();
         let got = reader.await.unwrap().unwrap();
-        assert_eq!(got.as_deref(), Some(&1), "the read itself began before the write");
-        assert!(!a.is_cached_locally("race"), "stale fill must be dropped (bare={bare})");
+        assert_eq!(
+            got.as_deref(),
+            Some(&1),
+            "the read itself began before the write"
+        );
+        assert!(
+            !a.is_cached_locally("race"),
+            "stale fill must be dropped (bare={bare})"
+        );
         assert!(a.stats().fills_dropped >= 1);
         let expect = if bare { 1 } else { 2 };
-        assert_eq!(a.get::<u32>("race").await.unwrap().as_deref(), Some(&expect));
+        assert_eq!(
+            a.get::<u32>("race").await.unwrap().as_deref(),
+            Some(&expect)
+        );
     }
 }
 
@@ -300,7 +351,9 @@ async fn ttl_expires_in_l1_and_l2() {
     a.set_with_ttl("t", &"short".to_string(), Some(Duration::from_secs(10)))
         .await
         .unwrap();
-    a.set_with_ttl("forever", &"long".to_string(), None).await.unwrap();
+    a.set_with_ttl("forever", &"long".to_string(), None)
+        .await
+        .unwrap();
     assert!(b.get::<String>("t").await.unwrap().is_some());
     assert!(a.is_cached_locally("t") && b.is_cached_locally("t"));
 
@@ -309,7 +362,10 @@ async fn ttl_expires_in_l1_and_l2() {
     clock.advance(Duration::from_secs(2));
     assert!(!a.is_cached_locally("t"), "L1 entry expired at 11 s");
     let l2_misses = a.stats().l2_misses;
-    assert!(a.get::<String>("t").await.unwrap().is_none(), "L2 row expired too");
+    assert!(
+        a.get::<String>("t").await.unwrap().is_none(),
+        "L2 row expired too"
+    );
     assert_eq!(a.stats().l2_misses, l2_misses + 1);
     assert!(b.get::<String>("t").await.unwrap().is_none());
     assert!(a.get::<String>("forever").await.unwrap().is_some());
@@ -358,7 +414,11 @@ async fn a_rolled_back_transaction_sends_nothing_and_changes_no_l1() {
         b.stats().invalidations_received > received
     })
     .await;
-    assert_eq!(b.stats().invalidations_received, received + 1, "only the marker");
+    assert_eq!(
+        b.stats().invalidations_received,
+        received + 1,
+        "only the marker"
+    );
     assert!(b.is_cached_locally("r"), "B's L1 unchanged");
     assert_eq!(*a.get::<String>("r").await.unwrap().unwrap(), "kept");
 }
@@ -367,7 +427,12 @@ async fn a_rolled_back_transaction_sends_nothing_and_changes_no_l1() {
 async fn four_nodes_creating_the_schema_at_once() {
     let db = TestDb::new("concurrent_ddl").await;
     let fresh = format!("{}_x", db.schema.chars().take(50).collect::<String>());
-    let build = || db.builder().schema(fresh.clone()).table("shared_cache").build();
+    let build = || {
+        db.builder()
+            .schema(fresh.clone())
+            .table("shared_cache")
+            .build()
+    };
     let (a, b, c, d) = tokio::join!(build(), build(), build(), build());
     let nodes = [a.unwrap(), b.unwrap(), c.unwrap(), d.unwrap()];
     nodes[0].set("k", &1).await.unwrap();
@@ -375,7 +440,12 @@ async fn four_nodes_creating_the_schema_at_once() {
         assert_eq!(n.get::<i32>("k").await.unwrap().as_deref(), Some(&1));
     }
     // And once more on an existing schema (idempotent migration).
-    db.builder().schema(fresh.clone()).table("shared_cache").build().await.unwrap();
+    db.builder()
+        .schema(fresh.clone())
+        .table("shared_cache")
+        .build()
+        .await
+        .unwrap();
     db.client
         .batch_execute(&format!("DROP SCHEMA \"{fresh}\" CASCADE"))
         .await

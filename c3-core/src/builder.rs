@@ -33,9 +33,7 @@ enum Source {
 /// A hook run after an L2 read and before its L1 fill (feature `test-util`).
 #[cfg(feature = "test-util")]
 pub type FillHook = Arc<
-    dyn Fn(&str) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
-        + Send
-        + Sync,
+    dyn Fn(&str) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send + Sync,
 >;
 
 /// Configures and builds a [`C3`]. Start from [`C3::builder`].
@@ -351,7 +349,12 @@ impl C3Builder {
                     _ => unreachable!("matched above"),
                 };
                 let pg = PgBackend::new(pool, &self.schema, &self.table, &self.channel);
-                bounded("migrate", self.connect_timeout + self.op_timeout, pg.migrate()).await?;
+                bounded(
+                    "migrate",
+                    self.connect_timeout + self.op_timeout,
+                    pg.migrate(),
+                )
+                .await?;
                 // Keepalives and a user timeout make the kernel give up on a dead
                 // peer too; the heartbeat below is what bounds detection.
                 // The node id in the application name lets operators (and the
@@ -434,9 +437,13 @@ async fn sweeper(
         }
         let now = clock.now();
         match bounded("sweep", op_timeout, backend.sweep(now, batch)).await {
-            Ok(n) if n > 0 => tracing::debug!(target: "c3::sweeper", deleted = n, "swept expired rows"),
+            Ok(n) if n > 0 => {
+                tracing::debug!(target: "c3::sweeper", deleted = n, "swept expired rows")
+            }
             Ok(_) => {}
-            Err(e) => tracing::debug!(target: "c3::sweeper", error = %e, "sweep failed; will retry"),
+            Err(e) => {
+                tracing::debug!(target: "c3::sweeper", error = %e, "sweep failed; will retry")
+            }
         }
     }
 }

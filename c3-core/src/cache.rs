@@ -259,7 +259,10 @@ impl C3 {
         let mut rows: HashMap<String, Row> = rows.into_iter().collect();
         let now_us = to_micros(now);
         for (i, k, token) in missing {
-            match rows.remove(k).filter(|r| r.fresh_until_us.is_none_or(|f| f > now_us)) {
+            match rows
+                .remove(k)
+                .filter(|r| r.fresh_until_us.is_none_or(|f| f > now_us))
+            {
                 Some(row) => {
                     Counters::inc(&self.inner.counters.l2_hits);
                     let d = decode::<T>(k, row, now_us)?;
@@ -488,7 +491,8 @@ impl C3 {
     /// [`ErrorKind::Shutdown`](crate::ErrorKind::Shutdown).
     pub async fn shutdown(&self) {
         self.inner.shutdown.send_replace(true);
-        let tasks = std::mem::take(&mut *self.inner.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        let tasks =
+            std::mem::take(&mut *self.inner.tasks.lock().unwrap_or_else(|e| e.into_inner()));
         for t in tasks {
             let _ = t.await;
         }
@@ -514,7 +518,10 @@ where
     })?;
     let value = Arc::new(value);
     let fresh_until_us = row.fresh_until_us.unwrap_or(u64::MAX);
-    let stale_until_us = row.stale_until_us.unwrap_or(fresh_until_us).max(fresh_until_us);
+    let stale_until_us = row
+        .stale_until_us
+        .unwrap_or(fresh_until_us)
+        .max(fresh_until_us);
     let keep_for = (stale_until_us != u64::MAX)
         .then(|| Duration::from_micros(stale_until_us.saturating_sub(now_us)));
     let entry = Entry {

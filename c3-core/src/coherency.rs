@@ -128,7 +128,8 @@ impl Coherency {
         let l1 = moka::sync::Cache::builder()
             .max_capacity(l1_max_bytes)
             .weigher(|k: &String, e: &Arc<Entry>| {
-                e.weight.saturating_add(u32::try_from(k.len()).unwrap_or(u32::MAX))
+                e.weight
+                    .saturating_add(u32::try_from(k.len()).unwrap_or(u32::MAX))
             })
             .expire_after(EntryExpiry)
             .build();
@@ -357,7 +358,10 @@ mod tests {
         assert!(!c.fill("k", t, entry(1)));
         let t = c.begin_fill("k").unwrap();
         c.apply_written("k", 9);
-        assert!(!c.fill("k", t, entry(8)), "read an older version than committed");
+        assert!(
+            !c.fill("k", t, entry(8)),
+            "read an older version than committed"
+        );
         let t = c.begin_fill("k").unwrap();
         c.apply_written("k", 10);
         assert!(c.fill("k", t, entry(10)), "read already saw that write");

@@ -52,10 +52,7 @@ pub(crate) fn validate_key(key: &str, max: usize) -> Result<(), KeyError> {
         });
     }
     if let Some((at, c)) = key.char_indices().find(|(_, c)| c.is_control()) {
-        return Err(KeyError::ControlCharacter {
-            code: c as u32,
-            at,
-        });
+        return Err(KeyError::ControlCharacter { code: c as u32, at });
     }
     if key.starts_with(RESERVED_PREFIX) {
         return Err(KeyError::ReservedPrefix);

@@ -68,9 +68,9 @@ mod protocol;
 mod stats;
 
 pub use backend::memory::MemoryServer;
+pub use builder::C3Builder;
 #[cfg(feature = "test-util")]
 pub use builder::FillHook;
-pub use builder::C3Builder;
 pub use cache::C3;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use coherency::ListenerState;

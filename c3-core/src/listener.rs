@@ -162,7 +162,9 @@ async fn session(
     let mut awaiting: Option<(String, Instant)> = None;
     let mut next_beat = Instant::now() + settings.heartbeat_interval;
     loop {
-        let wake = awaiting.as_ref().map_or(next_beat, |(_, deadline)| *deadline);
+        let wake = awaiting
+            .as_ref()
+            .map_or(next_beat, |(_, deadline)| *deadline);
         tokio::select! {
             biased;
             _ = shutdown.changed() => return Ended::Shutdown,

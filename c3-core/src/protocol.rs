@@ -136,7 +136,11 @@ pub(crate) fn parse(payload: &str) -> Result<Notification, ProtocolError> {
         }
         "c" | "h" => {
             // Trailing lines are allowed (a heartbeat may carry a nonce) but ignored.
-            if op == "c" { Body::Clear } else { Body::Heartbeat }
+            if op == "c" {
+                Body::Clear
+            } else {
+                Body::Heartbeat
+            }
         }
         other => return Err(ProtocolError::UnknownOp(other.to_owned())),
     };
@@ -244,7 +248,9 @@ mod tests {
     #[test]
     fn pack_respects_limit() {
         let h = header("node", 1, 'k');
-        let lines: Vec<String> = (0..100).map(|i| format!("{i} {}", "k".repeat(500))).collect();
+        let lines: Vec<String> = (0..100)
+            .map(|i| format!("{i} {}", "k".repeat(500)))
+            .collect();
         let payloads = pack(&h, lines.clone());
         assert!(payloads.len() > 1);
         let mut seen = Vec::new();

@@ -24,8 +24,13 @@ pub fn database_url() -> String {
 pub fn database_addr() -> String {
     let url = database_url();
     let rest = url.rsplit('@').next().unwrap_or(&url);
-    let rest = rest.trim_start_matches("postgres://").trim_start_matches("postgresql://");
-    rest.split('/').next().unwrap_or("127.0.0.1:5432").to_owned()
+    let rest = rest
+        .trim_start_matches("postgres://")
+        .trim_start_matches("postgresql://");
+    rest.split('/')
+        .next()
+        .unwrap_or("127.0.0.1:5432")
+        .to_owned()
 }
 
 /// Connects a plain tokio-postgres client (a "foreign", non-c3 client).
@@ -142,7 +147,9 @@ impl Drop for TestDb {
                 .build()
                 .expect("runtime");
             rt.block_on(async move {
-                if let Ok((client, conn)) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
+                if let Ok((client, conn)) =
+                    tokio_postgres::connect(&url, tokio_postgres::NoTls).await
+                {
                     tokio::spawn(conn);
                     let _ = client
                         .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
@@ -165,7 +172,10 @@ where
         if cond().await {
             return;
         }
-        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for: {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }

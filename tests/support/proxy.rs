@@ -5,7 +5,7 @@
 //! and refuse new ones until restored) ; and added latency.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -36,17 +36,27 @@ impl FaultProxy {
         let (m, l, g) = (mode.clone(), latency_ms.clone(), generation.clone());
         let task = tokio::spawn(async move {
             loop {
-                let Ok((client, _)) = listener.accept().await else { return };
+                let Ok((client, _)) = listener.accept().await else {
+                    return;
+                };
                 if m.load(Ordering::SeqCst) == DROP {
                     drop(client);
                     continue;
                 }
-                let Ok(server) = TcpStream::connect(&upstream).await else { continue };
+                let Ok(server) = TcpStream::connect(&upstream).await else {
+                    continue;
+                };
                 let (m, l, rx) = (m.clone(), l.clone(), g.subscribe());
                 tokio::spawn(pipe(client, server, m, l, rx));
             }
         });
-        FaultProxy { port, mode, latency_ms, generation, task }
+        FaultProxy {
+            port,
+            mode,
+            latency_ms,
+            generation,
+            task,
+        }
     }
 
     /// A database URL that goes through this proxy.
@@ -73,7 +83,8 @@ impl FaultProxy {
     }
 
     pub fn set_latency(&self, d: Duration) {
-        self.latency_ms.store(d.as_millis() as u64, Ordering::SeqCst);
+        self.latency_ms
+            .store(d.as_millis() as u64, Ordering::SeqCst);
     }
 }
 

@@ -35,8 +35,16 @@ pub(crate) const NOTIFY: &str = "SELECT pg_notify($1, p) FROM unnest($2::text[])
 impl Sql {
     fn new(schema: &str, table: &str) -> Sql {
         let t = format!("{}.{}", quote_ident(schema), quote_ident(table));
-        let seq = format!("{}.{}", quote_ident(schema), quote_ident(&format!("{table}_version_seq")));
-        let func = format!("{}.{}", quote_ident(schema), quote_ident(&format!("{table}_bump_version")));
+        let seq = format!(
+            "{}.{}",
+            quote_ident(schema),
+            quote_ident(&format!("{table}_version_seq"))
+        );
+        let func = format!(
+            "{}.{}",
+            quote_ident(schema),
+            quote_ident(&format!("{table}_bump_version"))
+        );
         let trigger = quote_ident(&format!("{table}_bump_version"));
         let index = quote_ident(&format!("{table}_expiry_idx"));
         let create_schema = if schema == "public" {
@@ -73,7 +81,8 @@ CREATE OR REPLACE TRIGGER {trigger} BEFORE INSERT OR UPDATE ON {t}
     FOR EACH ROW EXECUTE FUNCTION {func}();
 COMMENT ON TABLE {t} IS 'c3 cache (protocol 1): see docs/PROTOCOL.md';"
         );
-        let live = "(coalesce(stale_until, expires_at) IS NULL OR coalesce(stale_until, expires_at) > $2)";
+        let live =
+            "(coalesce(stale_until, expires_at) IS NULL OR coalesce(stale_until, expires_at) > $2)";
         let upsert_set = "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, \
 encoding = EXCLUDED.encoding, expires_at = EXCLUDED.expires_at, stale_until = EXCLUDED.stale_until";
         Sql {
@@ -151,13 +160,25 @@ fn time_us(t: Option<SystemTime>) -> Option<u64> {
 
 fn row_from(r: &tokio_postgres::Row, offset: usize) -> Result<Row> {
     let get = |i: usize| i + offset;
-    let version: i64 = r.try_get(get(2)).map_err(|e| Error::postgres("decode row", e))?;
+    let version: i64 = r
+        .try_get(get(2))
+        .map_err(|e| Error::postgres("decode row", e))?;
     Ok(Row {
-        value: r.try_get(get(0)).map_err(|e| Error::postgres("decode row", e))?,
-        encoding: r.try_get(get(1)).map_err(|e| Error::postgres("decode row", e))?,
+        value: r
+            .try_get(get(0))
+            .map_err(|e| Error::postgres("decode row", e))?,
+        encoding: r
+            .try_get(get(1))
+            .map_err(|e| Error::postgres("decode row", e))?,
         version: u64::try_from(version).unwrap_or(0),
-        fresh_until_us: time_us(r.try_get(get(3)).map_err(|e| Error::postgres("decode row", e))?),
-        stale_until_us: time_us(r.try_get(get(4)).map_err(|e| Error::postgres("decode row", e))?),
+        fresh_until_us: time_us(
+            r.try_get(get(3))
+                .map_err(|e| Error::postgres("decode row", e))?,
+        ),
+        stale_until_us: time_us(
+            r.try_get(get(4))
+                .map_err(|e| Error::postgres("decode row", e))?,
+        ),
     })
 }
 
@@ -182,9 +203,12 @@ impl PgBackend {
             .transaction()
             .await
             .map_err(|e| Error::postgres("migrate", e))?;
-        tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&MIGRATE_LOCK])
-            .await
-            .map_err(|e| Error::postgres("migrate", e))?;
+        tx.execute(
+            "SELECT pg_advisory_xact_lock(hashtext($1))",
+            &[&MIGRATE_LOCK],
+        )
+        .await
+        .map_err(|e| Error::postgres("migrate", e))?;
         tx.batch_execute(&self.sql.ddl)
             .await
             .map_err(|e| Error::postgres("migrate", e))?;
@@ -204,7 +228,11 @@ impl PgBackend {
         row.map(|r| row_from(&r, 0)).transpose()
     }
 
-    pub(crate) async fn get_many(&self, keys: &[&str], now: SystemTime) -> Result<Vec<(String, Row)>> {
+    pub(crate) async fn get_many(
+        &self,
+        keys: &[&str],
+        now: SystemTime,
+    ) -> Result<Vec<(String, Row)>> {
         let client = self.client("get_many").await?;
         let stmt = client
             .prepare_cached(&self.sql.get_many)
@@ -228,7 +256,10 @@ impl PgBackend {
         }
         let mut client = self.client("set_many").await?;
         let pg = |e| Error::postgres("set_many", e);
-        let stmt = client.prepare_cached(&self.sql.set_many).await.map_err(pg)?;
+        let stmt = client
+            .prepare_cached(&self.sql.set_many)
+            .await
+            .map_err(pg)?;
         let tx = client.transaction().await.map_err(pg)?;
         let keys: Vec<&str> = items.iter().map(|i| i.key.as_str()).collect();
         let values: Vec<&[u8]> = items.iter().map(|i| i.value.as_slice()).collect();
@@ -256,7 +287,9 @@ impl PgBackend {
                 .zip(&versions)
                 .map(|(i, v)| format!("{v} {}", i.key)),
         );
-        tx.execute(NOTIFY, &[&self.channel, &payloads]).await.map_err(pg)?;
+        tx.execute(NOTIFY, &[&self.channel, &payloads])
+            .await
+            .map_err(pg)?;
         tx.commit().await.map_err(pg)?;
         Ok(versions)
     }
@@ -292,9 +325,10 @@ impl PgBackend {
         let row = tx.query_one(&stmt, &[&keys]).await.map_err(pg)?;
         let v: i64 = row.try_get(0).map_err(pg)?;
         let version = u64::try_from(v).unwrap_or(0);
-        let payloads =
-            crate::protocol::pack(header, keys.iter().map(|k| format!("{version} {k}")));
-        tx.execute(NOTIFY, &[&self.channel, &payloads]).await.map_err(pg)?;
+        let payloads = crate::protocol::pack(header, keys.iter().map(|k| format!("{version} {k}")));
+        tx.execute(NOTIFY, &[&self.channel, &payloads])
+            .await
+            .map_err(pg)?;
         tx.commit().await.map_err(pg)?;
         Ok(version)
     }
@@ -313,7 +347,9 @@ impl PgBackend {
         let pg = |e| Error::postgres("clear", e);
         let tx = client.transaction().await.map_err(pg)?;
         tx.execute(&self.sql.clear, &[]).await.map_err(pg)?;
-        tx.execute(NOTIFY, &[&self.channel, &vec![payload]]).await.map_err(pg)?;
+        tx.execute(NOTIFY, &[&self.channel, &vec![payload]])
+            .await
+            .map_err(pg)?;
         tx.commit().await.map_err(pg)
     }
 
@@ -324,7 +360,10 @@ impl PgBackend {
         let pg = |e| Error::postgres("sweep", e);
         let tx = client.transaction().await.map_err(pg)?;
         let got: bool = tx
-            .query_one("SELECT pg_try_advisory_xact_lock(hashtext($1))", &[&self.sweep_lock])
+            .query_one(
+                "SELECT pg_try_advisory_xact_lock(hashtext($1))",
+                &[&self.sweep_lock],
+            )
             .await
             .map_err(pg)?
             .try_get(0)
@@ -333,7 +372,10 @@ impl PgBackend {
         if got {
             // Bounded number of batches per round keeps each transaction short.
             for _ in 0..10 {
-                let n = tx.execute(&self.sql.sweep, &[&now, &batch]).await.map_err(pg)?;
+                let n = tx
+                    .execute(&self.sql.sweep, &[&now, &batch])
+                    .await
+                    .map_err(pg)?;
                 total += n;
                 if n < batch as u64 {
                     break;
