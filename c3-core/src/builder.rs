@@ -10,12 +10,14 @@ use tokio::sync::watch;
 use crate::backend::memory::{MemoryBackend, MemoryServer};
 use crate::backend::postgres::{PgBackend, PoolSettings, build_pool};
 use crate::backend::{Backend, bounded};
+use crate::breaker::{Breaker, BreakerConfig};
 use crate::cache::{C3, Inner, Limits};
 use crate::clock::{Clock, SystemClock};
 use crate::coherency::{Coherency, ListenerState};
 use crate::error::{Error, Result};
 use crate::key::{MAX_KEY_BYTES_LIMIT, validate_ident};
 use crate::listener::{self, ListenerSettings};
+use crate::loader::Flights;
 use crate::protocol::valid_node_id;
 use crate::stats::Counters;
 
@@ -49,6 +51,7 @@ pub type FillHook = Arc<
 /// | [`reconnect_backoff`](Self::reconnect_backoff) | 100 ms … 5 s, with jitter |
 /// | [`sweep_interval`](Self::sweep_interval) | 60 s |
 /// | [`pool_size`](Self::pool_size) | 16 |
+/// | [`l2_breaker`](Self::l2_breaker) / [`loader_breaker`](Self::loader_breaker) | 5 failures, 5 s cool-down |
 #[must_use = "a builder does nothing until build() is called"]
 pub struct C3Builder {
     source: Source,
@@ -71,6 +74,8 @@ pub struct C3Builder {
     pool_size: usize,
     node_id: Option<String>,
     clock: Arc<dyn Clock>,
+    l2_breaker: BreakerConfig,
+    loader_breaker: BreakerConfig,
     #[cfg(feature = "test-util")]
     fill_hook: Option<FillHook>,
 }
@@ -98,6 +103,8 @@ impl Default for C3Builder {
             pool_size: 16,
             node_id: None,
             clock: Arc::new(SystemClock),
+            l2_breaker: BreakerConfig::default(),
+            loader_breaker: BreakerConfig::default(),
             #[cfg(feature = "test-util")]
             fill_hook: None,
         }
@@ -226,6 +233,20 @@ impl C3Builder {
     /// Defaults to a random id; it must be unique per live handle.
     pub fn node_id(mut self, id: impl Into<String>) -> Self {
         self.node_id = Some(id.into());
+        self
+    }
+
+    /// The circuit breaker guarding L2: after this many consecutive L2
+    /// failures (timeouts included) L2 is not called for the cool-down, and
+    /// `get_or_load` goes straight to the loader.
+    pub fn l2_breaker(mut self, config: BreakerConfig) -> Self {
+        self.l2_breaker = config;
+        self
+    }
+
+    /// The circuit breaker settings for each loader source of `get_or_load`.
+    pub fn loader_breaker(mut self, config: BreakerConfig) -> Self {
+        self.loader_breaker = config;
         self
     }
 
@@ -414,6 +435,9 @@ impl C3Builder {
             },
             shutdown: shutdown_tx,
             tasks: Mutex::new(tasks),
+            l2_breaker: Breaker::new(self.l2_breaker),
+            loader_breaker: self.loader_breaker,
+            flights: Flights::default(),
             #[cfg(feature = "test-util")]
             fill_hook: self.fill_hook,
         }))

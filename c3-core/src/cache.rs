@@ -11,16 +11,20 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::backend::{Backend, Row, WriteItem, bounded};
+use crate::breaker::{Breaker, BreakerConfig, Permit};
 use crate::builder::C3Builder;
 use crate::clock::{Clock, to_micros};
 use crate::coherency::{Coherency, Entry, ListenerState};
 use crate::error::{Repr, Result};
 use crate::key::validate_key;
+use crate::loader::{Absent, Flights, typed_value};
 use crate::protocol;
 use crate::stats::{Counters, Stats};
 
-/// The only value encoding this build writes; see `docs/PROTOCOL.md`.
+/// The value encoding this build writes; see `docs/PROTOCOL.md`.
 pub(crate) const ENCODING_JSON: &str = "json";
+/// A cached "not found" (negative caching): the value bytes are empty.
+pub(crate) const ENCODING_ABSENT: &str = "absent";
 
 /// Bytes charged per L1 entry on top of its encoded value, for the entry
 /// struct, the `Arc`s and moka's bookkeeping.
@@ -59,6 +63,9 @@ pub(crate) struct Inner {
     pub(crate) limits: Limits,
     pub(crate) shutdown: watch::Sender<bool>,
     pub(crate) tasks: Mutex<Vec<JoinHandle<()>>>,
+    pub(crate) l2_breaker: Breaker,
+    pub(crate) loader_breaker: BreakerConfig,
+    pub(crate) flights: Flights,
     #[cfg(feature = "test-util")]
     pub(crate) fill_hook: Option<crate::builder::FillHook>,
 }
@@ -80,13 +87,60 @@ impl std::fmt::Debug for C3 {
     }
 }
 
-/// A value decoded from L2, ready for L1.
-struct Decoded<T> {
-    value: Arc<T>,
-    entry: Entry,
-}
-
 impl C3 {
+    pub(crate) fn coherency(&self) -> &Coherency {
+        &self.inner.coherency
+    }
+
+    pub(crate) fn counters(&self) -> &Counters {
+        &self.inner.counters
+    }
+
+    pub(crate) fn backend(&self) -> &Backend {
+        &self.inner.backend
+    }
+
+    pub(crate) fn flights(&self) -> &Flights {
+        &self.inner.flights
+    }
+
+    pub(crate) fn l2_breaker(&self) -> &Breaker {
+        &self.inner.l2_breaker
+    }
+
+    pub(crate) fn loader_breaker_config(&self) -> BreakerConfig {
+        self.inner.loader_breaker
+    }
+
+    pub(crate) fn default_ttl(&self) -> Option<Duration> {
+        self.inner.limits.default_ttl
+    }
+
+    pub(crate) fn max_value_bytes(&self) -> usize {
+        self.inner.limits.max_value_bytes
+    }
+
+    pub(crate) fn now(&self) -> std::time::SystemTime {
+        self.inner.clock.now()
+    }
+
+    /// Takes the cross-node load lock for `key` if L2 is usable.
+    pub(crate) async fn load_lock(
+        &self,
+        key: &str,
+        wait: Duration,
+    ) -> Result<Option<crate::backend::postgres::LoadLock>> {
+        // The wait itself may last `wait`; the op timeout bounds the rest.
+        let fut = self.inner.backend.load_lock(key, wait);
+        if self.inner.l2_breaker.allow() == Permit::Refused {
+            return Ok(None);
+        }
+        match tokio::time::timeout(wait + self.inner.limits.op_timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Ok(None),
+        }
+    }
+
     /// Starts configuring a cache.
     pub fn builder() -> C3Builder {
         C3Builder::default()
@@ -137,7 +191,7 @@ impl C3 {
             .is_some_and(|e| e.fresh_until_us > now)
     }
 
-    fn now_us(&self) -> u64 {
+    pub(crate) fn now_us(&self) -> u64 {
         to_micros(self.inner.clock.now())
     }
 
@@ -148,7 +202,7 @@ impl C3 {
         Ok(())
     }
 
-    fn check_key(&self, key: &str) -> Result<()> {
+    pub(crate) fn check_key(&self, key: &str) -> Result<()> {
         self.check_open()?;
         validate_key(key, self.inner.limits.max_key_bytes)?;
         Ok(())
@@ -158,14 +212,27 @@ impl C3 {
         protocol::header(&self.inner.coherency.node_id, self.now_us(), op)
     }
 
-    async fn l2<T>(
+    /// Every L2 call goes through here: the breaker, the timeout, the counters.
+    pub(crate) async fn l2<T>(
         &self,
         op: &'static str,
         fut: impl std::future::Future<Output = Result<T>>,
     ) -> Result<T> {
+        let breaker = &self.inner.l2_breaker;
+        if breaker.allow() == Permit::Refused {
+            return Err(Repr::CircuitOpen.into());
+        }
         let r = bounded(op, self.inner.limits.op_timeout, fut).await;
-        if r.is_err() {
-            Counters::inc(&self.inner.counters.l2_errors);
+        match &r {
+            Ok(_) => breaker.success(),
+            Err(e) if e.is_l2_unavailable() => {
+                Counters::inc(&self.inner.counters.l2_errors);
+                if breaker.failure() {
+                    Counters::inc(&self.inner.counters.l2_breaker_opened);
+                    tracing::warn!(target: "c3::l2", error = %e, "L2 circuit breaker opened");
+                }
+            }
+            Err(_) => {}
         }
         r
     }
@@ -190,7 +257,7 @@ impl C3 {
     {
         self.check_key(key)?;
         if let Some(v) = self.l1_get::<T>(key) {
-            return Ok(Some(v));
+            return Ok(v);
         }
         Counters::inc(&self.inner.counters.l1_misses);
         let token = self.inner.coherency.begin_fill(key);
@@ -205,22 +272,23 @@ impl C3 {
             return Ok(None);
         };
         Counters::inc(&self.inner.counters.l2_hits);
-        let d = decode::<T>(key, row, to_micros(now))?;
+        let (value, entry) = decode_row::<T>(key, row, to_micros(now))?;
         if let Some(token) = token {
-            self.inner.coherency.fill(key, token, d.entry);
+            self.inner.coherency.fill(key, token, entry);
         }
-        Ok(Some(d.value))
+        Ok(value)
     }
 
-    /// L1 lookup: a fresh entry of the right type, or `None`.
-    fn l1_get<T: Send + Sync + 'static>(&self, key: &str) -> Option<Arc<T>> {
+    /// L1 lookup: `Some(value)` for a fresh entry of the right type (or a
+    /// cached "not found"), `None` for a miss.
+    fn l1_get<T: Send + Sync + 'static>(&self, key: &str) -> Option<Option<Arc<T>>> {
         let e = self.inner.coherency.peek(key)?;
         if e.fresh_until_us <= self.now_us() {
             return None;
         }
         // A different type under the same key is treated as a miss; the L2
         // read that follows replaces the entry with the requested type.
-        let v = Arc::clone(&e.value).downcast::<T>().ok()?;
+        let v = typed_value::<T>(&e.value)?;
         Counters::inc(&self.inner.counters.l1_hits);
         Some(v)
     }
@@ -241,12 +309,14 @@ impl C3 {
         let mut out: Vec<Option<Arc<T>>> = Vec::with_capacity(keys.len());
         let mut missing = Vec::new();
         for (i, k) in keys.iter().enumerate() {
-            let hit = self.l1_get::<T>(k);
-            if hit.is_none() {
-                Counters::inc(&self.inner.counters.l1_misses);
-                missing.push((i, *k, self.inner.coherency.begin_fill(k)));
+            match self.l1_get::<T>(k) {
+                Some(hit) => out.push(hit),
+                None => {
+                    Counters::inc(&self.inner.counters.l1_misses);
+                    missing.push((i, *k, self.inner.coherency.begin_fill(k)));
+                    out.push(None);
+                }
             }
-            out.push(hit);
         }
         if missing.is_empty() {
             return Ok(out);
@@ -265,11 +335,11 @@ impl C3 {
             {
                 Some(row) => {
                     Counters::inc(&self.inner.counters.l2_hits);
-                    let d = decode::<T>(k, row, now_us)?;
+                    let (value, entry) = decode_row::<T>(k, row, now_us)?;
                     if let Some(token) = token {
-                        self.inner.coherency.fill(k, token, d.entry);
+                        self.inner.coherency.fill(k, token, entry);
                     }
-                    out[i] = Some(d.value);
+                    out[i] = value;
                 }
                 None => Counters::inc(&self.inner.counters.l2_misses),
             }
@@ -387,6 +457,7 @@ impl C3 {
         Counters::inc(&self.inner.counters.invalidations_sent);
         let now_us = self.now_us();
         for ((item, version), token) in items.into_iter().zip(versions).zip(tokens) {
+            self.inner.coherency.note_committed(&item.key, version);
             let Some(token) = token else { continue };
             let key = item.key.clone();
             let row = Row {
@@ -397,8 +468,8 @@ impl C3 {
                 stale_until_us: item.stale_until.map(to_micros),
             };
             // Round-trip through the encoding so L1 holds what peers will read.
-            let d = decode::<T>(&key, row, now_us)?;
-            self.inner.coherency.fill(&key, token, d.entry);
+            let (_, entry) = decode_row::<T>(&key, row, now_us)?;
+            self.inner.coherency.fill(&key, token, entry);
         }
         Ok(())
     }
@@ -500,23 +571,31 @@ impl C3 {
     }
 }
 
-/// Decodes an L2 row into a `T` and the L1 entry that would hold it.
-fn decode<T>(key: &str, row: Row, now_us: u64) -> Result<Decoded<T>>
+/// Decodes an L2 row into a `T` (`None` for a negative entry) and the L1
+/// entry that would hold it.
+pub(crate) fn decode_row<T>(key: &str, row: Row, now_us: u64) -> Result<(Option<Arc<T>>, Entry)>
 where
     T: DeserializeOwned + Send + Sync + 'static,
 {
-    if row.encoding != ENCODING_JSON {
-        return Err(Repr::UnknownEncoding {
-            key: key.to_owned(),
-            encoding: row.encoding,
+    let (value, stored): (Option<Arc<T>>, Arc<dyn Any + Send + Sync>) = match row.encoding.as_str()
+    {
+        ENCODING_JSON => {
+            let v: T = serde_json::from_slice(&row.value).map_err(|source| Repr::Decode {
+                key: key.to_owned(),
+                source,
+            })?;
+            let v = Arc::new(v);
+            (Some(Arc::clone(&v)), v)
         }
-        .into());
-    }
-    let value: T = serde_json::from_slice(&row.value).map_err(|source| Repr::Decode {
-        key: key.to_owned(),
-        source,
-    })?;
-    let value = Arc::new(value);
+        ENCODING_ABSENT => (None, Arc::new(Absent)),
+        _ => {
+            return Err(Repr::UnknownEncoding {
+                key: key.to_owned(),
+                encoding: row.encoding,
+            }
+            .into());
+        }
+    };
     let fresh_until_us = row.fresh_until_us.unwrap_or(u64::MAX);
     let stale_until_us = row
         .stale_until_us
@@ -525,14 +604,14 @@ where
     let keep_for = (stale_until_us != u64::MAX)
         .then(|| Duration::from_micros(stale_until_us.saturating_sub(now_us)));
     let entry = Entry {
-        value: Arc::clone(&value) as Arc<dyn Any + Send + Sync>,
+        value: stored,
         version: row.version,
         fresh_until_us,
         stale_until_us,
         weight: u32::try_from(row.value.len() + ENTRY_OVERHEAD).unwrap_or(u32::MAX),
         keep_for,
     };
-    Ok(Decoded { value, entry })
+    Ok((value, entry))
 }
 
 #[cfg(test)]

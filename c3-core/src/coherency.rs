@@ -44,7 +44,6 @@ pub(crate) struct Entry {
     pub(crate) version: u64,
     /// Wall-clock µs after which the entry is stale (`u64::MAX`: never).
     pub(crate) fresh_until_us: u64,
-    #[allow(dead_code)] // read by fail-safe loading
     /// Wall-clock µs after which the entry may not be served even as a
     /// fail-safe fallback.
     pub(crate) stale_until_us: u64,
@@ -190,6 +189,16 @@ impl Coherency {
         })
     }
 
+    /// Whether nothing has invalidated `key` since `token` was taken (the
+    /// same test as [`fill`](Self::fill), without filling).
+    pub(crate) fn token_valid(&self, _key: &str, token: FillToken) -> bool {
+        let s = self.lock(token.stripe);
+        self.l1_enabled()
+            && self.epoch.load(Ordering::Acquire) == token.epoch
+            && s.bare_gen == token.bare_gen
+            && s.max_version == token.max_version
+    }
+
     /// Puts `entry` in L1 unless something invalidated `key` since `token` was
     /// taken. Returns whether it was stored.
     pub(crate) fn fill(&self, key: &str, token: FillToken, entry: Entry) -> bool {
@@ -263,6 +272,14 @@ impl Coherency {
         {
             self.l1.invalidate(key);
         }
+    }
+
+    /// This node committed `version` for `key`. Recording it now, rather than
+    /// when our own notification comes back, keeps that late echo from looking
+    /// like a new write to loads that started after the commit.
+    pub(crate) fn note_committed(&self, key: &str, version: u64) {
+        let mut s = self.lock(Self::stripe_of(key));
+        s.max_version = s.max_version.max(version);
     }
 
     /// `key` changed in a way we cannot order: drop it whatever its version.

@@ -73,13 +73,15 @@ pub(crate) enum Repr {
     },
     #[error("invalid configuration: {0}")]
     Config(String),
-    #[allow(dead_code)] // raised by the L2 breaker
     #[error("the L2 circuit breaker is open; L2 was not called")]
     CircuitOpen,
     #[error("loader failed: {0}")]
     Loader(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("the cache has been shut down")]
     Shutdown,
+    /// One error shared by every waiter of a load.
+    #[error(transparent)]
+    Shared(std::sync::Arc<Error>),
 }
 
 impl Error {
@@ -122,6 +124,7 @@ impl Error {
             Repr::CircuitOpen => ErrorKind::CircuitOpen,
             Repr::Loader(_) => ErrorKind::Loader,
             Repr::Shutdown => ErrorKind::Shutdown,
+            Repr::Shared(e) => e.kind(),
         }
     }
 
@@ -159,6 +162,7 @@ impl Error {
     pub fn sqlstate(&self) -> Option<&str> {
         match &*self.0 {
             Repr::Postgres { source, .. } => source.code().map(|c| c.code()),
+            Repr::Shared(e) => e.sqlstate(),
             _ => None,
         }
     }

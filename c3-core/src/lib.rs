@@ -34,6 +34,9 @@
 //!   again — including from an L2 read that was in flight at the time.
 //! * When the LISTEN connection is lost or stops answering heartbeats, L1 is
 //!   purged and bypassed until LISTEN is back (and purged again then).
+//! * `get_or_load` runs a loader once per key per node however many callers
+//!   miss at once, and keeps answering with the last known value (within a
+//!   fail-safe window) while the source fails.
 //! * Any client can invalidate with `SELECT pg_notify('cache_invalidate', 'key')`.
 //!   The wire protocol is specified in `docs/PROTOCOL.md`.
 //!
@@ -47,6 +50,10 @@
 //!
 //! * `builder` — [`C3Builder`], all settings and `build()`.
 //! * `cache` — [`C3`], the typed get/set/delete/invalidate API.
+//! * `loader` — [`C3::get_or_load`]: cache-aside loading with singleflight,
+//!   cross-node stampede protection, fail-safe stale answers, soft/hard
+//!   timeouts, negative caching and eager refresh.
+//! * `breaker` — the circuit breakers guarding L2 and each loader source.
 //! * `coherency` — L1 and the rules that keep it coherent (versions, fill
 //!   tokens, fail-safe purge).
 //! * `listener` — the tasks that drive the LISTEN connection and heartbeat.
@@ -57,6 +64,7 @@
 //! [moka]: https://docs.rs/moka
 
 mod backend;
+mod breaker;
 mod builder;
 mod cache;
 mod clock;
@@ -64,10 +72,12 @@ mod coherency;
 mod error;
 mod key;
 mod listener;
+mod loader;
 mod protocol;
 mod stats;
 
 pub use backend::memory::MemoryServer;
+pub use breaker::{BreakerConfig, BreakerState};
 pub use builder::C3Builder;
 #[cfg(feature = "test-util")]
 pub use builder::FillHook;
@@ -76,5 +86,6 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use coherency::ListenerState;
 pub use error::{Error, ErrorKind, Result};
 pub use key::{KeyError, MAX_KEY_BYTES_LIMIT};
+pub use loader::{LoadOptions, Loader};
 pub use protocol::ProtocolError;
 pub use stats::Stats;

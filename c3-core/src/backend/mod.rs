@@ -110,6 +110,19 @@ impl Backend {
         }
     }
 
+    /// A cross-node lock for loading `key` (`None`: not taken or not supported).
+    pub(crate) async fn load_lock(
+        &self,
+        key: &str,
+        wait: Duration,
+    ) -> Result<Option<postgres::LoadLock>> {
+        match self {
+            Backend::Postgres(b) => b.load_lock(key, wait).await,
+            // One process: the per-node singleflight is all there is to have.
+            Backend::Memory(_) => Ok(None),
+        }
+    }
+
     /// Deletes rows past their hard expiry; returns how many.
     pub(crate) async fn sweep(&self, now: SystemTime, batch: i64) -> Result<u64> {
         match self {

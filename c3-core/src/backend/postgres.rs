@@ -127,6 +127,7 @@ pub(crate) struct PgBackend {
     sql: Sql,
     channel: String,
     sweep_lock: String,
+    load_lock: String,
 }
 
 /// Settings the pool is built with.
@@ -152,6 +153,38 @@ pub(crate) fn build_pool(config: tokio_postgres::Config, s: &PoolSettings) -> Re
         .runtime(Runtime::Tokio1)
         .build()
         .map_err(|e| Error::config(format!("could not build the connection pool: {e}")))
+}
+
+/// A held cross-node load lock: an open transaction on a pooled connection.
+///
+/// Released by [`release`](Self::release) (commit). If dropped instead (the
+/// load was cancelled or panicked) the connection is detached from the pool
+/// and closed, which ends the transaction and frees the lock — it must never
+/// go back to the pool mid-transaction.
+pub(crate) struct LoadLock {
+    client: Option<deadpool_postgres::Object>,
+}
+
+impl LoadLock {
+    fn client(&self) -> &deadpool_postgres::Object {
+        self.client.as_ref().expect("present until release or drop")
+    }
+
+    pub(crate) async fn release(mut self) {
+        if let Some(client) = self.client.take()
+            && client.batch_execute("COMMIT").await.is_err()
+        {
+            drop(deadpool_postgres::Object::take(client));
+        }
+    }
+}
+
+impl Drop for LoadLock {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            drop(deadpool_postgres::Object::take(client));
+        }
+    }
 }
 
 fn time_us(t: Option<SystemTime>) -> Option<u64> {
@@ -189,6 +222,7 @@ impl PgBackend {
             sql: Sql::new(schema, table),
             channel: channel.to_owned(),
             sweep_lock: format!("c3:sweep:{schema}.{table}"),
+            load_lock: format!("c3:load:{schema}.{table}:"),
         }
     }
 
@@ -351,6 +385,37 @@ impl PgBackend {
             .await
             .map_err(pg)?;
         tx.commit().await.map_err(pg)
+    }
+
+    /// Takes a transaction-scoped advisory lock on `key`, waiting at most
+    /// `wait`. `Ok(None)` means the wait ran out: the caller loads by itself.
+    pub(crate) async fn load_lock(&self, key: &str, wait: Duration) -> Result<Option<LoadLock>> {
+        let client = self.client("load_lock").await?;
+        let pg = |e| Error::postgres("load_lock", e);
+        let ms = wait.as_millis().clamp(1, i32::MAX as u128);
+        // SET LOCAL cannot take a parameter; `ms` is an integer we formatted.
+        client
+            .batch_execute(&format!("BEGIN; SET LOCAL lock_timeout = '{ms}ms'"))
+            .await
+            .map_err(pg)?;
+        let lock = LoadLock {
+            client: Some(client),
+        };
+        let got = lock
+            .client()
+            .execute(
+                "SELECT pg_advisory_xact_lock(hashtext($1))",
+                &[&format!("{}{key}", self.load_lock)],
+            )
+            .await;
+        match got {
+            Ok(_) => Ok(Some(lock)),
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
+                lock.release().await;
+                Ok(None)
+            }
+            Err(e) => Err(pg(e)),
+        }
     }
 
     /// Deletes expired rows in batches, on one node at a time: the advisory

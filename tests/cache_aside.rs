@@ -1,0 +1,420 @@
+//! `get_or_load` against an HTTP source of truth (wiremock): singleflight,
+//! cross-node stampede protection, breakers, fail-safe, timeouts, refresh.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use c3::core::{BreakerConfig, BreakerState, ErrorKind, LoadOptions, ManualClock};
+use serde::{Deserialize, Serialize};
+use support::{DELIVERY, TestDb, wait_until};
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct User {
+    id: u64,
+    name: String,
+}
+
+fn user(name: &str) -> User {
+    User {
+        id: 1,
+        name: name.into(),
+    }
+}
+
+/// The small HTTP loader the tests use: 404 is "not found", other non-2xx
+/// statuses are errors.
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type LoadFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Option<User>, BoxError>> + Send>>;
+
+fn http_loader(url: String) -> impl FnOnce() -> LoadFuture + Send + 'static {
+    move || {
+        Box::pin(async move {
+            let resp = reqwest::get(&url).await?;
+            match resp.status().as_u16() {
+                404 => Ok(None),
+                200..=299 => Ok(Some(serde_json::from_str(&resp.text().await?)?)),
+                s => Err(format!("upstream answered {s}").into()),
+            }
+        })
+    }
+}
+
+async fn requests(server: &MockServer) -> usize {
+    server.received_requests().await.unwrap_or_default().len()
+}
+
+#[tokio::test]
+async fn a_hundred_concurrent_misses_make_one_upstream_request() {
+    let db = TestDb::new("singleflight").await;
+    let a = db.node().await;
+    let upstream = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/users/1"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(user("Ada"))
+                .set_delay(Duration::from_millis(200)),
+        )
+        .expect(1)
+        .mount(&upstream)
+        .await;
+    let url = format!("{}/users/1", upstream.uri());
+    let opts = LoadOptions::new();
+    let calls: Vec<_> = (0..100)
+        .map(|_| {
+            let (a, url, opts) = (a.clone(), url.clone(), opts.clone());
+            tokio::spawn(async move { a.get_or_load("user:1", &opts, http_loader(url)).await })
+        })
+        .collect();
+    for c in calls {
+        assert_eq!(*c.await.unwrap().unwrap().unwrap(), user("Ada"));
+    }
+    assert_eq!(a.stats().loads, 1);
+    // Cached now: more calls stay local.
+    for _ in 0..10 {
+        a.get_or_load("user:1", &opts, http_loader(url.clone()))
+            .await
+            .unwrap();
+    }
+    upstream.verify().await;
+}
+
+#[tokio::test]
+async fn three_nodes_stampeding_one_key_make_one_upstream_request() {
+    let db = TestDb::new("cluster_stampede").await;
+    let nodes = db.nodes(3).await;
+    let upstream = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/users/1"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(user("Ada"))
+                .set_delay(Duration::from_millis(300)),
+        )
+        .expect(1)
+        .mount(&upstream)
+        .await;
+    let url = format!("{}/users/1", upstream.uri());
+    let opts = LoadOptions::new().cluster_lock(Duration::from_secs(10));
+    let mut calls = Vec::new();
+    for n in &nodes {
+        for _ in 0..100 {
+            let (n, url, opts) = (n.clone(), url.clone(), opts.clone());
+            calls.push(tokio::spawn(async move {
+                n.get_or_load("user:1", &opts, http_loader(url)).await
+            }));
+        }
+    }
+    for c in calls {
+        assert_eq!(*c.await.unwrap().unwrap().unwrap(), user("Ada"));
+    }
+    let loads: u64 = nodes.iter().map(|n| n.stats().loads).sum();
+    assert_eq!(loads, 1, "one loader call in the whole cluster");
+    upstream.verify().await;
+}
+
+#[tokio::test]
+async fn a_failing_source_opens_the_breaker_and_stale_values_are_served() {
+    let db = TestDb::new("fail_safe_loader").await;
+    let clock = ManualClock::new();
+    let a = db
+        .builder()
+        .clock(clock.clone())
+        .loader_breaker(BreakerConfig::new(3, Duration::from_millis(500)))
+        .build()
+        .await
+        .unwrap();
+    let upstream = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(user("v1")))
+        .up_to_n_times(1)
+        .mount(&upstream)
+        .await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(500))
+        .mount(&upstream)
+        .await;
+    let url = format!("{}/users/1", upstream.uri());
+    let opts = LoadOptions::new()
+        .ttl(Some(Duration::from_secs(10)))
+        .fail_safe(Duration::from_secs(3600))
+        .source("users-api");
+    let load = || a.get_or_load("user:1", &opts, http_loader(url.clone()));
+    assert_eq!(*load().await.unwrap().unwrap(), user("v1"));
+    assert_eq!(requests(&upstream).await, 1);
+
+    clock.advance(Duration::from_secs(11)); // v1 is now stale, within the window
+    for i in 0..3 {
+        assert_eq!(
+            *load().await.unwrap().unwrap(),
+            user("v1"),
+            "stale answer {i}"
+        );
+    }
+    assert_eq!(
+        requests(&upstream).await,
+        4,
+        "three failed attempts reached the source"
+    );
+    assert_eq!(a.loader_breaker_state("users-api"), BreakerState::Open);
+    assert_eq!(a.stats().loader_breaker_opened, 1);
+
+    // While open: answers keep coming, the source sees nothing.
+    let started = Instant::now();
+    for _ in 0..20 {
+        assert_eq!(*load().await.unwrap().unwrap(), user("v1"));
+    }
+    let per_answer = started.elapsed() / 20;
+    assert_eq!(
+        requests(&upstream).await,
+        4,
+        "no calls while the breaker is open"
+    );
+    assert!(a.stats().stale_hits >= 23);
+    println!("fail-safe answer while the source is down: {per_answer:?} each");
+
+    // Without a fail-safe window the failure is a typed error.
+    let strict = LoadOptions::new().source("users-api");
+    let err = a
+        .get_or_load("user:2", &strict, http_loader(url.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::CircuitOpen);
+
+    // The source recovers; after the cool-down exactly one probe goes through.
+    upstream.reset().await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(user("v2")))
+        .mount(&upstream)
+        .await;
+    wait_until(
+        "the probe after the cool-down refreshes the value",
+        DELIVERY,
+        || async { *load().await.unwrap().unwrap() == user("v2") },
+    )
+    .await;
+    assert_eq!(requests(&upstream).await, 1, "one probe");
+    assert_eq!(a.loader_breaker_state("users-api"), BreakerState::Closed);
+    assert_eq!(*load().await.unwrap().unwrap(), user("v2"));
+    assert_eq!(
+        requests(&upstream).await,
+        1,
+        "fresh again: served from cache"
+    );
+}
+
+#[tokio::test]
+async fn a_failing_source_without_stale_value_is_a_loader_error() {
+    let db = TestDb::new("loader_error").await;
+    let a = db.node().await;
+    let upstream = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(503))
+        .expect(2)
+        .mount(&upstream)
+        .await;
+    let url = format!("{}/users/1", upstream.uri());
+    for _ in 0..2 {
+        let err = a
+            .get_or_load("user:1", &LoadOptions::new(), http_loader(url.clone()))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Loader);
+        assert!(err.to_string().contains("503"), "{err}");
+    }
+    // Errors are not cached: the second call reached the source again.
+    upstream.verify().await;
+}
+
+#[tokio::test]
+async fn a_slow_source_past_the_soft_timeout_gets_stale_now_and_fresh_later() {
+    let db = TestDb::new("soft_timeout").await;
+    let clock = ManualClock::new();
+    let a = db.builder().clock(clock.clone()).build().await.unwrap();
+    let upstream = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(user("v1")))
+        .up_to_n_times(1)
+        .mount(&upstream)
+        .await;
+    Mock::given(method("GET"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(user("v2"))
+                .set_delay(Duration::from_millis(1500)),
+        )
+        .mount(&upstream)
+        .await;
+    let url = format!("{}/users/1", upstream.uri());
+    let opts = LoadOptions::new()
+        .ttl(Some(Duration::from_secs(10)))
+        .fail_safe(Duration::from_secs(600))
+        .soft_timeout(Duration::from_millis(100));
+    assert_eq!(
+        *a.get_or_load("u", &opts, http_loader(url.clone()))
+            .await
+            .unwrap()
+            .unwrap(),
+        user("v1")
+    );
+    clock.advance(Duration::from_secs(11));
+
+    let started = Instant::now();
+    let got = a
+        .get_or_load("u", &opts, http_loader(url.clone()))
+        .await
+        .unwrap()
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(*got, user("v1"), "stale answer at the soft timeout");
+    assert!(
+        took < Duration::from_millis(1400),
+        "did not wait for the slow source: {took:?}"
+    );
+
+    wait_until("the slow response lands in the cache", DELIVERY, || async {
+        a.get::<User>("u").await.unwrap().as_deref() == Some(&user("v2"))
+    })
+    .await;
+    assert_eq!(requests(&upstream).await, 2);
+}
+
+#[tokio::test]
+async fn eager_refresh_reloads_a_hot_key_before_it_expires_once_per_refresh() {
+    let db = TestDb::new("eager_refresh").await;
+    let clock = ManualClock::new();
+    let a = db.builder().clock(clock.clone()).build().await.unwrap();
+    let upstream = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(user("v1")))
+        .up_to_n_times(1)
+        .mount(&upstream)
+        .await;
+    Mock::given(method("GET"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(user("v2"))
+                .set_delay(Duration::from_millis(100)),
+        )
+        .mount(&upstream)
+        .await;
+    let url = format!("{}/users/1", upstream.uri());
+    let opts = LoadOptions::new()
+        .ttl(Some(Duration::from_secs(10)))
+        .eager_refresh(0.5);
+    let load = || a.get_or_load("hot", &opts, http_loader(url.clone()));
+    assert_eq!(*load().await.unwrap().unwrap(), user("v1"));
+    clock.advance(Duration::from_secs(4));
+    load().await.unwrap();
+    assert_eq!(
+        requests(&upstream).await,
+        1,
+        "before the refresh point: no reload"
+    );
+
+    clock.advance(Duration::from_secs(2)); // 60% of the TTL
+    for _ in 0..20 {
+        // Hits keep answering (v1) while one refresh runs in the background.
+        assert!(load().await.unwrap().is_some());
+    }
+    wait_until("the refreshed value is cached", DELIVERY, || async {
+        a.get::<User>("hot").await.unwrap().as_deref() == Some(&user("v2"))
+    })
+    .await;
+    for _ in 0..20 {
+        assert_eq!(*load().await.unwrap().unwrap(), user("v2"));
+    }
+    assert_eq!(
+        requests(&upstream).await,
+        2,
+        "exactly one upstream call for the refresh"
+    );
+}
+
+#[tokio::test]
+async fn not_found_is_cached_when_negative_caching_is_on() {
+    let db = TestDb::new("negative").await;
+    let nodes = db.nodes(2).await;
+    let upstream = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(404))
+        .expect(1)
+        .mount(&upstream)
+        .await;
+    let url = format!("{}/users/404", upstream.uri());
+    let opts = LoadOptions::new().negative_ttl(Duration::from_secs(30));
+    for n in nodes.iter().chain(nodes.iter()) {
+        assert!(
+            n.get_or_load("user:404", &opts, http_loader(url.clone()))
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+    assert!(nodes[1].get::<User>("user:404").await.unwrap().is_none());
+    upstream.verify().await;
+}
+
+#[tokio::test]
+async fn loads_succeed_while_l2_is_down_and_l2_is_probed_again_later() {
+    let db = TestDb::new("l2_breaker").await;
+    let proxy = support::proxy::FaultProxy::start(support::database_addr()).await;
+    let a = db
+        .builder()
+        .postgres(&proxy.url(&support::database_url()))
+        .op_timeout(Duration::from_millis(500))
+        .connect_timeout(Duration::from_millis(500))
+        .l2_breaker(BreakerConfig::new(2, Duration::from_millis(300)))
+        .build()
+        .await
+        .unwrap();
+    let upstream = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(user("Ada")))
+        .mount(&upstream)
+        .await;
+    let url = format!("{}/users/1", upstream.uri());
+    let opts = LoadOptions::new();
+
+    proxy.drop_all();
+    for i in 0..6 {
+        let got = a
+            .get_or_load(&format!("k{i}"), &opts, http_loader(url.clone()))
+            .await;
+        assert_eq!(
+            *got.unwrap().unwrap(),
+            user("Ada"),
+            "load {i} answered by the source"
+        );
+    }
+    assert_eq!(a.l2_breaker_state(), BreakerState::Open);
+    assert_eq!(a.stats().l2_breaker_opened, 1);
+    let errors = a.stats().l2_errors;
+    let err = a.get::<User>("k0").await.unwrap_err();
+    assert_eq!(
+        err.kind(),
+        ErrorKind::CircuitOpen,
+        "L2 not called while open"
+    );
+    assert_eq!(a.stats().l2_errors, errors);
+
+    proxy.forward();
+    wait_until("L2 probed and closed again", DELIVERY, || async {
+        a.get::<User>("k0").await.is_ok() && a.l2_breaker_state() == BreakerState::Closed
+    })
+    .await;
+    let got = a
+        .get_or_load("after", &opts, http_loader(url.clone()))
+        .await
+        .unwrap();
+    assert_eq!(*got.unwrap(), user("Ada"));
+    let fresh = db.node().await;
+    assert!(
+        fresh.get::<User>("after").await.unwrap().is_some(),
+        "written to L2 again"
+    );
+}
