@@ -168,3 +168,20 @@ async fn memory_backend_has_the_same_semantics() {
         ErrorKind::Shutdown
     );
 }
+
+#[tokio::test]
+async fn memory_backend_supports_tags() {
+    let server = MemoryServer::new();
+    let a = C3::builder().memory(&server).build().await.unwrap();
+    let b = C3::builder().memory(&server).build().await.unwrap();
+    a.set_tagged("x", &1, None, &["t"]).await.unwrap();
+    a.set_tagged("y", &2, None, &["t", "u"]).await.unwrap();
+    assert!(b.get::<i32>("x").await.unwrap().is_some());
+    assert_eq!(b.invalidate_tag("t").await.unwrap(), 2);
+    wait_until("A drops x", DELIVERY, || async {
+        !a.is_cached_locally("x")
+    })
+    .await;
+    assert!(a.get::<i32>("y").await.unwrap().is_none());
+    assert_eq!(b.invalidate_tag("u").await.unwrap(), 0, "y already deleted");
+}

@@ -451,3 +451,42 @@ async fn four_nodes_creating_the_schema_at_once() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn invalidating_a_tag_removes_every_tagged_entry_on_every_node() {
+    let db = TestDb::new("tags").await;
+    let nodes = db.nodes(2).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let ttl = Some(Duration::from_secs(60));
+    a.set_tagged("post:1", &1, ttl, &["user:42", "feed"])
+        .await
+        .unwrap();
+    a.set_tagged("post:2", &2, ttl, &["user:42"]).await.unwrap();
+    a.set_tagged("post:3", &3, ttl, &["user:7"]).await.unwrap();
+    a.set("plain", &4).await.unwrap();
+    for k in ["post:1", "post:2", "post:3", "plain"] {
+        assert!(b.get::<i32>(k).await.unwrap().is_some());
+    }
+    // Re-tagging replaces: post:1 no longer carries "feed".
+    a.set_tagged("post:1", &11, ttl, &["user:42"])
+        .await
+        .unwrap();
+    assert_eq!(b.invalidate_tag("feed").await.unwrap(), 0);
+
+    assert_eq!(b.invalidate_tag("user:42").await.unwrap(), 2);
+    assert!(
+        !b.is_cached_locally("post:1"),
+        "invalidating node drops at once"
+    );
+    for k in ["post:1", "post:2"] {
+        wait_until("A drops tagged entries", DELIVERY, || async {
+            !a.is_cached_locally(k)
+        })
+        .await;
+        assert!(a.get::<i32>(k).await.unwrap().is_none(), "gone from L2");
+    }
+    assert!(a.is_cached_locally("post:3") && a.is_cached_locally("plain"));
+    assert_eq!(a.invalidate_tag("user:42").await.unwrap(), 0, "idempotent");
+    let err = a.invalidate_tag("").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidKey);
+}

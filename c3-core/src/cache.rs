@@ -383,7 +383,55 @@ impl C3 {
     where
         T: Serialize + DeserializeOwned + Send + Sync + 'static,
     {
-        self.set_entries::<T>(&[(key, value)], ttl).await
+        self.set_entries::<T>(&[(key, value)], ttl, &[]).await
+    }
+
+    /// Writes `value` like [`set_with_ttl`](Self::set_with_ttl) and attaches
+    /// `tags` to it (replacing any earlier tags of the key), so that
+    /// [`invalidate_tag`](Self::invalidate_tag) can remove it with every other
+    /// entry carrying the same tag. Tags follow the same rules as keys.
+    ///
+    /// # Errors
+    ///
+    /// As for [`set_with_ttl`](Self::set_with_ttl), and an invalid tag.
+    pub async fn set_tagged<T>(
+        &self,
+        key: &str,
+        value: &T,
+        ttl: Option<Duration>,
+        tags: &[&str],
+    ) -> Result<()>
+    where
+        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+    {
+        for t in tags {
+            self.check_key(t)?;
+        }
+        self.set_entries::<T>(&[(key, value)], ttl, tags).await
+    }
+
+    /// Deletes every entry tagged `tag` from L2 and from every node's L1, in
+    /// one transaction. Returns how many entries were removed.
+    ///
+    /// # Errors
+    ///
+    /// An invalid tag; an L2 error or timeout.
+    pub async fn invalidate_tag(&self, tag: &str) -> Result<usize> {
+        self.check_key(tag)?;
+        let header = self.header('k');
+        let (keys, version) = self
+            .l2(
+                "invalidate_tag",
+                self.inner.backend.invalidate_tag(tag, &header),
+            )
+            .await?;
+        if !keys.is_empty() {
+            Counters::inc(&self.inner.counters.invalidations_sent);
+        }
+        for k in &keys {
+            self.inner.coherency.apply_written(k, version);
+        }
+        Ok(keys.len())
     }
 
     /// Writes several entries in one transaction with one round of notifications.
@@ -397,10 +445,16 @@ impl C3 {
         T: Serialize + DeserializeOwned + Send + Sync + 'static,
     {
         let refs: Vec<(&str, &T)> = entries.iter().map(|(k, v)| (*k, v)).collect();
-        self.set_entries(&refs, self.inner.limits.default_ttl).await
+        self.set_entries(&refs, self.inner.limits.default_ttl, &[])
+            .await
     }
 
-    async fn set_entries<T>(&self, entries: &[(&str, &T)], ttl: Option<Duration>) -> Result<()>
+    async fn set_entries<T>(
+        &self,
+        entries: &[(&str, &T)],
+        ttl: Option<Duration>,
+        tags: &[&str],
+    ) -> Result<()>
     where
         T: Serialize + DeserializeOwned + Send + Sync + 'static,
     {
@@ -435,6 +489,7 @@ impl C3 {
                 encoding: ENCODING_JSON,
                 fresh_until,
                 stale_until: None,
+                tags: tags.iter().map(|t| (*t).to_owned()).collect(),
             });
         }
         self.write_items::<T>(items).await

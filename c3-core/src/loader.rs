@@ -597,6 +597,7 @@ impl C3 {
             },
             fresh_until,
             stale_until,
+            tags: Vec::new(),
         };
         let still_valid = token.is_none_or(|t| self.coherency().token_valid(key, t));
         if still_valid && let Err(e) = self.write_items::<T>(vec![item.clone()]).await {

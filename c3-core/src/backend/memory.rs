@@ -47,6 +47,8 @@ struct Shared {
 #[derive(Debug, Default)]
 struct State {
     rows: HashMap<String, Row>,
+    /// tag → keys; stale pairs (key deleted or re-set) are skipped on use.
+    tags: HashMap<String, std::collections::HashSet<String>>,
     version: u64,
 }
 
@@ -143,6 +145,18 @@ impl MemoryBackend {
                 },
             );
             versions.push(version);
+            if !item.tags.is_empty() {
+                for keys in state.tags.values_mut() {
+                    keys.remove(&item.key);
+                }
+                for t in &item.tags {
+                    state
+                        .tags
+                        .entry(t.clone())
+                        .or_default()
+                        .insert(item.key.clone());
+                }
+            }
         }
         let lines = items
             .iter()
@@ -165,6 +179,26 @@ impl MemoryBackend {
             self.server.notify(&p);
         }
         version
+    }
+
+    pub(crate) fn invalidate_tag(&self, tag: &str, header: &str) -> (Vec<String>, u64) {
+        let mut state = self.server.lock();
+        let keys: Vec<String> = state
+            .tags
+            .remove(tag)
+            .into_iter()
+            .flatten()
+            .filter(|k| state.rows.contains_key(k))
+            .collect();
+        for k in &keys {
+            state.rows.remove(k);
+        }
+        state.version += 1;
+        let version = state.version;
+        for p in crate::protocol::pack(header, keys.iter().map(|k| format!("{version} {k}"))) {
+            self.server.notify(&p);
+        }
+        (keys, version)
     }
 
     pub(crate) fn publish(&self, payloads: &[String]) {

@@ -31,6 +31,8 @@ pub(crate) struct WriteItem {
     pub(crate) encoding: &'static str,
     pub(crate) fresh_until: Option<SystemTime>,
     pub(crate) stale_until: Option<SystemTime>,
+    /// Tags to (re)attach to the entry; empty leaves existing tags alone.
+    pub(crate) tags: Vec<String>,
 }
 
 pub(crate) enum Backend {
@@ -85,6 +87,18 @@ impl Backend {
         match self {
             Backend::Postgres(b) => b.delete(keys, header).await,
             Backend::Memory(b) => Ok(b.delete(keys, header)),
+        }
+    }
+
+    /// Deletes every entry tagged `tag` and publishes their new version.
+    pub(crate) async fn invalidate_tag(
+        &self,
+        tag: &str,
+        header: &str,
+    ) -> Result<(Vec<String>, u64)> {
+        match self {
+            Backend::Postgres(b) => b.invalidate_tag(tag, header).await,
+            Backend::Memory(b) => Ok(b.invalidate_tag(tag, header)),
         }
     }
 

@@ -28,6 +28,9 @@ struct Sql {
     delete: String,
     clear: String,
     sweep: String,
+    tags_replace: String,
+    tags_insert: String,
+    invalidate_tag: String,
 }
 
 pub(crate) const NOTIFY: &str = "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p";
@@ -47,6 +50,12 @@ impl Sql {
         );
         let trigger = quote_ident(&format!("{table}_bump_version"));
         let index = quote_ident(&format!("{table}_expiry_idx"));
+        let tags = format!(
+            "{}.{}",
+            quote_ident(schema),
+            quote_ident(&format!("{table}_tags"))
+        );
+        let tags_idx = quote_ident(&format!("{table}_tags_key_idx"));
         let create_schema = if schema == "public" {
             String::new()
         } else {
@@ -79,6 +88,12 @@ END
 $c3$;
 CREATE OR REPLACE TRIGGER {trigger} BEFORE INSERT OR UPDATE ON {t}
     FOR EACH ROW EXECUTE FUNCTION {func}();
+CREATE TABLE IF NOT EXISTS {tags} (
+    tag text NOT NULL,
+    key text NOT NULL REFERENCES {t} (key) ON DELETE CASCADE,
+    PRIMARY KEY (tag, key)
+);
+CREATE INDEX IF NOT EXISTS {tags_idx} ON {tags} (key);
 COMMENT ON TABLE {t} IS 'c3 cache (protocol 1): see docs/PROTOCOL.md';"
         );
         let live =
@@ -114,6 +129,17 @@ SELECT * FROM unnest($1::text[], $2::bytea[], $3::text[], $4::timestamptz[], $5:
 SELECT nextval('{seq}') FROM (SELECT count(*) FROM d) AS x"
             ),
             clear: format!("DELETE FROM {t}"),
+            tags_replace: format!("DELETE FROM {tags} WHERE key = ANY($1)"),
+            tags_insert: format!(
+                "INSERT INTO {tags} (tag, key) SELECT * FROM unnest($1::text[], $2::text[]) \
+ON CONFLICT DO NOTHING"
+            ),
+            // The tag rows go with their cache rows (ON DELETE CASCADE). The
+            // version is drawn after the delete, as for a plain delete.
+            invalidate_tag: format!(
+                "WITH d AS (DELETE FROM {t} WHERE key IN (SELECT key FROM {tags} WHERE tag = $1) RETURNING key) \
+SELECT coalesce(array_agg(key), '{{}}'), nextval('{seq}') FROM d"
+            ),
             sweep: format!(
                 "DELETE FROM {t} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {t} \
 WHERE coalesce(stale_until, expires_at) < $1 LIMIT $2))"
@@ -285,7 +311,9 @@ impl PgBackend {
     }
 
     pub(crate) async fn set(&self, items: &[WriteItem], header: &str) -> Result<Vec<u64>> {
-        if let [item] = items {
+        if let [item] = items
+            && item.tags.is_empty()
+        {
             return self.set_one(item, header).await.map(|v| vec![v]);
         }
         let mut client = self.client("set_many").await?;
@@ -314,6 +342,19 @@ impl PgBackend {
             .iter()
             .map(|i| by_key.get(&i.key).copied().unwrap_or(0))
             .collect();
+        if items.iter().any(|i| !i.tags.is_empty()) {
+            // A write replaces the entry's tags along with its value.
+            tx.execute(&self.sql.tags_replace, &[&keys])
+                .await
+                .map_err(pg)?;
+            let (tags, tag_keys): (Vec<&str>, Vec<&str>) = items
+                .iter()
+                .flat_map(|i| i.tags.iter().map(move |t| (t.as_str(), i.key.as_str())))
+                .unzip();
+            tx.execute(&self.sql.tags_insert, &[&tags, &tag_keys])
+                .await
+                .map_err(pg)?;
+        }
         let payloads = crate::protocol::pack(
             header,
             items
@@ -365,6 +406,34 @@ impl PgBackend {
             .map_err(pg)?;
         tx.commit().await.map_err(pg)?;
         Ok(version)
+    }
+
+    /// Deletes every entry tagged `tag`, publishing one version for all of
+    /// them; returns the keys deleted and that version.
+    pub(crate) async fn invalidate_tag(
+        &self,
+        tag: &str,
+        header: &str,
+    ) -> Result<(Vec<String>, u64)> {
+        let mut client = self.client("invalidate_tag").await?;
+        let pg = |e| Error::postgres("invalidate_tag", e);
+        let stmt = client
+            .prepare_cached(&self.sql.invalidate_tag)
+            .await
+            .map_err(pg)?;
+        let tx = client.transaction().await.map_err(pg)?;
+        let row = tx.query_one(&stmt, &[&tag]).await.map_err(pg)?;
+        let keys: Vec<String> = row.try_get(0).map_err(pg)?;
+        let v: i64 = row.try_get(1).map_err(pg)?;
+        let version = u64::try_from(v).unwrap_or(0);
+        let payloads = crate::protocol::pack(header, keys.iter().map(|k| format!("{version} {k}")));
+        if !payloads.is_empty() {
+            tx.execute(NOTIFY, &[&self.channel, &payloads])
+                .await
+                .map_err(pg)?;
+        }
+        tx.commit().await.map_err(pg)?;
+        Ok((keys, version))
     }
 
     pub(crate) async fn publish(&self, payloads: &[String]) -> Result<()> {
