@@ -120,8 +120,18 @@ impl C3 {
         self.inner.limits.max_value_bytes
     }
 
-    pub(crate) fn now(&self) -> std::time::SystemTime {
+    /// The current time on this cache's [`Clock`] (the system clock unless
+    /// the builder was given another), for layers that make time-based
+    /// decisions consistent with the cache's own expiry.
+    #[must_use]
+    pub fn now(&self) -> std::time::SystemTime {
         self.inner.clock.now()
+    }
+
+    /// The longest key this cache accepts, in bytes.
+    #[must_use]
+    pub fn max_key_bytes(&self) -> usize {
+        self.inner.limits.max_key_bytes
     }
 
     /// Takes the cross-node load lock for `key` if L2 is usable.

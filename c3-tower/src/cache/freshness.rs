@@ -1,0 +1,379 @@
+//! RFC 9111 decisions: may this response be stored by a shared cache, for how
+//! long is it fresh, and how old is it.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::header::{AGE, AUTHORIZATION, DATE, ETAG, EXPIRES, LAST_MODIFIED, SET_COOKIE, VARY};
+use http::{HeaderMap, Method, StatusCode, request, response};
+
+use super::Config;
+use super::cache_control::{Directives, response_directives};
+
+/// Headers a response may use to tag itself for group invalidation.
+pub(crate) const SURROGATE_KEY: &str = "surrogate-key";
+pub(crate) const CACHE_TAG: &str = "cache-tag";
+const MAX_TAGS: usize = 64;
+
+/// How a stored response must be treated, computed when it was received.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Storage {
+    pub(crate) lifetime: u64,
+    pub(crate) initial_age: u64,
+    pub(crate) swr: u64,
+    pub(crate) sie: u64,
+    pub(crate) must_revalidate: bool,
+    pub(crate) no_cache: bool,
+    pub(crate) auth_ok: bool,
+    /// Lower-case names from `Vary`.
+    pub(crate) vary: Vec<String>,
+    /// From `Surrogate-Key` / `Cache-Tag`.
+    pub(crate) tags: Vec<String>,
+    /// How long the c3 entry should live: freshness left plus the longest
+    /// window in which a stale copy is still useful.
+    pub(crate) keep: Duration,
+}
+
+/// Status codes a cache may store without explicit freshness (RFC 9110 §15.1).
+fn heuristically_cacheable(s: StatusCode) -> bool {
+    matches!(
+        s.as_u16(),
+        200 | 203 | 204 | 300 | 301 | 308 | 404 | 405 | 410 | 414 | 501
+    )
+}
+
+pub(crate) fn secs_since_epoch(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn header_date(h: &HeaderMap, name: http::header::HeaderName) -> Option<Result<u64, ()>> {
+    let v = h.get(name)?;
+    Some(
+        v.to_str()
+            .ok()
+            .and_then(|s| httpdate::parse_http_date(s).ok())
+            .map(secs_since_epoch)
+            .ok_or(()),
+    )
+}
+
+/// Decides whether `res`, received for `req`, may be stored, and how.
+/// `Err` carries the reason it may not (for logs and tests).
+pub(crate) fn decide(
+    req: &request::Parts,
+    req_dirs: &Directives,
+    res: &response::Parts,
+    cfg: &Config,
+    request_time: SystemTime,
+    response_time: SystemTime,
+) -> Result<Storage, &'static str> {
+    if req.method != Method::GET {
+        return Err("method");
+    }
+    if req_dirs.no_store {
+        return Err("request no-store");
+    }
+    if res.status.is_informational()
+        || res.status == StatusCode::PARTIAL_CONTENT
+        || res.status == StatusCode::NOT_MODIFIED
+    {
+        return Err("status");
+    }
+    let d = response_directives(&res.headers);
+    if d.malformed {
+        return Err("malformed cache-control");
+    }
+    if d.no_store {
+        return Err("no-store");
+    }
+    if d.private {
+        return Err("private");
+    }
+    let vary = vary_names(&res.headers).ok_or("vary")?;
+    if res.headers.contains_key(SET_COOKIE) && !cfg.store_set_cookie {
+        return Err("set-cookie");
+    }
+    let auth_ok = d.public || d.s_maxage.is_some() || d.must_revalidate;
+    if req.headers.contains_key(AUTHORIZATION) && !auth_ok {
+        return Err("authorization");
+    }
+
+    let response_s = secs_since_epoch(response_time);
+    let date = match header_date(&res.headers, DATE) {
+        Some(Ok(d)) => d,
+        _ => response_s,
+    };
+    let lifetime = if let Some(s) = d.s_maxage.or(d.max_age) {
+        Some(s)
+    } else if let Some(expires) = header_date(&res.headers, EXPIRES) {
+        // An invalid Expires (e.g. "0") means "already expired".
+        Some(expires.map_or(0, |e| e.saturating_sub(date)))
+    } else if cfg.heuristic_freshness && heuristically_cacheable(res.status) {
+        match header_date(&res.headers, LAST_MODIFIED) {
+            Some(Ok(lm)) => Some((date.saturating_sub(lm) / 10).min(86_400)),
+            _ => None,
+        }
+    } else {
+        None
+    };
+    let has_validators = res.headers.contains_key(ETAG) || res.headers.contains_key(LAST_MODIFIED);
+    let lifetime = match lifetime {
+        Some(l) => l,
+        // No freshness information: worth keeping only to revalidate cheaply.
+        None if has_validators && heuristically_cacheable(res.status) => 0,
+        None => return Err("no freshness information"),
+    };
+
+    // RFC 9111 §4.2.3.
+    let age_value = res
+        .headers
+        .get(AGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    let apparent_age = response_s.saturating_sub(date);
+    let response_delay = response_time
+        .duration_since(request_time)
+        .map_or(0, |d| d.as_secs());
+    let initial_age = apparent_age.max(age_value + response_delay);
+
+    // s-maxage implies proxy-revalidate in a shared cache (RFC 9111 §5.2.2.10).
+    let must_revalidate = d.must_revalidate || d.proxy_revalidate || d.s_maxage.is_some();
+    let (swr, sie) = if must_revalidate {
+        (0, 0)
+    } else {
+        (
+            d.stale_while_revalidate.unwrap_or(0),
+            d.stale_if_error.unwrap_or(0),
+        )
+    };
+    let fresh_left = lifetime.saturating_sub(initial_age);
+    let revalidate_keep = if has_validators {
+        cfg.revalidation_window.as_secs()
+    } else {
+        0
+    };
+    let keep = fresh_left + swr.max(sie).max(revalidate_keep);
+    if keep == 0 {
+        return Err("stale on arrival");
+    }
+    Ok(Storage {
+        lifetime,
+        initial_age,
+        swr,
+        sie,
+        must_revalidate,
+        no_cache: d.no_cache,
+        auth_ok,
+        vary,
+        tags: tags(&res.headers),
+        keep: Duration::from_secs(keep),
+    })
+}
+
+/// `Vary` names, lower-cased and sorted; `None` for `Vary: *` or unreadable values.
+pub(crate) fn vary_names(h: &HeaderMap) -> Option<Vec<String>> {
+    let mut names = Vec::new();
+    for v in h.get_all(VARY) {
+        for name in v.to_str().ok()?.split(',') {
+            let name = name.trim().to_ascii_lowercase();
+            if name == "*" {
+                return None;
+            }
+            if !name.is_empty() {
+                http::HeaderName::from_bytes(name.as_bytes()).ok()?;
+                names.push(name);
+            }
+        }
+    }
+    names.sort();
+    names.dedup();
+    Some(names)
+}
+
+/// Tags from `Surrogate-Key` (space-separated) and `Cache-Tag`
+/// (comma-separated); unreadable values and excess tags are ignored.
+pub(crate) fn tags(h: &HeaderMap) -> Vec<String> {
+    let mut out: Vec<String> = [SURROGATE_KEY, CACHE_TAG]
+        .iter()
+        .flat_map(|n| h.get_all(*n))
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|s| s.split([' ', ',']))
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && t.len() <= 256)
+        .map(str::to_owned)
+        .collect();
+    out.sort();
+    out.dedup();
+    out.truncate(MAX_TAGS);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::cache_control::parse;
+
+    fn check(req: http::Request<()>, res: http::Response<()>) -> Result<Storage, &'static str> {
+        let (rq, ()) = req.into_parts();
+        let (rs, ()) = res.into_parts();
+        let d = parse(&rq.headers, &http::header::CACHE_CONTROL);
+        let now = SystemTime::now();
+        decide(&rq, &d, &rs, &Config::default(), now, now)
+    }
+
+    fn get() -> http::request::Builder {
+        http::Request::get("http://x/")
+    }
+
+    fn ok() -> http::response::Builder {
+        http::Response::builder().status(200)
+    }
+
+    #[test]
+    fn storability() {
+        let s = check(
+            get().body(()).unwrap(),
+            ok().header("cache-control", "max-age=60").body(()).unwrap(),
+        )
+        .unwrap();
+        assert_eq!((s.lifetime, s.keep.as_secs()), (60, 60));
+        for cc in ["no-store", "private", "max-age=x, no-store"] {
+            assert!(
+                check(
+                    get().body(()).unwrap(),
+                    ok().header("cache-control", cc).body(()).unwrap()
+                )
+                .is_err(),
+                "{cc}"
+            );
+        }
+        assert_eq!(
+            check(get().body(()).unwrap(), ok().body(()).unwrap()).unwrap_err(),
+            "no freshness information"
+        );
+        assert_eq!(
+            check(
+                get().body(()).unwrap(),
+                ok().header("cache-control", "max-age=60")
+                    .header("vary", "*")
+                    .body(())
+                    .unwrap()
+            )
+            .unwrap_err(),
+            "vary"
+        );
+        assert_eq!(
+            check(
+                get().body(()).unwrap(),
+                ok().header("cache-control", "max-age=60")
+                    .header("set-cookie", "a=b")
+                    .body(())
+                    .unwrap()
+            )
+            .unwrap_err(),
+            "set-cookie"
+        );
+        let authed = || get().header("authorization", "Bearer t");
+        assert_eq!(
+            check(
+                authed().body(()).unwrap(),
+                ok().header("cache-control", "max-age=60").body(()).unwrap()
+            )
+            .unwrap_err(),
+            "authorization"
+        );
+        assert!(
+            check(
+                authed().body(()).unwrap(),
+                ok().header("cache-control", "public, max-age=60")
+                    .body(())
+                    .unwrap()
+            )
+            .is_ok()
+        );
+        assert!(
+            check(
+                get().header("cache-control", "no-store").body(()).unwrap(),
+                ok().header("cache-control", "max-age=9").body(()).unwrap()
+            )
+            .is_err()
+        );
+        let post = http::Request::post("http://x/").body(()).unwrap();
+        assert!(
+            check(
+                post,
+                ok().header("cache-control", "max-age=60").body(()).unwrap()
+            )
+            .is_err()
+        );
+        assert!(
+            check(
+                get().body(()).unwrap(),
+                ok().status(206)
+                    .header("cache-control", "max-age=60")
+                    .body(())
+                    .unwrap()
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn lifetimes_and_age() {
+        let now = httpdate::fmt_http_date(SystemTime::now());
+        let later = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(120));
+        let s = check(
+            get().body(()).unwrap(),
+            ok().header("date", &now)
+                .header("expires", &later)
+                .body(())
+                .unwrap(),
+        )
+        .unwrap();
+        assert!((119..=120).contains(&s.lifetime), "{}", s.lifetime);
+        let s = check(
+            get().body(()).unwrap(),
+            ok().header("cache-control", "max-age=100, s-maxage=10")
+                .header("age", "4")
+                .body(())
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!((s.lifetime, s.initial_age), (10, 4));
+        assert!(s.must_revalidate, "s-maxage implies proxy-revalidate");
+        let r = check(
+            get().body(()).unwrap(),
+            ok().header("expires", "0")
+                .header("etag", "\"a\"")
+                .body(())
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(r.lifetime, 0, "invalid Expires is stale");
+        let r = check(
+            get().body(()).unwrap(),
+            ok().header(
+                "cache-control",
+                "max-age=1, stale-while-revalidate=30, stale-if-error=60",
+            )
+            .body(())
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!((r.swr, r.sie, r.keep.as_secs()), (30, 60, 61));
+    }
+
+    #[test]
+    fn vary_and_tags() {
+        let mut h = HeaderMap::new();
+        h.append("vary", "Accept-Encoding, accept-language".parse().unwrap());
+        h.append("vary", "Accept".parse().unwrap());
+        assert_eq!(
+            vary_names(&h).unwrap(),
+            vec!["accept", "accept-encoding", "accept-language"]
+        );
+        h.insert("surrogate-key", "user:42  post:1".parse().unwrap());
+        h.insert("cache-tag", "a,b, user:42".parse().unwrap());
+        assert_eq!(tags(&h), vec!["a", "b", "post:1", "user:42"]);
+    }
+}
