@@ -5,6 +5,8 @@
 //! | module | crate | what it is |
 //! |---|---|---|
 //! | [`core`] | `c3-core` | the coherent two-tier cache ([`C3`]) |
+//! | `tower` | `c3-tower` | HTTP response cache layer (feature `tower`, default) |
+//! | `axum` | `c3-axum` | axum integration (feature `axum`, default) |
 //!
 //! The most used items are also re-exported at the top level.
 //!
@@ -18,5 +20,9 @@
 //! # Ok(()) }
 //! ```
 
+#[cfg(feature = "axum")]
+pub use c3_axum as axum;
 pub use c3_core as core;
 pub use c3_core::{C3, C3Builder, Error, ErrorKind, ListenerState, MemoryServer, Stats};
+#[cfg(feature = "tower")]
+pub use c3_tower as tower;

@@ -71,6 +71,17 @@ pub enum ListenerState {
     Stopped,
 }
 
+impl std::fmt::Display for ListenerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ListenerState::Starting => "starting",
+            ListenerState::Listening => "listening",
+            ListenerState::Reconnecting { .. } => "reconnecting",
+            ListenerState::Stopped => "stopped",
+        })
+    }
+}
+
 #[derive(Default)]
 struct Stripe {
     bare_gen: u64,

@@ -16,7 +16,7 @@ macro_rules! counters {
         /// A point-in-time copy of a cache's counters.
         ///
         /// Counters only grow; compute rates by taking two snapshots.
-        #[derive(Debug, Clone, Default, PartialEq, Eq)]
+        #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
         #[non_exhaustive]
         pub struct Stats {
             $( $(#[$doc])* pub $name: u64, )*

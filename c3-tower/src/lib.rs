@@ -18,6 +18,6 @@
 pub mod cache;
 
 pub use cache::{
-    C3Body, C3Cache, C3CacheLayer, DefaultPolicy, Policy, ResponseFuture, invalidate_tag,
-    invalidate_uri,
+    C3_INVALIDATE_TAG, C3Body, C3Cache, C3CacheLayer, DefaultPolicy, Policy, ResponseFuture,
+    invalidate_tag, invalidate_uri,
 };

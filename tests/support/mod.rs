@@ -7,6 +7,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod proxy;
+pub mod web;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -141,6 +142,10 @@ impl Drop for TestDb {
         // runtime, because we may be inside the test's runtime here.
         let url = self.url.clone();
         let schema = self.schema.clone();
+        // A node's background write may still hold a lock on the schema's
+        // table in a transaction that will never finish (its runtime is gone
+        // or blocked by this very drop): bound the wait, end those backends,
+        // and try again, so a failing test reports instead of hanging.
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -151,9 +156,21 @@ impl Drop for TestDb {
                     tokio_postgres::connect(&url, tokio_postgres::NoTls).await
                 {
                     tokio::spawn(conn);
-                    let _ = client
-                        .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
-                        .await;
+                    let drop = format!(
+                        "SET lock_timeout = '3s'; DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
+                    );
+                    if client.batch_execute(&drop).await.is_err() {
+                        let _ = client
+                            .execute(
+                                "SELECT pg_terminate_backend(l.pid) FROM pg_locks l \
+                                 JOIN pg_class c ON c.oid = l.relation \
+                                 JOIN pg_namespace n ON n.oid = c.relnamespace \
+                                 WHERE n.nspname = $1 AND l.pid <> pg_backend_pid()",
+                                &[&schema],
+                            )
+                            .await;
+                        let _ = client.batch_execute(&drop).await;
+                    }
                 }
             });
         })
@@ -169,8 +186,12 @@ where
 {
     let deadline = Instant::now() + within;
     loop {
-        if cond().await {
-            return;
+        // A condition that hangs must not outlive the deadline either.
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, cond()).await {
+            Ok(true) => return,
+            Ok(false) => {}
+            Err(_) => panic!("timed out after {within:?} waiting for: {what} (the check hung)"),
         }
         assert!(
             Instant::now() < deadline,
@@ -178,6 +199,15 @@ where
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// Waits until `node` has applied more invalidations from other nodes than
+/// `before` (a value of `node.stats().invalidations_received`).
+pub async fn received(node: &C3, before: u64) {
+    wait_until("an invalidation reaches the node", DELIVERY, || async {
+        node.stats().invalidations_received > before
+    })
+    .await;
 }
 
 /// Standard deadline for "a notification lands".

@@ -36,14 +36,25 @@ impl RequestUri {
     /// From a request: the URI's own scheme/authority (client side) or the
     /// `Host` header with `default_scheme` (server side).
     pub(crate) fn from_request(parts: &Parts, default_scheme: &str) -> Option<RequestUri> {
+        Self::from_request_with(parts, default_scheme, None)
+    }
+
+    /// As [`from_request`](Self::from_request), with an authority that
+    /// replaces whatever the request says (see `C3CacheLayer::fixed_authority`).
+    pub(crate) fn from_request_with(
+        parts: &Parts,
+        default_scheme: &str,
+        fixed_authority: Option<&str>,
+    ) -> Option<RequestUri> {
         let scheme = parts
             .uri
             .scheme_str()
             .unwrap_or(default_scheme)
             .to_ascii_lowercase();
-        let authority = match parts.uri.authority() {
-            Some(a) => a.as_str().to_owned(),
-            None => parts
+        let authority = match (fixed_authority, parts.uri.authority()) {
+            (Some(f), _) => f.to_owned(),
+            (None, Some(a)) => a.as_str().to_owned(),
+            (None, None) => parts
                 .headers
                 .get(http::header::HOST)?
                 .to_str()

@@ -100,6 +100,16 @@ impl<P: Policy> C3CacheLayer<P> {
         self.map_config(|c| c.revalidation_window = window)
     }
 
+    /// Keys every request as addressed to `authority` (e.g. `api.example.com`),
+    /// ignoring its `Host`/URI authority. For an application served under one
+    /// name by several replicas that are reached at different addresses (each
+    /// replica's own `host:port`), so they share entries and invalidations.
+    /// Never use it for an application that serves different content by host.
+    pub fn fixed_authority(self, authority: &str) -> Self {
+        let authority = authority.to_ascii_lowercase();
+        self.map_config(|c| c.fixed_authority = Some(authority))
+    }
+
     /// How long a request waits for an identical in-flight request before
     /// going upstream itself (default 10 s).
     pub fn collapse_timeout(self, timeout: Duration) -> Self {

@@ -47,7 +47,9 @@
 //! (RFC 9111 §4.4). Responses may tag themselves with `Surrogate-Key`
 //! (space-separated) or `Cache-Tag` (comma-separated); [`invalidate_tag`]
 //! removes every response with a tag, cluster-wide; [`invalidate_uri`] does so
-//! for one URI and all its variants.
+//! for one URI and all its variants. A handler answering a successful write
+//! can also name tags in a `C3-Invalidate-Tag` response header: the layer
+//! invalidates them before the response leaves, and strips the header.
 //!
 //! # Examples
 //!
@@ -100,7 +102,7 @@ pub use cache_control::{C3_CACHE_CONTROL, CDN_CACHE_CONTROL};
 pub use future::ResponseFuture;
 pub use layer::C3CacheLayer;
 pub use policy::{DefaultPolicy, Policy};
-pub use service::C3Cache;
+pub use service::{C3_INVALIDATE_TAG, C3Cache};
 
 /// Settings shared by a layer's services.
 #[derive(Debug, Clone)]
@@ -111,6 +113,7 @@ pub(crate) struct Config {
     pub(crate) default_scheme: String,
     pub(crate) revalidation_window: Duration,
     pub(crate) collapse_timeout: Duration,
+    pub(crate) fixed_authority: Option<String>,
 }
 
 impl Default for Config {
@@ -122,6 +125,7 @@ impl Default for Config {
             default_scheme: "http".into(),
             revalidation_window: Duration::from_secs(300),
             collapse_timeout: Duration::from_secs(10),
+            fixed_authority: None,
         }
     }
 }

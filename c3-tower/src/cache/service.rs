@@ -36,6 +36,11 @@ use super::key::{RequestUri, user_tag, variant_key};
 use super::policy::Policy;
 use super::stored::{Entry, StoredResponse};
 
+/// Response header by which a handler asks the layer to invalidate tags
+/// (space-separated) once its write succeeded; removed before the response
+/// leaves the layer.
+pub const C3_INVALIDATE_TAG: HeaderName = HeaderName::from_static("c3-invalidate-tag");
+
 /// RFC 9211 `Cache-Status`.
 pub(crate) const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
@@ -161,10 +166,28 @@ where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
 {
     let (parts, body) = req.into_parts();
-    let target = RequestUri::from_request(&parts, &shared.config.default_scheme);
-    let res = inner.call(Request::from_parts(parts, body)).await?;
+    let target = RequestUri::from_request_with(
+        &parts,
+        &shared.config.default_scheme,
+        shared.config.fixed_authority.as_deref(),
+    );
+    let mut res = inner.call(Request::from_parts(parts, body)).await?;
+    let tags: Vec<String> = res
+        .headers_mut()
+        .remove(C3_INVALIDATE_TAG)
+        .and_then(|v| v.to_str().ok().map(str::to_owned))
+        .map(|v| v.split_ascii_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default();
+    let succeeded = res.status().is_success() || res.status().is_redirection();
+    if succeeded {
+        for tag in tags {
+            if let Err(e) = shared.c3.invalidate_tag(&user_tag(&tag)).await {
+                tracing::warn!(target: "c3::http", tag = %tag, error = %e, "could not invalidate a tag");
+            }
+        }
+    }
     if let Some(target) = target
-        && (res.status().is_success() || res.status().is_redirection())
+        && succeeded
     {
         let mut uris = vec![target.clone()];
         for h in [LOCATION, CONTENT_LOCATION] {
@@ -283,7 +306,12 @@ where
     {
         req_dirs.no_cache = true;
     }
-    let uri = RequestUri::from_request(&parts, &shared.config.default_scheme).filter(|u| {
+    let uri = RequestUri::from_request_with(
+        &parts,
+        &shared.config.default_scheme,
+        shared.config.fixed_authority.as_deref(),
+    )
+    .filter(|u| {
         u.primary_key().len() <= c3.max_key_bytes() && u.uri_tag().len() <= c3.max_key_bytes()
     });
     let Some(uri) =

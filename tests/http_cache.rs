@@ -1,0 +1,830 @@
+//! The HTTP cache layer, rule by rule: in-process origins behind the layer
+//! (server side), wiremock behind a hyper client (client side), and two axum
+//! replicas over TCP sharing one PostgreSQL.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use c3::core::{Clock, ManualClock};
+use c3::tower::C3CacheLayer;
+use support::web::{Origin, cache_status, cached, get, resp, send, stored};
+use support::{DELIVERY, TestDb, received, wait_until};
+
+const URL: &str = "http://app.test/item";
+
+#[tokio::test]
+async fn fresh_responses_are_served_from_the_cache_until_they_expire() {
+    let db = TestDb::new("http_fresh").await;
+    let clock = ManualClock::new();
+    let c3 = db.builder().clock(clock.clone()).build().await.unwrap();
+    let origin = Origin::new(|_, n| resp(&[("cache-control", "max-age=60")], format!("v{n}")));
+    let svc = cached(&c3, &origin);
+
+    let w = c3.stats().writes;
+    let (p, body) = send(&svc, get(URL).body(Body::empty()).unwrap()).await;
+    assert_eq!(body, "v0");
+    assert_eq!(cache_status(&p), "c3; fwd=uri-miss; stored");
+    stored(&c3, w, 1).await;
+
+    clock.advance(Duration::from_secs(10));
+    let (p, body) = send(&svc, get(URL).body(Body::empty()).unwrap()).await;
+    assert_eq!(body, "v0");
+    assert!(
+        cache_status(&p).starts_with("c3; hit; ttl=50; detail=l1"),
+        "{}",
+        cache_status(&p)
+    );
+    assert_eq!(p.headers["age"], "10");
+    assert_eq!(origin.hits(), 1);
+
+    // Query order does not matter; the fragment-free normalised URI is the key.
+    let (_, body) = send(
+        &svc,
+        get("http://APP.test:80/item").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(body, "v0");
+
+    // Stale, and without validators not worth keeping: fetched again.
+    clock.advance(Duration::from_secs(51));
+    let (p, body) = send(&svc, get(URL).body(Body::empty()).unwrap()).await;
+    assert_eq!(body, "v1");
+    assert!(!cache_status(&p).contains("hit"), "{}", cache_status(&p));
+    assert_eq!(origin.hits(), 2);
+}
+
+#[tokio::test]
+async fn age_expires_s_maxage_and_targeted_headers_set_freshness() {
+    let db = TestDb::new("http_lifetime").await;
+    let clock = ManualClock::new();
+    let c3 = db.builder().clock(clock.clone()).build().await.unwrap();
+    let now = httpdate::fmt_http_date(clock.now());
+    let expires = httpdate::fmt_http_date(clock.now() + Duration::from_secs(30));
+    let (now2, expires2) = (now.clone(), expires.clone());
+    let origin = Origin::new(move |parts, n| match parts.uri.path() {
+        "/aged" => resp(
+            &[("cache-control", "max-age=60"), ("age", "50")],
+            format!("aged{n}"),
+        ),
+        "/expires" => resp(
+            &[("date", &now2), ("expires", &expires2)],
+            format!("exp{n}"),
+        ),
+        "/smax" => resp(
+            &[("cache-control", "max-age=5, s-maxage=40")],
+            format!("smax{n}"),
+        ),
+        "/cdn" => resp(
+            &[
+                ("cache-control", "no-store"),
+                ("cdn-cache-control", "max-age=40"),
+            ],
+            format!("cdn{n}"),
+        ),
+        "/c3" => resp(
+            &[
+                ("cache-control", "max-age=1000"),
+                ("c3-cache-control", "max-age=40"),
+            ],
+            format!("c3{n}"),
+        ),
+        _ => resp(&[], "?"),
+    });
+    let svc = cached(&c3, &origin);
+    let paths = ["/aged", "/expires", "/smax", "/cdn", "/c3"];
+    for path in paths {
+        let w = c3.stats().writes;
+        let (p, _) = send(
+            &svc,
+            get(&format!("http://app.test{path}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+        assert!(
+            cache_status(&p).ends_with("stored"),
+            "{path}: {}",
+            cache_status(&p)
+        );
+        assert!(
+            !p.headers.contains_key("c3-cache-control"),
+            "override header never leaves"
+        );
+        stored(&c3, w, 1).await;
+    }
+    clock.advance(Duration::from_secs(20));
+    for path in paths {
+        let (p, _) = send(
+            &svc,
+            get(&format!("http://app.test{path}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+        let fresh = path != "/aged"; // 50 s old on arrival + 20 s > 60 s
+        assert_eq!(
+            cache_status(&p).starts_with("c3; hit"),
+            fresh,
+            "{path}: {}",
+            cache_status(&p)
+        );
+    }
+    clock.advance(Duration::from_secs(15)); // 35 s: /expires (30 s) is stale, 40 s ones fresh
+    let (p, _) = send(
+        &svc,
+        get("http://app.test/expires").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert!(!cache_status(&p).starts_with("c3; hit"));
+    let (p, _) = send(
+        &svc,
+        get("http://app.test/cdn").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert!(
+        cache_status(&p).starts_with("c3; hit"),
+        "CDN-Cache-Control replaces Cache-Control"
+    );
+}
+
+#[tokio::test]
+async fn vary_keys_variants_by_the_nominated_headers_only() {
+    let db = TestDb::new("http_vary").await;
+    let c3 = db.node().await;
+    let origin = Origin::new(|parts, n| {
+        let lang = parts
+            .headers
+            .get("accept-language")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        if parts.uri.path() == "/star" {
+            return resp(
+                &[("cache-control", "max-age=60"), ("vary", "*")],
+                format!("star{n}"),
+            );
+        }
+        resp(
+            &[("cache-control", "max-age=60"), ("vary", "Accept-Language")],
+            format!("{lang}{n}"),
+        )
+    });
+    let svc = cached(&c3, &origin);
+    let req = |lang: &str, evil: &str| {
+        get(URL)
+            .header("accept-language", lang)
+            .header("x-forwarded-host", evil)
+            .body(Body::empty())
+            .unwrap()
+    };
+    let w = c3.stats().writes;
+    assert_eq!(send(&svc, req("de", "a")).await.1, "de0");
+    stored(&c3, w, 2).await; // the variant and the marker
+    let w = c3.stats().writes;
+    assert_eq!(send(&svc, req("en", "a")).await.1, "en1");
+    stored(&c3, w, 2).await;
+    let (p, body) = send(&svc, req("de", "evil.example")).await;
+    assert_eq!(
+        body, "de0",
+        "an unkeyed header does not select another entry"
+    );
+    assert!(cache_status(&p).starts_with("c3; hit"));
+    assert_eq!(send(&svc, req("en", "b")).await.1, "en1");
+    assert_eq!(origin.hits(), 2);
+
+    for _ in 0..2 {
+        let (p, _) = send(
+            &svc,
+            get("http://app.test/star").body(Body::empty()).unwrap(),
+        )
+        .await;
+        assert!(!cache_status(&p).contains("stored"));
+    }
+    assert_eq!(origin.hits(), 4, "Vary: * is never served from cache");
+
+    // Hundreds of Vary headers: no panic; too long to key, so not stored.
+    let many: String = (0..300)
+        .map(|i| format!("x-h{i}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let origin = Origin::new(move |_, n| {
+        resp(
+            &[("cache-control", "max-age=60"), ("vary", &many)],
+            format!("m{n}"),
+        )
+    });
+    let svc = cached(&c3, &origin);
+    let mut b = get("http://app.test/many");
+    for i in 0..300 {
+        b = b.header(format!("x-h{i}"), "some-long-value-to-exceed-the-key-limit");
+    }
+    let (p, _) = send(&svc, b.body(Body::empty()).unwrap()).await;
+    assert!(!cache_status(&p).contains("stored"), "{}", cache_status(&p));
+}
+
+#[tokio::test]
+async fn private_responses_are_never_shared() {
+    let db = TestDb::new("http_private").await;
+    let c3 = db.node().await;
+    let origin = Origin::new(|parts, n| match parts.uri.path() {
+        "/no-store" => resp(&[("cache-control", "no-store, max-age=60")], format!("{n}")),
+        "/private" => resp(&[("cache-control", "private, max-age=60")], format!("{n}")),
+        "/cookie" => resp(
+            &[
+                ("cache-control", "max-age=60"),
+                ("set-cookie", "session=secret"),
+            ],
+            format!("{n}"),
+        ),
+        "/public" => resp(&[("cache-control", "public, max-age=60")], format!("{n}")),
+        _ => resp(&[("cache-control", "max-age=60")], format!("{n}")),
+    });
+    let svc = cached(&c3, &origin);
+    for path in ["/no-store", "/private", "/cookie"] {
+        let url = format!("http://app.test{path}");
+        let (p1, b1) = send(&svc, get(&url).body(Body::empty()).unwrap()).await;
+        let (_, b2) = send(&svc, get(&url).body(Body::empty()).unwrap()).await;
+        assert_ne!(b1, b2, "{path} must reach the origin every time");
+        assert!(!cache_status(&p1).contains("stored"));
+    }
+    // A request with credentials: its response is not stored unless public…
+    let authed = |url: &str| {
+        get(url)
+            .header("authorization", "Bearer alice")
+            .body(Body::empty())
+            .unwrap()
+    };
+    let (p, _) = send(&svc, authed("http://app.test/plain")).await;
+    assert!(!cache_status(&p).contains("stored"), "{}", cache_status(&p));
+    // …and a stored non-public response is not served to it.
+    let w = c3.stats().writes;
+    send(
+        &svc,
+        get("http://app.test/plain").body(Body::empty()).unwrap(),
+    )
+    .await;
+    stored(&c3, w, 1).await;
+    let hits = origin.hits();
+    let (p, _) = send(&svc, authed("http://app.test/plain")).await;
+    assert!(
+        cache_status(&p).contains("fwd=bypass"),
+        "{}",
+        cache_status(&p)
+    );
+    assert_eq!(origin.hits(), hits + 1);
+    // A public response may be shared with authenticated requests.
+    let w = c3.stats().writes;
+    send(&svc, authed("http://app.test/public")).await;
+    stored(&c3, w, 1).await;
+    let (p, _) = send(&svc, authed("http://app.test/public")).await;
+    assert!(cache_status(&p).starts_with("c3; hit"));
+    // Request no-store: not stored.
+    let (p, _) = send(
+        &svc,
+        get("http://app.test/other")
+            .header("cache-control", "no-store")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert!(!cache_status(&p).contains("stored"));
+}
+
+#[tokio::test]
+async fn set_cookie_responses_may_be_stored_without_the_cookie_when_allowed() {
+    let db = TestDb::new("http_cookie").await;
+    let c3 = db.node().await;
+    let origin = Origin::new(|_, n| {
+        resp(
+            &[("cache-control", "max-age=60"), ("set-cookie", "s=1")],
+            format!("{n}"),
+        )
+    });
+    let svc = tower::ServiceBuilder::new()
+        .layer(C3CacheLayer::new(c3.clone()).store_set_cookie(true))
+        .service(origin.service());
+    let w = c3.stats().writes;
+    let (p, _) = send(&svc, get(URL).body(Body::empty()).unwrap()).await;
+    assert!(
+        p.headers.contains_key("set-cookie"),
+        "the original requester gets its cookie"
+    );
+    stored(&c3, w, 1).await;
+    let (p, _) = send(&svc, get(URL).body(Body::empty()).unwrap()).await;
+    assert!(cache_status(&p).starts_with("c3; hit"));
+    assert!(
+        !p.headers.contains_key("set-cookie"),
+        "never replayed to others"
+    );
+}
+
+#[tokio::test]
+async fn conditional_requests_get_304_from_the_cache() {
+    let db = TestDb::new("http_304").await;
+    let c3 = db.node().await;
+    let origin = Origin::new(|_, _| {
+        resp(
+            &[
+                ("cache-control", "max-age=60"),
+                ("etag", "W/\"v1\""),
+                ("last-modified", "Sun, 01 Nov 2026 10:00:00 GMT"),
+            ],
+            "body",
+        )
+    });
+    let svc = cached(&c3, &origin);
+    let w = c3.stats().writes;
+    send(&svc, get(URL).body(Body::empty()).unwrap()).await;
+    stored(&c3, w, 1).await;
+    let (p, body) = send(
+        &svc,
+        get(URL)
+            .header("if-none-match", "\"v1\"")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(p.status, 304);
+    assert!(body.is_empty());
+    assert_eq!(p.headers["etag"], "W/\"v1\"");
+    let (p, _) = send(
+        &svc,
+        get(URL)
+            .header("if-none-match", "\"other\"")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(p.status, 200);
+    let (p, _) = send(
+        &svc,
+        get(URL)
+            .header("if-modified-since", "Mon, 02 Nov 2026 10:00:00 GMT")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(p.status, 304);
+    let (p, _) = send(
+        &svc,
+        get(URL)
+            .header("if-modified-since", "Sat, 31 Oct 2026 10:00:00 GMT")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(p.status, 200);
+    assert_eq!(origin.hits(), 1);
+}
+
+#[tokio::test]
+async fn stale_entries_are_revalidated_with_validators_and_updated_by_304() {
+    let db = TestDb::new("http_revalidate").await;
+    let clock = ManualClock::new();
+    let c3 = db.builder().clock(clock.clone()).build().await.unwrap();
+    let origin = Origin::new(|parts, n| {
+        if n > 0
+            && parts
+                .headers
+                .get("if-none-match")
+                .is_some_and(|v| v == "\"e1\"")
+        {
+            let mut r = resp(
+                &[
+                    ("cache-control", "max-age=100"),
+                    ("etag", "\"e1\""),
+                    ("x-refreshed", "yes"),
+                ],
+                "",
+            );
+            *r.status_mut() = http::StatusCode::NOT_MODIFIED;
+            return r;
+        }
+        resp(
+            &[("cache-control", "max-age=10"), ("etag", "\"e1\"")],
+            "original body",
+        )
+    });
+    let svc = cached(&c3, &origin);
+    let w = c3.stats().writes;
+    send(&svc, get(URL).body(Body::empty()).unwrap()).await;
+    stored(&c3, w, 1).await;
+    clock.advance(Duration::from_secs(11));
+
+    let w = c3.stats().writes;
+    let (p, body) = send(&svc, get(URL).body(Body::empty()).unwrap()).await;
+    assert_eq!(p.status, 200);
+    assert_eq!(body, "original body");
+    assert_eq!(cache_status(&p), "c3; fwd=stale; fwd-status=304");
+    assert_eq!(
+        p.headers["x-refreshed"], "yes",
+        "headers updated from the 304"
+    );
+    assert_eq!(origin.request(1).headers["if-none-match"], "\"e1\"");
+    stored(&c3, w, 1).await;
+
+    clock.advance(Duration::from_secs(50)); // fresh again thanks to max-age=100
+    let (p, _) = send(&svc, get(URL).body(Body::empty()).unwrap()).await;
+    assert!(
+        cache_status(&p).starts_with("c3; hit"),
+        "{}",
+        cache_status(&p)
+    );
+    assert_eq!(origin.hits(), 2);
+}
+
+#[tokio::test]
+async fn stale_while_revalidate_and_stale_if_error() {
+    let db = TestDb::new("http_swr_sie").await;
+    let clock = ManualClock::new();
+    let c3 = db.builder().clock(clock.clone()).build().await.unwrap();
+    let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let f = failing.clone();
+    let origin = Origin::new(move |parts, n| {
+        if parts.uri.path() == "/sie" && f.load(std::sync::atomic::Ordering::SeqCst) {
+            let mut r = resp(&[], "down");
+            *r.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+            return r;
+        }
+        match parts.uri.path() {
+            "/swr" => resp(
+                &[("cache-control", "max-age=10, stale-while-revalidate=60")],
+                format!("swr{n}"),
+            ),
+            "/sie" => resp(
+                &[("cache-control", "max-age=10, stale-if-error=60")],
+                format!("sie{n}"),
+            ),
+            _ => resp(
+                &[(
+                    "cache-control",
+                    "max-age=10, must-revalidate, stale-if-error=60",
+                )],
+                format!("mr{n}"),
+            ),
+        }
+    });
+    let svc = cached(&c3, &origin);
+    for path in ["/swr", "/sie", "/mr"] {
+        let w = c3.stats().writes;
+        send(
+            &svc,
+            get(&format!("http://app.test{path}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+        stored(&c3, w, 1).await;
+    }
+    clock.advance(Duration::from_secs(15));
+
+    let w = c3.stats().writes;
+    let (p, body) = send(
+        &svc,
+        get("http://app.test/swr").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(body, "swr0", "stale copy served at once");
+    assert_eq!(cache_status(&p), "c3; hit; detail=stale-while-revalidate");
+    stored(&c3, w, 1).await; // the background revalidation stored a new copy
+    let (p, body) = send(
+        &svc,
+        get("http://app.test/swr").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(body, "swr3");
+    assert!(cache_status(&p).starts_with("c3; hit"));
+
+    failing.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (p, body) = send(
+        &svc,
+        get("http://app.test/sie").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(p.status, 200);
+    assert_eq!(body, "sie1");
+    assert_eq!(
+        cache_status(&p),
+        "c3; fwd=stale; fwd-status=503; detail=stale-if-error"
+    );
+
+    // must-revalidate forbids serving stale, whatever stale-if-error says.
+    let (_, body) = send(&svc, get("http://app.test/mr").body(Body::empty()).unwrap()).await;
+    assert_ne!(body, "mr2", "revalidated, not served stale");
+}
+
+#[tokio::test]
+async fn head_is_answered_from_a_stored_get_and_never_stored() {
+    let db = TestDb::new("http_head").await;
+    let c3 = db.node().await;
+    let origin = Origin::new(|_, n| {
+        resp(
+            &[("cache-control", "max-age=60"), ("content-length", "2")],
+            format!("b{n}"),
+        )
+    });
+    let svc = cached(&c3, &origin);
+    let (p, _) = send(&svc, http::Request::head(URL).body(Body::empty()).unwrap()).await;
+    assert!(
+        !cache_status(&p).contains("stored"),
+        "HEAD miss forwarded, not stored"
+    );
+    let w = c3.stats().writes;
+    send(&svc, get(URL).body(Body::empty()).unwrap()).await;
+    stored(&c3, w, 1).await;
+    let (p, body) = send(&svc, http::Request::head(URL).body(Body::empty()).unwrap()).await;
+    assert!(cache_status(&p).starts_with("c3; hit"));
+    assert!(body.is_empty());
+    assert_eq!(p.headers["content-length"], "2");
+    assert_eq!(origin.hits(), 2);
+}
+
+#[tokio::test]
+async fn bodies_over_the_limit_stream_through_uncached() {
+    let db = TestDb::new("http_big").await;
+    let c3 = db.node().await;
+    let big = "x".repeat(64 * 1024);
+    let b2 = big.clone();
+    let origin = Origin::new(move |_, _| resp(&[("cache-control", "max-age=60")], b2.clone()));
+    let svc = tower::ServiceBuilder::new()
+        .layer(C3CacheLayer::new(c3.clone()).max_body_bytes(16 * 1024))
+        .service(origin.service());
+    for _ in 0..2 {
+        let (p, body) = send(&svc, get(URL).body(Body::empty()).unwrap()).await;
+        assert_eq!(body.len(), big.len(), "body intact");
+        assert!(!cache_status(&p).contains("stored"));
+    }
+    assert_eq!(origin.hits(), 2);
+    assert_eq!(c3.stats().writes, 0);
+}
+
+#[tokio::test]
+async fn a_write_on_one_node_invalidates_the_uri_and_locations_on_every_node() {
+    let db = TestDb::new("http_unsafe").await;
+    let (a, b) = (db.node().await, db.node().await);
+    let origin = Origin::new(|parts, n| {
+        if parts.method == http::Method::PUT {
+            return resp(&[("content-location", "/other")], "ok");
+        }
+        resp(
+            &[("cache-control", "max-age=600")],
+            format!("{}-{n}", parts.uri.path()),
+        )
+    });
+    let (svc_a, svc_b) = (cached(&a, &origin), cached(&b, &origin));
+    for url in [URL, "http://app.test/other", "http://app.test/unrelated"] {
+        let w = a.stats().writes;
+        send(&svc_a, get(url).body(Body::empty()).unwrap()).await;
+        stored(&a, w, 1).await;
+        let (p, _) = send(&svc_b, get(url).body(Body::empty()).unwrap()).await;
+        assert!(
+            cache_status(&p).contains("hit; ttl"),
+            "B serves A's entry from L2: {}",
+            cache_status(&p)
+        );
+    }
+    let r = a.stats().invalidations_received;
+    let (p, _) = send(
+        &svc_b,
+        http::Request::put(URL).body(Body::from("new")).unwrap(),
+    )
+    .await;
+    assert_eq!(cache_status(&p), "c3; fwd=method");
+    received(&a, r).await;
+    for url in [URL, "http://app.test/other"] {
+        let (p, _) = send(&svc_a, get(url).body(Body::empty()).unwrap()).await;
+        assert!(
+            !cache_status(&p).contains("hit"),
+            "{url} invalidated on A: {}",
+            cache_status(&p)
+        );
+    }
+    let (p, _) = send(
+        &svc_a,
+        get("http://app.test/unrelated")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert!(cache_status(&p).contains("hit"));
+    // A failed write invalidates nothing.
+    let sent = b.stats().invalidations_sent;
+    let failing = Origin::new(|_, _| {
+        let mut r = resp(&[], "no");
+        *r.status_mut() = http::StatusCode::CONFLICT;
+        r
+    });
+    send(
+        &cached(&b, &failing),
+        http::Request::delete("http://app.test/unrelated")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(b.stats().invalidations_sent, sent);
+    let (p, _) = send(
+        &svc_a,
+        get("http://app.test/unrelated")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert!(cache_status(&p).contains("hit"));
+}
+
+#[tokio::test]
+async fn tags_invalidate_responses_on_every_node() {
+    let db = TestDb::new("http_tags").await;
+    let (a, b) = (db.node().await, db.node().await);
+    let origin = Origin::new(|parts, n| match parts.method {
+        http::Method::POST => resp(&[("c3-invalidate-tag", "team:9")], "posted"),
+        _ => resp(
+            &[
+                ("cache-control", "max-age=600"),
+                ("surrogate-key", "user:42 team:9"),
+            ],
+            format!("{}-{n}", parts.uri.path()),
+        ),
+    });
+    let (svc_a, svc_b) = (cached(&a, &origin), cached(&b, &origin));
+    let w = a.stats().writes;
+    send(
+        &svc_a,
+        get("http://app.test/u/42").body(Body::empty()).unwrap(),
+    )
+    .await;
+    send(
+        &svc_a,
+        get("http://app.test/u/42/posts")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    stored(&a, w, 2).await;
+    let r = a.stats().invalidations_received;
+    assert_eq!(c3::tower::invalidate_tag(&b, "user:42").await.unwrap(), 2);
+    received(&a, r).await;
+    for path in ["/u/42", "/u/42/posts"] {
+        let (p, _) = send(
+            &svc_a,
+            get(&format!("http://app.test{path}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+        assert!(
+            !cache_status(&p).contains("hit"),
+            "{path}: {}",
+            cache_status(&p)
+        );
+    }
+    // A handler can ask for tag invalidation in its write response.
+    let w = a.stats().writes;
+    send(
+        &svc_a,
+        get("http://app.test/t").body(Body::empty()).unwrap(),
+    )
+    .await;
+    stored(&a, w, 1).await;
+    let r = a.stats().invalidations_received;
+    let (p, _) = send(
+        &svc_b,
+        http::Request::post("http://app.test/cmd")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert!(!p.headers.contains_key("c3-invalidate-tag"), "stripped");
+    received(&a, r).await;
+    let (p, _) = send(
+        &svc_a,
+        get("http://app.test/t").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert!(!cache_status(&p).contains("hit"));
+    let err = c3::tower::invalidate_uri(&a, &"/relative".parse().unwrap())
+        .await
+        .unwrap_err();
+    assert!(err.is_invalid_key());
+}
+
+/// Client side: the layer around a hyper client, wiremock as the origin.
+#[tokio::test]
+async fn concurrent_misses_collapse_into_one_upstream_request() {
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    use wiremock::matchers::method;
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    let db = TestDb::new("http_collapse").await;
+    let c3 = db.node().await;
+    let upstream = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("cache-control", "max-age=60")
+                .set_body_string("shared")
+                .set_delay(Duration::from_millis(300)),
+        )
+        .expect(1)
+        .mount(&upstream)
+        .await;
+    let client = Client::builder(TokioExecutor::new()).build_http::<Body>();
+    let svc = tower::ServiceBuilder::new()
+        .layer(C3CacheLayer::new(c3.clone()))
+        .service(client);
+    let url = format!("{}/collapsed", upstream.uri());
+    let calls: Vec<_> = (0..50)
+        .map(|_| {
+            let (svc, url) = (svc.clone(), url.clone());
+            tokio::spawn(async move { send(&svc, get(&url).body(Body::empty()).unwrap()).await })
+        })
+        .collect();
+    let mut collapsed = 0;
+    for c in calls {
+        let (p, body) = c.await.unwrap();
+        assert_eq!(body, "shared");
+        collapsed += usize::from(cache_status(&p).contains("collapsed"));
+    }
+    assert!(
+        collapsed >= 1,
+        "waiters answered from the leader's response"
+    );
+    upstream.verify().await;
+}
+
+#[tokio::test]
+async fn two_axum_replicas_over_tcp_a_put_on_b_invalidates_a() {
+    use axum::extract::{Path, State};
+    use axum::routing::get as route_get;
+    use std::sync::Mutex;
+
+    let db = TestDb::new("http_replicas").await;
+    // The "database" both replicas serve from.
+    let names: Arc<Mutex<std::collections::HashMap<u32, String>>> = Arc::default();
+    names.lock().unwrap().insert(1, "Ada".into());
+    async fn replica(
+        c3: c3::core::C3,
+        names: Arc<Mutex<std::collections::HashMap<u32, String>>>,
+    ) -> String {
+        let app = axum::Router::new()
+            .route(
+                "/users/{id}",
+                route_get(
+                    |State(n): State<Arc<Mutex<std::collections::HashMap<u32, String>>>>,
+                     Path(id): Path<u32>| async move {
+                        let name = n.lock().unwrap().get(&id).cloned().unwrap_or_default();
+                        ([("cache-control", "max-age=600")], name)
+                    },
+                )
+                .put(
+                    |State(n): State<Arc<Mutex<std::collections::HashMap<u32, String>>>>,
+                     Path(id): Path<u32>,
+                     body: String| async move {
+                        n.lock().unwrap().insert(id, body);
+                        "updated"
+                    },
+                ),
+            )
+            .layer(C3CacheLayer::new(c3).fixed_authority("users.test"))
+            .with_state(names);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        format!("http://{addr}")
+    }
+    let a = db.node().await;
+    let base_a = replica(a.clone(), names.clone()).await;
+    let base_b = replica(db.node().await, names.clone()).await;
+    let client = reqwest::Client::new();
+    let fetch = |base: &str| {
+        let (client, url) = (client.clone(), format!("{base}/users/1"));
+        async move {
+            // Replicas behind one name: the layer keys on that, not on the
+            // address each replica happens to be reached at.
+            let r = client.get(url).send().await.unwrap();
+            let status = r.headers()["cache-status"].to_str().unwrap().to_owned();
+            (status, r.text().await.unwrap())
+        }
+    };
+    let w = a.stats().writes;
+    assert_eq!(fetch(&base_a).await.1, "Ada");
+    stored(&a, w, 1).await;
+    let (status, name) = fetch(&base_a).await;
+    assert!(status.starts_with("c3; hit"), "{status}");
+    assert_eq!(name, "Ada");
+
+    let r = client
+        .put(format!("{base_b}/users/1"))
+        .body("Grace")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    wait_until("A serves the new name", DELIVERY, || async {
+        fetch(&base_a).await.1 == "Grace"
+    })
+    .await;
+}
