@@ -172,3 +172,166 @@ pub async fn health(Cache(c3): Cache) -> Response {
         serde_json::json!({ "listener": state.to_string(), "node_id": c3.node_id() }),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::routing::get;
+    use c3_core::MemoryServer;
+    use http::Request;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::{C3CacheLayer, CacheTags};
+
+    async fn node() -> C3 {
+        C3::builder()
+            .memory(&MemoryServer::new())
+            .build()
+            .await
+            .unwrap()
+    }
+
+    async fn call(app: &Router, req: Request<Body>) -> (StatusCode, HeaderMap, String) {
+        let res = app.clone().oneshot(req).await.unwrap();
+        let (parts, body) = res.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        (
+            parts.status,
+            parts.headers,
+            String::from_utf8(body.to_vec()).unwrap(),
+        )
+    }
+
+    fn post(uri: &str, token: Option<&str>) -> Request<Body> {
+        let mut b = Request::post(uri);
+        if let Some(t) = token {
+            b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        b.body(Body::empty()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn admin_routes_need_the_bearer_token() {
+        let c3 = node().await;
+        c3.set("k", &1u32).await.unwrap();
+        let app: Router = Router::new().nest("/admin", admin_router(c3.clone(), "s3cret"));
+
+        for token in [None, Some("wrong"), Some("s3cre"), Some("s3crett")] {
+            let (status, headers, _) = call(&app, post("/admin/delete/key/k", token)).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{token:?}");
+            assert_eq!(headers[header::WWW_AUTHENTICATE], "Bearer");
+        }
+        assert!(
+            c3.get::<u32>("k").await.unwrap().is_some(),
+            "nothing deleted"
+        );
+
+        let (status, _, body) = call(&app, post("/admin/delete/key/k", Some("s3cret"))).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::OK, r#"{"invalidated":1}"#)
+        );
+        assert!(c3.get::<u32>("k").await.unwrap().is_none());
+
+        let stats = Request::get("/admin/stats")
+            .header(header::AUTHORIZATION, "Bearer s3cret")
+            .body(Body::empty())
+            .unwrap();
+        let (status, _, body) = call(&app, stats).await;
+        assert_eq!(status, StatusCode::OK);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["writes"], 2, "{body}");
+
+        // An oversized key is the caller's mistake, not an outage.
+        let long = "x".repeat(5000);
+        let (status, _, _) = call(
+            &app,
+            post(&format!("/admin/invalidate/key/{long}"), Some("s3cret")),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+    }
+
+    #[tokio::test]
+    async fn an_empty_token_refuses_everything() {
+        let app: Router = admin_router(node().await, "");
+        let (status, _, _) = call(&app, post("/invalidate/tag/t", Some(""))).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+
+    #[tokio::test]
+    async fn admin_invalidates_tagged_http_responses() {
+        let c3 = node().await;
+        let app: Router = Router::new()
+            .route(
+                "/item",
+                get(|| async {
+                    (
+                        CacheTags::new(["items"]),
+                        [(header::CACHE_CONTROL, "max-age=600")],
+                        "item",
+                    )
+                }),
+            )
+            .route_layer(C3CacheLayer::new(c3.clone()))
+            .nest("/admin", admin_router(c3.clone(), "t"));
+        let get_item = || {
+            Request::get("http://app.test/item")
+                .body(Body::empty())
+                .unwrap()
+        };
+        let writes = c3.stats().writes;
+        let (_, h, _) = call(&app, get_item()).await;
+        assert_eq!(h["cache-status"], "c3; fwd=uri-miss; stored");
+        // The store follows the body in a task; the memory backend commits
+        // as soon as that task runs.
+        for _ in 0..10_000 {
+            if c3.stats().writes > writes {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(c3.stats().writes > writes, "the response was stored");
+        let (_, h, _) = call(&app, get_item()).await;
+        assert!(h["cache-status"].to_str().unwrap().starts_with("c3; hit"));
+
+        let (status, _, body) =
+            call(&app, post("/admin/invalidate/http-tag/items", Some("t"))).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::OK, r#"{"invalidated":1}"#)
+        );
+        let (_, h, _) = call(&app, get_item()).await;
+        assert!(!h["cache-status"].to_str().unwrap().contains("hit"));
+
+        // route_layer: unmatched paths never reach the cache.
+        let (status, h, _) = call(
+            &app,
+            Request::get("http://app.test/none")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(!h.contains_key("cache-status"));
+    }
+
+    #[tokio::test]
+    async fn health_reports_the_listener_state() {
+        let c3 = node().await;
+        let app: Router = Router::new()
+            .route("/health", get(health))
+            .with_state(c3.clone());
+        let req = || Request::get("/health").body(Body::empty()).unwrap();
+        let (status, _, body) = call(&app, req()).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(body.contains(r#""listener":"listening""#), "{body}");
+
+        c3.shutdown().await;
+        let (status, _, body) = call(&app, req()).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains(r#""listener":"stopped""#), "{body}");
+    }
+}

@@ -1,0 +1,282 @@
+//! The examples as users run them: separate processes, real TCP, one
+//! PostgreSQL database of their own (created and dropped by the test).
+//!
+//! `cargo test` builds the examples before it runs tests; running this file
+//! alone needs `cargo build --examples` first.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::Stdio;
+
+use support::{DELIVERY, connect, database_url, wait_until};
+use tokio::process::{Child, Command};
+
+/// A database of the test's own, so the examples' fixed table and channel
+/// names cannot meet another test's.
+struct OwnDatabase {
+    name: String,
+    url: String,
+}
+
+impl OwnDatabase {
+    async fn new(test: &str) -> OwnDatabase {
+        let admin = connect(&database_url()).await;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let name = format!("c3t_{test}_{:x}{nanos:x}", std::process::id());
+        admin
+            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+            .await
+            .expect("create database");
+        let base = database_url();
+        let (prefix, _) = base.rsplit_once('/').expect("DATABASE_URL has a path");
+        let url = format!("{prefix}/{name}");
+        OwnDatabase { name, url }
+    }
+}
+
+impl Drop for OwnDatabase {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                if let Ok((client, conn)) =
+                    tokio_postgres::connect(&database_url(), tokio_postgres::NoTls).await
+                {
+                    tokio::spawn(conn);
+                    let _ = client
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+fn example(name: &str) -> PathBuf {
+    // target/debug/deps/examples-… → target/debug/examples/NAME
+    let exe = std::env::current_exe().expect("test binary path");
+    let path = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target dir")
+        .join("examples")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --examples` (cargo test builds them)",
+        path.display()
+    );
+    path
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// Starts an example and waits until it accepts connections.
+async fn start(name: &str, args: &[&str], database: &str, port: u16) -> Child {
+    let child = Command::new(example(name))
+        .args(args)
+        .env("DATABASE_URL", database)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn example");
+    wait_until(&format!("{name} listens on {port}"), DELIVERY, || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+    })
+    .await;
+    child
+}
+
+async fn fetch(client: &reqwest::Client, url: &str) -> (u16, String, String) {
+    let r = client.get(url).send().await.expect("GET");
+    let status = r.status().as_u16();
+    let cache = r
+        .headers()
+        .get_all("cache-status")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect::<Vec<_>>()
+        .join(", ");
+    (status, cache, r.text().await.unwrap())
+}
+
+async fn put(client: &reqwest::Client, url: &str, body: &str) -> u16 {
+    client
+        .put(url)
+        .header("content-type", "application/json")
+        .body(body.to_owned())
+        .send()
+        .await
+        .expect("PUT")
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn two_axum_app_replicas_stay_coherent() {
+    let db = OwnDatabase::new("axum_app").await;
+    let (pa, pb) = (free_port(), free_port());
+    let (la, lb) = (format!("127.0.0.1:{pa}"), format!("127.0.0.1:{pb}"));
+    let _a = start("axum_app", &["--listen", &la], &db.url, pa).await;
+    let _b = start("axum_app", &["--listen", &lb], &db.url, pb).await;
+    let (a, b) = (
+        format!("http://{la}/users/1"),
+        format!("http://{lb}/users/1"),
+    );
+    let client = reqwest::Client::new();
+
+    assert_eq!(put(&client, &a, r#"{"name":"Ada"}"#).await, 200);
+    let (status, _, body) = fetch(&client, &a).await;
+    assert_eq!((status, body.as_str()), (200, r#"{"id":1,"name":"Ada"}"#));
+    wait_until("A serves user 1 from its cache", DELIVERY, || async {
+        fetch(&client, &a).await.1.contains("hit")
+    })
+    .await;
+    let (_, cache, body) = fetch(&client, &b).await;
+    assert!(cache.contains("hit; ttl"), "B serves A's entry: {cache}");
+    assert!(body.contains("Ada"));
+
+    assert_eq!(put(&client, &b, r#"{"name":"Grace"}"#).await, 200);
+    wait_until("A serves the name written through B", DELIVERY, || async {
+        fetch(&client, &a).await.2.contains("Grace")
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn reverse_proxies_forward_faithfully_and_share_one_cache() {
+    use wiremock::matchers::{header, method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    let db = OwnDatabase::new("proxy").await;
+    let upstream = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/doc"))
+        .and(header("x-request-id", "r-1"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("cache-control", "max-age=600")
+                .insert_header("x-origin", "wiremock")
+                .insert_header("etag", "\"v1\"")
+                .set_body_string("document"),
+        )
+        .mount(&upstream)
+        .await;
+    Mock::given(method("PUT"))
+        .and(path("/doc"))
+        .respond_with(ResponseTemplate::new(204))
+        .mount(&upstream)
+        .await;
+    let (p1, p2) = (free_port(), free_port());
+    let (l1, l2) = (format!("127.0.0.1:{p1}"), format!("127.0.0.1:{p2}"));
+    let up = upstream.uri();
+    let _x = start(
+        "reverse_proxy",
+        &["--listen", &l1, "--upstream", &up],
+        &db.url,
+        p1,
+    )
+    .await;
+    let _y = start(
+        "reverse_proxy",
+        &["--listen", &l2, "--upstream", &up],
+        &db.url,
+        p2,
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let get = |base: &str| {
+        client
+            .get(format!("http://{base}/doc"))
+            .header("x-request-id", "r-1")
+            .send()
+    };
+
+    let r = get(&l1).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-origin"], "wiremock");
+    assert_eq!(r.headers()["etag"], "\"v1\"");
+    assert_eq!(r.headers()["via"], "1.1 c3");
+    assert_eq!(r.text().await.unwrap(), "document");
+    wait_until("proxy 1 has stored the response", DELIVERY, || async {
+        let r = get(&l1).await.unwrap();
+        r.headers()["cache-status"]
+            .to_str()
+            .unwrap()
+            .contains("hit")
+    })
+    .await;
+    let r = get(&l2).await.unwrap();
+    let status = r.headers()["cache-status"].to_str().unwrap();
+    assert!(
+        status.contains("hit"),
+        "proxy 2 serves proxy 1's entry: {status}"
+    );
+    let requests = upstream.received_requests().await.unwrap();
+    assert_eq!(requests.len(), 1, "one upstream request for both proxies");
+    assert_eq!(requests[0].headers["x-request-id"], "r-1");
+
+    // A write through proxy 2 invalidates the entry on proxy 1.
+    let r = client
+        .put(format!("http://{l2}/doc"))
+        .body("new")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    wait_until(
+        "proxy 1 no longer serves the old entry",
+        DELIVERY,
+        || async {
+            let r = get(&l1).await.unwrap();
+            !r.headers()["cache-status"]
+                .to_str()
+                .unwrap()
+                .contains("hit")
+        },
+    )
+    .await;
+    let puts = upstream.received_requests().await.unwrap();
+    assert!(
+        puts.iter()
+            .any(|r| r.method.as_str() == "PUT" && r.body == b"new")
+    );
+}
+
+#[tokio::test]
+async fn the_proxy_rejects_bad_flags_with_a_message() {
+    for args in [
+        &["--listen", "127.0.0.1:1"][..],
+        &["--upstream", "ftp://x"][..],
+        &["--bogus", "1"][..],
+        &["--upstream", "http://127.0.0.1:1", "--listen", "nonsense"][..],
+    ] {
+        let out = Command::new(example("reverse_proxy"))
+            .args(args)
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).starts_with("reverse_proxy: "),
+            "{args:?}"
+        );
+    }
+}
