@@ -248,7 +248,7 @@ async fn find<P>(shared: &Shared<P>, uri: &RequestUri, headers: &HeaderMap) -> F
             fwd: "uri-miss",
         },
         Some(Entry::Response(r)) => Found::Hit {
-            stored: Arc::new(r.clone()),
+            stored: Arc::clone(r),
             key: primary,
             tier,
         },
@@ -262,7 +262,7 @@ async fn find<P>(shared: &Shared<P>, uri: &RequestUri, headers: &HeaderMap) -> F
             match get(vkey).await {
                 (vkey, Some(e), tier) => match &*e {
                     Entry::Response(r) => Found::Hit {
-                        stored: Arc::new(r.clone()),
+                        stored: Arc::clone(r),
                         key: vkey,
                         tier,
                     },
@@ -679,7 +679,7 @@ async fn store_entry<P>(
         .collect();
     let mut tags: Vec<&str> = vec![uri_tag.as_str()];
     tags.extend(user_tags.iter().map(String::as_str));
-    let entry = Entry::Response((*stored).clone());
+    let entry = Entry::Response(Arc::clone(&stored));
     let ttl = Some(storage.keep);
     if let Err(e) = c3.set_tagged(&key, &entry, ttl, &tags).await {
         tracing::debug!(target: "c3::http", error = %e, "could not store a response");

@@ -6,6 +6,8 @@
 //! header values are written as Latin-1 strings (lossless for any byte) and
 //! the body as standard base64.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use serde::{Deserialize, Serialize};
@@ -14,11 +16,11 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub(crate) enum Entry {
-    Response(StoredResponse),
+    /// Behind an `Arc`, so an L1 hit shares the decoded response instead of
+    /// copying its headers.
+    Response(Arc<StoredResponse>),
     /// The response at this URI varies on these (lower-case) request headers.
-    Variants {
-        vary: Vec<String>,
-    },
+    Variants { vary: Vec<String> },
 }
 
 /// A stored response with the timing facts needed to compute its age.
@@ -238,7 +240,7 @@ mod tests {
             no_cache: false,
             auth_ok: false,
         };
-        let json = serde_json::to_string(&Entry::Response(r.clone())).unwrap();
+        let json = serde_json::to_string(&Entry::Response(Arc::new(r.clone()))).unwrap();
         let Entry::Response(back) = serde_json::from_str(&json).unwrap() else {
             panic!()
         };

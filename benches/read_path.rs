@@ -1,0 +1,155 @@
+//! Read path micro-benchmarks: a c3 L1 hit against the floor (a bare moka
+//! get of the same `Arc` value) and, when PostgreSQL answers, a c3 L2 hit
+//! (L1 disabled) against a plain `SELECT` by primary key.
+//!
+//! ```text
+//! cargo bench --bench read_path
+//! ```
+//!
+//! L2 and SELECT need `DATABASE_URL` (or the local default); without it they
+//! are skipped with a message and the in-process pair still runs.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use c3::{C3, MemoryServer};
+use criterion::{Criterion, criterion_group, criterion_main};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct User {
+    id: u64,
+    name: String,
+    email: String,
+    bio: String,
+}
+
+fn user() -> User {
+    User {
+        id: 42,
+        name: "Ada Lovelace".into(),
+        email: "ada@example.com".into(),
+        bio: "x".repeat(140),
+    }
+}
+
+/// Times `iters` sequential awaits of `f` inside one runtime entry, so the
+/// cost of entering the runtime is not part of the figure.
+fn timed<F, Fut>(rt: &tokio::runtime::Runtime, iters: u64, mut f: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    rt.block_on(async {
+        let t = Instant::now();
+        for _ in 0..iters {
+            f().await;
+        }
+        t.elapsed()
+    })
+}
+
+fn read_path(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut g = c.benchmark_group("read");
+
+    let moka: moka::sync::Cache<String, Arc<User>> = moka::sync::Cache::new(10_000);
+    moka.insert("user:42".into(), Arc::new(user()));
+    g.bench_function("moka_get", |b| {
+        b.iter(|| std::hint::black_box(moka.get("user:42")));
+    });
+
+    let mem = rt.block_on(async {
+        let c3 = C3::builder()
+            .memory(&MemoryServer::new())
+            .build()
+            .await
+            .unwrap();
+        c3.set("user:42", &user()).await.unwrap();
+        c3.get::<User>("user:42").await.unwrap();
+        c3
+    });
+    g.bench_function("c3_l1_hit", |b| {
+        b.iter_custom(|n| {
+            timed(&rt, n, || async {
+                std::hint::black_box(mem.get::<User>("user:42").await.unwrap());
+            })
+        });
+    });
+
+    let url = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let pg = rt.block_on(async {
+        let c3 = C3::builder()
+            .postgres(&url)
+            .table("c3_bench_read")
+            .channel("c3_bench_read")
+            .l1_max_bytes(0)
+            .connect_timeout(Duration::from_secs(2))
+            .build()
+            .await
+            .ok()?;
+        c3.set("user:42", &user()).await.ok()?;
+        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.ok()?;
+        tokio::spawn(conn);
+        client
+            .batch_execute(
+                "CREATE TABLE IF NOT EXISTS c3_bench_users (id bigint PRIMARY KEY, name text, email text, bio text);
+                 INSERT INTO c3_bench_users VALUES (42, 'Ada Lovelace', 'ada@example.com', repeat('x', 140))
+                 ON CONFLICT (id) DO NOTHING",
+            )
+            .await
+            .ok()?;
+        let stmt = client
+            .prepare("SELECT id, name, email, bio FROM c3_bench_users WHERE id = $1")
+            .await
+            .ok()?;
+        Some((c3, client, stmt))
+    });
+    match &pg {
+        Some((c3, client, stmt)) => {
+            g.bench_function("c3_l2_hit", |b| {
+                b.iter_custom(|n| {
+                    timed(&rt, n, || async {
+                        std::hint::black_box(c3.get::<User>("user:42").await.unwrap());
+                    })
+                });
+            });
+            g.bench_function("postgres_select_pk", |b| {
+                b.iter_custom(|n| {
+                    timed(&rt, n, || async {
+                        let row = client.query_one(stmt, &[&42i64]).await.unwrap();
+                        std::hint::black_box(User {
+                            id: row.get::<_, i64>(0) as u64,
+                            name: row.get(1),
+                            email: row.get(2),
+                            bio: row.get(3),
+                        });
+                    })
+                });
+            });
+        }
+        None => eprintln!("read_path: PostgreSQL not reachable at {url}; L2 and SELECT skipped"),
+    }
+    g.finish();
+    if let Some((c3, client, _)) = pg {
+        rt.block_on(async {
+            let _ = client
+                .batch_execute(
+                    "DROP TABLE IF EXISTS c3_bench_users; DROP TABLE IF EXISTS c3_bench_read",
+                )
+                .await;
+            c3.shutdown().await;
+        });
+    }
+}
+
+criterion_group!(
+    name = benches;
+    config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
+    targets = read_path
+);
+criterion_main!(benches);
