@@ -828,3 +828,57 @@ async fn two_axum_replicas_over_tcp_a_put_on_b_invalidates_a() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_miss_streams_its_body_to_the_client_while_capturing_it() {
+    use http_body_util::{BodyExt, channel::Channel};
+    use std::sync::Mutex;
+    use tower::ServiceExt;
+
+    let db = TestDb::new("http_stream").await;
+    let c3 = db.node().await;
+    type Tx = http_body_util::channel::Sender<bytes::Bytes>;
+    let sender: Arc<Mutex<Option<Tx>>> = Arc::default();
+    let slot = Arc::clone(&sender);
+    let origin = tower::service_fn(move |_req: http::Request<Body>| {
+        let (tx, body) = Channel::<bytes::Bytes>::new(4);
+        *slot.lock().unwrap() = Some(tx);
+        async move {
+            Ok::<_, std::convert::Infallible>(
+                http::Response::builder()
+                    .header("cache-control", "max-age=60")
+                    .body(body)
+                    .unwrap(),
+            )
+        }
+    });
+    let svc = tower::ServiceBuilder::new()
+        .layer(C3CacheLayer::new(c3.clone()))
+        .service(origin);
+    let w = c3.stats().writes;
+    let res = svc
+        .clone()
+        .oneshot(get(URL).body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let mut tx = sender.lock().unwrap().take().expect("origin called");
+    let mut body = res.into_body();
+    tx.send_data("first ".into()).await.unwrap();
+    // The client has the first chunk while the origin is still sending.
+    let frame = tokio::time::timeout(DELIVERY, body.frame())
+        .await
+        .expect("first chunk forwarded before the body ended")
+        .unwrap()
+        .unwrap();
+    assert_eq!(frame.into_data().unwrap(), "first ");
+    assert_eq!(c3.stats().writes, w, "nothing stored before the end");
+    tx.send_data("second".into()).await.unwrap();
+    drop(tx);
+    let rest = body.collect().await.unwrap().to_bytes();
+    assert_eq!(rest, "second");
+    stored(&c3, w, 1).await;
+
+    let (p, body) = send(&svc, get(URL).body(Body::empty()).unwrap()).await;
+    assert_eq!(body, "first second", "the captured body is whole");
+    assert!(cache_status(&p).contains("hit"), "{}", cache_status(&p));
+}
