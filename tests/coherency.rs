@@ -490,3 +490,84 @@ async fn invalidating_a_tag_removes_every_tagged_entry_on_every_node() {
     let err = a.invalidate_tag("").await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidKey);
 }
+
+/// `SqlNames::invalidate_function` is how SQL outside c3 (an adapter's
+/// transaction, a trigger, another language) invalidates: atomically with
+/// the caller's own transaction.
+#[tokio::test]
+async fn the_sql_invalidate_function_commits_or_rolls_back_with_the_caller() {
+    let db = TestDb::new("sql_invalidate").await;
+    let (a, b) = (db.node().await, db.node().await);
+    a.set_tagged("k1", &1u32, None, &["team"]).await.unwrap();
+    a.set("k2", &2u32).await.unwrap();
+    a.set("k3", &3u32).await.unwrap();
+    for k in ["k1", "k2", "k3"] {
+        b.get::<u32>(k).await.unwrap().unwrap();
+        assert!(b.is_cached_locally(k));
+    }
+    let names = a.sql_names().clone();
+    let sql = format!("SELECT {}($1, $2, $3)", names.invalidate_function);
+    let count = format!("SELECT count(*) FROM {} WHERE key = ANY($1)", names.table);
+    let keys = vec!["k1", "k2", "k3"];
+    let rows = || async {
+        db.client
+            .query_one(&count, &[&keys])
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    let mut client = support::connect(&db.url).await;
+
+    let tx = client.transaction().await.unwrap();
+    tx.query_one(&sql, &[&names.channel, &vec!["k2"], &vec!["team"]])
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    assert_eq!(rows().await, 3, "a rollback deletes nothing");
+
+    let received = b.stats().invalidations_received;
+    let tx = client.transaction().await.unwrap();
+    let v: Option<i64> = tx
+        .query_one(&sql, &[&names.channel, &vec!["k2"], &vec!["team"]])
+        .await
+        .unwrap()
+        .get(0);
+    tx.commit().await.unwrap();
+    assert!(v.is_some_and(|v| v > 0));
+    assert_eq!(rows().await, 1, "k1 (by tag) and k2 (by key) deleted");
+    support::received(&b, received).await;
+    assert!(!b.is_cached_locally("k1") && !b.is_cached_locally("k2"));
+    assert!(b.is_cached_locally("k3"), "other keys stay");
+    assert!(b.get::<u32>("k2").await.unwrap().is_none());
+
+    let none: Option<i64> = client
+        .query_one(&sql, &[&names.channel, &vec!["nope"], &Vec::<&str>::new()])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(none.is_some(), "a key without a row is still announced");
+    let nothing: Option<i64> = client
+        .query_one(
+            &sql,
+            &[&names.channel, &Vec::<&str>::new(), &vec!["no-tag"]],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(nothing, None, "nothing matched, nothing sent");
+
+    // A key no node could parse purges every L1 instead of being lost.
+    let purges = b.stats().purges;
+    client
+        .query_one(
+            &sql,
+            &[&names.channel, &vec!["bad\u{1}key"], &Vec::<&str>::new()],
+        )
+        .await
+        .unwrap();
+    wait_until("B purges its L1", DELIVERY, || async {
+        b.stats().purges > purges
+    })
+    .await;
+    assert!(!b.is_cached_locally("k3"));
+}

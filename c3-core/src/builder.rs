@@ -11,7 +11,7 @@ use crate::backend::memory::{MemoryBackend, MemoryServer};
 use crate::backend::postgres::{PgBackend, PoolSettings, build_pool};
 use crate::backend::{Backend, bounded};
 use crate::breaker::{Breaker, BreakerConfig};
-use crate::cache::{C3, Inner, Limits};
+use crate::cache::{C3, Inner, Limits, SqlNames};
 use crate::clock::{Clock, SystemClock};
 use crate::coherency::{Coherency, ListenerState};
 use crate::error::{Error, Result};
@@ -427,6 +427,7 @@ impl C3Builder {
             backend,
             clock: self.clock,
             counters,
+            sql_names: SqlNames::new(&self.schema, &self.table, &self.channel),
             limits: Limits {
                 max_key_bytes: self.max_key_bytes,
                 max_value_bytes: self.max_value_bytes,

@@ -55,7 +55,40 @@ pub(crate) struct Limits {
     pub(crate) op_timeout: Duration,
 }
 
+/// Where a cache lives in PostgreSQL, for SQL written outside c3 — an
+/// adapter's transactions, triggers, other languages (`docs/PROTOCOL.md`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SqlNames {
+    /// The L2 table, quoted and schema-qualified: `"public"."cache_data"`.
+    pub table: String,
+    /// The notification channel (an identifier that needs no quoting).
+    pub channel: String,
+    /// The invalidation function, quoted and schema-qualified.
+    /// `SELECT <function>($channel, $keys::text[], $tags::text[])` deletes
+    /// the keys and every key tagged with one of the tags, and notifies every
+    /// node — inside the caller's transaction, so it commits or rolls back
+    /// with the caller's own writes. It returns the version it published
+    /// (`NULL` when nothing matched).
+    pub invalidate_function: String,
+}
+
+impl SqlNames {
+    pub(crate) fn new(schema: &str, table: &str, channel: &str) -> SqlNames {
+        SqlNames {
+            table: format!(
+                "{}.{}",
+                crate::key::quote_ident(schema),
+                crate::key::quote_ident(table)
+            ),
+            channel: channel.to_owned(),
+            invalidate_function: crate::backend::postgres::invalidate_function(schema, table),
+        }
+    }
+}
+
 pub(crate) struct Inner {
+    pub(crate) sql_names: SqlNames,
     pub(crate) coherency: Arc<Coherency>,
     pub(crate) backend: Arc<Backend>,
     pub(crate) clock: Arc<dyn Clock>,
@@ -454,9 +487,43 @@ impl C3 {
     where
         T: Serialize + DeserializeOwned + Send + Sync + 'static,
     {
-        let refs: Vec<(&str, &T)> = entries.iter().map(|(k, v)| (*k, v)).collect();
-        self.set_entries(&refs, self.inner.limits.default_ttl, &[])
+        self.set_many_with_ttl(entries, self.inner.limits.default_ttl)
             .await
+    }
+
+    /// [`set_many`](Self::set_many) with a TTL for every entry (`None`: until deleted).
+    ///
+    /// # Errors
+    ///
+    /// As for [`set_many`](Self::set_many).
+    pub async fn set_many_with_ttl<T>(
+        &self,
+        entries: &[(&str, T)],
+        ttl: Option<Duration>,
+    ) -> Result<()>
+    where
+        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+    {
+        let refs: Vec<(&str, &T)> = entries.iter().map(|(k, v)| (*k, v)).collect();
+        self.set_entries(&refs, ttl, &[]).await
+    }
+
+    /// Where this cache lives in PostgreSQL, for SQL that invalidates it from
+    /// inside another transaction (see [`SqlNames::invalidate_function`]).
+    #[must_use]
+    pub fn sql_names(&self) -> &SqlNames {
+        &self.inner.sql_names
+    }
+
+    /// Tells this node that `keys` were written at `version` by a transaction
+    /// it committed outside c3 (e.g. through
+    /// [`SqlNames::invalidate_function`]), so its L1 drops older copies now
+    /// rather than when the notification comes back: the node reads its own
+    /// writes at once. Other nodes learn from the notification as usual.
+    pub fn note_external_write(&self, keys: &[&str], version: u64) {
+        for k in keys {
+            self.inner.coherency.apply_written(k, version);
+        }
     }
 
     async fn set_entries<T>(

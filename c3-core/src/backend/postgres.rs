@@ -33,6 +33,16 @@ struct Sql {
     invalidate_tag: String,
 }
 
+/// The quoted, schema-qualified name of the SQL function that deletes keys
+/// (and tagged keys) and announces it, inside the caller's transaction.
+pub(crate) fn invalidate_function(schema: &str, table: &str) -> String {
+    format!(
+        "{}.{}",
+        quote_ident(schema),
+        quote_ident(&format!("{table}_invalidate"))
+    )
+}
+
 pub(crate) const NOTIFY: &str = "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p";
 
 impl Sql {
@@ -56,6 +66,7 @@ impl Sql {
             quote_ident(&format!("{table}_tags"))
         );
         let tags_idx = quote_ident(&format!("{table}_tags_key_idx"));
+        let inv = invalidate_function(schema, table);
         let create_schema = if schema == "public" {
             String::new()
         } else {
@@ -94,6 +105,45 @@ CREATE TABLE IF NOT EXISTS {tags} (
     PRIMARY KEY (tag, key)
 );
 CREATE INDEX IF NOT EXISTS {tags_idx} ON {tags} (key);
+CREATE OR REPLACE FUNCTION {inv}(channel text, keys text[], tags text[] DEFAULT '{{}}')
+RETURNS bigint LANGUAGE plpgsql AS $c3$
+DECLARE
+    ks text[];
+    v bigint;
+    head text := 'c3|1|-|' || floor(extract(epoch FROM clock_timestamp()) * 1000000)::bigint || '|';
+    msg text;
+    k text;
+    line text;
+BEGIN
+    SELECT coalesce(array_agg(DISTINCT x), '{{}}') INTO ks FROM (
+        SELECT unnest(coalesce(keys, '{{}}')) AS x
+        UNION SELECT key FROM {tags} WHERE tag = ANY(coalesce(tags, '{{}}'))) AS s
+    WHERE x IS NOT NULL;
+    IF cardinality(ks) = 0 THEN
+        RETURN NULL;
+    END IF;
+    WITH d AS (DELETE FROM {t} WHERE key = ANY(ks) RETURNING 1)
+        SELECT nextval('{seq}') INTO v FROM (SELECT count(*) FROM d) AS x;
+    msg := head || 'k';
+    FOREACH k IN ARRAY ks LOOP
+        IF k = '' OR octet_length(k) > 7000 OR left(k, 3) = 'c3|' OR k ~ '[\\x01-\\x1f\\x7f-\\x9f]' THEN
+            -- No node could read this key in a message: drop every L1 instead.
+            PERFORM pg_notify(channel, head || 'c');
+            CONTINUE;
+        END IF;
+        line := v || ' ' || k;
+        IF msg <> head || 'k' AND octet_length(msg) + 1 + octet_length(line) > 7999 THEN
+            PERFORM pg_notify(channel, msg);
+            msg := head || 'k';
+        END IF;
+        msg := msg || E'\\n' || line;
+    END LOOP;
+    IF msg <> head || 'k' THEN
+        PERFORM pg_notify(channel, msg);
+    END IF;
+    RETURN v;
+END
+$c3$;
 COMMENT ON TABLE {t} IS 'c3 cache (protocol 1): see docs/PROTOCOL.md';"
         );
         let live =
