@@ -7,6 +7,7 @@
 //! | [`core`] | `c3-core` | the coherent two-tier cache ([`C3`]) |
 //! | `tower` | `c3-tower` | HTTP response cache layer (feature `tower`, default) |
 //! | `axum` | `c3-axum` | axum integration (feature `axum`, default) |
+//! | `sqlx` | `c3-sqlx` | cached repositories for sqlx (feature `sqlx`, default; the derive needs `c3-sqlx` as a direct dependency) |
 //!
 //! The most used items are also re-exported at the top level.
 //!
@@ -24,5 +25,7 @@
 pub use c3_axum as axum;
 pub use c3_core as core;
 pub use c3_core::{C3, C3Builder, Error, ErrorKind, ListenerState, MemoryServer, Stats};
+#[cfg(feature = "sqlx")]
+pub use c3_sqlx as sqlx;
 #[cfg(feature = "tower")]
 pub use c3_tower as tower;

@@ -87,6 +87,12 @@ impl SqlNames {
     }
 }
 
+/// The start of a read from the source of truth; see [`C3::fill_ticket`].
+#[derive(Debug)]
+pub struct FillTicket {
+    tokens: HashMap<String, Option<crate::coherency::FillToken>>,
+}
+
 pub(crate) struct Inner {
     pub(crate) sql_names: SqlNames,
     pub(crate) coherency: Arc<Coherency>,
@@ -145,7 +151,9 @@ impl C3 {
         self.inner.loader_breaker
     }
 
-    pub(crate) fn default_ttl(&self) -> Option<Duration> {
+    /// The TTL of writes that do not give one (`None`: until deleted).
+    #[must_use]
+    pub fn default_ttl(&self) -> Option<Duration> {
         self.inner.limits.default_ttl
     }
 
@@ -247,6 +255,17 @@ impl C3 {
 
     pub(crate) fn check_key(&self, key: &str) -> Result<()> {
         self.check_open()?;
+        self.validate_key(key)
+    }
+
+    /// Checks `key` against this cache's key rules (non-empty, at most
+    /// `max_key_bytes`, no control characters, not starting with `c3|`),
+    /// for adapters that build keys and send them through SQL.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidKey`](crate::ErrorKind::InvalidKey).
+    pub fn validate_key(&self, key: &str) -> Result<()> {
         validate_key(key, self.inner.limits.max_key_bytes)?;
         Ok(())
     }
@@ -506,6 +525,53 @@ impl C3 {
     {
         let refs: Vec<(&str, &T)> = entries.iter().map(|(k, v)| (*k, v)).collect();
         self.set_entries(&refs, ttl, &[]).await
+    }
+
+    /// Marks the start of a read of `keys` from the source of truth done
+    /// outside [`get_or_load`](Self::get_or_load) (e.g. one batched SELECT),
+    /// so that [`fill_from_source`](Self::fill_from_source) can tell which
+    /// results are still current.
+    #[must_use]
+    pub fn fill_ticket(&self, keys: &[&str]) -> FillTicket {
+        FillTicket {
+            tokens: keys
+                .iter()
+                .map(|k| ((*k).to_owned(), self.inner.coherency.begin_fill(k)))
+                .collect(),
+        }
+    }
+
+    /// Caches values read from the source of truth after `ticket` was taken
+    /// — except those whose key was invalidated (by any node, or by this one)
+    /// since: that read may predate the write, and caching it would keep
+    /// the old value in L2 for every node. Returns how many were cached.
+    ///
+    /// # Errors
+    ///
+    /// As for [`set_many_with_ttl`](Self::set_many_with_ttl).
+    pub async fn fill_from_source<T>(
+        &self,
+        ticket: &FillTicket,
+        entries: &[(&str, T)],
+        ttl: Option<Duration>,
+    ) -> Result<usize>
+    where
+        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+    {
+        let current: Vec<(&str, &T)> = entries
+            .iter()
+            .filter(|(k, _)| {
+                ticket
+                    .tokens
+                    .get(*k)
+                    .is_some_and(|t| t.is_none_or(|t| self.inner.coherency.token_valid(k, t)))
+            })
+            .map(|(k, v)| (*k, v))
+            .collect();
+        if !current.is_empty() {
+            self.set_entries(&current, ttl, &[]).await?;
+        }
+        Ok(current.len())
     }
 
     /// Where this cache lives in PostgreSQL, for SQL that invalidates it from

@@ -81,7 +81,7 @@ pub use breaker::{BreakerConfig, BreakerState};
 pub use builder::C3Builder;
 #[cfg(feature = "test-util")]
 pub use builder::FillHook;
-pub use cache::{C3, SqlNames};
+pub use cache::{C3, FillTicket, SqlNames};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use coherency::ListenerState;
 pub use error::{Error, ErrorKind, Result};

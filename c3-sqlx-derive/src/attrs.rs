@@ -1,0 +1,248 @@
+//! `#[c3(...)]` and the columns behind the struct's fields.
+
+use std::time::Duration;
+
+use syn::spanned::Spanned;
+use syn::{Data, DeriveInput, Fields, LitStr};
+
+/// A value from `#[c3(...)]`, with the literal it came from (for error spans).
+pub(crate) struct Located<T> {
+    pub(crate) value: T,
+    pub(crate) lit: LitStr,
+}
+
+/// Everything `#[c3(...)]` says.
+pub(crate) struct Attrs {
+    pub(crate) table: Located<String>,
+    pub(crate) schema: Option<Located<String>>,
+    pub(crate) key: Located<Vec<String>>,
+    pub(crate) namespace: Option<Located<String>>,
+    pub(crate) ttl: Option<Duration>,
+    pub(crate) fail_safe: Option<Duration>,
+    pub(crate) negative_ttl: Option<Duration>,
+    pub(crate) save: Option<Located<Vec<String>>>,
+}
+
+/// One field and its column.
+pub(crate) struct Column {
+    pub(crate) ident: syn::Ident,
+    pub(crate) ty: syn::Type,
+    pub(crate) name: String,
+}
+
+/// A PostgreSQL identifier c3 will quote: letters, digits, `_`, at most 63
+/// bytes, not starting with a digit. Anything else is refused rather than
+/// escaped, so generated SQL never carries surprising names.
+pub(crate) fn check_ident(what: &str, name: &str, lit: &LitStr) -> syn::Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(syn::Error::new(
+            lit.span(),
+            format!(
+                "{what} {name:?} is not a valid identifier (letters, digits and `_`, at most 63 bytes)"
+            ),
+        ))
+    }
+}
+
+/// `500ms`, `30s`, `10m`, `2h`, `1d`.
+pub(crate) fn parse_duration(lit: &LitStr) -> syn::Result<Duration> {
+    let s = lit.value();
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let bad = || {
+        syn::Error::new(
+            lit.span(),
+            format!(
+                "invalid duration {s:?}: expected a number and a unit, e.g. \"500ms\", \"30s\", \"10m\", \"2h\", \"1d\""
+            ),
+        )
+    };
+    let n: u64 = n.parse().map_err(|_| bad())?;
+    let ms = match unit.trim() {
+        "ms" => Some(n),
+        "s" => n.checked_mul(1000),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        "d" => n.checked_mul(86_400_000),
+        _ => None,
+    }
+    .ok_or_else(bad)?;
+    Ok(Duration::from_millis(ms))
+}
+
+fn list(lit: &LitStr) -> Vec<String> {
+    lit.value()
+        .split(',')
+        .map(|c| c.trim().to_owned())
+        .filter(|c| !c.is_empty())
+        .collect()
+}
+
+pub(crate) fn parse(input: &DeriveInput) -> syn::Result<(Attrs, Vec<Column>)> {
+    let mut table = None;
+    let mut schema = None;
+    let mut key = None;
+    let mut namespace = None;
+    let mut ttl = None;
+    let mut fail_safe = None;
+    let mut negative_ttl = None;
+    let mut save = None;
+    let mut seen = false;
+    for attr in input.attrs.iter().filter(|a| a.path().is_ident("c3")) {
+        seen = true;
+        attr.parse_nested_meta(|meta| {
+            let lit: LitStr = meta.value()?.parse()?;
+            let text = |lit: &LitStr| Located {
+                value: lit.value(),
+                lit: lit.clone(),
+            };
+            if meta.path.is_ident("table") {
+                table = Some(text(&lit));
+            } else if meta.path.is_ident("schema") {
+                schema = Some(text(&lit));
+            } else if meta.path.is_ident("key") {
+                key = Some(Located {
+                    value: list(&lit),
+                    lit,
+                });
+            } else if meta.path.is_ident("namespace") {
+                namespace = Some(text(&lit));
+            } else if meta.path.is_ident("ttl") {
+                ttl = Some(parse_duration(&lit)?);
+            } else if meta.path.is_ident("fail_safe") {
+                fail_safe = Some(parse_duration(&lit)?);
+            } else if meta.path.is_ident("negative_ttl") {
+                negative_ttl = Some(parse_duration(&lit)?);
+            } else if meta.path.is_ident("save") {
+                save = Some(Located {
+                    value: list(&lit),
+                    lit,
+                });
+            } else {
+                return Err(meta.error(
+                    "unknown c3 attribute; expected one of: table, schema, key, namespace, ttl, fail_safe, negative_ttl, save",
+                ));
+            }
+            Ok(())
+        })?;
+    }
+    let here = input.ident.span();
+    if !seen {
+        return Err(syn::Error::new(
+            here,
+            "missing #[c3(table = \"...\", key = \"...\")] on a Cached struct",
+        ));
+    }
+    let table = table.ok_or_else(|| {
+        syn::Error::new(
+            here,
+            "missing `table` in #[c3(...)]: e.g. #[c3(table = \"users\", key = \"id\")]",
+        )
+    })?;
+    let key = key.ok_or_else(|| {
+        syn::Error::new(
+            here,
+            "missing `key` in #[c3(...)]: name the key column(s), e.g. key = \"id\"",
+        )
+    })?;
+    if key.value.is_empty() {
+        return Err(syn::Error::new(key.lit.span(), "`key` names no column"));
+    }
+    check_ident("table", &table.value, &table.lit)?;
+    if let Some(s) = &schema {
+        check_ident("schema", &s.value, &s.lit)?;
+    }
+    if let Some(ns) = &namespace
+        && (ns.value.is_empty() || ns.value.chars().any(char::is_control))
+    {
+        return Err(syn::Error::new(
+            ns.lit.span(),
+            "namespace must be non-empty text without control characters",
+        ));
+    }
+    let columns = columns(input)?;
+    let known = |name: &str| columns.iter().any(|c| c.name == name);
+    for lists in [Some(&key), save.as_ref()].into_iter().flatten() {
+        for name in &lists.value {
+            if !known(name) {
+                let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
+                return Err(syn::Error::new(
+                    lists.lit.span(),
+                    format!(
+                        "unknown column {name:?}; the struct's columns are: {}",
+                        names.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    Ok((
+        Attrs {
+            table,
+            schema,
+            key,
+            namespace,
+            ttl,
+            fail_safe,
+            negative_ttl,
+            save,
+        },
+        columns,
+    ))
+}
+
+fn columns(input: &DeriveInput) -> syn::Result<Vec<Column>> {
+    let Data::Struct(data) = &input.data else {
+        return Err(syn::Error::new(
+            input.ident.span(),
+            "Cached can only be derived for a struct with named fields",
+        ));
+    };
+    let Fields::Named(fields) = &data.fields else {
+        return Err(syn::Error::new(
+            data.fields.span(),
+            "Cached can only be derived for a struct with named fields",
+        ));
+    };
+    let mut out = Vec::new();
+    for f in &fields.named {
+        let ident = f.ident.clone().expect("named field");
+        let mut name = ident.to_string().trim_start_matches("r#").to_owned();
+        let mut skip = false;
+        for attr in f.attrs.iter().filter(|a| a.path().is_ident("sqlx")) {
+            attr.parse_nested_meta(|meta| {
+                if meta.path.is_ident("rename") {
+                    let lit: LitStr = meta.value()?.parse()?;
+                    check_ident("column", &lit.value(), &lit)?;
+                    name = lit.value();
+                } else if meta.path.is_ident("skip") {
+                    skip = true;
+                } else if meta.input.peek(syn::Token![=]) {
+                    let _: syn::Expr = meta.value()?.parse()?;
+                } else if meta.input.peek(syn::token::Paren) {
+                    let _content;
+                    syn::parenthesized!(_content in meta.input);
+                }
+                Ok(())
+            })?;
+        }
+        if skip {
+            continue;
+        }
+        let lit = LitStr::new(&name, ident.span());
+        check_ident("column", &name, &lit)?;
+        out.push(Column {
+            ident,
+            ty: f.ty.clone(),
+            name,
+        });
+    }
+    Ok(out)
+}
