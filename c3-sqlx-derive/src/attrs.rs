@@ -94,9 +94,9 @@ pub(crate) fn parse(input: &DeriveInput) -> syn::Result<(Attrs, Vec<Column>)> {
     let mut fail_safe = None;
     let mut negative_ttl = None;
     let mut save = None;
-    let mut seen = false;
+    let mut seen: Option<&syn::Attribute> = None;
     for attr in input.attrs.iter().filter(|a| a.path().is_ident("c3")) {
-        seen = true;
+        seen = Some(attr);
         attr.parse_nested_meta(|meta| {
             let lit: LitStr = meta.value()?.parse()?;
             let text = |lit: &LitStr| Located {
@@ -133,21 +133,20 @@ pub(crate) fn parse(input: &DeriveInput) -> syn::Result<(Attrs, Vec<Column>)> {
             Ok(())
         })?;
     }
-    let here = input.ident.span();
-    if !seen {
+    let Some(here) = seen else {
         return Err(syn::Error::new(
-            here,
+            input.ident.span(),
             "missing #[c3(table = \"...\", key = \"...\")] on a Cached struct",
         ));
-    }
+    };
     let table = table.ok_or_else(|| {
-        syn::Error::new(
+        syn::Error::new_spanned(
             here,
             "missing `table` in #[c3(...)]: e.g. #[c3(table = \"users\", key = \"id\")]",
         )
     })?;
     let key = key.ok_or_else(|| {
-        syn::Error::new(
+        syn::Error::new_spanned(
             here,
             "missing `key` in #[c3(...)]: name the key column(s), e.g. key = \"id\"",
         )
