@@ -571,3 +571,49 @@ async fn the_sql_invalidate_function_commits_or_rolls_back_with_the_caller() {
     .await;
     assert!(!b.is_cached_locally("k3"));
 }
+
+#[tokio::test]
+async fn the_applied_observer_sees_each_foreign_notification_with_its_lag() {
+    use std::sync::Mutex;
+    let db = TestDb::new("observer").await;
+    let seen: Arc<Mutex<Vec<(Option<String>, Option<Duration>, Vec<String>)>>> = Arc::default();
+    let sink = Arc::clone(&seen);
+    let a = db.node().await;
+    let b = db
+        .builder()
+        .on_applied(move |n| {
+            let keys = n
+                .written
+                .iter()
+                .map(|(_, k)| k.clone())
+                .chain(n.invalidated.iter().cloned())
+                .collect();
+            sink.lock()
+                .unwrap()
+                .push((n.from.map(str::to_owned), n.lag, keys));
+        })
+        .build()
+        .await
+        .unwrap();
+    a.set("k", &1u32).await.unwrap();
+    b.set("own", &1u32).await.unwrap(); // B's own echo is not reported
+    db.client
+        .execute("SELECT pg_notify($1, 'bare')", &[&db.channel])
+        .await
+        .unwrap();
+    wait_until("B applied both foreign messages", DELIVERY, || async {
+        seen.lock().unwrap().len() >= 2
+    })
+    .await;
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(seen[0].0.as_deref(), Some(a.node_id()));
+    assert!(seen[0].1.is_some_and(|lag| lag < DELIVERY), "{seen:?}");
+    assert_eq!(seen[0].2, vec!["k".to_owned()]);
+    assert_eq!(
+        (seen[1].0.clone(), seen[1].1),
+        (None, None),
+        "a bare key has no sender"
+    );
+    assert_eq!(seen[1].2, vec!["bare".to_owned()]);
+}

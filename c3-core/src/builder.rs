@@ -78,6 +78,7 @@ pub struct C3Builder {
     loader_breaker: BreakerConfig,
     #[cfg(feature = "test-util")]
     fill_hook: Option<FillHook>,
+    on_applied: Option<crate::events::AppliedObserver>,
 }
 
 impl Default for C3Builder {
@@ -107,6 +108,7 @@ impl Default for C3Builder {
             loader_breaker: BreakerConfig::default(),
             #[cfg(feature = "test-util")]
             fill_hook: None,
+            on_applied: None,
         }
     }
 }
@@ -256,6 +258,17 @@ impl C3Builder {
         self
     }
 
+    /// Calls `observer` for every notification from another node or client
+    /// that this node applies (see [`Applied`](crate::Applied)): the hook
+    /// for propagation-lag metrics and delivery benchmarks.
+    pub fn on_applied(
+        mut self,
+        observer: impl Fn(&crate::Applied<'_>) + Send + Sync + 'static,
+    ) -> Self {
+        self.on_applied = Some(Arc::new(observer));
+        self
+    }
+
     /// Runs `hook` between every L2 read and its L1 fill, so tests can inject
     /// an invalidation into that window deterministically.
     #[cfg(feature = "test-util")]
@@ -322,11 +335,10 @@ impl C3Builder {
         self.validate()?;
         let node_id = self.node_id.clone().unwrap_or_else(random_node_id);
         let counters = Arc::new(Counters::default());
-        let coherency = Arc::new(Coherency::new(
-            self.l1_max_bytes,
-            node_id.clone(),
-            Arc::clone(&counters),
-        ));
+        let mut coherency =
+            Coherency::new(self.l1_max_bytes, node_id.clone(), Arc::clone(&counters));
+        coherency.observer = self.on_applied.clone();
+        let coherency = Arc::new(coherency);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let mut tasks = Vec::new();
         let backend = match self.source {

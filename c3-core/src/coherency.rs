@@ -131,6 +131,7 @@ pub(crate) struct Coherency {
     state: watch::Sender<ListenerState>,
     pub(crate) node_id: String,
     pub(crate) counters: Arc<Counters>,
+    pub(crate) observer: Option<crate::events::AppliedObserver>,
 }
 
 impl Coherency {
@@ -153,6 +154,7 @@ impl Coherency {
             state,
             node_id,
             counters,
+            observer: None,
         }
     }
 
@@ -271,6 +273,24 @@ impl Coherency {
         }
         if !own {
             Counters::inc(&self.counters.invalidations_received);
+            if let Some(observe) = &self.observer {
+                let lag = n.sent_at_us.and_then(|sent| {
+                    let now = crate::clock::to_micros(std::time::SystemTime::now());
+                    now.checked_sub(sent).map(std::time::Duration::from_micros)
+                });
+                let (written, invalidated): (&[(u64, String)], &[String]) = match &n.body {
+                    Body::Written(w) => (w, &[]),
+                    Body::Invalidate(k) => (&[], k),
+                    _ => (&[], &[]),
+                };
+                observe(&crate::events::Applied {
+                    from: n.node.as_deref(),
+                    lag,
+                    written,
+                    invalidated,
+                    clear: matches!(n.body, Body::Clear),
+                });
+            }
         }
     }
 

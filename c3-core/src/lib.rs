@@ -59,6 +59,7 @@
 //! * `listener` — the tasks that drive the LISTEN connection and heartbeat.
 //! * `backend` — L2: the PostgreSQL table and the in-memory stand-in.
 //! * `protocol` — the notification payload grammar.
+//! * `events` — [`Applied`], the observer hook for each applied notification.
 //! * `key`, `clock`, `stats`, `error` — key rules, injectable time, counters, errors.
 //!
 //! [moka]: https://docs.rs/moka
@@ -70,6 +71,7 @@ mod cache;
 mod clock;
 mod coherency;
 mod error;
+mod events;
 mod key;
 mod listener;
 mod loader;
@@ -85,6 +87,7 @@ pub use cache::{C3, FillTicket, SqlNames};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use coherency::ListenerState;
 pub use error::{Error, ErrorKind, Result};
+pub use events::{Applied, AppliedObserver};
 pub use key::{KeyError, MAX_KEY_BYTES_LIMIT};
 pub use loader::{LoadOptions, Loader};
 pub use protocol::ProtocolError;
