@@ -576,7 +576,8 @@ async fn the_sql_invalidate_function_commits_or_rolls_back_with_the_caller() {
 async fn the_applied_observer_sees_each_foreign_notification_with_its_lag() {
     use std::sync::Mutex;
     let db = TestDb::new("observer").await;
-    let seen: Arc<Mutex<Vec<(Option<String>, Option<Duration>, Vec<String>)>>> = Arc::default();
+    type Seen = (Option<String>, Option<Duration>, Vec<String>);
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
     let sink = Arc::clone(&seen);
     let a = db.node().await;
     let b = db
