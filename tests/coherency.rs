@@ -618,3 +618,90 @@ async fn the_applied_observer_sees_each_foreign_notification_with_its_lag() {
     );
     assert_eq!(seen[1].2, vec!["bare".to_owned()]);
 }
+
+/// Concurrent writes on one node share transactions (one NOTIFY round per
+/// batch), and every write still lands with its own value and version.
+#[tokio::test]
+async fn concurrent_writes_are_combined_and_each_lands() {
+    let db = TestDb::new("combined").await;
+    let (a, b) = (db.node().await, db.node().await);
+    let before = b.stats().invalidations_received;
+    let writes: Vec<_> = (0..64u32)
+        .map(|i| {
+            let a = a.clone();
+            tokio::spawn(async move {
+                a.set(&format!("c{i}"), &i).await.unwrap();
+                a.set("same", &i).await.unwrap();
+            })
+        })
+        .collect();
+    for w in writes {
+        w.await.unwrap();
+    }
+    assert_eq!(a.stats().writes, 128);
+    for i in 0..64u32 {
+        assert_eq!(*b.get::<u32>(&format!("c{i}")).await.unwrap().unwrap(), i);
+    }
+    // Whichever write of "same" committed last is what both nodes read.
+    let last = *a.get::<u32>("same").await.unwrap().unwrap();
+    wait_until("B agrees on the last write", DELIVERY, || async {
+        b.get::<u32>("same").await.unwrap().as_deref() == Some(&last)
+    })
+    .await;
+    let stored: i64 = db
+        .client
+        .query_one(
+            &format!(
+                "SELECT convert_from(value, 'UTF8')::bigint FROM {} WHERE key = 'same'",
+                db.table()
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, i64::from(last));
+    // Notifications arrive in commit order: once B has dropped a marker
+    // invalidated last, every write's message has arrived too.
+    a.set("marker", &0u32).await.unwrap();
+    wait_until("B caches the marker", DELIVERY, || async {
+        b.get::<u32>("marker").await.unwrap();
+        b.is_cached_locally("marker")
+    })
+    .await;
+    a.invalidate("marker").await.unwrap();
+    wait_until("B drops the marker", DELIVERY, || async {
+        !b.is_cached_locally("marker")
+    })
+    .await;
+    let messages = b.stats().invalidations_received - before - 2;
+    assert!(
+        messages < 128,
+        "writes shared notifications: {messages} messages for 128 writes"
+    );
+}
+
+/// A batch whose notifications fill many payloads (1000 keys of 100 bytes)
+/// still reaches every key on every node.
+#[tokio::test]
+async fn a_large_batch_invalidates_every_key_on_other_nodes() {
+    let db = TestDb::new("large_batch").await;
+    let (a, b) = (db.node().await, db.node().await);
+    let keys: Vec<String> = (0..1000).map(|i| format!("{i:0>100}")).collect();
+    let batch = |v: u32| keys.iter().map(|k| (k.as_str(), v)).collect::<Vec<_>>();
+    a.set_many(&batch(1)).await.unwrap();
+    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    wait_until("B caches the whole batch", DELIVERY, || async {
+        b.get_many::<u32>(&refs).await.unwrap();
+        refs.iter().all(|k| b.is_cached_locally(k))
+    })
+    .await;
+    a.set_many(&batch(2)).await.unwrap();
+    wait_until("B drops every key", DELIVERY, || async {
+        refs.iter().all(|k| !b.is_cached_locally(k))
+    })
+    .await;
+    let got = b.get_many::<u32>(&refs).await.unwrap();
+    assert!(got.iter().all(|v| v.as_deref() == Some(&2)));
+    assert_eq!(b.stats().malformed_notifications, 0);
+}

@@ -440,6 +440,7 @@ impl C3Builder {
             clock: self.clock,
             counters,
             sql_names: SqlNames::new(&self.schema, &self.table, &self.channel),
+            combiner: Arc::default(),
             limits: Limits {
                 max_key_bytes: self.max_key_bytes,
                 max_value_bytes: self.max_value_bytes,

@@ -95,6 +95,7 @@ pub struct FillTicket {
 
 pub(crate) struct Inner {
     pub(crate) sql_names: SqlNames,
+    pub(crate) combiner: Arc<crate::combiner::Combiner>,
     pub(crate) coherency: Arc<Coherency>,
     pub(crate) backend: Arc<Backend>,
     pub(crate) clock: Arc<dyn Clock>,
@@ -648,12 +649,24 @@ impl C3 {
             .map(|i| self.inner.coherency.begin_fill(&i.key))
             .collect();
         let header = self.header('k');
-        let versions = self
-            .l2("set", self.inner.backend.set(&items, &header))
-            .await?;
+        // Untagged writes to PostgreSQL share transactions with concurrent
+        // ones (see `combiner`); the rest commit on their own.
+        let combine = matches!(*self.inner.backend, Backend::Postgres(_))
+            && items.iter().all(|i| i.tags.is_empty());
+        let versions = if combine {
+            let fut = self
+                .inner
+                .combiner
+                .set(&self.inner.backend, items.clone(), header);
+            self.l2("set", fut).await?
+        } else {
+            self.l2("set", self.inner.backend.set(&items, &header))
+                .await?
+        };
         Counters::inc(&self.inner.counters.writes);
         Counters::inc(&self.inner.counters.invalidations_sent);
         let now_us = self.now_us();
+        let ceiling = versions.iter().copied().max().unwrap_or(0);
         for ((item, version), token) in items.into_iter().zip(versions).zip(tokens) {
             self.inner.coherency.note_committed(&item.key, version);
             let Some(token) = token else { continue };
@@ -667,7 +680,7 @@ impl C3 {
             };
             // Round-trip through the encoding so L1 holds what peers will read.
             let (_, entry) = decode_row::<T>(&key, row, now_us)?;
-            self.inner.coherency.fill(&key, token, entry);
+            self.inner.coherency.fill_up_to(&key, token, entry, ceiling);
         }
         Ok(())
     }

@@ -215,11 +215,28 @@ impl Coherency {
     /// Puts `entry` in L1 unless something invalidated `key` since `token` was
     /// taken. Returns whether it was stored.
     pub(crate) fn fill(&self, key: &str, token: FillToken, entry: Entry) -> bool {
+        let ceiling = entry.version;
+        self.fill_up_to(key, token, entry, ceiling)
+    }
+
+    /// [`fill`](Self::fill) for a value this node just committed in a
+    /// transaction whose versions go up to `ceiling`. The stripe's versions
+    /// may have moved up to `ceiling` meanwhile — the transaction's own echo,
+    /// often heard before the commit's reply — without making the value
+    /// stale: a later write to the same key draws a version above every
+    /// version of that transaction, because it waits for its row lock.
+    pub(crate) fn fill_up_to(
+        &self,
+        key: &str,
+        token: FillToken,
+        entry: Entry,
+        ceiling: u64,
+    ) -> bool {
         let s = self.lock(token.stripe);
         let untouched = self.l1_enabled()
             && self.epoch.load(Ordering::Acquire) == token.epoch
             && s.bare_gen == token.bare_gen
-            && (s.max_version == token.max_version || s.max_version <= entry.version);
+            && (s.max_version == token.max_version || s.max_version <= ceiling);
         if !untouched {
             drop(s);
             Counters::inc(&self.counters.fills_dropped);

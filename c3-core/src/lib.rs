@@ -57,6 +57,7 @@
 //! * `coherency` — L1 and the rules that keep it coherent (versions, fill
 //!   tokens, fail-safe purge).
 //! * `listener` — the tasks that drive the LISTEN connection and heartbeat.
+//! * `combiner` — concurrent writes sharing one transaction and one NOTIFY.
 //! * `backend` — L2: the PostgreSQL table and the in-memory stand-in.
 //! * `protocol` — the notification payload grammar.
 //! * `events` — [`Applied`], the observer hook for each applied notification.
@@ -70,6 +71,7 @@ mod builder;
 mod cache;
 mod clock;
 mod coherency;
+mod combiner;
 mod error;
 mod events;
 mod key;

@@ -25,6 +25,7 @@ struct Sql {
     get_many: String,
     set_one: String,
     set_many: String,
+    set_many_notify: String,
     delete: String,
     clear: String,
     sweep: String,
@@ -42,6 +43,9 @@ pub(crate) fn invalidate_function(schema: &str, table: &str) -> String {
         quote_ident(&format!("{table}_invalidate"))
     )
 }
+
+/// Keys up to this long take the one-statement batch write.
+const SHORT_KEY: usize = 200;
 
 pub(crate) const NOTIFY: &str = "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p";
 
@@ -165,6 +169,20 @@ WHERE key = ANY($1) AND {live}"
                 "WITH up AS (INSERT INTO {t} (key, value, encoding, expires_at, stale_until) \
 VALUES ($1, $2, $3, $4, $5) {upsert_set} RETURNING version) \
 SELECT version, pg_notify($6, $7 || E'\\n' || version || ' ' || $1) FROM up"
+            ),
+            // The batch and its notifications in one statement — one round
+            // trip, one implicit transaction. Lines are grouped into payloads
+            // by cumulative length; with keys of at most SHORT_KEY bytes no
+            // group can pass the NOTIFY limit (see `set`).
+            set_many_notify: format!(
+                "WITH up AS (INSERT INTO {t} (key, value, encoding, expires_at, stale_until) \
+SELECT * FROM unnest($1::text[], $2::bytea[], $3::text[], $4::timestamptz[], $5::timestamptz[]) \
+{upsert_set} RETURNING key, version), \
+lines AS (SELECT version || ' ' || key AS line, \
+sum(octet_length(key) + 21) OVER (ORDER BY version, key) AS pos FROM up), \
+sent AS (SELECT pg_notify($6, $7 || E'\\n' || string_agg(line, E'\\n' ORDER BY pos)) AS x \
+FROM lines GROUP BY pos / 7000) \
+SELECT key, version, (SELECT count(*) FROM sent) FROM up"
             ),
             set_many: format!(
                 "INSERT INTO {t} (key, value, encoding, expires_at, stale_until) \
@@ -366,6 +384,16 @@ impl PgBackend {
         {
             return self.set_one(item, header).await.map(|v| vec![v]);
         }
+        // Lines of at most SHORT_KEY + 21 bytes fill each 7000-byte group to
+        // under 7000 + SHORT_KEY + 21 bytes, which with the header stays
+        // under the 8000-byte payload limit.
+        if items
+            .iter()
+            .all(|i| i.tags.is_empty() && i.key.len() <= SHORT_KEY)
+            && header.len() < 500
+        {
+            return self.set_many_notify(items, header).await;
+        }
         let mut client = self.client("set_many").await?;
         let pg = |e| Error::postgres("set_many", e);
         let stmt = client
@@ -417,6 +445,45 @@ impl PgBackend {
             .map_err(pg)?;
         tx.commit().await.map_err(pg)?;
         Ok(versions)
+    }
+
+    async fn set_many_notify(&self, items: &[WriteItem], header: &str) -> Result<Vec<u64>> {
+        let client = self.client("set_many").await?;
+        let pg = |e| Error::postgres("set_many", e);
+        let stmt = client
+            .prepare_cached(&self.sql.set_many_notify)
+            .await
+            .map_err(pg)?;
+        let keys: Vec<&str> = items.iter().map(|i| i.key.as_str()).collect();
+        let values: Vec<&[u8]> = items.iter().map(|i| i.value.as_slice()).collect();
+        let encodings: Vec<&str> = items.iter().map(|i| i.encoding).collect();
+        let fresh: Vec<Option<SystemTime>> = items.iter().map(|i| i.fresh_until).collect();
+        let stale: Vec<Option<SystemTime>> = items.iter().map(|i| i.stale_until).collect();
+        let rows = client
+            .query(
+                &stmt,
+                &[
+                    &keys,
+                    &values,
+                    &encodings,
+                    &fresh,
+                    &stale,
+                    &self.channel,
+                    &header,
+                ],
+            )
+            .await
+            .map_err(pg)?;
+        let mut by_key = std::collections::HashMap::with_capacity(rows.len());
+        for r in &rows {
+            let k: String = r.try_get(0).map_err(pg)?;
+            let v: i64 = r.try_get(1).map_err(pg)?;
+            by_key.insert(k, u64::try_from(v).unwrap_or(0));
+        }
+        Ok(items
+            .iter()
+            .map(|i| by_key.get(&i.key).copied().unwrap_or(0))
+            .collect())
     }
 
     async fn set_one(&self, item: &WriteItem, header: &str) -> Result<u64> {

@@ -1,0 +1,265 @@
+//! Invalidation propagation: from a write's commit on the writer to
+//! "applied" on every listener, for N listeners at several write rates, and
+//! the same fan-out over Redis pub/sub (the design of Redis-synchronised
+//! local caches).
+//!
+//! The writer is sequential, so listeners receive its messages in write
+//! order and can number them: message i is write i. That gives each
+//! delivery's exact lag and lets a checker read the key right after delivery
+//! and demand a value at least as new as write i — a stale read after
+//! delivery.
+//!
+//! Lag is reported two ways. From the moment the writer issued the write
+//! (p50/p99/max): an upper bound on commit → applied, since it includes the
+//! commit itself. And from the moment the writer saw its commit
+//! acknowledged (p99 after ack): often zero, because PostgreSQL signals the
+//! listeners at commit, as it answers the writer.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::Env;
+use crate::redis::{Redis, Reply};
+use crate::stats::Samples;
+
+/// Distinct keys the writer cycles through.
+const KEYS: u64 = 1000;
+
+/// One propagation series.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Propagation {
+    pub(crate) system: String,
+    pub(crate) listeners: usize,
+    pub(crate) target_rate: String,
+    pub(crate) achieved_rate: f64,
+    pub(crate) deliveries: u64,
+    pub(crate) lost: u64,
+    pub(crate) p50_us: f64,
+    pub(crate) p99_us: f64,
+    pub(crate) max_us: f64,
+    pub(crate) p99_after_ack_us: f64,
+    /// Reads right after delivery that returned an older value (must be 0).
+    pub(crate) stale_reads: Option<u64>,
+    pub(crate) reads_checked: Option<u64>,
+}
+
+/// What one listener saw: write number → when it was applied.
+#[derive(Default)]
+struct Seen {
+    next: AtomicU64,
+    at: Mutex<Vec<(u64, Instant)>>,
+}
+
+fn rate_name(rate: Option<u32>) -> String {
+    rate.map_or_else(|| "max".to_owned(), |r| format!("{r}/s"))
+}
+
+/// Waits until every listener has seen `n` messages, or `within` passes.
+async fn drain(seen: &[Arc<Seen>], n: u64, within: Duration) {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline && seen.iter().any(|s| s.next.load(Ordering::SeqCst) < n) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// When the writer issued write i, and when it saw it acknowledged.
+#[derive(Default)]
+struct Writes {
+    issued: Vec<Instant>,
+    acked: Vec<Instant>,
+}
+
+fn summarise(
+    system: &str,
+    rate: Option<u32>,
+    writes: &Writes,
+    seen: &[Arc<Seen>],
+    elapsed: Duration,
+) -> Propagation {
+    let (mut lags, mut after_ack) = (Samples::default(), Samples::default());
+    for s in seen {
+        for (i, at) in s.at.lock().expect("seen").iter() {
+            let i = usize::try_from(*i).unwrap_or(usize::MAX);
+            if let (Some(w), Some(c)) = (writes.issued.get(i), writes.acked.get(i)) {
+                lags.push(at.saturating_duration_since(*w));
+                // Heard before the writer's own acknowledgement: no delay.
+                after_ack.push(at.saturating_duration_since(*c));
+            }
+        }
+    }
+    let commits = &writes.acked;
+    let deliveries = lags.0.len() as u64;
+    let expected = commits.len() as u64 * seen.len() as u64;
+    let s = lags.summary(system, seen.len(), elapsed);
+    let ack = after_ack.summary(system, seen.len(), elapsed);
+    Propagation {
+        system: system.to_owned(),
+        listeners: seen.len(),
+        target_rate: rate_name(rate),
+        achieved_rate: commits.len() as f64 / elapsed.as_secs_f64(),
+        deliveries,
+        lost: expected.saturating_sub(deliveries),
+        p50_us: s.p50_us,
+        p99_us: s.p99_us,
+        max_us: s.max_us,
+        p99_after_ack_us: ack.p99_us,
+        stale_reads: None,
+        reads_checked: None,
+    }
+}
+
+/// Paces write `i` of a series started at `start`.
+async fn pace(start: Instant, i: u64, rate: Option<u32>) {
+    if let Some(r) = rate {
+        let at = start + Duration::from_secs_f64(i as f64 / f64::from(r));
+        tokio::time::sleep_until(at.into()).await;
+    }
+}
+
+async fn c3_run(env: &Env, listeners: usize, rate: Option<u32>, run: usize) -> Propagation {
+    let channel = format!("c3_bench_coh_{run}");
+    let writer = env
+        .node(&channel, 64 << 20)
+        .node_id("bench-writer")
+        .build()
+        .await
+        .expect("writer");
+    let stale = Arc::new(AtomicU64::new(0));
+    let checked = Arc::new(AtomicU64::new(0));
+    // Enough checks to catch a stale read, few enough not to load the server.
+    let total_rate = f64::from(rate.unwrap_or(2000)) * listeners as f64;
+    let every = ((total_rate / 400.0).ceil() as u64).max(1);
+    let mut seen = Vec::new();
+    let mut nodes = Vec::new();
+    for _ in 0..listeners {
+        let s = Arc::new(Seen::default());
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(u64, String)>();
+        let sink = Arc::clone(&s);
+        let node = env
+            .node(&channel, 16 << 20)
+            .pool_size(1)
+            .on_applied(move |n| {
+                if n.from != Some("bench-writer") {
+                    return;
+                }
+                let now = Instant::now();
+                for (_, key) in n.written {
+                    let i = sink.next.fetch_add(1, Ordering::SeqCst);
+                    sink.at.lock().expect("seen").push((i, now));
+                    if i % every == 0 {
+                        let _ = tx.send((i, key.clone()));
+                    }
+                }
+            })
+            .build()
+            .await
+            .expect("listener");
+        let (reader, stale, checked) = (node.clone(), Arc::clone(&stale), Arc::clone(&checked));
+        tokio::spawn(async move {
+            while let Some((i, key)) = rx.recv().await {
+                if let Ok(Some(v)) = reader.get::<u64>(&key).await {
+                    checked.fetch_add(1, Ordering::Relaxed);
+                    if *v < i {
+                        stale.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        });
+        seen.push(s);
+        nodes.push(node);
+    }
+    let mut writes = Writes::default();
+    let start = Instant::now();
+    let deadline = start + env.series;
+    let mut i = 0u64;
+    while Instant::now() < deadline {
+        pace(start, i, rate).await;
+        writes.issued.push(Instant::now());
+        writer
+            .set(&format!("k{}", i % KEYS), &i)
+            .await
+            .expect("set");
+        writes.acked.push(Instant::now());
+        i += 1;
+    }
+    let elapsed = start.elapsed();
+    drain(&seen, i, Duration::from_secs(10)).await;
+    let mut p = summarise("c3 (LISTEN/NOTIFY)", rate, &writes, &seen, elapsed);
+    // Let the last checks finish before counting them.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    p.stale_reads = Some(stale.load(Ordering::SeqCst));
+    p.reads_checked = Some(checked.load(Ordering::SeqCst));
+    writer.shutdown().await;
+    for n in nodes {
+        n.shutdown().await;
+    }
+    p
+}
+
+async fn redis_run(env: &Env, listeners: usize, rate: Option<u32>, run: usize) -> Propagation {
+    let channel = format!("c3bench:coh:{run}");
+    let mut seen = Vec::new();
+    let mut tasks = Vec::new();
+    for _ in 0..listeners {
+        let mut sub = Redis::connect(&env.redis).await.expect("redis");
+        sub.cmd(&[b"SUBSCRIBE", channel.as_bytes()])
+            .await
+            .expect("subscribe");
+        let s = Arc::new(Seen::default());
+        let sink = Arc::clone(&s);
+        tasks.push(tokio::spawn(async move {
+            while let Ok(Reply::Array(parts)) = sub.reply().await {
+                let now = Instant::now();
+                if let Some(Reply::Bulk(Some(_))) = parts.get(2) {
+                    let i = sink.next.fetch_add(1, Ordering::SeqCst);
+                    sink.at.lock().expect("seen").push((i, now));
+                }
+            }
+        }));
+        seen.push(s);
+    }
+    let mut publisher = Redis::connect(&env.redis).await.expect("redis");
+    let mut writes = Writes::default();
+    let start = Instant::now();
+    let deadline = start + env.series;
+    let mut i = 0u64;
+    while Instant::now() < deadline {
+        pace(start, i, rate).await;
+        let key = format!("k{}", i % KEYS);
+        writes.issued.push(Instant::now());
+        publisher
+            .cmd(&[b"PUBLISH", channel.as_bytes(), key.as_bytes()])
+            .await
+            .expect("publish");
+        writes.acked.push(Instant::now());
+        i += 1;
+    }
+    let elapsed = start.elapsed();
+    drain(&seen, i, Duration::from_secs(10)).await;
+    for t in tasks {
+        t.abort();
+    }
+    summarise("Redis pub/sub", rate, &writes, &seen, elapsed)
+}
+
+pub(crate) async fn run(env: &Env) -> Vec<Propagation> {
+    let (fanouts, rates): (&[usize], &[Option<u32>]) = if env.quick {
+        (&[2, 8], &[Some(1000), None])
+    } else {
+        (&[2, 8, 32], &[Some(100), Some(1000), None])
+    };
+    let mut out = Vec::new();
+    let mut run = 0;
+    for &n in fanouts {
+        for &rate in rates {
+            run += 1;
+            eprintln!("  {n} listeners at {}", rate_name(rate));
+            out.push(c3_run(env, n, rate, run).await);
+            out.push(redis_run(env, n, rate, run).await);
+        }
+    }
+    out
+}

@@ -1,0 +1,339 @@
+//! The report: JSON for machines, Markdown for people, one SVG chart, and
+//! the targets the issue set, each with its measured figure.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::coherency::Propagation;
+use crate::memory::Memory;
+use crate::stats::Summary;
+use crate::write::{Batching, WriteCost};
+
+/// Everything one run measured.
+#[derive(Debug, Serialize)]
+pub(crate) struct Report {
+    pub(crate) machine: Machine,
+    pub(crate) quick: bool,
+    pub(crate) read: Vec<Summary>,
+    pub(crate) http: Vec<Summary>,
+    pub(crate) coherency: Vec<Propagation>,
+    pub(crate) write: (Vec<WriteCost>, Batching),
+    pub(crate) memory: Memory,
+}
+
+/// Where the numbers come from.
+#[derive(Debug, Serialize)]
+pub(crate) struct Machine {
+    pub(crate) cpu: String,
+    pub(crate) cores: usize,
+    pub(crate) memory_gib: f64,
+    pub(crate) os: String,
+    pub(crate) postgres: String,
+    pub(crate) redis: String,
+    pub(crate) date: String,
+}
+
+fn command(cmd: &str, args: &[&str]) -> String {
+    std::process::Command::new(cmd)
+        .args(args)
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+pub(crate) fn machine() -> Machine {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map_or_else(|| "unknown".into(), |s| s.trim().to_owned());
+    let mem_kb: f64 = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0.0);
+    let url = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    Machine {
+        cpu,
+        cores: std::thread::available_parallelism().map_or(0, usize::from),
+        memory_gib: (mem_kb / 1024.0 / 1024.0 * 10.0).round() / 10.0,
+        os: command("uname", &["-sr"]),
+        postgres: command("psql", &[&url, "-Atc", "SHOW server_version"]),
+        redis: command("redis-server", &["--version"])
+            .split_whitespace()
+            .find(|w| w.starts_with("v="))
+            .map_or_else(String::new, |v| v.trim_start_matches("v=").to_owned()),
+        date: command("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+    }
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+fn mean_ns(s: &Summary) -> f64 {
+    s.workers as f64 * 1e9 / s.ops_per_s.max(1e-9)
+}
+
+fn find<'a>(list: &'a [Summary], name: &str, workers: usize) -> Option<&'a Summary> {
+    list.iter()
+        .find(|s| s.name.starts_with(name) && s.workers == workers)
+}
+
+/// (target, measured, met) rows.
+fn targets(r: &Report) -> Vec<(String, String, Option<bool>)> {
+    let mut t = Vec::new();
+    if let (Some(c3), Some(moka)) = (find(&r.read, "c3 L1", 1), find(&r.read, "moka", 1)) {
+        let x = mean_ns(c3) / mean_ns(moka);
+        t.push((
+            "L1 hit within 2× the bare moka get".into(),
+            format!("{:.0} ns vs {:.0} ns: {x:.2}×", mean_ns(c3), mean_ns(moka)),
+            Some(x <= 2.0),
+        ));
+    }
+    let (st, l1, un) = (
+        r.http.iter().find(|s| s.name.starts_with("static")),
+        r.http.iter().find(|s| s.name.contains("L1")),
+        r.http.iter().find(|s| s.name.starts_with("no cache")),
+    );
+    if let (Some(st), Some(l1), Some(un)) = (st, l1, un) {
+        let of_static = l1.ops_per_s / st.ops_per_s;
+        let over_uncached = l1.ops_per_s / un.ops_per_s;
+        t.push((
+            "HTTP L1-hit throughput ≥ 80% of the static ceiling".into(),
+            format!(
+                "{:.0} vs {:.0} req/s: {:.0}%",
+                l1.ops_per_s,
+                st.ops_per_s,
+                of_static * 100.0
+            ),
+            Some(of_static >= 0.8),
+        ));
+        t.push((
+            "HTTP L1-hit throughput ≥ 10× the uncached endpoint".into(),
+            format!(
+                "{:.0} vs {:.0} req/s: {over_uncached:.1}×",
+                l1.ops_per_s, un.ops_per_s
+            ),
+            Some(over_uncached >= 10.0),
+        ));
+    }
+    for (n, limit) in [(8, 3000.0), (32, 5000.0)] {
+        let p = r
+            .coherency
+            .iter()
+            .find(|p| p.system.starts_with("c3") && p.listeners == n && p.target_rate == "1000/s");
+        t.push((
+            format!(
+                "propagation p99 ≤ {} ms at 1,000 writes/s with {n} listeners",
+                limit / 1000.0
+            ),
+            p.map_or_else(
+                || "not run (--quick)".into(),
+                |p| format!("p99 {:.2} ms", p.p99_us / 1000.0),
+            ),
+            p.map(|p| p.p99_us <= limit),
+        ));
+    }
+    if let Some(w) = r.write.0.iter().find(|w| w.writers == 16) {
+        t.push((
+            "`set` throughput ≥ 0.85× the plain upsert at 16 writers".into(),
+            format!(
+                "{:.0} vs {:.0} writes/s: {:.2}×",
+                w.c3_set.ops_per_s, w.plain_upsert.ops_per_s, w.ratio
+            ),
+            Some(w.ratio >= 0.85),
+        ));
+    }
+    let stale: u64 = r.coherency.iter().filter_map(|p| p.stale_reads).sum();
+    let checked: u64 = r.coherency.iter().filter_map(|p| p.reads_checked).sum();
+    t.push((
+        "zero stale reads after delivery".into(),
+        format!("{stale} stale in {checked} reads checked"),
+        Some(stale == 0 && checked > 0),
+    ));
+    t
+}
+
+fn markdown(r: &Report, took: Duration) -> String {
+    let mut md = String::new();
+    let m = &r.machine;
+    let _ = writeln!(md, "# c3 benchmarks\n");
+    let _ = writeln!(
+        md,
+        "Regenerate everything on this page (about {} minutes; `--quick` takes under 2):\n\n```sh\ncargo run -p c3-bench --release\n```\n",
+        if r.quick {
+            2
+        } else {
+            (took.as_secs() / 60).max(1)
+        }
+    );
+    let _ = writeln!(
+        md,
+        "Last run: {} on {} ({} cores, {} GiB, {}), PostgreSQL {}, Redis {}{}. \
+         Absolute times on a 2-core machine are noisy; compare rows of one run.\n",
+        m.date,
+        m.cpu,
+        m.cores,
+        m.memory_gib,
+        m.os,
+        m.postgres,
+        m.redis,
+        if r.quick { ", **quick mode**" } else { "" }
+    );
+    let _ = writeln!(md, "![read path latency](benchmarks.svg)\n");
+    let _ = writeln!(
+        md,
+        "## Targets\n\n| target | measured | met |\n|---|---|---|"
+    );
+    for (name, got, met) in targets(r) {
+        let mark = match met {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "—",
+        };
+        let _ = writeln!(md, "| {name} | {got} | {mark} |");
+    }
+    let table = |md: &mut String, title: &str, rows: &[Summary], unit: &str| {
+        let _ = writeln!(
+            md,
+            "\n## {title}\n\n| series | workers | {unit}/s | p50 µs | p99 µs |\n|---|---|---|---|---|"
+        );
+        for s in rows {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:.0} | {:.2} | {:.2} |",
+                s.name, s.workers, s.ops_per_s, s.p50_us, s.p99_us
+            );
+        }
+    };
+    table(&mut md, "Read path (~200-byte value)", &r.read, "ops");
+    table(
+        &mut md,
+        "HTTP over loopback (16 requests in flight)",
+        &r.http,
+        "req",
+    );
+    let _ = writeln!(
+        md,
+        "\n## Invalidation propagation\n\nFrom the writer issuing a write (so including its commit) to the listener \
+         applying it; the last lag column counts from the writer seeing its commit acknowledged instead. \
+         A single sequential writer; `max` is as fast as it can commit.\n\n\
+         | system | listeners | target | achieved/s | deliveries | lost | p50 µs | p99 µs | max µs | p99 after ack µs | stale reads |\n|---|---|---|---|---|---|---|---|---|---|---|"
+    );
+    for p in &r.coherency {
+        let stale = match (p.stale_reads, p.reads_checked) {
+            (Some(s), Some(c)) => format!("{s} / {c} checked"),
+            _ => "n/a".into(),
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {:.0} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {stale} |",
+            p.system,
+            p.listeners,
+            p.target_rate,
+            p.achieved_rate,
+            p.deliveries,
+            p.lost,
+            p.p50_us,
+            p.p99_us,
+            p.max_us,
+            p.p99_after_ack_us
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\n## Write cost of coherency\n\n| writers | c3 `set` writes/s | plain upsert writes/s | ratio | set p99 µs | upsert p99 µs |\n|---|---|---|---|---|---|"
+    );
+    for w in &r.write.0 {
+        let _ = writeln!(
+            md,
+            "| {} | {:.0} | {:.0} | {:.2} | {:.0} | {:.0} |",
+            w.writers,
+            w.c3_set.ops_per_s,
+            w.plain_upsert.ops_per_s,
+            w.ratio,
+            w.c3_set.p99_us,
+            w.plain_upsert.p99_us
+        );
+    }
+    let b = &r.write.1;
+    let _ = writeln!(
+        md,
+        "\nBatching, one writer: {:.0} keys/s one per transaction, {:.0} keys/s {} per transaction (`set_many`).",
+        b.single_keys_per_s, b.batched_keys_per_s, b.batch
+    );
+    let mem = &r.memory;
+    let _ = writeln!(
+        md,
+        "\n## Memory\n\n{} entries of a {}-byte (JSON) value: c3 L1 {:.0} bytes per entry, moka alone {:.0} bytes per entry \
+         (resident set growth in a fresh process each).",
+        mem.entries, mem.value_json_bytes, mem.c3_bytes_per_entry, mem.moka_bytes_per_entry
+    );
+    md
+}
+
+/// A horizontal bar chart of read-path latency (mean per operation, one
+/// worker), on a log scale so nanoseconds and milliseconds share an axis.
+fn svg(r: &Report) -> String {
+    let rows: Vec<(&str, f64)> = r
+        .read
+        .iter()
+        .filter(|s| s.workers == 1)
+        .map(|s| (s.name.as_str(), mean_ns(s)))
+        .collect();
+    let (w, left, bar_h, gap) = (760.0, 230.0, 26.0, 10.0);
+    let h = 60.0 + rows.len() as f64 * (bar_h + gap);
+    let scale = |ns: f64| (ns.max(10.0).log10() - 1.0) / 5.0 * (w - left - 90.0);
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"13\">\n\
+         <text x=\"10\" y=\"22\" font-size=\"15\">Read path: mean time per operation, one worker (log scale)</text>\n"
+    );
+    for (i, (name, ns)) in rows.iter().enumerate() {
+        let y = 40.0 + i as f64 * (bar_h + gap);
+        let label = if *ns >= 1000.0 {
+            format!("{:.1} µs", ns / 1000.0)
+        } else {
+            format!("{ns:.0} ns")
+        };
+        let fill = if name.starts_with("c3") {
+            "#2b7bb9"
+        } else {
+            "#999999"
+        };
+        let _ = write!(
+            s,
+            "<text x=\"10\" y=\"{ty}\">{name}</text>\n<rect x=\"{left}\" y=\"{y}\" width=\"{bw:.1}\" height=\"{bar_h}\" fill=\"{fill}\"/>\n<text x=\"{lx:.1}\" y=\"{ty}\">{label}</text>\n",
+            ty = y + 18.0,
+            bw = scale(*ns).max(1.0),
+            lx = left + scale(*ns).max(1.0) + 6.0,
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+pub(crate) fn write(r: &Report, took: Duration) -> std::io::Result<()> {
+    let root = root();
+    let out = root.join("target").join("bench");
+    std::fs::create_dir_all(&out)?;
+    std::fs::write(out.join("report.json"), serde_json::to_vec_pretty(r)?)?;
+    let md = markdown(r, took);
+    std::fs::write(out.join("report.md"), &md)?;
+    std::fs::write(root.join("docs").join("BENCHMARKS.md"), &md)?;
+    std::fs::write(root.join("docs").join("benchmarks.svg"), svg(r))?;
+    println!("{md}");
+    Ok(())
+}

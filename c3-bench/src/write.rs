@@ -1,0 +1,131 @@
+//! The write cost of coherency: `set` (upsert + `pg_notify` in one
+//! transaction) against the same upsert without the notification, at 1, 4
+//! and 16 concurrent writers; and what batching several keys in one
+//! transaction (`set_many`) buys.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::read::measure;
+use crate::stats::Summary;
+use crate::{Env, Profile, SCHEMA};
+
+/// One writer count's comparison.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct WriteCost {
+    pub(crate) writers: usize,
+    pub(crate) c3_set: Summary,
+    pub(crate) plain_upsert: Summary,
+    /// c3 `set` throughput over plain upsert throughput.
+    pub(crate) ratio: f64,
+}
+
+/// Keys per second written one per transaction and `batch` per transaction.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Batching {
+    pub(crate) batch: usize,
+    pub(crate) single_keys_per_s: f64,
+    pub(crate) batched_keys_per_s: f64,
+}
+
+/// c3's own upsert statement, minus the notification.
+fn upsert() -> String {
+    format!(
+        "INSERT INTO {SCHEMA}.cache_data (key, value, encoding, expires_at, stale_until) \
+VALUES ($1, $2, 'json', now() + interval '1 hour', NULL) ON CONFLICT (key) DO UPDATE SET \
+value = EXCLUDED.value, encoding = EXCLUDED.encoding, expires_at = EXCLUDED.expires_at, \
+stale_until = EXCLUDED.stale_until RETURNING version"
+    )
+}
+
+pub(crate) async fn run(env: &Env) -> (Vec<WriteCost>, Batching) {
+    let value = Profile::sample(1);
+    let bytes = serde_json::to_vec(&value).expect("json");
+    let counter = Arc::new(AtomicU64::new(0));
+    let writer_counts: &[usize] = if env.quick { &[1, 16] } else { &[1, 4, 16] };
+    let mut costs = Vec::new();
+    for &w in writer_counts {
+        let c3 = env
+            .node("c3_bench_write", 64 << 20)
+            .pool_size(w)
+            .build()
+            .await
+            .expect("node");
+        let (v, n) = (value.clone(), Arc::clone(&counter));
+        let cc = c3.clone();
+        let c3_set = measure("c3 set (upsert + notify)", w, env.series, move |i| {
+            let (c3, v) = (cc.clone(), v.clone());
+            let k = n.fetch_add(1, Ordering::Relaxed) % 100;
+            async move {
+                c3.set(&format!("w{i}:{k}"), &v).await.expect("set");
+            }
+        })
+        .await;
+        c3.shutdown().await;
+
+        let mut clients = Vec::new();
+        for _ in 0..w {
+            let c = env.pg().await;
+            let stmt = c.prepare(&upsert()).await.expect("prepare");
+            clients.push(Arc::new((c, stmt)));
+        }
+        let (b, n) = (bytes.clone(), Arc::clone(&counter));
+        let plain_upsert = measure("plain upsert (no notify)", w, env.series, move |i| {
+            let (cs, b) = (Arc::clone(&clients[i]), b.clone());
+            let k = n.fetch_add(1, Ordering::Relaxed) % 100;
+            async move {
+                cs.0.query_one(&cs.1, &[&format!("w{i}:{k}"), &b])
+                    .await
+                    .expect("upsert");
+            }
+        })
+        .await;
+        let ratio = c3_set.ops_per_s / plain_upsert.ops_per_s.max(1e-9);
+        eprintln!("  {w} writers: set/upsert = {ratio:.2}");
+        costs.push(WriteCost {
+            writers: w,
+            c3_set,
+            plain_upsert,
+            ratio,
+        });
+    }
+    (costs, batching(env, &value).await)
+}
+
+async fn batching(env: &Env, value: &Profile) -> Batching {
+    const BATCH: usize = 10;
+    let c3 = env
+        .node("c3_bench_write", 64 << 20)
+        .build()
+        .await
+        .expect("node");
+    let series = env.series.min(Duration::from_secs(3));
+    let (cc, v) = (c3.clone(), value.clone());
+    let single = measure("set, one key per transaction", 1, series, move |_| {
+        let (c3, v) = (cc.clone(), v.clone());
+        async move {
+            c3.set("batch:single", &v).await.expect("set");
+        }
+    })
+    .await;
+    let (cc, v) = (c3.clone(), value.clone());
+    let keys: Arc<Vec<String>> = Arc::new((0..BATCH).map(|i| format!("batch:{i}")).collect());
+    let batched = measure("set_many, 10 keys per transaction", 1, series, move |_| {
+        let (c3, v, keys) = (cc.clone(), v.clone(), Arc::clone(&keys));
+        async move {
+            let entries: Vec<(&str, Profile)> =
+                keys.iter().map(|k| (k.as_str(), v.clone())).collect();
+            c3.set_many(&entries).await.expect("set_many");
+        }
+    })
+    .await;
+    c3.shutdown().await;
+    Batching {
+        batch: BATCH,
+        single_keys_per_s: single.ops_per_s,
+        batched_keys_per_s: batched.ops_per_s * BATCH as f64,
+    }
+}

@@ -1,0 +1,137 @@
+//! Write combining: concurrent writes on one node share one transaction.
+//!
+//! # Why
+//!
+//! PostgreSQL serialises the commits of transactions that issued `NOTIFY`
+//! on one global lock, held across the commit's WAL flush. Sixteen writers
+//! each committing "upsert + notify" therefore commit one at a time, where
+//! sixteen plain upserts would share WAL flushes (group commit). Combining
+//! the writes that arrive while a commit is in flight into the next
+//! transaction — one upsert statement, one round of notifications — gives
+//! that sharing back at the application level.
+//!
+//! # How
+//!
+//! A write joins the queue and waits for its result. If fewer than
+//! [`FLUSHERS`] flush tasks are running, it starts one. A flush task takes
+//! everything queued (up to [`MAX_BATCH`] rows, never the same key twice,
+//! since one statement cannot update a row twice), commits it with the
+//! ordinary multi-row write, hands each waiter its versions, and repeats
+//! until the queue is empty. An idle node pays one task hop per write;
+//! a busy one pays one commit per batch.
+//!
+//! Tagged writes are not combined: replacing tags is per transaction.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::oneshot;
+
+use crate::backend::{Backend, WriteItem};
+use crate::error::{Error, Repr, Result};
+
+/// Flush tasks allowed at once: one committing while the next batch forms.
+const FLUSHERS: usize = 2;
+
+/// Rows per combined transaction.
+const MAX_BATCH: usize = 256;
+
+struct Pending {
+    items: Vec<WriteItem>,
+    header: String,
+    done: oneshot::Sender<Result<Vec<u64>>>,
+}
+
+#[derive(Default)]
+struct Queue {
+    pending: VecDeque<Pending>,
+    flushers: usize,
+}
+
+/// The per-node write queue.
+#[derive(Default)]
+pub(crate) struct Combiner {
+    queue: Mutex<Queue>,
+}
+
+impl Combiner {
+    /// Commits `items` (untagged) together with whatever else is queued.
+    pub(crate) async fn set(
+        self: &Arc<Self>,
+        backend: &Arc<Backend>,
+        items: Vec<WriteItem>,
+        header: String,
+    ) -> Result<Vec<u64>> {
+        let (done, rx) = oneshot::channel();
+        let start = {
+            let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            q.pending.push_back(Pending {
+                items,
+                header,
+                done,
+            });
+            let start = q.flushers < FLUSHERS;
+            if start {
+                q.flushers += 1;
+            }
+            start
+        };
+        if start {
+            tokio::spawn(Arc::clone(self).flush(Arc::clone(backend)));
+        }
+        match rx.await {
+            Ok(r) => r,
+            // Only when the runtime is going away under us.
+            Err(_) => Err(Error::from(Repr::Shutdown)),
+        }
+    }
+
+    /// Takes the next batch: queued writes in order, stopping before one
+    /// that would repeat a key or overflow the batch.
+    fn take(&self) -> Option<Vec<Pending>> {
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let mut batch = Vec::new();
+        let mut keys = HashSet::new();
+        let mut rows = 0;
+        while let Some(p) = q.pending.front() {
+            let clash = p.items.iter().any(|i| keys.contains(&i.key));
+            if !batch.is_empty() && (clash || rows + p.items.len() > MAX_BATCH) {
+                break;
+            }
+            let p = q.pending.pop_front().expect("front exists");
+            rows += p.items.len();
+            keys.extend(p.items.iter().map(|i| i.key.clone()));
+            batch.push(p);
+        }
+        if batch.is_empty() {
+            // Decided under the lock, so a write queued after this point
+            // sees the count drop and starts a flusher of its own.
+            q.flushers -= 1;
+            return None;
+        }
+        Some(batch)
+    }
+
+    async fn flush(self: Arc<Self>, backend: Arc<Backend>) {
+        while let Some(batch) = self.take() {
+            let header = batch.last().map(|p| p.header.clone()).unwrap_or_default();
+            let items: Vec<WriteItem> = batch.iter().flat_map(|p| p.items.clone()).collect();
+            match backend.set(&items, &header).await {
+                Ok(versions) => {
+                    let mut rest = versions.as_slice();
+                    for p in batch {
+                        let (mine, tail) = rest.split_at(p.items.len().min(rest.len()));
+                        rest = tail;
+                        let _ = p.done.send(Ok(mine.to_vec()));
+                    }
+                }
+                Err(e) => {
+                    let e = Arc::new(e);
+                    for p in batch {
+                        let _ = p.done.send(Err(Repr::Shared(Arc::clone(&e)).into()));
+                    }
+                }
+            }
+        }
+    }
+}
