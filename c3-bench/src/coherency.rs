@@ -134,6 +134,7 @@ async fn c3_run(env: &Env, listeners: usize, rate: Option<u32>, run: usize) -> P
     let every = ((total_rate / 400.0).ceil() as u64).max(1);
     let mut seen = Vec::new();
     let mut nodes = Vec::new();
+    let mut checkers = Vec::new();
     for _ in 0..listeners {
         let s = Arc::new(Seen::default());
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(u64, String)>();
@@ -158,7 +159,9 @@ async fn c3_run(env: &Env, listeners: usize, rate: Option<u32>, run: usize) -> P
             .await
             .expect("listener");
         let (reader, stale, checked) = (node.clone(), Arc::clone(&stale), Arc::clone(&checked));
-        tokio::spawn(async move {
+        // The node holds the sender (in its observer) and this task holds
+        // the node, so the task is aborted at the end rather than waited on.
+        checkers.push(tokio::spawn(async move {
             while let Some((i, key)) = rx.recv().await {
                 if let Ok(Some(v)) = reader.get::<u64>(&key).await {
                     checked.fetch_add(1, Ordering::Relaxed);
@@ -167,7 +170,7 @@ async fn c3_run(env: &Env, listeners: usize, rate: Option<u32>, run: usize) -> P
                     }
                 }
             }
-        });
+        }));
         seen.push(s);
         nodes.push(node);
     }
@@ -192,6 +195,10 @@ async fn c3_run(env: &Env, listeners: usize, rate: Option<u32>, run: usize) -> P
     tokio::time::sleep(Duration::from_millis(200)).await;
     p.stale_reads = Some(stale.load(Ordering::SeqCst));
     p.reads_checked = Some(checked.load(Ordering::SeqCst));
+    for c in checkers {
+        c.abort();
+        let _ = c.await;
+    }
     writer.shutdown().await;
     for n in nodes {
         n.shutdown().await;

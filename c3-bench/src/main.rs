@@ -16,6 +16,7 @@
 //! * `read` — read path: c3 L1/L2 against moka, Redis `GET` and a `SELECT`.
 //! * `http` — an axum endpoint without cache, with the layer (L1, L2), and static.
 //! * `coherency` — invalidation propagation to N listeners, against Redis pub/sub.
+//! * `loader` — `get_or_load` under a 100-way stampede and while the source is down.
 //! * `write` — `set` (upsert + notify) against the bare upsert; batching.
 //! * `memory` — bytes per L1 entry against moka alone.
 //! * `report` — machine facts, the Markdown report and the chart.
@@ -23,6 +24,7 @@
 
 mod coherency;
 mod http;
+mod loader;
 mod memory;
 mod read;
 mod redis;
@@ -112,9 +114,10 @@ async fn run_one(env: &Env, section: &str) {
         }
         "coherency" => serde_json::to_string_pretty(&coherency::run(env).await),
         "write" => serde_json::to_string_pretty(&write::run(env).await),
+        "loader" => serde_json::to_string_pretty(&loader::run(env).await),
         "memory" => serde_json::to_string_pretty(&memory::run()),
         other => {
-            eprintln!("unknown section {other:?}: read, http, coherency, write, memory");
+            eprintln!("unknown section {other:?}: read, http, coherency, loader, write, memory");
             std::process::exit(2);
         }
     };
@@ -172,6 +175,8 @@ fn main() {
         let http = http::run(&env).await;
         eprintln!("c3-bench: coherency");
         let coherency = coherency::run(&env).await;
+        eprintln!("c3-bench: loading");
+        let loading = loader::run(&env).await;
         eprintln!("c3-bench: write cost");
         let write = write::run(&env).await;
         eprintln!("c3-bench: memory");
@@ -186,6 +191,7 @@ fn main() {
             read,
             http,
             coherency,
+            loading,
             write,
             memory,
         }

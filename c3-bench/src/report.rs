@@ -20,6 +20,7 @@ pub(crate) struct Report {
     pub(crate) read: Vec<Summary>,
     pub(crate) http: Vec<Summary>,
     pub(crate) coherency: Vec<Propagation>,
+    pub(crate) loading: crate::loader::Loading,
     pub(crate) write: (Vec<WriteCost>, Batching),
     pub(crate) memory: Memory,
 }
@@ -253,6 +254,21 @@ fn markdown(r: &Report, took: Duration) -> String {
             p.p99_after_ack_us
         );
     }
+    let l = &r.loading;
+    let _ = writeln!(
+        md,
+        "\n## Cache-aside loading\n\n{} concurrent `get_or_load` calls of one cold key (a 20 ms source): \
+         {} loader call(s), all answered in {:.1} ms. With the source failing past the TTL, \
+         within the fail-safe window: {:.0} answers/s, p50 {:.1} µs, p99 {:.1} µs, and {} calls reached the \
+         failing source (the breaker opened, then kept it quiet).",
+        l.stampede_callers,
+        l.stampede_loader_calls,
+        l.stampede_all_answered_ms,
+        l.fail_safe.ops_per_s,
+        l.fail_safe.p50_us,
+        l.fail_safe.p99_us,
+        l.loader_calls_while_down
+    );
     let _ = writeln!(
         md,
         "\n## Write cost of coherency\n\n| writers | c3 `set` writes/s | plain upsert writes/s | ratio | set p99 µs | upsert p99 µs |\n|---|---|---|---|---|---|"
