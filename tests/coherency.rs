@@ -705,3 +705,51 @@ async fn a_large_batch_invalidates_every_key_on_other_nodes() {
     assert!(got.iter().all(|v| v.as_deref() == Some(&2)));
     assert_eq!(b.stats().malformed_notifications, 0);
 }
+
+/// L1 policies: a short L1 TTL bounds how long a copy lives even without
+/// notifications; L2 keeps serving the entry. Settings also come from `C3_*`
+/// variables.
+#[tokio::test]
+async fn l1_ttl_and_idle_limits_bound_local_copies() {
+    let db = TestDb::new("l1_policies").await;
+    let vars = |name: &str| match name {
+        "C3_L1_TTL" => Some("300ms".to_owned()),
+        "C3_L1_POLICY" => Some("lru".to_owned()),
+        "C3_L1_TIME_TO_IDLE" => Some("1h".to_owned()),
+        _ => None,
+    };
+    let a = db.builder().from_vars(vars).build().await.unwrap();
+    a.set("k", &1u32).await.unwrap();
+    assert!(a.is_cached_locally("k"));
+    wait_until("the L1 copy expires on its own", DELIVERY, || async {
+        !a.is_cached_locally("k")
+    })
+    .await;
+    assert_eq!(
+        *a.get::<u32>("k").await.unwrap().unwrap(),
+        1,
+        "L2 still has it"
+    );
+
+    let idle = db
+        .builder()
+        .l1_time_to_idle(Some(Duration::from_millis(300)))
+        .build()
+        .await
+        .unwrap();
+    idle.set("i", &1u32).await.unwrap();
+    assert!(idle.is_cached_locally("i"));
+    // Polling would count as reads and keep it alive; at least the idle
+    // period passes untouched, and expiry is checked on the next read.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(!idle.is_cached_locally("i"), "an unread L1 copy is dropped");
+
+    let err = db
+        .builder()
+        .from_vars(|n| (n == "C3_DEFAULT_TTL").then(|| "ten minutes".to_owned()))
+        .build()
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config);
+    assert!(err.to_string().contains("C3_DEFAULT_TTL"), "{err}");
+}

@@ -56,18 +56,20 @@ pub type FillHook = Arc<
 pub struct C3Builder {
     source: Source,
     listener_config: Option<tokio_postgres::Config>,
-    error: Option<Error>,
+    /// The first invalid setting, reported by `build`.
+    pub(crate) error: Option<String>,
     pub(crate) l1_max_bytes: u64,
+    pub(crate) l1: L1Settings,
     pub(crate) default_ttl: Option<Duration>,
     schema: String,
-    table: String,
+    pub(crate) table: String,
     channel: String,
     max_key_bytes: usize,
     max_value_bytes: usize,
     op_timeout: Duration,
     connect_timeout: Duration,
-    heartbeat_interval: Duration,
-    heartbeat_timeout: Duration,
+    pub(crate) heartbeat_interval: Duration,
+    pub(crate) heartbeat_timeout: Duration,
     backoff: (Duration, Duration),
     sweep_interval: Option<Duration>,
     sweep_batch: i64,
@@ -88,6 +90,7 @@ impl Default for C3Builder {
             listener_config: None,
             error: None,
             l1_max_bytes: 64 * 1024 * 1024,
+            l1: L1Settings::default(),
             default_ttl: Some(Duration::from_secs(300)),
             schema: "public".into(),
             table: "cache_data".into(),
@@ -113,7 +116,57 @@ impl Default for C3Builder {
     }
 }
 
+/// How L1 chooses what to evict when it is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum L1Eviction {
+    /// Admission by frequency (TinyLFU) with LRU eviction: keeps the hot set
+    /// under scans. The default.
+    #[default]
+    TinyLfu,
+    /// Plain least-recently-used: every new entry is admitted.
+    Lru,
+}
+
+/// L1 policies beyond capacity.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct L1Settings {
+    pub(crate) eviction: L1Eviction,
+    /// Longest life of an L1 copy, whatever the entry's TTL.
+    pub(crate) ttl: Option<Duration>,
+    /// Drop copies not read for this long.
+    pub(crate) time_to_idle: Option<Duration>,
+}
+
 impl C3Builder {
+    /// Records the first invalid setting; `build` reports it.
+    pub(crate) fn fail(&mut self, message: impl std::fmt::Display) {
+        if self.error.is_none() {
+            self.error = Some(message.to_string());
+        }
+    }
+
+    /// The eviction policy of L1 (default [`L1Eviction::TinyLfu`]).
+    pub fn l1_eviction(mut self, policy: L1Eviction) -> Self {
+        self.l1.eviction = policy;
+        self
+    }
+
+    /// Caps how long any L1 copy lives, whatever the entry's TTL (`None`,
+    /// the default: the entry's TTL). A short cap bounds staleness even if a
+    /// notification were lost, at the price of more L2 reads.
+    pub fn l1_ttl(mut self, ttl: Option<Duration>) -> Self {
+        self.l1.ttl = ttl;
+        self
+    }
+
+    /// Sliding expiration for L1: a copy not read for this long is dropped
+    /// (`None`, the default: no idle limit). L2 keeps the entry.
+    pub fn l1_time_to_idle(mut self, idle: Option<Duration>) -> Self {
+        self.l1.time_to_idle = idle;
+        self
+    }
+
     /// Uses PostgreSQL at `url` (`postgres://user@host:port/db` or a libpq
     /// key=value string) for L2 and for the LISTEN connection.
     pub fn postgres(mut self, url: &str) -> Self {
@@ -125,7 +178,7 @@ impl C3Builder {
                 }
             }
             Err(e) => {
-                self.error = Some(Error::config(format!("invalid PostgreSQL URL: {e}")));
+                self.fail(format!("invalid PostgreSQL URL: {e}"));
             }
         }
         self
@@ -279,7 +332,7 @@ impl C3Builder {
 
     fn validate(&self) -> Result<()> {
         if let Some(e) = &self.error {
-            return Err(Error::config(e.to_string()));
+            return Err(Error::config(e.clone()));
         }
         validate_ident("schema", &self.schema, 63).map_err(Error::config)?;
         validate_ident("table", &self.table, MAX_DERIVED_IDENT).map_err(Error::config)?;
@@ -335,8 +388,12 @@ impl C3Builder {
         self.validate()?;
         let node_id = self.node_id.clone().unwrap_or_else(random_node_id);
         let counters = Arc::new(Counters::default());
-        let mut coherency =
-            Coherency::new(self.l1_max_bytes, node_id.clone(), Arc::clone(&counters));
+        let mut coherency = Coherency::new(
+            self.l1_max_bytes,
+            self.l1,
+            node_id.clone(),
+            Arc::clone(&counters),
+        );
         coherency.observer = self.on_applied.clone();
         let coherency = Arc::new(coherency);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);

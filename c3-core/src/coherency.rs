@@ -97,7 +97,20 @@ pub(crate) struct FillToken {
     epoch: u64,
 }
 
-struct EntryExpiry;
+/// An entry lives in L1 as long as it may be served (fresh or fail-safe
+/// stale), and never longer than the configured L1 TTL.
+struct EntryExpiry {
+    cap: Option<Duration>,
+}
+
+impl EntryExpiry {
+    fn keep(&self, value: &Entry) -> Option<Duration> {
+        match (value.keep_for, self.cap) {
+            (Some(k), Some(c)) => Some(k.min(c)),
+            (k, c) => k.or(c),
+        }
+    }
+}
 
 impl Expiry<String, Arc<Entry>> for EntryExpiry {
     fn expire_after_create(
@@ -106,7 +119,7 @@ impl Expiry<String, Arc<Entry>> for EntryExpiry {
         value: &Arc<Entry>,
         _created_at: Instant,
     ) -> Option<Duration> {
-        value.keep_for
+        self.keep(value)
     }
 
     fn expire_after_update(
@@ -116,7 +129,7 @@ impl Expiry<String, Arc<Entry>> for EntryExpiry {
         _updated_at: Instant,
         _duration_until_expiry: Option<Duration>,
     ) -> Option<Duration> {
-        value.keep_for
+        self.keep(value)
     }
 }
 
@@ -135,15 +148,27 @@ pub(crate) struct Coherency {
 }
 
 impl Coherency {
-    pub(crate) fn new(l1_max_bytes: u64, node_id: String, counters: Arc<Counters>) -> Self {
-        let l1 = moka::sync::Cache::builder()
+    pub(crate) fn new(
+        l1_max_bytes: u64,
+        settings: crate::builder::L1Settings,
+        node_id: String,
+        counters: Arc<Counters>,
+    ) -> Self {
+        let mut l1 = moka::sync::Cache::builder()
             .max_capacity(l1_max_bytes)
             .weigher(|k: &String, e: &Arc<Entry>| {
                 e.weight
                     .saturating_add(u32::try_from(k.len()).unwrap_or(u32::MAX))
             })
-            .expire_after(EntryExpiry)
-            .build();
+            .eviction_policy(match settings.eviction {
+                crate::builder::L1Eviction::TinyLfu => moka::policy::EvictionPolicy::tiny_lfu(),
+                crate::builder::L1Eviction::Lru => moka::policy::EvictionPolicy::lru(),
+            })
+            .expire_after(EntryExpiry { cap: settings.ttl });
+        if let Some(idle) = settings.time_to_idle {
+            l1 = l1.time_to_idle(idle);
+        }
+        let l1 = l1.build();
         let (state, _) = watch::channel(ListenerState::Starting);
         Coherency {
             l1,
@@ -397,7 +422,7 @@ mod tests {
     }
 
     fn engine() -> Coherency {
-        let c = Coherency::new(1 << 20, "me".into(), Arc::default());
+        let c = Coherency::new(1 << 20, Default::default(), "me".into(), Arc::default());
         c.enable();
         c
     }

@@ -49,6 +49,7 @@
 //! ## Layout
 //!
 //! * `builder` — [`C3Builder`], all settings and `build()`.
+//! * `config` — [`C3Builder::from_env`]: the `C3_*` variables.
 //! * `cache` — [`C3`], the typed get/set/delete/invalidate API.
 //! * `loader` — [`C3::get_or_load`]: cache-aside loading with singleflight,
 //!   cross-node stampede protection, fail-safe stale answers, soft/hard
@@ -72,6 +73,7 @@ mod cache;
 mod clock;
 mod coherency;
 mod combiner;
+mod config;
 mod error;
 mod events;
 mod key;
@@ -82,9 +84,9 @@ mod stats;
 
 pub use backend::memory::MemoryServer;
 pub use breaker::{BreakerConfig, BreakerState};
-pub use builder::C3Builder;
 #[cfg(feature = "test-util")]
 pub use builder::FillHook;
+pub use builder::{C3Builder, L1Eviction};
 pub use cache::{C3, FillTicket, SqlNames};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use coherency::ListenerState;
