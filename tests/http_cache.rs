@@ -592,7 +592,11 @@ async fn a_write_on_one_node_invalidates_the_uri_and_locations_on_every_node() {
     )
     .await;
     assert_eq!(cache_status(&p), "c3; fwd=method");
-    received(&a, r).await;
+    // One message for the target URI, one for its Content-Location.
+    wait_until("both invalidations reach A", DELIVERY, || async {
+        a.stats().invalidations_received >= r + 2
+    })
+    .await;
     for url in [URL, "http://app.test/other"] {
         let (p, _) = send(&svc_a, get(url).body(Body::empty()).unwrap()).await;
         assert!(
@@ -666,6 +670,7 @@ async fn tags_invalidate_responses_on_every_node() {
     let r = a.stats().invalidations_received;
     assert_eq!(c3::tower::invalidate_tag(&b, "user:42").await.unwrap(), 2);
     received(&a, r).await;
+    let w = a.stats().writes;
     for path in ["/u/42", "/u/42/posts"] {
         let (p, _) = send(
             &svc_a,
@@ -680,6 +685,9 @@ async fn tags_invalidate_responses_on_every_node() {
             cache_status(&p)
         );
     }
+    // The misses above are stored again in the background; let them finish
+    // so the count below is about /t alone.
+    stored(&a, w, 2).await;
     // A handler can ask for tag invalidation in its write response.
     let w = a.stats().writes;
     send(
