@@ -93,15 +93,24 @@ impl Profile {
     }
 }
 
+/// Drops the bench schema (leftovers of an interrupted run), and creates it
+/// again unless `only_drop`.
+async fn reset_schema(admin: &tokio_postgres::Client, only_drop: bool) {
+    let create = if only_drop {
+        String::new()
+    } else {
+        format!("CREATE SCHEMA {SCHEMA}")
+    };
+    admin
+        .batch_execute(&format!("DROP SCHEMA IF EXISTS {SCHEMA} CASCADE; {create}"))
+        .await
+        .expect("bench schema");
+}
+
 /// Runs one section and prints its raw figures (for profiling a fix).
 async fn run_one(env: &Env, section: &str) {
     let admin = env.pg().await;
-    admin
-        .batch_execute(&format!(
-            "DROP SCHEMA IF EXISTS {SCHEMA} CASCADE; CREATE SCHEMA {SCHEMA}"
-        ))
-        .await
-        .expect("bench schema");
+    reset_schema(&admin, false).await;
     let out = match section {
         "read" => serde_json::to_string_pretty(&read::run(env).await),
         "http" => {
@@ -122,9 +131,7 @@ async fn run_one(env: &Env, section: &str) {
         }
     };
     println!("{}", out.expect("json"));
-    let _ = admin
-        .batch_execute(&format!("DROP SCHEMA IF EXISTS {SCHEMA} CASCADE"))
-        .await;
+    reset_schema(&admin, true).await;
 }
 
 fn main() {
@@ -163,12 +170,7 @@ fn main() {
     }
     let report = rt.block_on(async {
         let admin = env.pg().await;
-        admin
-            .batch_execute(&format!(
-                "DROP SCHEMA IF EXISTS {SCHEMA} CASCADE; CREATE SCHEMA {SCHEMA}"
-            ))
-            .await
-            .expect("bench schema");
+        reset_schema(&admin, false).await;
         eprintln!("c3-bench: read path");
         let read = read::run(&env).await;
         eprintln!("c3-bench: HTTP");
@@ -181,10 +183,7 @@ fn main() {
         let write = write::run(&env).await;
         eprintln!("c3-bench: memory");
         let memory = memory::run();
-        admin
-            .batch_execute(&format!("DROP SCHEMA IF EXISTS {SCHEMA} CASCADE"))
-            .await
-            .expect("drop bench schema");
+        reset_schema(&admin, true).await;
         report::Report {
             machine: report::machine(),
             quick,

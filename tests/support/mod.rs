@@ -138,44 +138,54 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        // Runs even when the test panicked. A separate thread with its own
-        // runtime, because we may be inside the test's runtime here.
-        let url = self.url.clone();
-        let schema = self.schema.clone();
         // A node's background write may still hold a lock on the schema's
         // table in a transaction that will never finish (its runtime is gone
         // or blocked by this very drop): bound the wait, end those backends,
         // and try again, so a failing test reports instead of hanging.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                if let Ok((client, conn)) =
-                    tokio_postgres::connect(&url, tokio_postgres::NoTls).await
-                {
-                    tokio::spawn(conn);
-                    let drop = format!(
-                        "SET lock_timeout = '3s'; DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
-                    );
-                    if client.batch_execute(&drop).await.is_err() {
-                        let _ = client
-                            .execute(
-                                "SELECT pg_terminate_backend(l.pid) FROM pg_locks l \
-                                 JOIN pg_class c ON c.oid = l.relation \
-                                 JOIN pg_namespace n ON n.oid = c.relnamespace \
-                                 WHERE n.nspname = $1 AND l.pid <> pg_backend_pid()",
-                                &[&schema],
-                            )
-                            .await;
-                        let _ = client.batch_execute(&drop).await;
-                    }
-                }
-            });
-        })
-        .join();
+        let drop = format!(
+            "SET lock_timeout = '3s'; DROP SCHEMA IF EXISTS \"{}\" CASCADE",
+            self.schema
+        );
+        let schema = self.schema.clone();
+        run_cleanup(&self.url, move |client| async move {
+            if client.batch_execute(&drop).await.is_err() {
+                let _ = client
+                    .execute(
+                        "SELECT pg_terminate_backend(l.pid) FROM pg_locks l \
+                         JOIN pg_class c ON c.oid = l.relation \
+                         JOIN pg_namespace n ON n.oid = c.relnamespace \
+                         WHERE n.nspname = $1 AND l.pid <> pg_backend_pid()",
+                        &[&schema],
+                    )
+                    .await;
+                let _ = client.batch_execute(&drop).await;
+            }
+        });
     }
+}
+
+/// Runs `cleanup` with a fresh connection to `url`, from `Drop`: on a thread
+/// of its own with its own runtime, because we may be inside (or unwinding
+/// out of) the test's runtime. Failures are ignored: cleanup is best effort.
+pub fn run_cleanup<F, Fut>(url: &str, cleanup: F)
+where
+    F: FnOnce(tokio_postgres::Client) -> Fut + Send + 'static,
+    Fut: Future<Output = ()>,
+{
+    let url = url.to_owned();
+    let _ = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            if let Ok((client, conn)) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
+                tokio::spawn(conn);
+                cleanup(client).await;
+            }
+        });
+    })
+    .join();
 }
 
 /// Polls `cond` until it is true, failing the test after `within`.

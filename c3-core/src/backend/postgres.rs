@@ -216,6 +216,45 @@ WHERE coalesce(stale_until, expires_at) < $1 LIMIT $2))"
     }
 }
 
+/// The columns of a multi-row write, as the arrays `unnest` takes.
+struct Columns<'a> {
+    keys: Vec<&'a str>,
+    values: Vec<&'a [u8]>,
+    encodings: Vec<&'static str>,
+    fresh: Vec<Option<SystemTime>>,
+    stale: Vec<Option<SystemTime>>,
+}
+
+impl<'a> Columns<'a> {
+    fn of(items: &'a [WriteItem]) -> Self {
+        Columns {
+            keys: items.iter().map(|i| i.key.as_str()).collect(),
+            values: items.iter().map(|i| i.value.as_slice()).collect(),
+            encodings: items.iter().map(|i| i.encoding).collect(),
+            fresh: items.iter().map(|i| i.fresh_until).collect(),
+            stale: items.iter().map(|i| i.stale_until).collect(),
+        }
+    }
+}
+
+/// Each item's version, from `RETURNING key, version` rows.
+fn versions_of(
+    items: &[WriteItem],
+    rows: &[tokio_postgres::Row],
+    op: &'static str,
+) -> Result<Vec<u64>> {
+    let mut by_key = std::collections::HashMap::with_capacity(rows.len());
+    for r in rows {
+        let k: String = r.try_get(0).map_err(|e| Error::postgres(op, e))?;
+        let v: i64 = r.try_get(1).map_err(|e| Error::postgres(op, e))?;
+        by_key.insert(k, u64::try_from(v).unwrap_or(0));
+    }
+    Ok(items
+        .iter()
+        .map(|i| by_key.get(&i.key).copied().unwrap_or(0))
+        .collect())
+}
+
 pub(crate) struct PgBackend {
     pool: Pool,
     sql: Sql,
@@ -401,25 +440,16 @@ impl PgBackend {
             .await
             .map_err(pg)?;
         let tx = client.transaction().await.map_err(pg)?;
-        let keys: Vec<&str> = items.iter().map(|i| i.key.as_str()).collect();
-        let values: Vec<&[u8]> = items.iter().map(|i| i.value.as_slice()).collect();
-        let encodings: Vec<&str> = items.iter().map(|i| i.encoding).collect();
-        let fresh: Vec<Option<SystemTime>> = items.iter().map(|i| i.fresh_until).collect();
-        let stale: Vec<Option<SystemTime>> = items.iter().map(|i| i.stale_until).collect();
+        let c = Columns::of(items);
+        let keys = &c.keys;
         let rows = tx
-            .query(&stmt, &[&keys, &values, &encodings, &fresh, &stale])
+            .query(
+                &stmt,
+                &[&c.keys, &c.values, &c.encodings, &c.fresh, &c.stale],
+            )
             .await
             .map_err(pg)?;
-        let mut by_key = std::collections::HashMap::with_capacity(rows.len());
-        for r in &rows {
-            let k: String = r.try_get(0).map_err(pg)?;
-            let v: i64 = r.try_get(1).map_err(pg)?;
-            by_key.insert(k, u64::try_from(v).unwrap_or(0));
-        }
-        let versions: Vec<u64> = items
-            .iter()
-            .map(|i| by_key.get(&i.key).copied().unwrap_or(0))
-            .collect();
+        let versions = versions_of(items, &rows, "set_many")?;
         if items.iter().any(|i| !i.tags.is_empty()) {
             // A write replaces the entry's tags along with its value.
             tx.execute(&self.sql.tags_replace, &[&keys])
@@ -454,36 +484,23 @@ impl PgBackend {
             .prepare_cached(&self.sql.set_many_notify)
             .await
             .map_err(pg)?;
-        let keys: Vec<&str> = items.iter().map(|i| i.key.as_str()).collect();
-        let values: Vec<&[u8]> = items.iter().map(|i| i.value.as_slice()).collect();
-        let encodings: Vec<&str> = items.iter().map(|i| i.encoding).collect();
-        let fresh: Vec<Option<SystemTime>> = items.iter().map(|i| i.fresh_until).collect();
-        let stale: Vec<Option<SystemTime>> = items.iter().map(|i| i.stale_until).collect();
+        let c = Columns::of(items);
         let rows = client
             .query(
                 &stmt,
                 &[
-                    &keys,
-                    &values,
-                    &encodings,
-                    &fresh,
-                    &stale,
+                    &c.keys,
+                    &c.values,
+                    &c.encodings,
+                    &c.fresh,
+                    &c.stale,
                     &self.channel,
                     &header,
                 ],
             )
             .await
             .map_err(pg)?;
-        let mut by_key = std::collections::HashMap::with_capacity(rows.len());
-        for r in &rows {
-            let k: String = r.try_get(0).map_err(pg)?;
-            let v: i64 = r.try_get(1).map_err(pg)?;
-            by_key.insert(k, u64::try_from(v).unwrap_or(0));
-        }
-        Ok(items
-            .iter()
-            .map(|i| by_key.get(&i.key).copied().unwrap_or(0))
-            .collect())
+        versions_of(items, &rows, "set_many")
     }
 
     async fn set_one(&self, item: &WriteItem, header: &str) -> Result<u64> {
