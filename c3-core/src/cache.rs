@@ -768,10 +768,16 @@ impl C3 {
         Ok(())
     }
 
-    /// Stops the listener and the sweeper and waits for them to finish. Later
-    /// calls on any clone of this handle fail with
-    /// [`ErrorKind::Shutdown`](crate::ErrorKind::Shutdown).
+    /// Stops the listener and the sweeper and waits for them to finish,
+    /// after the writes already queued on this node have committed (bounded
+    /// by the L2 operation timeout). Later calls on any clone of this handle
+    /// fail with [`ErrorKind::Shutdown`](crate::ErrorKind::Shutdown).
     pub async fn shutdown(&self) {
+        let _ = tokio::time::timeout(
+            self.inner.limits.op_timeout,
+            self.inner.combiner.wait_idle(),
+        )
+        .await;
         self.inner.shutdown.send_replace(true);
         let tasks =
             std::mem::take(&mut *self.inner.tasks.lock().unwrap_or_else(|e| e.into_inner()));

@@ -25,7 +25,7 @@
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
 
 use crate::backend::{Backend, WriteItem};
 use crate::error::{Error, Repr, Result};
@@ -52,6 +52,8 @@ struct Queue {
 #[derive(Default)]
 pub(crate) struct Combiner {
     queue: Mutex<Queue>,
+    /// Signalled when the last flush task finds the queue empty.
+    idle: Notify,
 }
 
 impl Combiner {
@@ -107,9 +109,30 @@ impl Combiner {
             // Decided under the lock, so a write queued after this point
             // sees the count drop and starts a flusher of its own.
             q.flushers -= 1;
+            if q.flushers == 0 {
+                self.idle.notify_waiters();
+            }
             return None;
         }
         Some(batch)
+    }
+
+    /// Resolves once every queued write has been committed (or has failed).
+    pub(crate) async fn wait_idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            let mut notified = std::pin::pin!(notified);
+            // Registered before the check, so a flusher finishing in between
+            // still wakes us.
+            notified.as_mut().enable();
+            {
+                let q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+                if q.flushers == 0 && q.pending.is_empty() {
+                    return;
+                }
+            }
+            notified.await;
+        }
     }
 
     async fn flush(self: Arc<Self>, backend: Arc<Backend>) {
