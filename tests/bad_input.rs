@@ -185,3 +185,61 @@ async fn memory_backend_supports_tags() {
     assert!(a.get::<i32>("y").await.unwrap().is_none());
     assert_eq!(b.invalidate_tag("u").await.unwrap(), 0, "y already deleted");
 }
+
+/// 100,000 notifications in one burst: the node applies every one, keeps
+/// the entries nobody invalidated, drops the ones that were, and its L1
+/// stays within its byte budget.
+#[tokio::test]
+async fn a_flood_of_notifications_is_applied_and_leaves_l1_correct() {
+    let db = TestDb::new("flood").await;
+    let budget = 256 * 1024;
+    let b = db.builder().l1_max_bytes(budget).build().await.unwrap();
+    b.set("keep", &1u32).await.unwrap();
+    b.set("flood:77", &1u32).await.unwrap();
+    let before = b.stats().invalidations_received;
+    db.client
+        .execute(
+            "SELECT pg_notify($1, 'flood:' || g) FROM generate_series(1, 100000) AS g",
+            &[&db.channel],
+        )
+        .await
+        .unwrap();
+    wait_until(
+        "all 100,000 notifications applied",
+        Duration::from_secs(60),
+        || async { b.stats().invalidations_received >= before + 100_000 },
+    )
+    .await;
+    assert!(b.is_cached_locally("keep"), "an untouched key stays cached");
+    assert!(
+        !b.is_cached_locally("flood:77"),
+        "a flooded key is invalidated"
+    );
+    assert_eq!(b.stats().malformed_notifications, 0);
+    assert!(b.stats().l1_bytes <= budget, "{:?}", b.stats());
+    // Still coherent afterwards.
+    let a = db.node().await;
+    let r = b.stats().invalidations_received;
+    a.set("keep", &2u32).await.unwrap();
+    support::received(&b, r).await;
+    assert_eq!(*b.get::<u32>("keep").await.unwrap().unwrap(), 2);
+}
+
+/// Identifiers that try to inject SQL are refused before any SQL is built.
+#[tokio::test]
+async fn identifiers_that_try_to_inject_sql_are_refused() {
+    for (what, builder) in [
+        ("schema", C3::builder().schema("public; DROP TABLE x")),
+        ("table", C3::builder().table("cache\"; --")),
+        ("channel", C3::builder().channel("chan' || pg_sleep(10) --")),
+        ("table", C3::builder().table("Cache_Data")),
+    ] {
+        let err = builder
+            .memory(&MemoryServer::new())
+            .build()
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config, "{what}");
+        assert!(err.to_string().contains(what), "{err}");
+    }
+}

@@ -265,3 +265,81 @@ mod tests {
         assert!(pack(&h, Vec::<String>::new()).is_empty());
     }
 }
+
+/// Hostile and random input: the parser never panics, and what c3 packs
+/// always parses back to the same lines, under the payload limit.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Keys c3 accepts: printable text, sometimes long, sometimes with `|`,
+    /// spaces, quotes and SQL metacharacters.
+    fn key() -> impl Strategy<Value = String> {
+        let piece = prop_oneof![
+            Just("user:".to_owned()),
+            Just("'; DROP TABLE cache_data; --".to_owned()),
+            Just("|".to_owned()),
+            Just(" ".to_owned()),
+            Just("é€😀".to_owned()),
+            "[a-z0-9]{1,8}".prop_map(|s| s),
+            any::<u64>().prop_map(|n| n.to_string()),
+        ];
+        prop::collection::vec(piece, 1..40)
+            .prop_map(|parts| parts.concat())
+            .prop_filter("c3 accepts it", |k| {
+                validate_key(k, MAX_KEY_BYTES_LIMIT).is_ok()
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_payloads_never_panic(payload in any::<String>()) {
+            let _ = parse(&payload);
+        }
+
+        #[test]
+        fn arbitrary_c3_messages_never_panic(body in any::<String>(), op in "[kich?]") {
+            let _ = parse(&format!("{RESERVED_PREFIX}{VERSION}|node-1|123|{op}\n{body}"));
+        }
+
+        #[test]
+        fn keys_with_control_characters_are_refused(prefix in "[a-z]{0,5}", c in 0u32..0x20, suffix in "[a-z]{0,5}") {
+            let k = format!("{prefix}{}{suffix}", char::from_u32(c).unwrap());
+            prop_assert!(validate_key(&k, MAX_KEY_BYTES_LIMIT).is_err());
+        }
+    }
+
+    proptest! {
+        // Each case packs and parses hundreds of keys: fewer cases suffice.
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        #[test]
+        fn packed_batches_parse_back(keys in prop::collection::vec(key(), 1..300), v in 1u64..u64::MAX / 2) {
+            let head = header("node-7", 1_732_280_000_123_456, 'k');
+            let lines: Vec<String> = keys.iter().enumerate().map(|(i, k)| format!("{} {k}", v + i as u64)).collect();
+            let mut back = Vec::new();
+            for p in pack(&head, lines) {
+                prop_assert!(p.len() <= MAX_PAYLOAD_BYTES);
+                let n = parse(&p).expect("c3's own payload parses");
+                prop_assert_eq!(n.node.as_deref(), Some("node-7"));
+                match n.body {
+                    Body::Written(w) => back.extend(w),
+                    other => prop_assert!(false, "unexpected body {:?}", other),
+                }
+            }
+            let expected: Vec<(u64, String)> = keys.iter().enumerate().map(|(i, k)| (v + i as u64, k.clone())).collect();
+            prop_assert_eq!(back, expected);
+        }
+
+        #[test]
+        fn every_valid_key_is_a_bare_invalidation(k in key()) {
+            if !k.starts_with(RESERVED_PREFIX) {
+                let n = parse(&k).expect("a valid key parses as a bare key");
+                prop_assert_eq!(n.body, Body::Invalidate(vec![k]));
+            }
+        }
+
+    }
+}

@@ -245,3 +245,39 @@ fn columns(input: &DeriveInput) -> syn::Result<Vec<Column>> {
     }
     Ok(out)
 }
+
+/// The attribute parser against arbitrary text: no panic, durations only
+/// from the documented forms, identifiers only from the safe alphabet.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn lit(s: &str) -> LitStr {
+        LitStr::new(s, proc_macro2::Span::call_site())
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_text_never_panics(s in any::<String>()) {
+            let _ = parse_duration(&lit(&s));
+            let _ = check_ident("table", &s, &lit(&s));
+            let _ = list(&lit(&s));
+        }
+
+        #[test]
+        fn accepted_identifiers_need_no_escaping(s in any::<String>()) {
+            if check_ident("table", &s, &lit(&s)).is_ok() {
+                prop_assert!(s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
+                prop_assert!(!s.contains('"') && !s.is_empty() && s.len() <= 63);
+            }
+        }
+
+        #[test]
+        fn documented_durations_parse(n in 0u64..1_000_000, unit in prop::sample::select(vec![("ms", 1u64), ("s", 1000), ("m", 60_000), ("h", 3_600_000), ("d", 86_400_000)])) {
+            let d = parse_duration(&lit(&format!("{n}{}", unit.0))).expect("documented form");
+            prop_assert_eq!(d.as_millis(), u128::from(n * unit.1));
+        }
+    }
+}

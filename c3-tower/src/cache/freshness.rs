@@ -377,3 +377,58 @@ mod tests {
         assert_eq!(tags(&h), vec!["a", "b", "post:1", "user:42"]);
     }
 }
+
+/// Hostile header values: parsing never panics, `Vary` with hundreds of
+/// names is keyed consistently, and unreadable values fail safe.
+#[cfg(test)]
+mod properties {
+    use http::HeaderValue;
+    use http::header::{CACHE_CONTROL, HeaderName};
+    use proptest::prelude::*;
+
+    use super::super::cache_control;
+    use super::*;
+
+    fn header_value() -> impl Strategy<Value = HeaderValue> {
+        prop::collection::vec(any::<u8>(), 0..200)
+            .prop_filter_map("a valid header value", |b| HeaderValue::from_bytes(&b).ok())
+    }
+
+    proptest! {
+        #[test]
+        fn directives_dates_and_tags_never_panic(
+            cc in header_value(), date in header_value(), vary in header_value(), tag in header_value()
+        ) {
+            let mut h = HeaderMap::new();
+            h.insert(CACHE_CONTROL, cc);
+            h.insert(DATE, date.clone());
+            h.insert(EXPIRES, date.clone());
+            h.insert(AGE, date);
+            h.insert(VARY, vary);
+            h.insert(HeaderName::from_static("surrogate-key"), tag);
+            let _ = cache_control::parse(&h, &CACHE_CONTROL);
+            let _ = cache_control::response_directives(&h);
+            let _ = vary_names(&h);
+            let _ = tags(&h);
+        }
+
+        #[test]
+        fn numbers_in_directives_never_overflow(n in any::<u128>(), name in prop::sample::select(vec!["max-age", "s-maxage", "stale-while-revalidate", "stale-if-error", "max-stale", "min-fresh"])) {
+            let mut h = HeaderMap::new();
+            h.insert(CACHE_CONTROL, HeaderValue::from_str(&format!("{name}={n}")).unwrap());
+            let _ = cache_control::parse(&h, &CACHE_CONTROL);
+        }
+
+        #[test]
+        fn vary_order_and_case_do_not_change_the_key(mut names in prop::collection::vec("[a-z][a-z0-9-]{0,20}", 1..300)) {
+            let joined = names.join(", ");
+            let mut h = HeaderMap::new();
+            h.insert(VARY, HeaderValue::from_str(&joined).unwrap());
+            let a = vary_names(&h).expect("readable");
+            names.reverse();
+            let shuffled = names.iter().map(|n| n.to_ascii_uppercase()).collect::<Vec<_>>().join(",");
+            h.insert(VARY, HeaderValue::from_str(&shuffled).unwrap());
+            prop_assert_eq!(vary_names(&h).expect("readable"), a);
+        }
+    }
+}
