@@ -81,6 +81,7 @@ pub struct C3Builder {
     #[cfg(feature = "test-util")]
     fill_hook: Option<FillHook>,
     on_applied: Option<crate::events::AppliedObserver>,
+    trace_keys: bool,
 }
 
 impl Default for C3Builder {
@@ -112,6 +113,7 @@ impl Default for C3Builder {
             #[cfg(feature = "test-util")]
             fill_hook: None,
             on_applied: None,
+            trace_keys: false,
         }
     }
 }
@@ -144,6 +146,13 @@ impl C3Builder {
         if self.error.is_none() {
             self.error = Some(message.to_string());
         }
+    }
+
+    /// Puts keys in trace spans (`c3.key`). Off by default: keys may be
+    /// personal data.
+    pub fn trace_keys(mut self, on: bool) -> Self {
+        self.trace_keys = on;
+        self
     }
 
     /// The eviction policy of L1 (default [`L1Eviction::TinyLfu`]).
@@ -497,6 +506,7 @@ impl C3Builder {
             clock: self.clock,
             counters,
             sql_names: SqlNames::new(&self.schema, &self.table, &self.channel),
+            trace_keys: self.trace_keys,
             combiner: Arc::default(),
             limits: Limits {
                 max_key_bytes: self.max_key_bytes,

@@ -20,6 +20,8 @@ use crate::key::validate_key;
 use crate::loader::{Absent, Flights, typed_value};
 use crate::protocol;
 use crate::stats::{Counters, Stats};
+use crate::telemetry;
+use tracing::Instrument;
 
 /// The value encoding this build writes; see `docs/PROTOCOL.md`.
 pub(crate) const ENCODING_JSON: &str = "json";
@@ -45,7 +47,7 @@ const ENTRY_OVERHEAD: usize = 96;
 /// L1 is bypassed and reads go to L2.
 #[derive(Clone)]
 pub struct C3 {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 pub(crate) struct Limits {
@@ -95,6 +97,8 @@ pub struct FillTicket {
 
 pub(crate) struct Inner {
     pub(crate) sql_names: SqlNames,
+    /// Whether spans carry keys (`C3Builder::trace_keys`).
+    pub(crate) trace_keys: bool,
     pub(crate) combiner: Arc<crate::combiner::Combiner>,
     pub(crate) coherency: Arc<Coherency>,
     pub(crate) backend: Arc<Backend>,
@@ -285,7 +289,9 @@ impl C3 {
         if breaker.allow() == Permit::Refused {
             return Err(Repr::CircuitOpen.into());
         }
-        let r = bounded(op, self.inner.limits.op_timeout, fut).await;
+        let r = bounded(op, self.inner.limits.op_timeout, fut)
+            .instrument(telemetry::l2_span(self, op))
+            .await;
         match &r {
             Ok(_) => breaker.success(),
             Err(e) if e.is_l2_unavailable() => {
@@ -318,10 +324,25 @@ impl C3 {
     where
         T: DeserializeOwned + Send + Sync + 'static,
     {
+        let span = telemetry::op_span!(self, "c3.get", key);
         self.check_key(key)?;
         if let Some(v) = self.l1_get::<T>(key) {
+            // Answered in memory: no child span, no I/O.
+            telemetry::record(&span, Some("l1"), if v.is_some() { "hit" } else { "miss" });
             return Ok(v);
         }
+        let r = self
+            .get_from_l2::<T>(key, &span)
+            .instrument(span.clone())
+            .await;
+        telemetry::record_result(&span, &r);
+        r
+    }
+
+    async fn get_from_l2<T>(&self, key: &str, span: &tracing::Span) -> Result<Option<Arc<T>>>
+    where
+        T: DeserializeOwned + Send + Sync + 'static,
+    {
         Counters::inc(&self.inner.counters.l1_misses);
         let token = self.inner.coherency.begin_fill(key);
         let now = self.inner.clock.now();
@@ -332,9 +353,11 @@ impl C3 {
         }
         let Some(row) = row.filter(|r| r.fresh_until_us.is_none_or(|f| f > to_micros(now))) else {
             Counters::inc(&self.inner.counters.l2_misses);
+            telemetry::record(span, Some("l2"), "miss");
             return Ok(None);
         };
         Counters::inc(&self.inner.counters.l2_hits);
+        telemetry::record(span, Some("l2"), "hit");
         let (value, entry) = decode_row::<T>(key, row, to_micros(now))?;
         if let Some(token) = token {
             self.inner.coherency.fill(key, token, entry);
@@ -602,6 +625,25 @@ impl C3 {
     where
         T: Serialize + DeserializeOwned + Send + Sync + 'static,
     {
+        let first = entries.first().map_or("", |(k, _)| *k);
+        let span = telemetry::op_span!(self, "c3.set", first);
+        let r = self
+            .set_entries_inner(entries, ttl, tags)
+            .instrument(span.clone())
+            .await;
+        telemetry::record(&span, None, if r.is_ok() { "ok" } else { "error" });
+        r
+    }
+
+    async fn set_entries_inner<T>(
+        &self,
+        entries: &[(&str, &T)],
+        ttl: Option<Duration>,
+        tags: &[&str],
+    ) -> Result<()>
+    where
+        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+    {
         // Last value wins for duplicate keys (Postgres would refuse to update
         // one row twice in a statement).
         let mut order: Vec<&str> = Vec::with_capacity(entries.len());
@@ -700,6 +742,13 @@ impl C3 {
     ///
     /// As for [`delete`](Self::delete).
     pub async fn delete_many(&self, keys: &[&str]) -> Result<()> {
+        let span = telemetry::op_span!(self, "c3.delete", keys.first().copied().unwrap_or(""));
+        let r = self.delete_many_inner(keys).instrument(span.clone()).await;
+        telemetry::record(&span, None, if r.is_ok() { "ok" } else { "error" });
+        r
+    }
+
+    async fn delete_many_inner(&self, keys: &[&str]) -> Result<()> {
         for k in keys {
             self.check_key(k)?;
         }
@@ -738,6 +787,16 @@ impl C3 {
     ///
     /// As for [`invalidate`](Self::invalidate).
     pub async fn invalidate_many(&self, keys: &[&str]) -> Result<()> {
+        let span = telemetry::op_span!(self, "c3.invalidate", keys.first().copied().unwrap_or(""));
+        let r = self
+            .invalidate_many_inner(keys)
+            .instrument(span.clone())
+            .await;
+        telemetry::record(&span, None, if r.is_ok() { "ok" } else { "error" });
+        r
+    }
+
+    async fn invalidate_many_inner(&self, keys: &[&str]) -> Result<()> {
         for k in keys {
             self.check_key(k)?;
         }

@@ -62,6 +62,7 @@
 //! * `backend` — L2: the PostgreSQL table and the in-memory stand-in.
 //! * `protocol` — the notification payload grammar.
 //! * `events` — [`Applied`], the observer hook for each applied notification.
+//! * `telemetry` — the tracing spans (`c3.get`, `c3.l2`, …) and their attributes.
 //! * `key`, `clock`, `stats`, `error` — key rules, injectable time, counters, errors.
 //!
 //! [moka]: https://docs.rs/moka
@@ -81,6 +82,7 @@ mod listener;
 mod loader;
 mod protocol;
 mod stats;
+mod telemetry;
 
 pub use backend::memory::MemoryServer;
 pub use breaker::{BreakerConfig, BreakerState};

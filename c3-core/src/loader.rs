@@ -156,6 +156,17 @@ pub(crate) enum Tier {
     Stale,
 }
 
+impl Tier {
+    /// The `c3.tier` span attribute.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Tier::L2 => "l2",
+            Tier::Source => "source",
+            Tier::Stale => "stale",
+        }
+    }
+}
+
 /// What a flight publishes to its waiters.
 enum Outcome<T> {
     Value(Arc<T>, Tier),
@@ -262,6 +273,7 @@ impl C3 {
         Fut: Future<Output = Result<Option<T>, E>> + Send + 'static,
         E: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
     {
+        let span = crate::telemetry::op_span!(self, "c3.get_or_load", key);
         self.check_key(key)?;
         let now = self.now_us();
         let mut stale: Option<Option<Arc<T>>> = None;
@@ -271,8 +283,13 @@ impl C3 {
                 if e.fresh_until_us > now {
                     Counters::inc(&self.counters().l1_hits);
                     if self.refresh_due(e.fresh_until_us, now, opts) {
-                        self.start_flight(key, opts, loader, None, true);
+                        span.in_scope(|| self.start_flight(key, opts, loader, None, true));
                     }
+                    crate::telemetry::record(
+                        &span,
+                        Some("l1"),
+                        if v.is_some() { "ok" } else { "miss" },
+                    );
                     return Ok(v);
                 }
                 if e.stale_until_us > now {
@@ -281,17 +298,28 @@ impl C3 {
             }
         }
         Counters::inc(&self.counters().l1_misses);
-        let mut rx = self.start_flight(key, opts, loader, stale, false);
-        let outcome = match rx.wait_for(Option::is_some).await {
+        let mut rx = span.in_scope(|| self.start_flight(key, opts, loader, stale, false));
+        let waited =
+            tracing::Instrument::instrument(rx.wait_for(Option::is_some), span.clone()).await;
+        let outcome = match waited {
             Ok(o) => o.clone().expect("waited for Some"),
             Err(_) => Outcome::Failed(Arc::new(Error::loader(
                 "the load task stopped unexpectedly",
             ))),
         };
         match outcome {
-            Outcome::Value(v, _) => Ok(Some(v)),
-            Outcome::Absent => Ok(None),
-            Outcome::Failed(e) => Err(Repr::Shared(e).into()),
+            Outcome::Value(v, tier) => {
+                crate::telemetry::record(&span, Some(tier.as_str()), "ok");
+                Ok(Some(v))
+            }
+            Outcome::Absent => {
+                crate::telemetry::record(&span, None, "miss");
+                Ok(None)
+            }
+            Outcome::Failed(e) => {
+                crate::telemetry::record(&span, None, "error");
+                Err(Repr::Shared(e).into())
+            }
         }
     }
 
@@ -396,10 +424,12 @@ impl C3 {
         let c3 = self.clone();
         let key = key.to_owned();
         let opts = opts.clone();
-        tokio::spawn(async move {
+        // The flight's L2 and source spans belong to the call that started it.
+        let flight = async move {
             let _guard = guard;
             c3.fly(&key, &opts, loader, stale, refresh, &tx).await;
-        });
+        };
+        tokio::spawn(tracing::Instrument::in_current_span(flight));
         rx
     }
 
