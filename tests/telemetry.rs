@@ -142,3 +142,40 @@ async fn an_l1_hit_has_no_child_span_and_an_l2_hit_has_a_postgres_one() {
     assert_eq!(del.fields["c3.outcome"], "ok");
     assert_eq!(children(&all, del)[0].fields["db.operation.name"], "delete");
 }
+
+#[tokio::test]
+async fn the_http_layer_span_carries_http_attributes_and_the_cache_status() {
+    use axum::body::Body;
+    use support::web::{Origin, cached, get, resp, send, stored};
+
+    let spans = Spans::default();
+    let _guard = tracing::subscriber::set_default(Registry::default().with(spans.clone()));
+    let db = TestDb::new("http_traces").await;
+    let c3 = db.node().await;
+    let origin = Origin::new(|_, n| resp(&[("cache-control", "max-age=60")], format!("v{n}")));
+    let svc = cached(&c3, &origin);
+    let w = c3.stats().writes;
+    send(&svc, get("http://app.test/x").body(Body::empty()).unwrap()).await;
+    stored(&c3, w, 1).await;
+    spans.take();
+    send(&svc, get("http://app.test/x").body(Body::empty()).unwrap()).await;
+    let all = spans.take();
+    let http = all
+        .iter()
+        .find(|r| r.name == "c3.http")
+        .expect("an HTTP span");
+    assert_eq!(http.fields["http.request.method"], "GET");
+    assert_eq!(http.fields["url.path"], "/x");
+    assert_eq!(http.fields["http.response.status_code"], "200");
+    assert!(
+        http.fields["c3.cache_status"].starts_with("c3; hit"),
+        "{http:?}"
+    );
+    let inner = children(&all, http);
+    assert!(
+        inner
+            .iter()
+            .any(|r| r.name == "c3.get" && r.fields["c3.tier"] == "l1"),
+        "{all:#?}"
+    );
+}

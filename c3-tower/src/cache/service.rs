@@ -123,10 +123,11 @@ where
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let shared = Arc::clone(&self.shared);
+        let span = http_span(&req);
         let f: BoxFuture<ResBody, S::Error> = match *req.method() {
-            Method::GET | Method::HEAD => Box::pin(lookup_flow(shared, inner, req)),
+            Method::GET | Method::HEAD => Box::pin(traced(span, lookup_flow(shared, inner, req))),
             Method::POST | Method::PUT | Method::PATCH | Method::DELETE => {
-                Box::pin(unsafe_flow(shared, inner, req))
+                Box::pin(traced(span, unsafe_flow(shared, inner, req)))
             }
             _ => {
                 let mut inner = inner;
@@ -135,6 +136,41 @@ where
         };
         ResponseFuture::cache(f)
     }
+}
+
+/// The layer's span for one request, with OpenTelemetry HTTP attributes;
+/// the cache's own spans (`c3.get`, `c3.l2`, …) nest inside it.
+fn http_span<B>(req: &Request<B>) -> tracing::Span {
+    tracing::info_span!(
+        target: "c3::http",
+        "c3.http",
+        http.request.method = %req.method(),
+        url.path = req.uri().path(),
+        http.response.status_code = tracing::field::Empty,
+        c3.cache_status = tracing::field::Empty,
+    )
+}
+
+/// Runs a flow inside `span` and records how it answered.
+async fn traced<B, E>(
+    span: tracing::Span,
+    flow: impl std::future::Future<Output = Result<Response<B>, E>>,
+) -> Result<Response<B>, E> {
+    use tracing::Instrument;
+    let r = flow.instrument(span.clone()).await;
+    if let Ok(res) = &r {
+        span.record("http.response.status_code", res.status().as_u16());
+        if let Some(v) = res
+            .headers()
+            .get_all(CACHE_STATUS)
+            .iter()
+            .last()
+            .and_then(|v| v.to_str().ok())
+        {
+            span.record("c3.cache_status", v);
+        }
+    }
+    r
 }
 
 fn status_value(value: &str) -> HeaderValue {
