@@ -164,7 +164,7 @@ async fn traced<B, E>(
             .headers()
             .get_all(CACHE_STATUS)
             .iter()
-            .last()
+            .next_back()
             .and_then(|v| v.to_str().ok())
         {
             span.record("c3.cache_status", v);
