@@ -10,9 +10,12 @@
 //! are skipped with a message and the in-process pair still runs.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use c3::{C3, MemoryServer};
+mod common;
+
+use common::timed;
 use criterion::{Criterion, criterion_group, criterion_main};
 use serde::{Deserialize, Serialize};
 
@@ -31,22 +34,6 @@ fn user() -> User {
         email: "ada@example.com".into(),
         bio: "x".repeat(140),
     }
-}
-
-/// Times `iters` sequential awaits of `f` inside one runtime entry, so the
-/// cost of entering the runtime is not part of the figure.
-fn timed<F, Fut>(rt: &tokio::runtime::Runtime, iters: u64, mut f: F) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    rt.block_on(async {
-        let t = Instant::now();
-        for _ in 0..iters {
-            f().await;
-        }
-        t.elapsed()
-    })
 }
 
 fn read_path(c: &mut Criterion) {

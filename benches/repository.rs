@@ -9,10 +9,13 @@
 //! own schema and drops it.
 
 use std::str::FromStr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use c3::C3;
 use c3_sqlx::{Cached, Repository};
+mod common;
+
+use common::timed;
 use criterion::{Criterion, criterion_group, criterion_main};
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -25,21 +28,6 @@ struct User {
     id: i64,
     email: String,
     name: String,
-}
-
-/// Times `n` sequential awaits of `f` inside one runtime entry.
-fn timed<F, Fut>(rt: &tokio::runtime::Runtime, n: u64, mut f: F) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    rt.block_on(async {
-        let t = Instant::now();
-        for _ in 0..n {
-            f().await;
-        }
-        t.elapsed()
-    })
 }
 
 fn repository(c: &mut Criterion) {

@@ -111,6 +111,27 @@ fn summarise(
     }
 }
 
+/// Runs one sequential writer for `series`, at `rate` (or as fast as it
+/// can), timing each write's issue and acknowledgement.
+async fn write_series(
+    series: Duration,
+    rate: Option<u32>,
+    mut write: impl AsyncFnMut(u64),
+) -> (Writes, Duration) {
+    let mut writes = Writes::default();
+    let start = Instant::now();
+    let deadline = start + series;
+    let mut i = 0u64;
+    while Instant::now() < deadline {
+        pace(start, i, rate).await;
+        writes.issued.push(Instant::now());
+        write(i).await;
+        writes.acked.push(Instant::now());
+        i += 1;
+    }
+    (writes, start.elapsed())
+}
+
 /// Paces write `i` of a series started at `start`.
 async fn pace(start: Instant, i: u64, rate: Option<u32>) {
     if let Some(r) = rate {
@@ -174,21 +195,14 @@ async fn c3_run(env: &Env, listeners: usize, rate: Option<u32>, run: usize) -> P
         seen.push(s);
         nodes.push(node);
     }
-    let mut writes = Writes::default();
-    let start = Instant::now();
-    let deadline = start + env.series;
-    let mut i = 0u64;
-    while Instant::now() < deadline {
-        pace(start, i, rate).await;
-        writes.issued.push(Instant::now());
+    let (writes, elapsed) = write_series(env.series, rate, async |i| {
         writer
             .set(&format!("k{}", i % KEYS), &i)
             .await
             .expect("set");
-        writes.acked.push(Instant::now());
-        i += 1;
-    }
-    let elapsed = start.elapsed();
+    })
+    .await;
+    let i = writes.acked.len() as u64;
     drain(&seen, i, Duration::from_secs(10)).await;
     let mut p = summarise("c3 (LISTEN/NOTIFY)", rate, &writes, &seen, elapsed);
     // Let the last checks finish before counting them.
@@ -229,22 +243,15 @@ async fn redis_run(env: &Env, listeners: usize, rate: Option<u32>, run: usize) -
         seen.push(s);
     }
     let mut publisher = Redis::connect(&env.redis).await.expect("redis");
-    let mut writes = Writes::default();
-    let start = Instant::now();
-    let deadline = start + env.series;
-    let mut i = 0u64;
-    while Instant::now() < deadline {
-        pace(start, i, rate).await;
+    let (writes, elapsed) = write_series(env.series, rate, async |i| {
         let key = format!("k{}", i % KEYS);
-        writes.issued.push(Instant::now());
         publisher
             .cmd(&[b"PUBLISH", channel.as_bytes(), key.as_bytes()])
             .await
             .expect("publish");
-        writes.acked.push(Instant::now());
-        i += 1;
-    }
-    let elapsed = start.elapsed();
+    })
+    .await;
+    let i = writes.acked.len() as u64;
     drain(&seen, i, Duration::from_secs(10)).await;
     for t in tasks {
         t.abort();
