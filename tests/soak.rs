@@ -69,13 +69,13 @@ async fn a_bounded_soak_with_a_flapping_node_keeps_memory_and_tasks_flat() {
                     i = i.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
                     let key = format!("s{}", (i >> 33) % 200);
                     let started = Instant::now();
-                    let r = if t == 0 && n < 2 && (i >> 20) % 4 == 0 {
+                    let r = if t == 0 && n < 2 && (i >> 20).is_multiple_of(4) {
                         node.set(&key, &vec![i; 20]).await
                     } else {
                         node.get::<Vec<u64>>(&key).await.map(|_| ())
                     };
                     // A sample, so the record itself stays small on long runs.
-                    if ops.fetch_add(1, Ordering::Relaxed) % 64 == 0 {
+                    if ops.fetch_add(1, Ordering::Relaxed).is_multiple_of(64) {
                         lat.push(started.elapsed().as_micros() as u64);
                     }
                     if let Err(e) = r {
