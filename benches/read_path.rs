@@ -72,7 +72,7 @@ fn read_path(c: &mut Criterion) {
     let pg = rt.block_on(async {
         let c3 = C3::builder()
             .postgres(&url)
-            .table("c3_bench_read")
+            .schema("c3_bench_read")
             .channel("c3_bench_read")
             .l1_max_bytes(0)
             .connect_timeout(Duration::from_secs(2))
@@ -126,7 +126,7 @@ fn read_path(c: &mut Criterion) {
         rt.block_on(async {
             let _ = client
                 .batch_execute(
-                    "DROP TABLE IF EXISTS c3_bench_users; DROP TABLE IF EXISTS c3_bench_read",
+                    "DROP TABLE IF EXISTS c3_bench_users; DROP SCHEMA IF EXISTS c3_bench_read CASCADE",
                 )
                 .await;
             c3.shutdown().await;

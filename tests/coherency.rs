@@ -753,3 +753,64 @@ async fn l1_ttl_and_idle_limits_bound_local_copies() {
     assert_eq!(err.kind(), ErrorKind::Config);
     assert!(err.to_string().contains("C3_DEFAULT_TTL"), "{err}");
 }
+
+/// Large values are stored LZ4-compressed when a node asks for it; every
+/// node reads them; a row in an encoding this build cannot read is a typed
+/// error, never a misread.
+#[tokio::test]
+async fn compressed_values_are_read_by_every_node_and_unknown_encodings_are_errors() {
+    let db = TestDb::new("compression").await;
+    let a = db
+        .builder()
+        .compress_above(Some(1024))
+        .build()
+        .await
+        .unwrap();
+    let b = db.node().await;
+    let doc: Vec<String> = (0..4000)
+        .map(|i| format!("line {i} of a large document"))
+        .collect();
+    let json_len = serde_json::to_vec(&doc).unwrap().len();
+    assert!(json_len > 64 * 1024);
+    a.set("doc", &doc).await.unwrap();
+    let row = db
+        .client
+        .query_one(
+            &format!(
+                "SELECT encoding, octet_length(value) FROM {} WHERE key = 'doc'",
+                db.table()
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "json+lz4");
+    let stored: i32 = row.get(1);
+    assert!((stored as usize) < json_len / 3, "{stored} of {json_len}");
+    assert_eq!(*b.get::<Vec<String>>("doc").await.unwrap().unwrap(), doc);
+    a.set("small", &"tiny".to_owned()).await.unwrap();
+    let enc: String = db
+        .client
+        .query_one(
+            &format!("SELECT encoding FROM {} WHERE key = 'small'", db.table()),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(enc, "json", "small values stay plain");
+
+    db.client
+        .execute(
+            &format!(
+                "INSERT INTO {} (key, value, encoding) VALUES ('future', '\\x00', 'json+zstd')",
+                db.table()
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    let err = b.get::<String>("future").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Decode, "{err}");
+    assert!(err.to_string().contains("json+zstd"), "{err}");
+}

@@ -82,6 +82,7 @@ pub struct C3Builder {
     fill_hook: Option<FillHook>,
     on_applied: Option<crate::events::AppliedObserver>,
     trace_keys: bool,
+    compress_above: Option<usize>,
 }
 
 impl Default for C3Builder {
@@ -114,6 +115,7 @@ impl Default for C3Builder {
             fill_hook: None,
             on_applied: None,
             trace_keys: false,
+            compress_above: None,
         }
     }
 }
@@ -146,6 +148,16 @@ impl C3Builder {
         if self.error.is_none() {
             self.error = Some(message.to_string());
         }
+    }
+
+    /// Stores values whose JSON is longer than `bytes` LZ4-compressed in L2
+    /// (encoding `json+lz4`, see docs/PROTOCOL.md), when that makes them
+    /// smaller. `None` (the default) never compresses. L1 is unaffected: it
+    /// holds decoded values.
+    #[cfg(feature = "lz4")]
+    pub fn compress_above(mut self, bytes: Option<usize>) -> Self {
+        self.compress_above = bytes;
+        self
     }
 
     /// Puts keys in trace spans (`c3.key`). Off by default: keys may be
@@ -509,6 +521,7 @@ impl C3Builder {
             trace_keys: self.trace_keys,
             combiner: Arc::default(),
             limits: Limits {
+                compress_above: self.compress_above,
                 max_key_bytes: self.max_key_bytes,
                 max_value_bytes: self.max_value_bytes,
                 default_ttl: self.default_ttl,

@@ -24,9 +24,7 @@ use crate::telemetry;
 use tracing::Instrument;
 
 /// The value encoding this build writes; see `docs/PROTOCOL.md`.
-pub(crate) const ENCODING_JSON: &str = "json";
-/// A cached "not found" (negative caching): the value bytes are empty.
-pub(crate) const ENCODING_ABSENT: &str = "absent";
+pub(crate) use crate::codec::ABSENT as ENCODING_ABSENT;
 
 /// Bytes charged per L1 entry on top of its encoded value, for the entry
 /// struct, the `Arc`s and moka's bookkeeping.
@@ -51,6 +49,8 @@ pub struct C3 {
 }
 
 pub(crate) struct Limits {
+    /// Values whose JSON is longer than this are stored LZ4-compressed.
+    pub(crate) compress_above: Option<usize>,
     pub(crate) max_key_bytes: usize,
     pub(crate) max_value_bytes: usize,
     pub(crate) default_ttl: Option<Duration>,
@@ -661,18 +661,15 @@ impl C3 {
         let fresh_until = ttl.map(|t| now + t);
         let mut items = Vec::with_capacity(order.len());
         for k in &order {
-            let bytes = serde_json::to_vec(latest[k]).map_err(Repr::Encode)?;
-            if bytes.len() > self.inner.limits.max_value_bytes {
-                return Err(Repr::ValueTooLarge {
-                    size: bytes.len(),
-                    max: self.inner.limits.max_value_bytes,
-                }
-                .into());
-            }
+            let (bytes, encoding) = crate::codec::encode(
+                latest[k],
+                self.inner.limits.max_value_bytes,
+                self.inner.limits.compress_above,
+            )?;
             items.push(WriteItem {
                 key: (*k).to_owned(),
                 value: bytes,
-                encoding: ENCODING_JSON,
+                encoding,
                 fresh_until,
                 stale_until: None,
                 tags: tags.iter().map(|t| (*t).to_owned()).collect(),
@@ -855,21 +852,15 @@ where
 {
     let (value, stored): (Option<Arc<T>>, Arc<dyn Any + Send + Sync>) = match row.encoding.as_str()
     {
-        ENCODING_JSON => {
-            let v: T = serde_json::from_slice(&row.value).map_err(|source| Repr::Decode {
+        ENCODING_ABSENT => (None, Arc::new(Absent)),
+        encoding => {
+            let json = crate::codec::json_text(key, encoding, &row.value)?;
+            let v: T = serde_json::from_slice(&json).map_err(|source| Repr::Decode {
                 key: key.to_owned(),
                 source,
             })?;
             let v = Arc::new(v);
             (Some(Arc::clone(&v)), v)
-        }
-        ENCODING_ABSENT => (None, Arc::new(Absent)),
-        _ => {
-            return Err(Repr::UnknownEncoding {
-                key: key.to_owned(),
-                encoding: row.encoding,
-            }
-            .into());
         }
     };
     let fresh_until_us = row.fresh_until_us.unwrap_or(u64::MAX);

@@ -57,6 +57,9 @@ pub(crate) enum Repr {
     },
     #[error("the value of key {key:?} uses encoding {encoding:?}, which this build cannot read")]
     UnknownEncoding { key: String, encoding: String },
+    #[error("the stored value of key {key:?} is corrupt: {message}")]
+    #[cfg_attr(not(feature = "lz4"), allow(dead_code))]
+    Corrupt { key: String, message: String },
     #[error("L2 operation `{op}` timed out after {after:?}")]
     Timeout { op: &'static str, after: Duration },
     #[error("PostgreSQL error during `{op}`: {source}")]
@@ -117,7 +120,9 @@ impl Error {
             Repr::InvalidKey(_) => ErrorKind::InvalidKey,
             Repr::ValueTooLarge { .. } => ErrorKind::ValueTooLarge,
             Repr::Encode(_) => ErrorKind::Encode,
-            Repr::Decode { .. } | Repr::UnknownEncoding { .. } => ErrorKind::Decode,
+            Repr::Decode { .. } | Repr::UnknownEncoding { .. } | Repr::Corrupt { .. } => {
+                ErrorKind::Decode
+            }
             Repr::Timeout { .. } => ErrorKind::Timeout,
             Repr::Postgres { .. } | Repr::Pool { .. } => ErrorKind::Backend,
             Repr::Config(_) => ErrorKind::Config,

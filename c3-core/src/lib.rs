@@ -45,6 +45,7 @@
 //! | feature | what it adds |
 //! |---|---|
 //! | `test-util` | [`C3Builder::fill_hook`], to make race tests deterministic |
+//! | `lz4` | `C3Builder::compress_above`: LZ4 compression of large values in L2 (`json+lz4`) |
 //!
 //! ## Layout
 //!
@@ -63,6 +64,7 @@
 //! * `protocol` — the notification payload grammar.
 //! * `events` — [`Applied`], the observer hook for each applied notification.
 //! * `telemetry` — the tracing spans (`c3.get`, `c3.l2`, …) and their attributes.
+//! * `codec` — how values are encoded in L2 (JSON, JSON+LZ4, absent).
 //! * `key`, `clock`, `stats`, `error` — key rules, injectable time, counters, errors.
 //!
 //! [moka]: https://docs.rs/moka
@@ -72,6 +74,7 @@ mod breaker;
 mod builder;
 mod cache;
 mod clock;
+mod codec;
 mod coherency;
 mod combiner;
 mod config;

@@ -26,7 +26,7 @@ use tokio::sync::watch;
 
 use crate::backend::{Row, WriteItem};
 use crate::breaker::{Breaker, BreakerConfig, BreakerState, Permit};
-use crate::cache::{C3, ENCODING_ABSENT, ENCODING_JSON, decode_row};
+use crate::cache::{C3, ENCODING_ABSENT, decode_row};
 use crate::clock::to_micros;
 use crate::error::{Error, Repr, Result};
 use crate::stats::Counters;
@@ -600,17 +600,21 @@ impl C3 {
                 None => return Outcome::Absent,
             },
         };
-        let bytes = match &value {
-            Some(v) => match serde_json::to_vec(v) {
-                Ok(b) if b.len() <= self.max_value_bytes() => b,
+        let (bytes, encoding) = match &value {
+            Some(v) => match crate::codec::encode(
+                v,
+                self.max_value_bytes(),
+                self.inner.limits.compress_above,
+            ) {
+                Ok(encoded) => encoded,
                 // Too big or unencodable: answer without caching.
-                _ => {
+                Err(_) => {
                     return value.map_or(Outcome::Absent, |v| {
                         Outcome::Value(Arc::new(v), Tier::Source)
                     });
                 }
             },
-            None => Vec::new(),
+            None => (Vec::new(), ENCODING_ABSENT),
         };
         let fresh_until = ttl.map(|t| now + t);
         let stale_until = match (fresh_until, opts.fail_safe) {
@@ -620,11 +624,7 @@ impl C3 {
         let item = WriteItem {
             key: key.to_owned(),
             value: bytes,
-            encoding: if value.is_some() {
-                ENCODING_JSON
-            } else {
-                ENCODING_ABSENT
-            },
+            encoding,
             fresh_until,
             stale_until,
             tags: Vec::new(),
