@@ -88,8 +88,16 @@ impl Combiner {
         }
     }
 
+    /// [`take`](Self::take), marking the slot released when it is.
+    fn take_or_release(&self, slot: &mut Slot<'_>) -> Option<Vec<Pending>> {
+        let batch = self.take();
+        slot.held = batch.is_some();
+        batch
+    }
+
     /// Takes the next batch: queued writes in order, stopping before one
-    /// that would repeat a key or overflow the batch.
+    /// that would repeat a key or overflow the batch. `None` releases the
+    /// caller's flusher slot.
     fn take(&self) -> Option<Vec<Pending>> {
         let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
         let mut batch = Vec::new();
@@ -136,7 +144,14 @@ impl Combiner {
     }
 
     async fn flush(self: Arc<Self>, backend: Arc<Backend>) {
-        while let Some(batch) = self.take() {
+        // If this task dies mid-batch (a panic, the runtime going away), the
+        // guard gives its flusher slot back, so later writes start another
+        // flusher instead of waiting for one that will never come.
+        let mut guard = Slot {
+            combiner: &self,
+            held: true,
+        };
+        while let Some(batch) = self.take_or_release(&mut guard) {
             let header = batch.last().map(|p| p.header.clone()).unwrap_or_default();
             let items: Vec<WriteItem> = batch.iter().flat_map(|p| p.items.clone()).collect();
             match backend.set(&items, &header).await {
@@ -154,6 +169,28 @@ impl Combiner {
                         let _ = p.done.send(Err(Repr::Shared(Arc::clone(&e)).into()));
                     }
                 }
+            }
+        }
+    }
+}
+
+/// A flusher's slot in the queue's count, released on drop if still held.
+struct Slot<'a> {
+    combiner: &'a Combiner,
+    held: bool,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        if self.held {
+            let mut q = self
+                .combiner
+                .queue
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            q.flushers -= 1;
+            if q.flushers == 0 {
+                self.combiner.idle.notify_waiters();
             }
         }
     }
