@@ -23,7 +23,7 @@ use crate::stats::{Counters, Stats};
 use crate::telemetry;
 use tracing::Instrument;
 
-/// The value encoding this build writes; see `docs/PROTOCOL.md`.
+/// The encoding of a cached "not found" (see `codec`).
 pub(crate) use crate::codec::ABSENT as ENCODING_ABSENT;
 
 /// Bytes charged per L1 entry on top of its encoded value, for the entry
