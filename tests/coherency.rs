@@ -814,3 +814,50 @@ async fn compressed_values_are_read_by_every_node_and_unknown_encodings_are_erro
     assert_eq!(err.kind(), ErrorKind::Decode, "{err}");
     assert!(err.to_string().contains("json+zstd"), "{err}");
 }
+
+/// Codecs per namespace: each row records its codec, so a node writing
+/// MessagePack or postcard and a node on JSON read each other's values.
+#[tokio::test]
+async fn codecs_chosen_per_namespace_are_read_by_every_node() {
+    use c3::core::Codec;
+    let db = TestDb::new("codecs").await;
+    let a = db
+        .builder()
+        .codec(Codec::MessagePack)
+        .codec_for_prefix("pc:", Codec::Postcard)
+        .codec_for_prefix("js:", Codec::Json)
+        .build()
+        .await
+        .unwrap();
+    let b = db.node().await;
+    let value: (u32, String, Vec<bool>) = (7, "Ada".into(), vec![true, false]);
+    for (key, encoding) in [("mp:1", "msgpack"), ("pc:1", "postcard"), ("js:1", "json")] {
+        a.set(key, &value).await.unwrap();
+        let enc: String = db
+            .client
+            .query_one(
+                &format!("SELECT encoding FROM {} WHERE key = $1", db.table()),
+                &[&key],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(enc, encoding, "{key}");
+        assert_eq!(
+            *b.get::<(u32, String, Vec<bool>)>(key)
+                .await
+                .unwrap()
+                .unwrap(),
+            value
+        );
+    }
+    // B writes JSON; A reads it whatever A writes with.
+    b.set("mp:2", &value).await.unwrap();
+    assert_eq!(
+        *a.get::<(u32, String, Vec<bool>)>("mp:2")
+            .await
+            .unwrap()
+            .unwrap(),
+        value
+    );
+}

@@ -83,6 +83,7 @@ pub struct C3Builder {
     on_applied: Option<crate::events::AppliedObserver>,
     trace_keys: bool,
     compress_above: Option<usize>,
+    codecs: crate::codec::CodecPolicy,
 }
 
 impl Default for C3Builder {
@@ -116,6 +117,7 @@ impl Default for C3Builder {
             on_applied: None,
             trace_keys: false,
             compress_above: None,
+            codecs: crate::codec::CodecPolicy::default(),
         }
     }
 }
@@ -148,6 +150,21 @@ impl C3Builder {
         if self.error.is_none() {
             self.error = Some(message.to_string());
         }
+    }
+
+    /// The codec that writes values (default [`Codec::Json`](crate::Codec::Json)).
+    /// Readers decode by each row's recorded codec, so nodes may differ.
+    pub fn codec(mut self, codec: crate::Codec) -> Self {
+        self.codecs.default = codec;
+        self
+    }
+
+    /// The codec for keys starting with `prefix` (a namespace such as
+    /// `"session:"`); the longest matching prefix wins over
+    /// [`codec`](Self::codec).
+    pub fn codec_for_prefix(mut self, prefix: impl Into<String>, codec: crate::Codec) -> Self {
+        self.codecs.prefixes.push((prefix.into(), codec));
+        self
     }
 
     /// Stores values whose JSON is longer than `bytes` LZ4-compressed in L2
@@ -521,6 +538,7 @@ impl C3Builder {
             trace_keys: self.trace_keys,
             combiner: Arc::default(),
             limits: Limits {
+                codecs: self.codecs.clone(),
                 compress_above: self.compress_above,
                 max_key_bytes: self.max_key_bytes,
                 max_value_bytes: self.max_value_bytes,

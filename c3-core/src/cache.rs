@@ -49,7 +49,9 @@ pub struct C3 {
 }
 
 pub(crate) struct Limits {
-    /// Values whose JSON is longer than this are stored LZ4-compressed.
+    /// Which codec writes which keys.
+    pub(crate) codecs: crate::codec::CodecPolicy,
+    /// Values whose serialised form is longer than this are stored LZ4-compressed.
     pub(crate) compress_above: Option<usize>,
     pub(crate) max_key_bytes: usize,
     pub(crate) max_value_bytes: usize,
@@ -663,6 +665,7 @@ impl C3 {
         for k in &order {
             let (bytes, encoding) = crate::codec::encode(
                 latest[k],
+                self.inner.limits.codecs.for_key(k),
                 self.inner.limits.max_value_bytes,
                 self.inner.limits.compress_above,
             )?;
@@ -854,12 +857,7 @@ where
     {
         ENCODING_ABSENT => (None, Arc::new(Absent)),
         encoding => {
-            let json = crate::codec::json_text(key, encoding, &row.value)?;
-            let v: T = serde_json::from_slice(&json).map_err(|source| Repr::Decode {
-                key: key.to_owned(),
-                source,
-            })?;
-            let v = Arc::new(v);
+            let v: Arc<T> = Arc::new(crate::codec::decode(key, encoding, &row.value)?);
             (Some(Arc::clone(&v)), v)
         }
     };

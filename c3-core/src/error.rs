@@ -60,6 +60,19 @@ pub(crate) enum Repr {
     #[error("the stored value of key {key:?} is corrupt: {message}")]
     #[cfg_attr(not(feature = "lz4"), allow(dead_code))]
     Corrupt { key: String, message: String },
+    #[error("could not decode the cached value of key {key:?} as {codec}: {message}")]
+    #[cfg_attr(not(any(feature = "msgpack", feature = "postcard")), allow(dead_code))]
+    DecodeWith {
+        key: String,
+        codec: &'static str,
+        message: String,
+    },
+    #[error("could not encode value as {codec}: {message}")]
+    #[cfg_attr(not(any(feature = "msgpack", feature = "postcard")), allow(dead_code))]
+    EncodeWith {
+        codec: &'static str,
+        message: String,
+    },
     #[error("L2 operation `{op}` timed out after {after:?}")]
     Timeout { op: &'static str, after: Duration },
     #[error("PostgreSQL error during `{op}`: {source}")]
@@ -120,9 +133,11 @@ impl Error {
             Repr::InvalidKey(_) => ErrorKind::InvalidKey,
             Repr::ValueTooLarge { .. } => ErrorKind::ValueTooLarge,
             Repr::Encode(_) => ErrorKind::Encode,
-            Repr::Decode { .. } | Repr::UnknownEncoding { .. } | Repr::Corrupt { .. } => {
-                ErrorKind::Decode
-            }
+            Repr::Decode { .. }
+            | Repr::UnknownEncoding { .. }
+            | Repr::Corrupt { .. }
+            | Repr::DecodeWith { .. } => ErrorKind::Decode,
+            Repr::EncodeWith { .. } => ErrorKind::Encode,
             Repr::Timeout { .. } => ErrorKind::Timeout,
             Repr::Postgres { .. } | Repr::Pool { .. } => ErrorKind::Backend,
             Repr::Config(_) => ErrorKind::Config,

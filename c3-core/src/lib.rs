@@ -46,6 +46,8 @@
 //! |---|---|
 //! | `test-util` | [`C3Builder::fill_hook`], to make race tests deterministic |
 //! | `lz4` | `C3Builder::compress_above`: LZ4 compression of large values in L2 (`json+lz4`) |
+//! | `msgpack` | [`Codec`]`::MessagePack` for values (`msgpack` rows) |
+//! | `postcard` | [`Codec`]`::Postcard` for values (`postcard` rows) |
 //!
 //! ## Layout
 //!
@@ -64,7 +66,8 @@
 //! * `protocol` — the notification payload grammar.
 //! * `events` — [`Applied`], the observer hook for each applied notification.
 //! * `telemetry` — the tracing spans (`c3.get`, `c3.l2`, …) and their attributes.
-//! * `codec` — how values are encoded in L2 (JSON, JSON+LZ4, absent).
+//! * `codec` — [`Codec`]: how values are encoded in L2 (JSON, MessagePack,
+//!   postcard, each optionally LZ4-compressed; `absent`).
 //! * `key`, `clock`, `stats`, `error` — key rules, injectable time, counters, errors.
 //!
 //! [moka]: https://docs.rs/moka
@@ -94,6 +97,7 @@ pub use builder::FillHook;
 pub use builder::{C3Builder, L1Eviction};
 pub use cache::{C3, FillTicket, SqlNames};
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use codec::Codec;
 pub use coherency::ListenerState;
 pub use error::{Error, ErrorKind, Result};
 pub use events::{Applied, AppliedObserver};

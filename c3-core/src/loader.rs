@@ -603,6 +603,7 @@ impl C3 {
         let (bytes, encoding) = match &value {
             Some(v) => match crate::codec::encode(
                 v,
+                self.inner.limits.codecs.for_key(key),
                 self.max_value_bytes(),
                 self.inner.limits.compress_above,
             ) {
