@@ -10,7 +10,7 @@ use std::time::Duration;
 use axum::body::Body;
 use c3::core::{Clock, ManualClock};
 use c3::tower::C3CacheLayer;
-use support::web::{Origin, cache_status, cached, get, resp, send, stored};
+use support::web::{Origin, cache_status, cached, fetch, get, resp, send, stored};
 use support::{DELIVERY, TestDb, received, wait_until};
 
 const URL: &str = "http://app.test/item";
@@ -24,13 +24,13 @@ async fn fresh_responses_are_served_from_the_cache_until_they_expire() {
     let svc = cached(&c3, &origin);
 
     let w = c3.stats().writes;
-    let (p, body) = send(&svc, get(URL).body(Body::empty()).unwrap()).await;
+    let (p, body) = fetch(&svc, URL, &[]).await;
     assert_eq!(body, "v0");
     assert_eq!(cache_status(&p), "c3; fwd=uri-miss; stored");
     stored(&c3, w, 1).await;
 
     clock.advance(Duration::from_secs(10));
-    let (p, body) = send(&svc, get(URL).body(Body::empty()).unwrap()).await;
+    let (p, body) = fetch(&svc, URL, &[]).await;
     assert_eq!(body, "v0");
     assert!(
         cache_status(&p).starts_with("c3; hit; ttl=50; detail=l1"),
@@ -50,7 +50,7 @@ async fn fresh_responses_are_served_from_the_cache_until_they_expire() {
 
     // Stale, and without validators not worth keeping: fetched again.
     clock.advance(Duration::from_secs(51));
-    let (p, body) = send(&svc, get(URL).body(Body::empty()).unwrap()).await;
+    let (p, body) = fetch(&svc, URL, &[]).await;
     assert_eq!(body, "v1");
     assert!(!cache_status(&p).contains("hit"), "{}", cache_status(&p));
     assert_eq!(origin.hits(), 2);
@@ -97,13 +97,7 @@ async fn age_expires_s_maxage_and_targeted_headers_set_freshness() {
     let paths = ["/aged", "/expires", "/smax", "/cdn", "/c3"];
     for path in paths {
         let w = c3.stats().writes;
-        let (p, _) = send(
-            &svc,
-            get(&format!("http://app.test{path}"))
-                .body(Body::empty())
-                .unwrap(),
-        )
-        .await;
+        let (p, _) = fetch(&svc, &format!("http://app.test{path}"), &[]).await;
         assert!(
             cache_status(&p).ends_with("stored"),
             "{path}: {}",
@@ -117,13 +111,7 @@ async fn age_expires_s_maxage_and_targeted_headers_set_freshness() {
     }
     clock.advance(Duration::from_secs(20));
     for path in paths {
-        let (p, _) = send(
-            &svc,
-            get(&format!("http://app.test{path}"))
-                .body(Body::empty())
-                .unwrap(),
-        )
-        .await;
+        let (p, _) = fetch(&svc, &format!("http://app.test{path}"), &[]).await;
         let fresh = path != "/aged"; // 50 s old on arrival + 20 s > 60 s
         assert_eq!(
             cache_status(&p).starts_with("c3; hit"),
@@ -244,8 +232,8 @@ async fn private_responses_are_never_shared() {
     let svc = cached(&c3, &origin);
     for path in ["/no-store", "/private", "/cookie"] {
         let url = format!("http://app.test{path}");
-        let (p1, b1) = send(&svc, get(&url).body(Body::empty()).unwrap()).await;
-        let (_, b2) = send(&svc, get(&url).body(Body::empty()).unwrap()).await;
+        let (p1, b1) = fetch(&svc, &url, &[]).await;
+        let (_, b2) = fetch(&svc, &url, &[]).await;
         assert_ne!(b1, b2, "{path} must reach the origin every time");
         assert!(!cache_status(&p1).contains("stored"));
     }
@@ -281,12 +269,10 @@ async fn private_responses_are_never_shared() {
     let (p, _) = send(&svc, authed("http://app.test/public")).await;
     assert!(cache_status(&p).starts_with("c3; hit"));
     // Request no-store: not stored.
-    let (p, _) = send(
+    let (p, _) = fetch(
         &svc,
-        get("http://app.test/other")
-            .header("cache-control", "no-store")
-            .body(Body::empty())
-            .unwrap(),
+        "http://app.test/other",
+        &[("cache-control", "no-store")],
     )
     .await;
     assert!(!cache_status(&p).contains("stored"));
@@ -306,13 +292,13 @@ async fn set_cookie_responses_may_be_stored_without_the_cookie_when_allowed() {
         .layer(C3CacheLayer::new(c3.clone()).store_set_cookie(true))
         .service(origin.service());
     let w = c3.stats().writes;
-    let (p, _) = send(&svc, get(URL).body(Body::empty()).unwrap()).await;
+    let (p, _) = fetch(&svc, URL, &[]).await;
     assert!(
         p.headers.contains_key("set-cookie"),
         "the original requester gets its cookie"
     );
     stored(&c3, w, 1).await;
-    let (p, _) = send(&svc, get(URL).body(Body::empty()).unwrap()).await;
+    let (p, _) = fetch(&svc, URL, &[]).await;
     assert!(cache_status(&p).starts_with("c3; hit"));
     assert!(
         !p.headers.contains_key("set-cookie"),
@@ -336,43 +322,25 @@ async fn conditional_requests_get_304_from_the_cache() {
     });
     let svc = cached(&c3, &origin);
     let w = c3.stats().writes;
-    send(&svc, get(URL).body(Body::empty()).unwrap()).await;
+    fetch(&svc, URL, &[]).await;
     stored(&c3, w, 1).await;
-    let (p, body) = send(
-        &svc,
-        get(URL)
-            .header("if-none-match", "\"v1\"")
-            .body(Body::empty())
-            .unwrap(),
-    )
-    .await;
+    let (p, body) = fetch(&svc, URL, &[("if-none-match", "\"v1\"")]).await;
     assert_eq!(p.status, 304);
     assert!(body.is_empty());
     assert_eq!(p.headers["etag"], "W/\"v1\"");
-    let (p, _) = send(
-        &svc,
-        get(URL)
-            .header("if-none-match", "\"other\"")
-            .body(Body::empty())
-            .unwrap(),
-    )
-    .await;
+    let (p, _) = fetch(&svc, URL, &[("if-none-match", "\"other\"")]).await;
     assert_eq!(p.status, 200);
-    let (p, _) = send(
+    let (p, _) = fetch(
         &svc,
-        get(URL)
-            .header("if-modified-since", "Mon, 02 Nov 2026 10:00:00 GMT")
-            .body(Body::empty())
-            .unwrap(),
+        URL,
+        &[("if-modified-since", "Mon, 02 Nov 2026 10:00:00 GMT")],
     )
     .await;
     assert_eq!(p.status, 304);
-    let (p, _) = send(
+    let (p, _) = fetch(
         &svc,
-        get(URL)
-            .header("if-modified-since", "Sat, 31 Oct 2026 10:00:00 GMT")
-            .body(Body::empty())
-            .unwrap(),
+        URL,
+        &[("if-modified-since", "Sat, 31 Oct 2026 10:00:00 GMT")],
     )
     .await;
     assert_eq!(p.status, 200);
@@ -409,12 +377,12 @@ async fn stale_entries_are_revalidated_with_validators_and_updated_by_304() {
     });
     let svc = cached(&c3, &origin);
     let w = c3.stats().writes;
-    send(&svc, get(URL).body(Body::empty()).unwrap()).await;
+    fetch(&svc, URL, &[]).await;
     stored(&c3, w, 1).await;
     clock.advance(Duration::from_secs(11));
 
     let w = c3.stats().writes;
-    let (p, body) = send(&svc, get(URL).body(Body::empty()).unwrap()).await;
+    let (p, body) = fetch(&svc, URL, &[]).await;
     assert_eq!(p.status, 200);
     assert_eq!(body, "original body");
     assert_eq!(cache_status(&p), "c3; fwd=stale; fwd-status=304");
@@ -426,7 +394,7 @@ async fn stale_entries_are_revalidated_with_validators_and_updated_by_304() {
     stored(&c3, w, 1).await;
 
     clock.advance(Duration::from_secs(50)); // fresh again thanks to max-age=100
-    let (p, _) = send(&svc, get(URL).body(Body::empty()).unwrap()).await;
+    let (p, _) = fetch(&svc, URL, &[]).await;
     assert!(
         cache_status(&p).starts_with("c3; hit"),
         "{}",
@@ -469,13 +437,7 @@ async fn stale_while_revalidate_and_stale_if_error() {
     let svc = cached(&c3, &origin);
     for path in ["/swr", "/sie", "/mr"] {
         let w = c3.stats().writes;
-        send(
-            &svc,
-            get(&format!("http://app.test{path}"))
-                .body(Body::empty())
-                .unwrap(),
-        )
-        .await;
+        fetch(&svc, &format!("http://app.test{path}"), &[]).await;
         stored(&c3, w, 1).await;
     }
     clock.advance(Duration::from_secs(15));
@@ -511,7 +473,7 @@ async fn stale_while_revalidate_and_stale_if_error() {
     );
 
     // must-revalidate forbids serving stale, whatever stale-if-error says.
-    let (_, body) = send(&svc, get("http://app.test/mr").body(Body::empty()).unwrap()).await;
+    let (_, body) = fetch(&svc, "http://app.test/mr", &[]).await;
     assert_ne!(body, "mr2", "revalidated, not served stale");
 }
 
@@ -532,7 +494,7 @@ async fn head_is_answered_from_a_stored_get_and_never_stored() {
         "HEAD miss forwarded, not stored"
     );
     let w = c3.stats().writes;
-    send(&svc, get(URL).body(Body::empty()).unwrap()).await;
+    fetch(&svc, URL, &[]).await;
     stored(&c3, w, 1).await;
     let (p, body) = send(&svc, http::Request::head(URL).body(Body::empty()).unwrap()).await;
     assert!(cache_status(&p).starts_with("c3; hit"));
@@ -552,7 +514,7 @@ async fn bodies_over_the_limit_stream_through_uncached() {
         .layer(C3CacheLayer::new(c3.clone()).max_body_bytes(16 * 1024))
         .service(origin.service());
     for _ in 0..2 {
-        let (p, body) = send(&svc, get(URL).body(Body::empty()).unwrap()).await;
+        let (p, body) = fetch(&svc, URL, &[]).await;
         assert_eq!(body.len(), big.len(), "body intact");
         assert!(!cache_status(&p).contains("stored"));
     }
@@ -576,9 +538,9 @@ async fn a_write_on_one_node_invalidates_the_uri_and_locations_on_every_node() {
     let (svc_a, svc_b) = (cached(&a, &origin), cached(&b, &origin));
     for url in [URL, "http://app.test/other", "http://app.test/unrelated"] {
         let w = a.stats().writes;
-        send(&svc_a, get(url).body(Body::empty()).unwrap()).await;
+        fetch(&svc_a, url, &[]).await;
         stored(&a, w, 1).await;
-        let (p, _) = send(&svc_b, get(url).body(Body::empty()).unwrap()).await;
+        let (p, _) = fetch(&svc_b, url, &[]).await;
         assert!(
             cache_status(&p).contains("hit; ttl"),
             "B serves A's entry from L2: {}",
@@ -598,20 +560,14 @@ async fn a_write_on_one_node_invalidates_the_uri_and_locations_on_every_node() {
     })
     .await;
     for url in [URL, "http://app.test/other"] {
-        let (p, _) = send(&svc_a, get(url).body(Body::empty()).unwrap()).await;
+        let (p, _) = fetch(&svc_a, url, &[]).await;
         assert!(
             !cache_status(&p).contains("hit"),
             "{url} invalidated on A: {}",
             cache_status(&p)
         );
     }
-    let (p, _) = send(
-        &svc_a,
-        get("http://app.test/unrelated")
-            .body(Body::empty())
-            .unwrap(),
-    )
-    .await;
+    let (p, _) = fetch(&svc_a, "http://app.test/unrelated", &[]).await;
     assert!(cache_status(&p).contains("hit"));
     // A failed write invalidates nothing.
     let sent = b.stats().invalidations_sent;
@@ -628,13 +584,7 @@ async fn a_write_on_one_node_invalidates_the_uri_and_locations_on_every_node() {
     )
     .await;
     assert_eq!(b.stats().invalidations_sent, sent);
-    let (p, _) = send(
-        &svc_a,
-        get("http://app.test/unrelated")
-            .body(Body::empty())
-            .unwrap(),
-    )
-    .await;
+    let (p, _) = fetch(&svc_a, "http://app.test/unrelated", &[]).await;
     assert!(cache_status(&p).contains("hit"));
 }
 
@@ -659,26 +609,14 @@ async fn tags_invalidate_responses_on_every_node() {
         get("http://app.test/u/42").body(Body::empty()).unwrap(),
     )
     .await;
-    send(
-        &svc_a,
-        get("http://app.test/u/42/posts")
-            .body(Body::empty())
-            .unwrap(),
-    )
-    .await;
+    fetch(&svc_a, "http://app.test/u/42/posts", &[]).await;
     stored(&a, w, 2).await;
     let r = a.stats().invalidations_received;
     assert_eq!(c3::tower::invalidate_tag(&b, "user:42").await.unwrap(), 2);
     received(&a, r).await;
     let w = a.stats().writes;
     for path in ["/u/42", "/u/42/posts"] {
-        let (p, _) = send(
-            &svc_a,
-            get(&format!("http://app.test{path}"))
-                .body(Body::empty())
-                .unwrap(),
-        )
-        .await;
+        let (p, _) = fetch(&svc_a, &format!("http://app.test{path}"), &[]).await;
         assert!(
             !cache_status(&p).contains("hit"),
             "{path}: {}",
@@ -747,7 +685,7 @@ async fn concurrent_misses_collapse_into_one_upstream_request() {
     let calls: Vec<_> = (0..50)
         .map(|_| {
             let (svc, url) = (svc.clone(), url.clone());
-            tokio::spawn(async move { send(&svc, get(&url).body(Body::empty()).unwrap()).await })
+            tokio::spawn(async move { fetch(&svc, &url, &[]).await })
         })
         .collect();
     let mut collapsed = 0;
@@ -886,7 +824,7 @@ async fn a_miss_streams_its_body_to_the_client_while_capturing_it() {
     assert_eq!(rest, "second");
     stored(&c3, w, 1).await;
 
-    let (p, body) = send(&svc, get(URL).body(Body::empty()).unwrap()).await;
+    let (p, body) = fetch(&svc, URL, &[]).await;
     assert_eq!(body, "first second", "the captured body is whole");
     assert!(cache_status(&p).contains("hit"), "{}", cache_status(&p));
 }

@@ -93,6 +93,25 @@ where
     (parts, body.collect().await.unwrap().to_bytes())
 }
 
+/// GETs `url` through `svc` with these request headers and reads the whole body.
+pub async fn fetch<S, B>(
+    svc: &S,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> (http::response::Parts, Bytes)
+where
+    S: Service<Request<Body>, Response = Response<B>> + Clone,
+    S::Error: std::fmt::Debug,
+    B: axum::body::HttpBody,
+    B::Error: std::fmt::Debug,
+{
+    let mut req = get(url);
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    send(svc, req.body(Body::empty()).unwrap()).await
+}
+
 pub fn cache_status(parts: &http::response::Parts) -> String {
     parts
         .headers
