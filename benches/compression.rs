@@ -17,12 +17,8 @@ use common::timed;
 use criterion::{Criterion, criterion_group, criterion_main};
 
 fn compression(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let url = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let rt = common::runtime();
+    let url = common::database_url();
     let doc: Vec<String> = (0..1210)
         .map(|i| format!("{{\"id\":{i},\"name\":\"user {i}\",\"active\":true}}"))
         .collect();

@@ -37,10 +37,7 @@ fn user() -> User {
 }
 
 fn read_path(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::runtime();
     let mut g = c.benchmark_group("read");
 
     let moka: moka::sync::Cache<String, Arc<User>> = moka::sync::Cache::new(10_000);
@@ -67,8 +64,7 @@ fn read_path(c: &mut Criterion) {
         });
     });
 
-    let url = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let url = common::database_url();
     let pg = rt.block_on(async {
         let c3 = C3::builder()
             .postgres(&url)

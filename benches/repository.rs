@@ -31,12 +31,8 @@ struct User {
 }
 
 fn repository(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let url = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let rt = common::runtime();
+    let url = common::database_url();
     let (pool, l1, l2) = rt.block_on(async {
         let opts = PgConnectOptions::from_str(&url)
             .unwrap()
