@@ -391,6 +391,23 @@ impl C3 {
     where
         T: DeserializeOwned + Send + Sync + 'static,
     {
+        let span = telemetry::op_span!(self, "c3.get_many", keys.first().copied().unwrap_or(""));
+        let r = self
+            .get_many_inner(keys, &span)
+            .instrument(span.clone())
+            .await;
+        telemetry::record_result(&span, &r);
+        r
+    }
+
+    async fn get_many_inner<T>(
+        &self,
+        keys: &[&str],
+        span: &tracing::Span,
+    ) -> Result<Vec<Option<Arc<T>>>>
+    where
+        T: DeserializeOwned + Send + Sync + 'static,
+    {
         for k in keys {
             self.check_key(k)?;
         }
@@ -407,8 +424,10 @@ impl C3 {
             }
         }
         if missing.is_empty() {
+            telemetry::record(span, Some("l1"), "ok");
             return Ok(out);
         }
+        telemetry::record(span, Some("l2"), "ok");
         let now = self.inner.clock.now();
         let miss_keys: Vec<&str> = missing.iter().map(|(_, k, _)| *k).collect();
         let rows = self
