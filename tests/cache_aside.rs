@@ -418,3 +418,87 @@ async fn loads_succeed_while_l2_is_down_and_l2_is_probed_again_later() {
         "written to L2 again"
     );
 }
+
+/// The classic cache-aside race: a load reads the source, a writer changes
+/// the source and invalidates the key, and only then does the load write
+/// its (older) value to L2. The write-back must be refused — decided by L2
+/// itself, so it holds even before the loading node hears of the write.
+#[tokio::test]
+async fn a_load_that_raced_a_write_does_not_write_its_older_value_back() {
+    let db = TestDb::new("load_race").await;
+    let (a, b) = (db.node().await, db.node().await);
+    let opts = LoadOptions::new();
+    let stored = |key: &'static str| {
+        let client = &db.client;
+        let table = db.table();
+        async move {
+            client
+                .query_opt(
+                    &format!("SELECT convert_from(value, 'UTF8') FROM {table} WHERE key = $1"),
+                    &[&key],
+                )
+                .await
+                .unwrap()
+                .map(|r| r.get::<_, String>(0))
+        }
+    };
+
+    // The key is deleted (invalidated) while the load is in flight.
+    let writer = b.clone();
+    let got = a
+        .get_or_load("deleted", &opts, move || async move {
+            writer.delete("deleted").await.unwrap();
+            Ok::<_, std::io::Error>(Some("old".to_owned()))
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        got.as_deref().map(String::as_str),
+        Some("old"),
+        "the caller still gets its answer"
+    );
+    assert_eq!(
+        stored("deleted").await,
+        None,
+        "the older value is not written back"
+    );
+    assert!(!a.is_cached_locally("deleted"));
+
+    // The key is set by another node while the load is in flight.
+    let writer = b.clone();
+    a.get_or_load("set", &opts, move || async move {
+        writer.set("set", &"new".to_owned()).await.unwrap();
+        Ok::<_, std::io::Error>(Some("old".to_owned()))
+    })
+    .await
+    .unwrap();
+    assert_eq!(stored("set").await.as_deref(), Some("\"new\""));
+    wait_until("A reads the newer value", DELIVERY, || async {
+        a.get::<String>("set")
+            .await
+            .unwrap()
+            .as_deref()
+            .map(String::as_str)
+            == Some("new")
+    })
+    .await;
+
+    // Nothing in the way: the loaded value is written and kept.
+    a.get_or_load("quiet", &opts, || async {
+        Ok::<_, std::io::Error>(Some("loaded".to_owned()))
+    })
+    .await
+    .unwrap();
+    assert_eq!(stored("quiet").await.as_deref(), Some("\"loaded\""));
+    assert!(a.is_cached_locally("quiet"));
+
+    // A clear during the load counts too.
+    let writer = b.clone();
+    a.get_or_load("cleared", &opts, move || async move {
+        writer.clear().await.unwrap();
+        Ok::<_, std::io::Error>(Some("old".to_owned()))
+    })
+    .await
+    .unwrap();
+    assert_eq!(stored("cleared").await, None);
+}

@@ -277,7 +277,7 @@ impl C3 {
         Ok(())
     }
 
-    fn header(&self, op: char) -> String {
+    pub(crate) fn header(&self, op: char) -> String {
         protocol::header(&self.inner.coherency.node_id, self.now_us(), op)
     }
 

@@ -24,7 +24,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
-use crate::backend::{Row, WriteItem};
+use crate::backend::{Lease, Row, WriteItem};
 use crate::breaker::{Breaker, BreakerConfig, BreakerState, Permit};
 use crate::cache::{C3, ENCODING_ABSENT, decode_row};
 use crate::clock::to_micros;
@@ -454,9 +454,18 @@ impl C3 {
         // Taken before anything is read, so a value loaded while the key was
         // invalidated is neither written to L2 nor kept in L1.
         let token = self.coherency().begin_fill(key);
+        let mut lease = None;
 
-        if !refresh {
-            match self.read_l2::<T>(key, token).await {
+        if refresh {
+            // No answer is needed from L2, only the lease for the write-back.
+            if let Ok((_, l)) = self
+                .l2("get", self.backend().get_for_load(key, self.now()))
+                .await
+            {
+                lease = Some(l);
+            }
+        } else {
+            match self.read_l2::<T>(key, token, &mut lease).await {
                 L2Read::Fresh(v) => {
                     return publish(v.map_or(Outcome::Absent, |v| Outcome::Value(v, Tier::L2)));
                 }
@@ -475,7 +484,7 @@ impl C3 {
         {
             // Whoever held the lock before us has probably loaded the key.
             let token = self.coherency().begin_fill(key);
-            if let L2Read::Fresh(v) = self.read_l2::<T>(key, token).await {
+            if let L2Read::Fresh(v) = self.read_l2::<T>(key, token, &mut lease).await {
                 l.release().await;
                 return publish(v.map_or(Outcome::Absent, |v| Outcome::Value(v, Tier::L2)));
             }
@@ -519,7 +528,8 @@ impl C3 {
         let outcome = match result {
             Ok(Ok(value)) => {
                 breaker.success();
-                self.store_loaded(key, opts, value, token).await
+                self.store_loaded(key, opts, value, token, lease.as_ref())
+                    .await
             }
             Ok(Err(e)) => {
                 self.loader_failed(&breaker);
@@ -543,6 +553,43 @@ impl C3 {
         }
     }
 
+    /// Writes a loaded value under `lease`; refused (and not kept in L1)
+    /// when the key changed since the read that preceded the load.
+    async fn write_loaded<T>(
+        &self,
+        item: WriteItem,
+        lease: &Lease,
+        token: Option<crate::coherency::FillToken>,
+    ) -> Result<()>
+    where
+        T: DeserializeOwned + Send + Sync + 'static,
+    {
+        let header = self.header('k');
+        let Some(version) = self
+            .l2("set", self.backend().set_loaded(&item, &header, lease))
+            .await?
+        else {
+            Counters::inc(&self.counters().fills_dropped);
+            return Ok(());
+        };
+        Counters::inc(&self.counters().writes);
+        Counters::inc(&self.counters().invalidations_sent);
+        self.coherency().note_committed(&item.key, version);
+        if let Some(token) = token {
+            let row = Row {
+                value: item.value,
+                encoding: item.encoding.to_owned(),
+                version,
+                fresh_until_us: item.fresh_until.map(to_micros),
+                stale_until_us: item.stale_until.map(to_micros),
+            };
+            let (_, entry) = decode_row::<T>(&item.key, row, self.now_us())?;
+            self.coherency()
+                .fill_up_to(&item.key, token, entry, version);
+        }
+        Ok(())
+    }
+
     fn loader_failed(&self, breaker: &Breaker) {
         Counters::inc(&self.counters().load_errors);
         if breaker.failure() {
@@ -551,15 +598,23 @@ impl C3 {
         }
     }
 
-    async fn read_l2<T>(&self, key: &str, token: Option<crate::coherency::FillToken>) -> L2Read<T>
+    /// Reads `key` from L2 for a load. The lease it also returns is what a
+    /// loaded value must present to be written back (see `store_loaded`).
+    async fn read_l2<T>(
+        &self,
+        key: &str,
+        token: Option<crate::coherency::FillToken>,
+        lease: &mut Option<Lease>,
+    ) -> L2Read<T>
     where
         T: DeserializeOwned + Send + Sync + 'static,
     {
         let now = self.now();
         let now_us = to_micros(now);
-        let Ok(row) = self.l2("get", self.backend().get(key, now)).await else {
+        let Ok((row, l)) = self.l2("get", self.backend().get_for_load(key, now)).await else {
             return L2Read::Nothing;
         };
+        *lease = Some(l);
         let Some(row) = row else {
             Counters::inc(&self.counters().l2_misses);
             return L2Read::Nothing;
@@ -588,6 +643,7 @@ impl C3 {
         opts: &LoadOptions,
         value: Option<T>,
         token: Option<crate::coherency::FillToken>,
+        lease: Option<&Lease>,
     ) -> Outcome<T>
     where
         T: Serialize + DeserializeOwned + Send + Sync + 'static,
@@ -631,7 +687,15 @@ impl C3 {
             tags: Vec::new(),
         };
         let still_valid = token.is_none_or(|t| self.coherency().token_valid(key, t));
-        if still_valid && let Err(e) = self.write_items::<T>(vec![item.clone()]).await {
+        let written = match lease {
+            // The usual case: written only if the key is unchanged since the
+            // read before the load — decided by L2 itself, so it holds even
+            // when this node has not heard of a concurrent write yet.
+            Some(lease) if still_valid => self.write_loaded::<T>(item.clone(), lease, token).await,
+            _ if still_valid => self.write_items::<T>(vec![item.clone()]).await,
+            _ => Ok(()),
+        };
+        if let Err(e) = written {
             tracing::debug!(target: "c3::loader", error = %e, "could not store a loaded value in L2");
             // L2 is unavailable: keep the value in L1 only, at version 0
             // so that any versioned write to the key evicts it.

@@ -50,6 +50,8 @@ struct State {
     /// tag → keys; stale pairs (key deleted or re-set) are skipped on use.
     tags: HashMap<String, std::collections::HashSet<String>>,
     version: u64,
+    /// key → version of its last deletion; `""` → of the last clear.
+    deleted: HashMap<String, u64>,
 }
 
 impl MemoryServer {
@@ -112,6 +114,39 @@ impl MemoryBackend {
             .cloned()
     }
 
+    /// The memory server is one process under one lock: the version counter
+    /// is the snapshot.
+    pub(crate) fn get_for_load(&self, key: &str, now: SystemTime) -> (Option<Row>, super::Lease) {
+        let now = to_micros(now);
+        let state = self.server.lock();
+        let row = state.rows.get(key);
+        let lease = super::Lease {
+            snapshot: state.version.to_string(),
+            version: row.map_or(0, |r| r.version),
+        };
+        (row.filter(|r| live(r, now)).cloned(), lease)
+    }
+
+    pub(crate) fn set_loaded(
+        &self,
+        item: &WriteItem,
+        header: &str,
+        lease: &super::Lease,
+    ) -> Option<u64> {
+        let mut state = self.server.lock();
+        let seen: u64 = lease.snapshot.parse().unwrap_or(0);
+        let deleted_since = [item.key.as_str(), ""]
+            .iter()
+            .any(|k| state.deleted.get(*k).is_some_and(|v| *v > seen));
+        let current = state.rows.get(&item.key).map_or(0, |r| r.version);
+        if deleted_since || current != lease.version {
+            return None;
+        }
+        self.set_locked(&mut state, std::slice::from_ref(item), header)
+            .first()
+            .copied()
+    }
+
     pub(crate) fn get_many(&self, keys: &[&str], now: SystemTime) -> Vec<(String, Row)> {
         let now = to_micros(now);
         let state = self.server.lock();
@@ -126,10 +161,14 @@ impl MemoryBackend {
             .collect()
     }
 
-    // Publishing while the state lock is held is what makes the notification
-    // order equal the commit order, as PostgreSQL guarantees.
     pub(crate) fn set(&self, items: &[WriteItem], header: &str) -> Vec<u64> {
         let mut state = self.server.lock();
+        self.set_locked(&mut state, items, header)
+    }
+
+    // Publishing while the state lock is held is what makes the notification
+    // order equal the commit order, as PostgreSQL guarantees.
+    fn set_locked(&self, state: &mut State, items: &[WriteItem], header: &str) -> Vec<u64> {
         let mut versions = Vec::with_capacity(items.len());
         for item in items {
             state.version += 1;
@@ -175,6 +214,9 @@ impl MemoryBackend {
         }
         state.version += 1;
         let version = state.version;
+        for k in keys {
+            state.deleted.insert((*k).to_owned(), version);
+        }
         for p in crate::protocol::pack(header, keys.iter().map(|k| format!("{version} {k}"))) {
             self.server.notify(&p);
         }
@@ -195,6 +237,9 @@ impl MemoryBackend {
         }
         state.version += 1;
         let version = state.version;
+        for k in &keys {
+            state.deleted.insert(k.clone(), version);
+        }
         for p in crate::protocol::pack(header, keys.iter().map(|k| format!("{version} {k}"))) {
             self.server.notify(&p);
         }
@@ -211,6 +256,9 @@ impl MemoryBackend {
     pub(crate) fn clear(&self, payload: &str) {
         let mut state = self.server.lock();
         state.rows.clear();
+        state.version += 1;
+        let version = state.version;
+        state.deleted.insert(String::new(), version);
         self.server.notify(payload);
     }
 

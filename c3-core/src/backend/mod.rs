@@ -35,6 +35,14 @@ pub(crate) struct WriteItem {
     pub(crate) tags: Vec<String>,
 }
 
+/// What a load must present to write its value back: the snapshot of the
+/// read that preceded it and the version it saw (0: no row).
+#[derive(Debug, Clone)]
+pub(crate) struct Lease {
+    pub(crate) snapshot: String,
+    pub(crate) version: u64,
+}
+
 pub(crate) enum Backend {
     Postgres(Box<postgres::PgBackend>),
     Memory(memory::MemoryBackend),
@@ -58,6 +66,31 @@ impl Backend {
         match self {
             Backend::Postgres(b) => b.get(key, now).await,
             Backend::Memory(b) => Ok(b.get(key, now)),
+        }
+    }
+
+    /// Reads a row for a load, with the lease its result must present.
+    pub(crate) async fn get_for_load(
+        &self,
+        key: &str,
+        now: SystemTime,
+    ) -> Result<(Option<Row>, Lease)> {
+        match self {
+            Backend::Postgres(b) => b.get_for_load(key, now).await,
+            Backend::Memory(b) => Ok(b.get_for_load(key, now)),
+        }
+    }
+
+    /// Writes a loaded value unless the key changed since `lease` was taken.
+    pub(crate) async fn set_loaded(
+        &self,
+        item: &WriteItem,
+        header: &str,
+        lease: &Lease,
+    ) -> Result<Option<u64>> {
+        match self {
+            Backend::Postgres(b) => b.set_loaded(item, header, lease).await,
+            Backend::Memory(b) => Ok(b.set_loaded(item, header, lease)),
         }
     }
 

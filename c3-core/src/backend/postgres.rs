@@ -32,6 +32,9 @@ struct Sql {
     tags_replace: String,
     tags_insert: String,
     invalidate_tag: String,
+    get_for_load: String,
+    set_loaded: String,
+    sweep_deleted: String,
 }
 
 /// The quoted, schema-qualified name of the SQL function that deletes keys
@@ -71,6 +74,11 @@ impl Sql {
         );
         let tags_idx = quote_ident(&format!("{table}_tags_key_idx"));
         let inv = invalidate_function(schema, table);
+        let deleted = format!(
+            "{}.{}",
+            quote_ident(schema),
+            quote_ident(&format!("{table}_deleted"))
+        );
         let create_schema = if schema == "public" {
             String::new()
         } else {
@@ -109,6 +117,11 @@ CREATE TABLE IF NOT EXISTS {tags} (
     PRIMARY KEY (tag, key)
 );
 CREATE INDEX IF NOT EXISTS {tags_idx} ON {tags} (key);
+CREATE TABLE IF NOT EXISTS {deleted} (
+    key text PRIMARY KEY,
+    xid xid8 NOT NULL,
+    at  timestamptz NOT NULL DEFAULT now()
+);
 CREATE OR REPLACE FUNCTION {inv}(channel text, keys text[], tags text[] DEFAULT '{{}}')
 RETURNS bigint LANGUAGE plpgsql AS $c3$
 DECLARE
@@ -128,6 +141,8 @@ BEGIN
     END IF;
     WITH d AS (DELETE FROM {t} WHERE key = ANY(ks) RETURNING 1)
         SELECT nextval('{seq}') INTO v FROM (SELECT count(*) FROM d) AS x;
+    INSERT INTO {deleted} (key, xid) SELECT unnest(ks), pg_current_xact_id()
+        ON CONFLICT (key) DO UPDATE SET xid = EXCLUDED.xid, at = now();
     msg := head || 'k';
     FOREACH k IN ARRAY ks LOOP
         IF k = '' OR octet_length(k) > 7000 OR left(k, 3) = 'c3|' OR k ~ '[\\x01-\\x1f\\x7f-\\x9f]' THEN
@@ -192,11 +207,35 @@ SELECT * FROM unnest($1::text[], $2::bytea[], $3::text[], $4::timestamptz[], $5:
             // The version is drawn *after* the DELETE has locked the rows (the
             // count(*) forces that order), so it is newer than any version a
             // concurrent writer of the same key obtained before us.
+            // Deletions are also recorded (key, deleting transaction) so a load
+            // that read before them cannot write its older value back.
             delete: format!(
-                "WITH d AS (DELETE FROM {t} WHERE key = ANY($1) RETURNING 1) \
+                "WITH d AS (DELETE FROM {t} WHERE key = ANY($1) RETURNING 1), \
+r AS (INSERT INTO {deleted} (key, xid) SELECT DISTINCT k, pg_current_xact_id() FROM unnest($1::text[]) AS k \
+ON CONFLICT (key) DO UPDATE SET xid = EXCLUDED.xid, at = now()) \
 SELECT nextval('{seq}') FROM (SELECT count(*) FROM d) AS x"
             ),
-            clear: format!("DELETE FROM {t}"),
+            // The empty key (never a valid key) records "everything".
+            clear: format!(
+                "DELETE FROM {t}; INSERT INTO {deleted} (key, xid) VALUES ('', pg_current_xact_id()) \
+ON CONFLICT (key) DO UPDATE SET xid = EXCLUDED.xid, at = now()"
+            ),
+            get_for_load: format!(
+                "SELECT s.snap, r.value, r.encoding, r.version, r.expires_at, r.stale_until \
+FROM (SELECT pg_current_snapshot()::text AS snap) AS s LEFT JOIN {t} AS r ON r.key = $1"
+            ),
+            // A loaded value is written only if nothing newer happened to the
+            // key since the read that preceded the load: no deletion the
+            // read's snapshot could not see, and the row still at the version
+            // read (0: there was none).
+            set_loaded: format!(
+                "WITH up AS (INSERT INTO {t} (key, value, encoding, expires_at, stale_until) \
+SELECT $1, $2, $3, $4, $5 WHERE NOT EXISTS (SELECT 1 FROM {deleted} AS d WHERE d.key IN ($1, '') \
+AND NOT pg_visible_in_snapshot(d.xid, $8::text::pg_snapshot)) \
+{upsert_set} WHERE {t}.version = $9 RETURNING version) \
+SELECT version, pg_notify($6, $7 || E'\\n' || version || ' ' || $1) FROM up"
+            ),
+            sweep_deleted: format!("DELETE FROM {deleted} WHERE at < now() - interval '1 hour'"),
             tags_replace: format!("DELETE FROM {tags} WHERE key = ANY($1)"),
             tags_insert: format!(
                 "INSERT INTO {tags} (tag, key) SELECT * FROM unnest($1::text[], $2::text[]) \
@@ -205,7 +244,9 @@ ON CONFLICT DO NOTHING"
             // The tag rows go with their cache rows (ON DELETE CASCADE). The
             // version is drawn after the delete, as for a plain delete.
             invalidate_tag: format!(
-                "WITH d AS (DELETE FROM {t} WHERE key IN (SELECT key FROM {tags} WHERE tag = $1) RETURNING key) \
+                "WITH d AS (DELETE FROM {t} WHERE key IN (SELECT key FROM {tags} WHERE tag = $1) RETURNING key), \
+r AS (INSERT INTO {deleted} (key, xid) SELECT key, pg_current_xact_id() FROM d \
+ON CONFLICT (key) DO UPDATE SET xid = EXCLUDED.xid, at = now()) \
 SELECT coalesce(array_agg(key), '{{}}'), nextval('{seq}') FROM d"
             ),
             sweep: format!(
@@ -503,6 +544,77 @@ impl PgBackend {
         versions_of(items, &rows, "set_many")
     }
 
+    /// Reads `key` for a load: the row if live, and the lease a loaded
+    /// value must present to be written back.
+    pub(crate) async fn get_for_load(
+        &self,
+        key: &str,
+        now: SystemTime,
+    ) -> Result<(Option<Row>, super::Lease)> {
+        let client = self.client("get").await?;
+        let pg = |e| Error::postgres("get", e);
+        let stmt = client
+            .prepare_cached(&self.sql.get_for_load)
+            .await
+            .map_err(pg)?;
+        let r = client.query_one(&stmt, &[&key]).await.map_err(pg)?;
+        let snapshot: String = r.try_get(0).map_err(pg)?;
+        let version: Option<i64> = r.try_get(3).map_err(pg)?;
+        let lease = super::Lease {
+            snapshot,
+            version: version.map_or(0, |v| u64::try_from(v).unwrap_or(0)),
+        };
+        if version.is_none() {
+            return Ok((None, lease));
+        }
+        let row = row_from(&r, 1)?;
+        let now_us = crate::clock::to_micros(now);
+        let live = row
+            .stale_until_us
+            .or(row.fresh_until_us)
+            .is_none_or(|until| until > now_us);
+        Ok((live.then_some(row), lease))
+    }
+
+    /// Writes a loaded value if `lease` still holds; `None` when it did not
+    /// (the key changed since the read), and nothing was written.
+    pub(crate) async fn set_loaded(
+        &self,
+        item: &WriteItem,
+        header: &str,
+        lease: &super::Lease,
+    ) -> Result<Option<u64>> {
+        let client = self.client("set").await?;
+        let pg = |e| Error::postgres("set", e);
+        let stmt = client
+            .prepare_cached(&self.sql.set_loaded)
+            .await
+            .map_err(pg)?;
+        let version = i64::try_from(lease.version).unwrap_or(i64::MAX);
+        let row = client
+            .query_opt(
+                &stmt,
+                &[
+                    &item.key,
+                    &item.value,
+                    &item.encoding,
+                    &item.fresh_until,
+                    &item.stale_until,
+                    &self.channel,
+                    &header,
+                    &lease.snapshot,
+                    &version,
+                ],
+            )
+            .await
+            .map_err(pg)?;
+        row.map(|r| {
+            let v: i64 = r.try_get(0).map_err(pg)?;
+            Ok(u64::try_from(v).unwrap_or(0))
+        })
+        .transpose()
+    }
+
     async fn set_one(&self, item: &WriteItem, header: &str) -> Result<u64> {
         let client = self.client("set").await?;
         let pg = |e| Error::postgres("set", e);
@@ -583,7 +695,7 @@ impl PgBackend {
         let mut client = self.client("clear").await?;
         let pg = |e| Error::postgres("clear", e);
         let tx = client.transaction().await.map_err(pg)?;
-        tx.execute(&self.sql.clear, &[]).await.map_err(pg)?;
+        tx.batch_execute(&self.sql.clear).await.map_err(pg)?;
         tx.execute(NOTIFY, &[&self.channel, &vec![payload]])
             .await
             .map_err(pg)?;
@@ -638,6 +750,7 @@ impl PgBackend {
             .map_err(pg)?;
         let mut total = 0;
         if got {
+            tx.execute(&self.sql.sweep_deleted, &[]).await.map_err(pg)?;
             // Bounded number of batches per round keeps each transaction short.
             for _ in 0..10 {
                 let n = tx
