@@ -724,11 +724,25 @@ impl C3 {
             self.l2("set", self.inner.backend.set(&items, &header))
                 .await?
         };
+        self.keep_committed::<T>(items, &versions, tokens)
+    }
+
+    /// After a commit: counts it, records its versions, and puts each item
+    /// in L1 unless it was invalidated meanwhile (see `Coherency::fill_up_to`).
+    pub(crate) fn keep_committed<T>(
+        &self,
+        items: Vec<WriteItem>,
+        versions: &[u64],
+        tokens: Vec<Option<crate::coherency::FillToken>>,
+    ) -> Result<()>
+    where
+        T: DeserializeOwned + Send + Sync + 'static,
+    {
         Counters::inc(&self.inner.counters.writes);
         Counters::inc(&self.inner.counters.invalidations_sent);
         let now_us = self.now_us();
         let ceiling = versions.iter().copied().max().unwrap_or(0);
-        for ((item, version), token) in items.into_iter().zip(versions).zip(tokens) {
+        for ((item, &version), token) in items.into_iter().zip(versions).zip(tokens) {
             self.inner.coherency.note_committed(&item.key, version);
             let Some(token) = token else { continue };
             let key = item.key.clone();

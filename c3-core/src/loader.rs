@@ -572,22 +572,7 @@ impl C3 {
             Counters::inc(&self.counters().fills_dropped);
             return Ok(());
         };
-        Counters::inc(&self.counters().writes);
-        Counters::inc(&self.counters().invalidations_sent);
-        self.coherency().note_committed(&item.key, version);
-        if let Some(token) = token {
-            let row = Row {
-                value: item.value,
-                encoding: item.encoding.to_owned(),
-                version,
-                fresh_until_us: item.fresh_until.map(to_micros),
-                stale_until_us: item.stale_until.map(to_micros),
-            };
-            let (_, entry) = decode_row::<T>(&item.key, row, self.now_us())?;
-            self.coherency()
-                .fill_up_to(&item.key, token, entry, version);
-        }
-        Ok(())
+        self.keep_committed::<T>(vec![item], &[version], vec![token])
     }
 
     fn loader_failed(&self, breaker: &Breaker) {

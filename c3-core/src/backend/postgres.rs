@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
+use tokio_postgres::types::ToSql;
 
 use super::{Row, WriteItem};
 use crate::clock::to_micros;
@@ -591,23 +592,9 @@ impl PgBackend {
             .await
             .map_err(pg)?;
         let version = i64::try_from(lease.version).unwrap_or(i64::MAX);
-        let row = client
-            .query_opt(
-                &stmt,
-                &[
-                    &item.key,
-                    &item.value,
-                    &item.encoding,
-                    &item.fresh_until,
-                    &item.stale_until,
-                    &self.channel,
-                    &header,
-                    &lease.snapshot,
-                    &version,
-                ],
-            )
-            .await
-            .map_err(pg)?;
+        let mut params = self.one_row_params(item, &header).to_vec();
+        params.extend([&lease.snapshot as &(dyn ToSql + Sync), &version]);
+        let row = client.query_opt(&stmt, &params).await.map_err(pg)?;
         row.map(|r| {
             let v: i64 = r.try_get(0).map_err(pg)?;
             Ok(u64::try_from(v).unwrap_or(0))
@@ -615,23 +602,29 @@ impl PgBackend {
         .transpose()
     }
 
+    /// `$1..$7` of the one-row writes: the row, the channel, the header.
+    fn one_row_params<'a>(
+        &'a self,
+        item: &'a WriteItem,
+        header: &'a &'a str,
+    ) -> [&'a (dyn ToSql + Sync); 7] {
+        [
+            &item.key,
+            &item.value,
+            &item.encoding,
+            &item.fresh_until,
+            &item.stale_until,
+            &self.channel,
+            header,
+        ]
+    }
+
     async fn set_one(&self, item: &WriteItem, header: &str) -> Result<u64> {
         let client = self.client("set").await?;
         let pg = |e| Error::postgres("set", e);
         let stmt = client.prepare_cached(&self.sql.set_one).await.map_err(pg)?;
         let row = client
-            .query_one(
-                &stmt,
-                &[
-                    &item.key,
-                    &item.value,
-                    &item.encoding,
-                    &item.fresh_until,
-                    &item.stale_until,
-                    &self.channel,
-                    &header,
-                ],
-            )
+            .query_one(&stmt, &self.one_row_params(item, &header))
             .await
             .map_err(pg)?;
         let v: i64 = row.try_get(0).map_err(pg)?;
