@@ -25,6 +25,10 @@
 //! Flags: `--listen ADDR` (default `127.0.0.1:3000`), `--name HOST` (the
 //! name all replicas are served under, which keys the cache; default
 //! `users.c3.local`), `--ttl SECONDS` (default 60).
+//!
+//! With `OTEL_EXPORTER_OTLP_ENDPOINT` set (e.g. `http://localhost:4318`), it
+//! exports its spans and c3's metrics over OTLP (`OTEL_EXPORTER_OTLP_PROTOCOL`
+//! `http/protobuf` or `grpc`) and continues callers' `traceparent` headers.
 
 mod common;
 
@@ -117,6 +121,24 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         .parse()
         .map_err(|e| format!("--ttl: {e}"))?;
 
+    // Before the cache is built: it takes its meter from the global provider.
+    let otel = match std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT") {
+        Ok(endpoint) if !endpoint.is_empty() => {
+            use tracing_subscriber::layer::SubscriberExt;
+            use tracing_subscriber::util::SubscriberInitExt;
+            let mut otlp = c3::core::otlp::Otlp::from_env()?;
+            if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+                otlp = otlp.service_name("c3-axum-app");
+            }
+            let otel = otlp.install()?;
+            tracing_subscriber::registry()
+                .with(otel.layer())
+                .try_init()?;
+            Some(otel)
+        }
+        _ => None,
+    };
+
     let (url, _) = common::database_url();
     let pg: tokio_postgres::Config = url.parse().map_err(|e| format!("DATABASE_URL: {e}"))?;
     let manager = Manager::from_config(
@@ -151,7 +173,11 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut router = Router::new()
         .route("/users", get(list).post(create))
         .route("/users/{id}", get(show).put(replace).delete(remove))
-        .layer(C3CacheLayer::new(c3.clone()).fixed_authority(&name))
+        .layer(
+            C3CacheLayer::new(c3.clone())
+                .fixed_authority(&name)
+                .propagate_trace_context(otel.is_some()),
+        )
         .route("/health", get(c3::axum::health));
     match std::env::var("C3_ADMIN_TOKEN") {
         Ok(token) if !token.is_empty() => {
@@ -170,6 +196,9 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         .with_graceful_shutdown(common::shutdown_signal())
         .await?;
     c3.shutdown().await;
+    if let Some(otel) = otel {
+        otel.shutdown().await?;
+    }
     Ok(())
 }
 

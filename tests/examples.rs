@@ -73,9 +73,14 @@ fn free_port() -> u16 {
 
 /// Starts an example and waits until it accepts connections.
 async fn start(name: &str, args: &[&str], database: &str, port: u16) -> Child {
+    start_with(name, args, &[("DATABASE_URL", database)], port).await
+}
+
+/// [`start`] with more environment.
+async fn start_with(name: &str, args: &[&str], env: &[(&str, &str)], port: u16) -> Child {
     let child = Command::new(example(name))
         .args(args)
-        .env("DATABASE_URL", database)
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
@@ -265,4 +270,78 @@ async fn the_proxy_rejects_bad_flags_with_a_message() {
             "{args:?}"
         );
     }
+}
+
+#[tokio::test]
+async fn the_axum_app_exports_over_otlp_and_continues_the_callers_trace() {
+    use wiremock::matchers::method;
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    let collector = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&collector)
+        .await;
+    let db = OwnDatabase::new("axum_otlp").await;
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let endpoint = collector.uri();
+    let mut app = start_with(
+        "axum_app",
+        &["--listen", &listen],
+        &[
+            ("DATABASE_URL", &db.url),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ],
+        port,
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let url = format!("http://{listen}/users/7");
+    assert_eq!(put(&client, &url, r#"{"name":"Ada"}"#).await, 200);
+    let r = client
+        .get(&url)
+        .header(
+            "traceparent",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // A clean stop flushes what is buffered.
+    let pid = app.id().expect("running").to_string();
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(killed.success());
+    let status = tokio::time::timeout(DELIVERY, app.wait())
+        .await
+        .expect("the app stops on SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status}");
+
+    let got = collector.received_requests().await.unwrap();
+    let traces: Vec<u8> = got
+        .iter()
+        .filter(|r| r.url.path() == "/v1/traces")
+        .flat_map(|r| r.body.clone())
+        .collect();
+    let metrics = got.iter().any(|r| r.url.path() == "/v1/metrics");
+    assert!(metrics, "no metrics export");
+    // The caller's trace id, as the 16 raw bytes protobuf carries.
+    let trace_id: Vec<u8> = (0..16)
+        .map(|i| {
+            u8::from_str_radix(&"0af7651916cd43dd8448eb211c80319c"[2 * i..2 * i + 2], 16).unwrap()
+        })
+        .collect();
+    assert!(
+        traces.windows(16).any(|w| w == trace_id.as_slice()),
+        "the request's spans joined the caller's trace"
+    );
+    assert!(traces.windows(7).any(|w| w == b"c3.http"));
 }

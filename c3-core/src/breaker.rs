@@ -100,8 +100,12 @@ impl Breaker {
         }
     }
 
-    pub(crate) fn success(&self) {
-        *self.lock() = Inner::Closed { failures: 0 };
+    /// Records a success; returns true if this success closed the breaker.
+    pub(crate) fn success(&self) -> bool {
+        let mut s = self.lock();
+        let was_closed = matches!(*s, Inner::Closed { .. });
+        *s = Inner::Closed { failures: 0 };
+        !was_closed
     }
 
     /// Records a failure; returns true if this failure opened the breaker.

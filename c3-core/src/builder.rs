@@ -82,6 +82,7 @@ pub struct C3Builder {
     fill_hook: Option<FillHook>,
     on_applied: Option<crate::events::AppliedObserver>,
     trace_keys: bool,
+    meter: Option<opentelemetry::metrics::Meter>,
     compress_above: Option<usize>,
     codecs: crate::codec::CodecPolicy,
 }
@@ -116,6 +117,7 @@ impl Default for C3Builder {
             fill_hook: None,
             on_applied: None,
             trace_keys: false,
+            meter: None,
             compress_above: None,
             codecs: crate::codec::CodecPolicy::default(),
         }
@@ -181,6 +183,37 @@ impl C3Builder {
     /// personal data.
     pub fn trace_keys(mut self, on: bool) -> Self {
         self.trace_keys = on;
+        self
+    }
+
+    /// The OpenTelemetry meter c3's instruments are created on. By default
+    /// the global meter provider's `c3` meter, as it is when `build` runs:
+    /// install the application's provider first, or pass its meter here.
+    ///
+    /// Instruments (every one carries `c3.cache`, the L2 table):
+    ///
+    /// | name | kind | unit | attributes |
+    /// |---|---|---|---|
+    /// | `c3.hits` | counter | `{hit}` | `c3.tier` = `l1` \| `l2` \| `stale` |
+    /// | `c3.misses` | counter | `{miss}` | `c3.tier` = `l1` \| `l2` |
+    /// | `c3.loads`, `c3.load.errors` | counter | `{call}` | |
+    /// | `c3.writes` | counter | `{write}` | |
+    /// | `c3.invalidations.sent` | counter | `{message}` | `c3.kind` = `key` \| `tag` \| `clear` |
+    /// | `c3.invalidations.received` | counter | `{message}` | `c3.kind` = `key` \| `clear` |
+    /// | `c3.purges` | counter | `{purge}` | |
+    /// | `c3.listener.reconnects` | counter | `{reconnect}` | |
+    /// | `c3.notifications.malformed` | counter | `{message}` | |
+    /// | `c3.l2.errors` | counter | `{call}` | |
+    /// | `c3.breaker.transitions` | counter | `{transition}` | `c3.breaker` = `l2` \| `loader`, `c3.breaker.state` = `open` \| `closed` |
+    /// | `c3.operation.duration` | histogram | `s` | `c3.operation`, `c3.tier` (if any), `c3.outcome` |
+    /// | `c3.load.duration` | histogram | `s` | `c3.outcome` = `ok` \| `error` |
+    /// | `c3.invalidation.lag` | histogram | `s` | |
+    /// | `c3.l1.entries` | gauge | `{entry}` | |
+    /// | `c3.l1.size` | gauge | `By` | |
+    /// | `c3.listener.state` | gauge | `1` | `c3.listener.state` (1 for the current state) |
+    /// | `c3.breaker.state` | gauge | `1` | `c3.breaker` = `l2`, `c3.breaker.state` |
+    pub fn meter(mut self, meter: opentelemetry::metrics::Meter) -> Self {
+        self.meter = Some(meter);
         self
     }
 
@@ -426,11 +459,21 @@ impl C3Builder {
         self.validate()?;
         let node_id = self.node_id.clone().unwrap_or_else(random_node_id);
         let counters = Arc::new(Counters::default());
+        let sql_names = SqlNames::new(&self.schema, &self.table, &self.channel);
+        let meter = self.meter.clone().unwrap_or_else(|| {
+            opentelemetry::global::meter_with_scope(
+                opentelemetry::InstrumentationScope::builder("c3")
+                    .with_version(env!("CARGO_PKG_VERSION"))
+                    .build(),
+            )
+        });
+        let metrics = Arc::new(crate::telemetry::Metrics::new(&meter, &sql_names.table));
         let mut coherency = Coherency::new(
             self.l1_max_bytes,
             self.l1,
             node_id.clone(),
             Arc::clone(&counters),
+            Arc::clone(&metrics),
         );
         coherency.observer = self.on_applied.clone();
         let coherency = Arc::new(coherency);
@@ -529,12 +572,13 @@ impl C3Builder {
                 shutdown_rx,
             )));
         }
-        Ok(C3::from_inner(Inner {
+        let c3 = C3::from_inner(Inner {
             coherency,
+            metrics,
             backend,
             clock: self.clock,
             counters,
-            sql_names: SqlNames::new(&self.schema, &self.table, &self.channel),
+            sql_names,
             trace_keys: self.trace_keys,
             combiner: Arc::default(),
             limits: Limits {
@@ -552,7 +596,9 @@ impl C3Builder {
             flights: Flights::default(),
             #[cfg(feature = "test-util")]
             fill_hook: self.fill_hook,
-        }))
+        });
+        crate::telemetry::metrics::observe(&meter, &c3.inner.sql_names.table, &c3.inner);
+        Ok(c3)
     }
 }
 

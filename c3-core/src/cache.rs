@@ -106,6 +106,7 @@ pub(crate) struct Inner {
     pub(crate) backend: Arc<Backend>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) counters: Arc<Counters>,
+    pub(crate) metrics: Arc<crate::telemetry::Metrics>,
     pub(crate) limits: Limits,
     pub(crate) shutdown: watch::Sender<bool>,
     pub(crate) tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -295,7 +296,11 @@ impl C3 {
             .instrument(telemetry::l2_span(self, op))
             .await;
         match &r {
-            Ok(_) => breaker.success(),
+            Ok(_) => {
+                if breaker.success() {
+                    Counters::inc(&self.inner.counters.l2_breaker_closed);
+                }
+            }
             Err(e) if e.is_l2_unavailable() => {
                 Counters::inc(&self.inner.counters.l2_errors);
                 if breaker.failure() {
@@ -326,22 +331,22 @@ impl C3 {
     where
         T: DeserializeOwned + Send + Sync + 'static,
     {
-        let span = telemetry::op_span!(self, "c3.get", key);
+        let op = telemetry::op!(self, "c3.get", Get, key);
         self.check_key(key)?;
         if let Some(v) = self.l1_get::<T>(key) {
             // Answered in memory: no child span, no I/O.
-            telemetry::record(&span, Some("l1"), if v.is_some() { "hit" } else { "miss" });
+            op.record(Some("l1"), if v.is_some() { "hit" } else { "miss" });
             return Ok(v);
         }
         let r = self
-            .get_from_l2::<T>(key, &span)
-            .instrument(span.clone())
+            .get_from_l2::<T>(key, &op)
+            .instrument(op.span.clone())
             .await;
-        telemetry::record_result(&span, &r);
+        op.record_result(&r);
         r
     }
 
-    async fn get_from_l2<T>(&self, key: &str, span: &tracing::Span) -> Result<Option<Arc<T>>>
+    async fn get_from_l2<T>(&self, key: &str, op: &telemetry::Op<'_>) -> Result<Option<Arc<T>>>
     where
         T: DeserializeOwned + Send + Sync + 'static,
     {
@@ -355,11 +360,11 @@ impl C3 {
         }
         let Some(row) = row.filter(|r| r.fresh_until_us.is_none_or(|f| f > to_micros(now))) else {
             Counters::inc(&self.inner.counters.l2_misses);
-            telemetry::record(span, Some("l2"), "miss");
+            op.record(Some("l2"), "miss");
             return Ok(None);
         };
         Counters::inc(&self.inner.counters.l2_hits);
-        telemetry::record(span, Some("l2"), "hit");
+        op.record(Some("l2"), "hit");
         let (value, entry) = decode_row::<T>(key, row, to_micros(now))?;
         if let Some(token) = token {
             self.inner.coherency.fill(key, token, entry);
@@ -391,19 +396,24 @@ impl C3 {
     where
         T: DeserializeOwned + Send + Sync + 'static,
     {
-        let span = telemetry::op_span!(self, "c3.get_many", keys.first().copied().unwrap_or(""));
+        let op = telemetry::op!(
+            self,
+            "c3.get_many",
+            GetMany,
+            keys.first().copied().unwrap_or("")
+        );
         let r = self
-            .get_many_inner(keys, &span)
-            .instrument(span.clone())
+            .get_many_inner(keys, &op)
+            .instrument(op.span.clone())
             .await;
-        telemetry::record_result(&span, &r);
+        op.record_result(&r);
         r
     }
 
     async fn get_many_inner<T>(
         &self,
         keys: &[&str],
-        span: &tracing::Span,
+        op: &telemetry::Op<'_>,
     ) -> Result<Vec<Option<Arc<T>>>>
     where
         T: DeserializeOwned + Send + Sync + 'static,
@@ -424,10 +434,10 @@ impl C3 {
             }
         }
         if missing.is_empty() {
-            telemetry::record(span, Some("l1"), "ok");
+            op.record(Some("l1"), "ok");
             return Ok(out);
         }
-        telemetry::record(span, Some("l2"), "ok");
+        op.record(Some("l2"), "ok");
         let now = self.inner.clock.now();
         let miss_keys: Vec<&str> = missing.iter().map(|(_, k, _)| *k).collect();
         let rows = self
@@ -533,7 +543,7 @@ impl C3 {
             )
             .await?;
         if !keys.is_empty() {
-            Counters::inc(&self.inner.counters.invalidations_sent);
+            Counters::inc(&self.inner.counters.tag_invalidations_sent);
         }
         for k in &keys {
             self.inner.coherency.apply_written(k, version);
@@ -647,12 +657,12 @@ impl C3 {
         T: Serialize + DeserializeOwned + Send + Sync + 'static,
     {
         let first = entries.first().map_or("", |(k, _)| *k);
-        let span = telemetry::op_span!(self, "c3.set", first);
+        let op = telemetry::op!(self, "c3.set", Set, first);
         let r = self
             .set_entries_inner(entries, ttl, tags)
-            .instrument(span.clone())
+            .instrument(op.span.clone())
             .await;
-        telemetry::record(&span, None, if r.is_ok() { "ok" } else { "error" });
+        op.record_done(&r);
         r
     }
 
@@ -739,7 +749,7 @@ impl C3 {
         T: DeserializeOwned + Send + Sync + 'static,
     {
         Counters::inc(&self.inner.counters.writes);
-        Counters::inc(&self.inner.counters.invalidations_sent);
+        Counters::inc(&self.inner.counters.key_invalidations_sent);
         let now_us = self.now_us();
         let ceiling = versions.iter().copied().max().unwrap_or(0);
         for ((item, &version), token) in items.into_iter().zip(versions).zip(tokens) {
@@ -775,9 +785,17 @@ impl C3 {
     ///
     /// As for [`delete`](Self::delete).
     pub async fn delete_many(&self, keys: &[&str]) -> Result<()> {
-        let span = telemetry::op_span!(self, "c3.delete", keys.first().copied().unwrap_or(""));
-        let r = self.delete_many_inner(keys).instrument(span.clone()).await;
-        telemetry::record(&span, None, if r.is_ok() { "ok" } else { "error" });
+        let op = telemetry::op!(
+            self,
+            "c3.delete",
+            Delete,
+            keys.first().copied().unwrap_or("")
+        );
+        let r = self
+            .delete_many_inner(keys)
+            .instrument(op.span.clone())
+            .await;
+        op.record_done(&r);
         r
     }
 
@@ -793,7 +811,7 @@ impl C3 {
             .l2("delete", self.inner.backend.delete(keys, &header))
             .await?;
         Counters::inc(&self.inner.counters.writes);
-        Counters::inc(&self.inner.counters.invalidations_sent);
+        Counters::inc(&self.inner.counters.key_invalidations_sent);
         // Our own notification will say the same; applying it now gives
         // read-your-writes without waiting for the round trip.
         for k in keys {
@@ -820,12 +838,17 @@ impl C3 {
     ///
     /// As for [`invalidate`](Self::invalidate).
     pub async fn invalidate_many(&self, keys: &[&str]) -> Result<()> {
-        let span = telemetry::op_span!(self, "c3.invalidate", keys.first().copied().unwrap_or(""));
+        let op = telemetry::op!(
+            self,
+            "c3.invalidate",
+            Invalidate,
+            keys.first().copied().unwrap_or("")
+        );
         let r = self
             .invalidate_many_inner(keys)
-            .instrument(span.clone())
+            .instrument(op.span.clone())
             .await;
-        telemetry::record(&span, None, if r.is_ok() { "ok" } else { "error" });
+        op.record_done(&r);
         r
     }
 
@@ -842,7 +865,7 @@ impl C3 {
         }
         self.l2("invalidate", self.inner.backend.publish(&payloads))
             .await?;
-        Counters::inc(&self.inner.counters.invalidations_sent);
+        Counters::inc(&self.inner.counters.key_invalidations_sent);
         Ok(())
     }
 
@@ -855,7 +878,7 @@ impl C3 {
         self.check_open()?;
         let payload = self.header('c');
         self.l2("clear", self.inner.backend.clear(&payload)).await?;
-        Counters::inc(&self.inner.counters.invalidations_sent);
+        Counters::inc(&self.inner.counters.clears_sent);
         self.inner.coherency.purge();
         Ok(())
     }

@@ -71,14 +71,20 @@ pub enum ListenerState {
     Stopped,
 }
 
-impl std::fmt::Display for ListenerState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+impl ListenerState {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
             ListenerState::Starting => "starting",
             ListenerState::Listening => "listening",
             ListenerState::Reconnecting { .. } => "reconnecting",
             ListenerState::Stopped => "stopped",
-        })
+        }
+    }
+}
+
+impl std::fmt::Display for ListenerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -144,6 +150,7 @@ pub(crate) struct Coherency {
     state: watch::Sender<ListenerState>,
     pub(crate) node_id: String,
     pub(crate) counters: Arc<Counters>,
+    pub(crate) metrics: Arc<crate::telemetry::Metrics>,
     pub(crate) observer: Option<crate::events::AppliedObserver>,
 }
 
@@ -153,6 +160,7 @@ impl Coherency {
         settings: crate::builder::L1Settings,
         node_id: String,
         counters: Arc<Counters>,
+        metrics: Arc<crate::telemetry::Metrics>,
     ) -> Self {
         let mut l1 = moka::sync::Cache::builder()
             .max_capacity(l1_max_bytes)
@@ -179,6 +187,7 @@ impl Coherency {
             state,
             node_id,
             counters,
+            metrics,
             observer: None,
         }
     }
@@ -314,12 +323,19 @@ impl Coherency {
             Body::Heartbeat => return,
         }
         if !own {
-            Counters::inc(&self.counters.invalidations_received);
+            Counters::inc(if matches!(n.body, Body::Clear) {
+                &self.counters.clears_received
+            } else {
+                &self.counters.key_invalidations_received
+            });
+            let lag = n.sent_at_us.and_then(|sent| {
+                let now = crate::clock::to_micros(std::time::SystemTime::now());
+                now.checked_sub(sent).map(std::time::Duration::from_micros)
+            });
+            if let Some(lag) = lag {
+                self.metrics.lag(lag);
+            }
             if let Some(observe) = &self.observer {
-                let lag = n.sent_at_us.and_then(|sent| {
-                    let now = crate::clock::to_micros(std::time::SystemTime::now());
-                    now.checked_sub(sent).map(std::time::Duration::from_micros)
-                });
                 let (written, invalidated): (&[(u64, String)], &[String]) = match &n.body {
                     Body::Written(w) => (w, &[]),
                     Body::Invalidate(k) => (&[], k),
@@ -422,7 +438,16 @@ mod tests {
     }
 
     fn engine() -> Coherency {
-        let c = Coherency::new(1 << 20, Default::default(), "me".into(), Arc::default());
+        let c = Coherency::new(
+            1 << 20,
+            Default::default(),
+            "me".into(),
+            Arc::default(),
+            Arc::new(crate::telemetry::Metrics::new(
+                &opentelemetry::global::meter("c3-test"),
+                "t",
+            )),
+        );
         c.enable();
         c
     }

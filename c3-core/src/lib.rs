@@ -86,6 +86,8 @@ mod events;
 mod key;
 mod listener;
 mod loader;
+#[cfg(feature = "otlp")]
+pub mod otlp;
 mod protocol;
 mod stats;
 mod telemetry;

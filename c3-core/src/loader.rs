@@ -273,7 +273,7 @@ impl C3 {
         Fut: Future<Output = Result<Option<T>, E>> + Send + 'static,
         E: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
     {
-        let span = crate::telemetry::op_span!(self, "c3.get_or_load", key);
+        let op = crate::telemetry::op!(self, "c3.get_or_load", GetOrLoad, key);
         self.check_key(key)?;
         let now = self.now_us();
         let mut stale: Option<Option<Arc<T>>> = None;
@@ -283,13 +283,10 @@ impl C3 {
                 if e.fresh_until_us > now {
                     Counters::inc(&self.counters().l1_hits);
                     if self.refresh_due(e.fresh_until_us, now, opts) {
-                        span.in_scope(|| self.start_flight(key, opts, loader, None, true));
+                        op.span
+                            .in_scope(|| self.start_flight(key, opts, loader, None, true));
                     }
-                    crate::telemetry::record(
-                        &span,
-                        Some("l1"),
-                        if v.is_some() { "ok" } else { "miss" },
-                    );
+                    op.record(Some("l1"), if v.is_some() { "ok" } else { "miss" });
                     return Ok(v);
                 }
                 if e.stale_until_us > now {
@@ -298,9 +295,11 @@ impl C3 {
             }
         }
         Counters::inc(&self.counters().l1_misses);
-        let mut rx = span.in_scope(|| self.start_flight(key, opts, loader, stale, false));
+        let mut rx = op
+            .span
+            .in_scope(|| self.start_flight(key, opts, loader, stale, false));
         let waited =
-            tracing::Instrument::instrument(rx.wait_for(Option::is_some), span.clone()).await;
+            tracing::Instrument::instrument(rx.wait_for(Option::is_some), op.span.clone()).await;
         let outcome = match waited {
             Ok(o) => o.clone().expect("waited for Some"),
             Err(_) => Outcome::Failed(Arc::new(Error::loader(
@@ -309,15 +308,15 @@ impl C3 {
         };
         match outcome {
             Outcome::Value(v, tier) => {
-                crate::telemetry::record(&span, Some(tier.as_str()), "ok");
+                op.record(Some(tier.as_str()), "ok");
                 Ok(Some(v))
             }
             Outcome::Absent => {
-                crate::telemetry::record(&span, None, "miss");
+                op.record(None, "miss");
                 Ok(None)
             }
             Outcome::Failed(e) => {
-                crate::telemetry::record(&span, None, "error");
+                op.record(None, "error");
                 Err(Repr::Shared(e).into())
             }
         }
@@ -509,6 +508,7 @@ impl C3 {
         }
 
         Counters::inc(&self.counters().loads);
+        let started = std::time::Instant::now();
         let hard = opts.hard_timeout;
         let load = tokio::time::timeout(hard, loader());
         tokio::pin!(load);
@@ -525,9 +525,14 @@ impl C3 {
             _ => load.await,
         };
 
+        self.inner
+            .metrics
+            .load(matches!(result, Ok(Ok(_))), started.elapsed());
         let outcome = match result {
             Ok(Ok(value)) => {
-                breaker.success();
+                if breaker.success() {
+                    Counters::inc(&self.counters().loader_breaker_closed);
+                }
                 self.store_loaded(key, opts, value, token, lease.as_ref())
                     .await
             }

@@ -24,15 +24,22 @@ macro_rules! counters {
             pub l1_entries: u64,
             /// Weighted size of L1 in bytes (approximate, as above).
             pub l1_bytes: u64,
+            /// Invalidation messages this node published, of every kind.
+            pub invalidations_sent: u64,
+            /// Invalidation messages from others that this node applied, of every kind.
+            pub invalidations_received: u64,
         }
 
         impl Counters {
             pub(crate) fn snapshot(&self) -> Stats {
-                Stats {
+                let mut s = Stats {
                     $( $name: self.$name.load(Ordering::Relaxed), )*
-                    l1_entries: 0,
-                    l1_bytes: 0,
-                }
+                    ..Stats::default()
+                };
+                s.invalidations_sent =
+                    s.key_invalidations_sent + s.tag_invalidations_sent + s.clears_sent;
+                s.invalidations_received = s.key_invalidations_received + s.clears_received;
+                s
             }
         }
     };
@@ -57,10 +64,18 @@ counters! {
     fills_dropped,
     /// Writes (set or delete) committed to L2.
     writes,
-    /// Invalidation messages this node published.
-    invalidations_sent,
-    /// Invalidation messages this node received from others and applied.
-    invalidations_received,
+    /// Key invalidation messages this node published (writes, deletes,
+    /// `invalidate`).
+    key_invalidations_sent,
+    /// Tag invalidations this node published (`invalidate_tag`).
+    tag_invalidations_sent,
+    /// `clear` messages this node published.
+    clears_sent,
+    /// Key invalidation messages from others that this node applied (a tag
+    /// invalidation arrives as the keys it removed).
+    key_invalidations_received,
+    /// `clear` messages from others that this node applied.
+    clears_received,
     /// Payloads that could not be parsed (each one purged L1).
     malformed_notifications,
     /// Whole-L1 purges (listener loss, reconnect, clear, malformed input).
@@ -71,8 +86,12 @@ counters! {
     l2_errors,
     /// Times the L2 circuit breaker opened.
     l2_breaker_opened,
+    /// Times the L2 circuit breaker closed again after a successful probe.
+    l2_breaker_closed,
     /// Times a loader's circuit breaker opened.
     loader_breaker_opened,
+    /// Times a loader's circuit breaker closed again after a successful probe.
+    loader_breaker_closed,
 }
 
 impl Counters {

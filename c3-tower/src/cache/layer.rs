@@ -116,6 +116,17 @@ impl<P: Policy> C3CacheLayer<P> {
         self.map_config(|c| c.collapse_timeout = timeout)
     }
 
+    /// Makes each request's `c3.http` span a child of the trace named by its
+    /// `traceparent`/`tracestate` headers, read with the global text-map
+    /// propagator (which `c3_core::otlp::install` sets to W3C trace
+    /// context). Off by default: a public endpoint may not want callers to
+    /// choose its trace ids. Needs `tracing-opentelemetry` in the
+    /// application's subscriber to have an effect.
+    #[cfg(feature = "otel")]
+    pub fn propagate_trace_context(self, on: bool) -> Self {
+        self.map_config(|c| c.propagate_trace_context = on)
+    }
+
     /// The cache this layer uses.
     #[must_use]
     pub fn c3(&self) -> &C3 {

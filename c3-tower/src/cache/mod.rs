@@ -114,6 +114,7 @@ pub(crate) struct Config {
     pub(crate) revalidation_window: Duration,
     pub(crate) collapse_timeout: Duration,
     pub(crate) fixed_authority: Option<String>,
+    pub(crate) propagate_trace_context: bool,
 }
 
 impl Default for Config {
@@ -126,6 +127,7 @@ impl Default for Config {
             revalidation_window: Duration::from_secs(300),
             collapse_timeout: Duration::from_secs(10),
             fixed_authority: None,
+            propagate_trace_context: false,
         }
     }
 }

@@ -124,6 +124,10 @@ where
         let inner = std::mem::replace(&mut self.inner, clone);
         let shared = Arc::clone(&self.shared);
         let span = http_span(&req);
+        #[cfg(feature = "otel")]
+        if shared.config.propagate_trace_context {
+            continue_trace(&span, req.headers());
+        }
         let f: BoxFuture<ResBody, S::Error> = match *req.method() {
             Method::GET | Method::HEAD => Box::pin(traced(span, lookup_flow(shared, inner, req))),
             Method::POST | Method::PUT | Method::PATCH | Method::DELETE => {
@@ -149,6 +153,27 @@ fn http_span<B>(req: &Request<B>) -> tracing::Span {
         http.response.status_code = tracing::field::Empty,
         c3.cache_status = tracing::field::Empty,
     )
+}
+
+/// Parents `span` on the remote context carried by the request headers.
+#[cfg(feature = "otel")]
+fn continue_trace(span: &tracing::Span, headers: &http::HeaderMap) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+    struct Headers<'a>(&'a http::HeaderMap);
+    impl opentelemetry::propagation::Extractor for Headers<'_> {
+        fn get(&self, key: &str) -> Option<&str> {
+            self.0.get(key).and_then(|v| v.to_str().ok())
+        }
+        fn keys(&self) -> Vec<&str> {
+            self.0.keys().map(http::HeaderName::as_str).collect()
+        }
+    }
+
+    let cx = opentelemetry::global::get_text_map_propagator(|p| p.extract(&Headers(headers)));
+    // Fails only if the span is disabled or already started; then there is
+    // nothing to continue.
+    let _ = span.set_parent(cx);
 }
 
 /// Runs a flow inside `span` and records how it answered.

@@ -1,0 +1,363 @@
+//! One call to export c3's spans and metrics (and the application's) over
+//! OTLP (feature `otlp`).
+//!
+//! [`install`] sets up, from the standard `OTEL_*` environment variables:
+//!
+//! * a tracer provider with a batching OTLP span exporter,
+//! * a meter provider with a periodic OTLP metric exporter (the instruments
+//!   are listed on [`C3Builder::meter`](crate::C3Builder::meter)),
+//! * the W3C trace-context propagator (so the HTTP layer can continue an
+//!   incoming `traceparent`),
+//!
+//! and makes them the global providers. c3's spans come from `tracing`: add
+//! [`OtlpGuard::layer`] to the application's subscriber to turn them into
+//! OpenTelemetry spans. Install *before* building caches: a cache takes its
+//! meter from the global provider when it is built.
+//!
+//! | variable | meaning |
+//! |---|---|
+//! | `OTEL_EXPORTER_OTLP_ENDPOINT` | collector base URL (`http://localhost:4318` for HTTP, `:4317` for gRPC) |
+//! | `OTEL_EXPORTER_OTLP_PROTOCOL` | `http/protobuf` (default) or `grpc` |
+//! | `OTEL_EXPORTER_OTLP_HEADERS`, `…_TIMEOUT` and the per-signal `…_TRACES_*`/`…_METRICS_*` forms | as the OpenTelemetry specification says |
+//! | `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES` | the resource |
+//! | `OTEL_METRIC_EXPORT_INTERVAL` | metric export period in ms (default 60000) |
+//!
+//! ```no_run
+//! use tracing_subscriber::layer::SubscriberExt;
+//! use tracing_subscriber::util::SubscriberInitExt;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let otel = c3_core::otlp::Otlp::from_env()?.service_name("my-api").install()?;
+//! tracing_subscriber::registry().with(otel.layer()).init();
+//! let cache = c3_core::C3::builder().postgres("postgres://postgres@127.0.0.1/postgres").build().await?;
+//! // ... serve ...
+//! cache.shutdown().await;
+//! otel.shutdown().await?; // flushes what is still buffered
+//! # Ok(()) }
+//! ```
+
+use std::time::Duration;
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::Layer;
+use tracing_subscriber::registry::LookupSpan;
+
+/// The OTLP transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Protocol {
+    /// Protobuf over HTTP (`http/protobuf`, port 4318): `POST /v1/traces`,
+    /// `POST /v1/metrics`.
+    HttpProtobuf,
+    /// gRPC (`grpc`, port 4317).
+    Grpc,
+}
+
+/// Why OTLP export could not be set up or shut down.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OtlpError {
+    /// An environment variable holds a value c3 cannot use.
+    #[error("{variable}: {message}")]
+    Env {
+        /// The variable's name.
+        variable: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The exporter could not be built (bad endpoint, client setup).
+    #[error("building the OTLP {signal} exporter: {source}")]
+    Exporter {
+        /// `traces` or `metrics`.
+        signal: &'static str,
+        /// The exporter's error.
+        source: opentelemetry_otlp::ExporterBuildError,
+    },
+    /// Flushing or shutting down a provider failed (e.g. the collector was
+    /// unreachable and the export timed out).
+    #[error("shutting down the OTLP {signal} pipeline: {message}")]
+    Shutdown {
+        /// `traces` or `metrics`.
+        signal: &'static str,
+        /// The SDK's error.
+        message: String,
+    },
+}
+
+/// OTLP export settings; [`install`] is `Otlp::from_env()?.install()`.
+#[derive(Debug, Clone, Default)]
+#[must_use]
+pub struct Otlp {
+    endpoint: Option<String>,
+    protocol: Option<Protocol>,
+    service_name: Option<String>,
+    metric_interval: Option<Duration>,
+}
+
+/// Installs OTLP export configured by the environment; see the [module
+/// docs](self).
+///
+/// # Errors
+///
+/// As for [`Otlp::from_env`] and [`Otlp::install`].
+pub fn install() -> Result<OtlpGuard, OtlpError> {
+    Otlp::from_env()?.install()
+}
+
+impl Otlp {
+    /// Settings from `OTEL_EXPORTER_OTLP_PROTOCOL`; everything else
+    /// (endpoint, headers, timeouts, resource, export interval) is read by
+    /// the OpenTelemetry SDK itself when [`install`](Self::install) runs.
+    ///
+    /// # Errors
+    ///
+    /// [`OtlpError::Env`] for a protocol other than `http/protobuf` or `grpc`.
+    pub fn from_env() -> Result<Otlp, OtlpError> {
+        let mut otlp = Otlp::default();
+        if let Ok(p) = std::env::var("OTEL_EXPORTER_OTLP_PROTOCOL") {
+            otlp.protocol = Some(parse_protocol(&p)?);
+        }
+        Ok(otlp)
+    }
+
+    /// The collector's base URL, overriding `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    /// For HTTP, `/v1/traces` and `/v1/metrics` are appended.
+    pub fn endpoint(mut self, url: impl Into<String>) -> Self {
+        self.endpoint = Some(url.into());
+        self
+    }
+
+    /// The transport, overriding `OTEL_EXPORTER_OTLP_PROTOCOL`.
+    pub fn protocol(mut self, protocol: Protocol) -> Self {
+        self.protocol = Some(protocol);
+        self
+    }
+
+    /// `service.name`, overriding `OTEL_SERVICE_NAME`.
+    pub fn service_name(mut self, name: impl Into<String>) -> Self {
+        self.service_name = Some(name.into());
+        self
+    }
+
+    /// How often metrics are exported, overriding `OTEL_METRIC_EXPORT_INTERVAL`.
+    pub fn metric_interval(mut self, every: Duration) -> Self {
+        self.metric_interval = Some(every);
+        self
+    }
+
+    /// Builds the exporters and providers and makes them global.
+    ///
+    /// With gRPC this must run inside a Tokio runtime (the channel lives on it).
+    ///
+    /// # Errors
+    ///
+    /// [`OtlpError::Exporter`] if an exporter cannot be built.
+    pub fn install(self) -> Result<OtlpGuard, OtlpError> {
+        let protocol = self.protocol.unwrap_or(Protocol::HttpProtobuf);
+        let mut resource = Resource::builder();
+        if let Some(name) = &self.service_name {
+            resource = resource.with_service_name(name.clone());
+        }
+        let resource = resource.build();
+
+        let spans = self
+            .span_exporter(protocol)
+            .map_err(|source| OtlpError::Exporter {
+                signal: "traces",
+                source,
+            })?;
+        let metrics = self
+            .metric_exporter(protocol)
+            .map_err(|source| OtlpError::Exporter {
+                signal: "metrics",
+                source,
+            })?;
+
+        let tracer_provider = SdkTracerProvider::builder()
+            .with_batch_exporter(spans)
+            .with_resource(resource.clone())
+            .build();
+        let mut reader = PeriodicReader::builder(metrics);
+        if let Some(every) = self.metric_interval {
+            reader = reader.with_interval(every);
+        }
+        let meter_provider = SdkMeterProvider::builder()
+            .with_reader(reader.build())
+            .with_resource(resource)
+            .build();
+
+        opentelemetry::global::set_tracer_provider(tracer_provider.clone());
+        opentelemetry::global::set_meter_provider(meter_provider.clone());
+        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+        Ok(OtlpGuard {
+            tracer_provider,
+            meter_provider,
+        })
+    }
+
+    fn signal_url(&self, path: &str) -> Option<String> {
+        self.endpoint
+            .as_ref()
+            .map(|base| format!("{}{path}", base.trim_end_matches('/')))
+    }
+
+    fn span_exporter(
+        &self,
+        protocol: Protocol,
+    ) -> Result<opentelemetry_otlp::SpanExporter, opentelemetry_otlp::ExporterBuildError> {
+        let b = opentelemetry_otlp::SpanExporter::builder();
+        match protocol {
+            Protocol::HttpProtobuf => {
+                let mut b = b
+                    .with_http()
+                    .with_protocol(opentelemetry_otlp::Protocol::HttpBinary);
+                if let Some(url) = self.signal_url("/v1/traces") {
+                    b = b.with_endpoint(url);
+                }
+                b.build()
+            }
+            Protocol::Grpc => {
+                let mut b = b.with_tonic();
+                if let Some(url) = &self.endpoint {
+                    b = b.with_endpoint(url.clone());
+                }
+                b.build()
+            }
+        }
+    }
+
+    fn metric_exporter(
+        &self,
+        protocol: Protocol,
+    ) -> Result<opentelemetry_otlp::MetricExporter, opentelemetry_otlp::ExporterBuildError> {
+        let b = opentelemetry_otlp::MetricExporter::builder();
+        match protocol {
+            Protocol::HttpProtobuf => {
+                let mut b = b
+                    .with_http()
+                    .with_protocol(opentelemetry_otlp::Protocol::HttpBinary);
+                if let Some(url) = self.signal_url("/v1/metrics") {
+                    b = b.with_endpoint(url);
+                }
+                b.build()
+            }
+            Protocol::Grpc => {
+                let mut b = b.with_tonic();
+                if let Some(url) = &self.endpoint {
+                    b = b.with_endpoint(url.clone());
+                }
+                b.build()
+            }
+        }
+    }
+}
+
+fn parse_protocol(value: &str) -> Result<Protocol, OtlpError> {
+    match value.trim() {
+        "http/protobuf" => Ok(Protocol::HttpProtobuf),
+        "grpc" => Ok(Protocol::Grpc),
+        other => Err(OtlpError::Env {
+            variable: "OTEL_EXPORTER_OTLP_PROTOCOL",
+            message: format!("expected `http/protobuf` or `grpc`, got {other:?}"),
+        }),
+    }
+}
+
+/// The installed pipeline. Keep it for the life of the application and call
+/// [`shutdown`](Self::shutdown) at the end: spans and metrics are exported
+/// in batches, and whatever is buffered is lost without it.
+#[derive(Debug)]
+pub struct OtlpGuard {
+    tracer_provider: SdkTracerProvider,
+    meter_provider: SdkMeterProvider,
+}
+
+impl OtlpGuard {
+    /// A `tracing` layer that turns spans at INFO and above (c3's are INFO)
+    /// into OpenTelemetry spans on this pipeline.
+    #[must_use]
+    pub fn layer<S>(&self) -> impl Layer<S> + use<S>
+    where
+        S: tracing::Subscriber + for<'span> LookupSpan<'span>,
+    {
+        tracing_opentelemetry::OpenTelemetryLayer::new(self.tracer_provider.tracer("c3"))
+            .with_filter(tracing_subscriber::filter::LevelFilter::INFO)
+    }
+
+    /// The tracer provider, for instrumenting other code directly.
+    #[must_use]
+    pub fn tracer_provider(&self) -> &SdkTracerProvider {
+        &self.tracer_provider
+    }
+
+    /// The meter provider (also installed as the global one).
+    #[must_use]
+    pub fn meter_provider(&self) -> &SdkMeterProvider {
+        &self.meter_provider
+    }
+
+    /// Exports what is buffered and stops both pipelines. Runs the blocking
+    /// export on Tokio's blocking pool so it cannot stall the runtime.
+    ///
+    /// # Errors
+    ///
+    /// [`OtlpError::Shutdown`] if an export failed (the pipelines are
+    /// stopped either way).
+    pub async fn shutdown(self) -> Result<(), OtlpError> {
+        let done = tokio::task::spawn_blocking(move || self.shutdown_blocking()).await;
+        done.unwrap_or_else(|e| {
+            Err(OtlpError::Shutdown {
+                signal: "traces",
+                message: e.to_string(),
+            })
+        })
+    }
+
+    /// [`shutdown`](Self::shutdown) for code outside a runtime.
+    ///
+    /// # Errors
+    ///
+    /// As for [`shutdown`](Self::shutdown).
+    pub fn shutdown_blocking(self) -> Result<(), OtlpError> {
+        let traces = self.tracer_provider.shutdown();
+        let metrics = self.meter_provider.shutdown();
+        traces.map_err(|e| OtlpError::Shutdown {
+            signal: "traces",
+            message: e.to_string(),
+        })?;
+        metrics.map_err(|e| OtlpError::Shutdown {
+            signal: "metrics",
+            message: e.to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn protocols_are_the_specifications_names_and_others_are_refused() {
+        assert_eq!(parse_protocol("grpc").unwrap(), Protocol::Grpc);
+        assert_eq!(
+            parse_protocol(" http/protobuf ").unwrap(),
+            Protocol::HttpProtobuf
+        );
+        let e = parse_protocol("http/json").unwrap_err().to_string();
+        assert!(e.starts_with("OTEL_EXPORTER_OTLP_PROTOCOL:"), "{e}");
+    }
+
+    #[test]
+    fn the_http_endpoint_is_a_base_url() {
+        let o = Otlp::default().endpoint("http://collector:4318/");
+        assert_eq!(
+            o.signal_url("/v1/traces").as_deref(),
+            Some("http://collector:4318/v1/traces")
+        );
+    }
+}

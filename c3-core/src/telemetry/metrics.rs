@@ -1,0 +1,360 @@
+//! OpenTelemetry metrics.
+//!
+//! Counters are *observable*: the meter reads the same relaxed atomics that
+//! [`C3::stats`](crate::C3::stats) reads, when it collects, so counting costs
+//! the hot path nothing beyond the atomic add it already does. Gauges read
+//! L1, the listener and the L2 breaker the same way. Only the three
+//! histograms are recorded as things happen, and their attribute sets are
+//! built once, up front, so a recording never allocates.
+//!
+//! Every instrument carries `c3.cache` (the L2 table) so several caches in
+//! one process stay apart. Callbacks hold a weak reference: a dropped cache
+//! reports nothing (OpenTelemetry has no way to unregister a callback).
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::{AsyncInstrument, Histogram, Meter};
+
+use crate::breaker::BreakerState;
+use crate::cache::Inner;
+use crate::stats::Stats;
+
+/// The operations that get a `c3.operation.duration` measurement.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum OpKind {
+    Get,
+    GetMany,
+    GetOrLoad,
+    Set,
+    Delete,
+    Invalidate,
+}
+
+const OPS: [&str; 6] = [
+    "get",
+    "get_many",
+    "get_or_load",
+    "set",
+    "delete",
+    "invalidate",
+];
+/// Index 0: no tier recorded (writes, misses that found nothing).
+const TIERS: [&str; 5] = ["", "l1", "l2", "source", "stale"];
+/// Index 0: the operation ended without recording an outcome (it was dropped).
+const OUTCOMES: [&str; 5] = ["cancelled", "hit", "miss", "ok", "error"];
+
+pub(crate) fn tier_index(tier: &str) -> u8 {
+    TIERS.iter().position(|t| *t == tier).unwrap_or(0) as u8
+}
+
+pub(crate) fn outcome_index(outcome: &str) -> u8 {
+    OUTCOMES.iter().position(|o| *o == outcome).unwrap_or(0) as u8
+}
+
+/// The histograms, with every attribute set they can be recorded with.
+pub(crate) struct Metrics {
+    operation: Histogram<f64>,
+    load: Histogram<f64>,
+    lag: Histogram<f64>,
+    /// `[op][tier][outcome]`, flattened.
+    operation_attrs: Box<[Box<[KeyValue]>]>,
+    /// `[ok, error]`.
+    load_attrs: [Box<[KeyValue]>; 2],
+    cache_attrs: Box<[KeyValue]>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+/// Buckets for durations in seconds: from an L1 hit (well under a
+/// microsecond) to a slow loader, since one histogram holds every tier.
+fn duration_buckets() -> Vec<f64> {
+    vec![
+        1e-6, 5e-6, 25e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3,
+        250e-3, 500e-3, 1.0, 2.5, 5.0, 10.0,
+    ]
+}
+
+impl Metrics {
+    pub(crate) fn new(meter: &Meter, cache: &str) -> Metrics {
+        let cache = KeyValue::new("c3.cache", cache.to_owned());
+        let mut operation_attrs = Vec::with_capacity(OPS.len() * TIERS.len() * OUTCOMES.len());
+        for op in OPS {
+            for tier in TIERS {
+                for outcome in OUTCOMES {
+                    let mut a = vec![
+                        cache.clone(),
+                        KeyValue::new("c3.operation", op),
+                        KeyValue::new("c3.outcome", outcome),
+                    ];
+                    if !tier.is_empty() {
+                        a.push(KeyValue::new("c3.tier", tier));
+                    }
+                    operation_attrs.push(a.into_boxed_slice());
+                }
+            }
+        }
+        let load_attr = |outcome: &'static str| -> Box<[KeyValue]> {
+            Box::new([cache.clone(), KeyValue::new("c3.outcome", outcome)])
+        };
+        Metrics {
+            operation: meter
+                .f64_histogram("c3.operation.duration")
+                .with_unit("s")
+                .with_description("Duration of cache operations, by operation, tier and outcome.")
+                .with_boundaries(duration_buckets())
+                .build(),
+            load: meter
+                .f64_histogram("c3.load.duration")
+                .with_unit("s")
+                .with_description("Duration of loader calls made by get_or_load.")
+                .with_boundaries(duration_buckets())
+                .build(),
+            lag: meter
+                .f64_histogram("c3.invalidation.lag")
+                .with_unit("s")
+                .with_description(
+                    "Time from a peer stamping an invalidation (at commit) to this node applying it.",
+                )
+                .with_boundaries(duration_buckets())
+                .build(),
+            operation_attrs: operation_attrs.into_boxed_slice(),
+            load_attrs: [load_attr("ok"), load_attr("error")],
+            cache_attrs: Box::new([cache]),
+        }
+    }
+
+    pub(crate) fn operation(&self, op: OpKind, tier: u8, outcome: u8, took: Duration) {
+        let i =
+            (op as usize * TIERS.len() + usize::from(tier)) * OUTCOMES.len() + usize::from(outcome);
+        if let Some(attrs) = self.operation_attrs.get(i) {
+            self.operation.record(took.as_secs_f64(), attrs);
+        }
+    }
+
+    pub(crate) fn load(&self, ok: bool, took: Duration) {
+        self.load
+            .record(took.as_secs_f64(), &self.load_attrs[usize::from(!ok)]);
+    }
+
+    pub(crate) fn lag(&self, lag: Duration) {
+        self.lag.record(lag.as_secs_f64(), &self.cache_attrs);
+    }
+}
+
+/// How a series reads its value from a snapshot.
+type Read = fn(&Stats) -> u64;
+
+/// One series of an observable counter: its attributes and how to read it.
+type Series = (&'static [(&'static str, &'static str)], Read);
+
+/// Registers the counters and gauges that read `inner` when the meter
+/// collects.
+pub(crate) fn observe(meter: &Meter, cache: &str, inner: &Arc<Inner>) {
+    let cache = KeyValue::new("c3.cache", cache.to_owned());
+    let counters: [(&str, &str, &str, Vec<Series>); 12] = [
+        (
+            "c3.hits",
+            "{hit}",
+            "Reads answered, by the tier that answered (stale: served under fail-safe).",
+            vec![
+                (&[("c3.tier", "l1")], |s| s.l1_hits),
+                (&[("c3.tier", "l2")], |s| s.l2_hits),
+                (&[("c3.tier", "stale")], |s| s.stale_hits),
+            ],
+        ),
+        (
+            "c3.misses",
+            "{miss}",
+            "Reads that found nothing usable in a tier.",
+            vec![
+                (&[("c3.tier", "l1")], |s| s.l1_misses),
+                (&[("c3.tier", "l2")], |s| s.l2_misses),
+            ],
+        ),
+        (
+            "c3.loads",
+            "{call}",
+            "Loader calls made by get_or_load.",
+            vec![(&[], |s| s.loads)],
+        ),
+        (
+            "c3.load.errors",
+            "{call}",
+            "Loader calls that failed or timed out.",
+            vec![(&[], |s| s.load_errors)],
+        ),
+        (
+            "c3.writes",
+            "{write}",
+            "Writes (set or delete) committed to L2.",
+            vec![(&[], |s| s.writes)],
+        ),
+        (
+            "c3.invalidations.sent",
+            "{message}",
+            "Invalidations this node published, by kind.",
+            vec![
+                (&[("c3.kind", "key")], |s| s.key_invalidations_sent),
+                (&[("c3.kind", "tag")], |s| s.tag_invalidations_sent),
+                (&[("c3.kind", "clear")], |s| s.clears_sent),
+            ],
+        ),
+        (
+            "c3.invalidations.received",
+            "{message}",
+            "Invalidations from peers this node applied, by kind (a tag invalidation arrives as keys).",
+            vec![
+                (&[("c3.kind", "key")], |s| s.key_invalidations_received),
+                (&[("c3.kind", "clear")], |s| s.clears_received),
+            ],
+        ),
+        (
+            "c3.purges",
+            "{purge}",
+            "Whole-L1 fail-safe purges (listener loss, reconnect, clear, malformed input).",
+            vec![(&[], |s| s.purges)],
+        ),
+        (
+            "c3.listener.reconnects",
+            "{reconnect}",
+            "Times the LISTEN connection was re-established after a loss.",
+            vec![(&[], |s| s.reconnects)],
+        ),
+        (
+            "c3.notifications.malformed",
+            "{message}",
+            "Notification payloads that could not be parsed (each purged L1).",
+            vec![(&[], |s| s.malformed_notifications)],
+        ),
+        (
+            "c3.l2.errors",
+            "{call}",
+            "L2 calls that failed or timed out.",
+            vec![(&[], |s| s.l2_errors)],
+        ),
+        (
+            "c3.breaker.transitions",
+            "{transition}",
+            "Circuit breaker state changes, by breaker and new state.",
+            vec![
+                (&[("c3.breaker", "l2"), ("c3.breaker.state", "open")], |s| {
+                    s.l2_breaker_opened
+                }),
+                (
+                    &[("c3.breaker", "l2"), ("c3.breaker.state", "closed")],
+                    |s| s.l2_breaker_closed,
+                ),
+                (
+                    &[("c3.breaker", "loader"), ("c3.breaker.state", "open")],
+                    |s| s.loader_breaker_opened,
+                ),
+                (
+                    &[("c3.breaker", "loader"), ("c3.breaker.state", "closed")],
+                    |s| s.loader_breaker_closed,
+                ),
+            ],
+        ),
+    ];
+    for (name, unit, description, series) in counters {
+        let series: Vec<(Vec<KeyValue>, Read)> = series
+            .into_iter()
+            .map(|(attrs, read)| (with_cache(&cache, attrs), read))
+            .collect();
+        let weak = Arc::downgrade(inner);
+        meter
+            .u64_observable_counter(name)
+            .with_unit(unit)
+            .with_description(description)
+            .with_callback(move |obs: &dyn AsyncInstrument<u64>| {
+                let Some(inner) = weak.upgrade() else { return };
+                let stats = inner.counters.snapshot();
+                for (attrs, read) in &series {
+                    obs.observe(read(&stats), attrs);
+                }
+            })
+            .build();
+    }
+
+    let (entries, bytes) = (with_cache(&cache, &[]), with_cache(&cache, &[]));
+    let weak: Weak<Inner> = Arc::downgrade(inner);
+    meter
+        .u64_observable_gauge("c3.l1.entries")
+        .with_unit("{entry}")
+        .with_description("Entries in L1 (approximate).")
+        .with_callback(move |obs| {
+            if let Some(inner) = weak.upgrade() {
+                obs.observe(inner.coherency.l1_size().0, &entries);
+            }
+        })
+        .build();
+    let weak: Weak<Inner> = Arc::downgrade(inner);
+    meter
+        .u64_observable_gauge("c3.l1.size")
+        .with_unit("By")
+        .with_description("Weighted size of L1 in bytes (approximate).")
+        .with_callback(move |obs| {
+            if let Some(inner) = weak.upgrade() {
+                obs.observe(inner.coherency.l1_size().1, &bytes);
+            }
+        })
+        .build();
+
+    let states: Vec<(&str, Vec<KeyValue>)> = ["starting", "listening", "reconnecting", "stopped"]
+        .into_iter()
+        .map(|s| (s, with_cache(&cache, &[("c3.listener.state", s)])))
+        .collect();
+    let weak: Weak<Inner> = Arc::downgrade(inner);
+    meter
+        .u64_observable_gauge("c3.listener.state")
+        .with_unit("1")
+        .with_description(
+            "1 for the LISTEN connection's current state, 0 for the others; L1 is used only while listening.",
+        )
+        .with_callback(move |obs| {
+            let Some(inner) = weak.upgrade() else { return };
+            let now = inner.coherency.state().as_str();
+            for (name, attrs) in &states {
+                obs.observe(u64::from(*name == now), attrs);
+            }
+        })
+        .build();
+
+    let states: Vec<(BreakerState, Vec<KeyValue>)> = [
+        (BreakerState::Closed, "closed"),
+        (BreakerState::Open, "open"),
+        (BreakerState::HalfOpen, "half_open"),
+    ]
+    .into_iter()
+    .map(|(st, name)| {
+        (
+            st,
+            with_cache(&cache, &[("c3.breaker", "l2"), ("c3.breaker.state", name)]),
+        )
+    })
+    .collect();
+    let weak: Weak<Inner> = Arc::downgrade(inner);
+    meter
+        .u64_observable_gauge("c3.breaker.state")
+        .with_unit("1")
+        .with_description("1 for the L2 circuit breaker's current state, 0 for the others.")
+        .with_callback(move |obs| {
+            let Some(inner) = weak.upgrade() else { return };
+            let now = inner.l2_breaker.state();
+            for (st, attrs) in &states {
+                obs.observe(u64::from(*st == now), attrs);
+            }
+        })
+        .build();
+}
+
+fn with_cache(cache: &KeyValue, attrs: &[(&'static str, &'static str)]) -> Vec<KeyValue> {
+    std::iter::once(cache.clone())
+        .chain(attrs.iter().map(|(k, v)| KeyValue::new(*k, *v)))
+        .collect()
+}

@@ -1,0 +1,121 @@
+//! Tracing spans that map onto OpenTelemetry semantics.
+//!
+//! Every cache operation gets one span (`c3.get`, `c3.get_many`, `c3.set`,
+//! `c3.delete`, `c3.invalidate`, `c3.get_or_load`) with `c3.cache` (the L2
+//! table), `c3.tier` (`l1` | `l2` | `source` | `stale`, where an answer came
+//! from), `c3.outcome` (`hit` | `miss` | `ok` | `error`) and — only with
+//! [`C3Builder::trace_keys`](crate::C3Builder::trace_keys), since keys may
+//! be personal data — `c3.key`. Every L2 round trip is a child span `c3.l2`
+//! with the OpenTelemetry database attributes `db.system.name`,
+//! `db.operation.name` and `db.collection.name`. An L1 hit opens no child
+//! span: it does no I/O.
+//!
+//! With `tracing-opentelemetry` in the application these become OTel spans;
+//! without a subscriber they cost a callsite check.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Instant;
+
+use tracing::Span;
+
+use super::metrics::{Metrics, OpKind, outcome_index, tier_index};
+use crate::cache::C3;
+
+/// One cache operation in flight: its span, and its duration for the
+/// `c3.operation.duration` histogram, recorded when the operation ends
+/// (including by cancellation, as outcome `cancelled`).
+pub(crate) struct Op<'a> {
+    pub(crate) span: Span,
+    metrics: &'a Metrics,
+    kind: OpKind,
+    start: Instant,
+    // Atomics only so that `&Op` can cross an `.await` in a `Send` future;
+    // one task touches them.
+    tier: AtomicU8,
+    outcome: AtomicU8,
+}
+
+impl<'a> Op<'a> {
+    pub(crate) fn new(c3: &'a C3, span: Span, kind: OpKind) -> Self {
+        Op {
+            span,
+            metrics: &c3.inner.metrics,
+            kind,
+            start: Instant::now(),
+            tier: AtomicU8::new(0),
+            outcome: AtomicU8::new(0),
+        }
+    }
+
+    /// Records where an answer came from and how the operation ended.
+    pub(crate) fn record(&self, tier: Option<&'static str>, outcome: &'static str) {
+        if let Some(t) = tier {
+            self.span.record("c3.tier", t);
+            self.tier.store(tier_index(t), Ordering::Relaxed);
+        }
+        self.span.record("c3.outcome", outcome);
+        self.outcome
+            .store(outcome_index(outcome), Ordering::Relaxed);
+    }
+
+    /// Marks a failed operation; a successful one keeps what it recorded.
+    pub(crate) fn record_result<T>(&self, r: &crate::Result<T>) {
+        if r.is_err() {
+            self.record(None, "error");
+        }
+    }
+
+    /// Records `ok` or `error` with no tier (writes).
+    pub(crate) fn record_done<T>(&self, r: &crate::Result<T>) {
+        self.record(None, if r.is_ok() { "ok" } else { "error" });
+    }
+}
+
+impl Drop for Op<'_> {
+    fn drop(&mut self) {
+        self.metrics.operation(
+            self.kind,
+            self.tier.load(Ordering::Relaxed),
+            self.outcome.load(Ordering::Relaxed),
+            self.start.elapsed(),
+        );
+    }
+}
+
+/// Opens the span of one cache operation and starts timing it.
+macro_rules! op {
+    ($c3:expr, $name:literal, $kind:ident, $key:expr) => {{
+        let span = tracing::info_span!(
+            target: "c3",
+            $name,
+            c3.cache = %$c3.inner.sql_names.table,
+            c3.tier = tracing::field::Empty,
+            c3.outcome = tracing::field::Empty,
+            c3.key = tracing::field::Empty,
+        );
+        if $c3.inner.trace_keys && !span.is_disabled() {
+            span.record("c3.key", $key);
+        }
+        $crate::telemetry::Op::new(&$c3, span, $crate::telemetry::metrics::OpKind::$kind)
+    }};
+}
+pub(crate) use op;
+
+/// Which system L2 is, for `db.system.name`.
+pub(crate) fn db_system(c3: &C3) -> &'static str {
+    match *c3.inner.backend {
+        crate::backend::Backend::Postgres(_) => "postgresql",
+        crate::backend::Backend::Memory(_) => "c3-memory",
+    }
+}
+
+/// The child span of one L2 round trip.
+pub(crate) fn l2_span(c3: &C3, op: &'static str) -> Span {
+    tracing::info_span!(
+        target: "c3",
+        "c3.l2",
+        db.system.name = db_system(c3),
+        db.operation.name = op,
+        db.collection.name = %c3.inner.sql_names.table,
+    )
+}
