@@ -861,3 +861,166 @@ async fn codecs_chosen_per_namespace_are_read_by_every_node() {
         value
     );
 }
+
+/// Value push: a write to a pushed namespace carries the value, and the
+/// other nodes answer from L1 without going to L2; other namespaces, values
+/// too big for NOTIFY and late (older) pushes only invalidate.
+#[tokio::test]
+async fn pushed_values_land_in_peers_l1_in_order_and_big_ones_only_invalidate() {
+    #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+    struct Flag {
+        on: bool,
+        note: String,
+    }
+    let db = TestDb::new("push").await;
+    let a = db.builder().push_values("flag:").build().await.unwrap();
+    let b = db.builder().push_values("flag:").build().await.unwrap();
+    let flag = |on, note: &str| Flag {
+        on,
+        note: note.to_owned(),
+    };
+
+    let heard = b.stats().invalidations_received;
+    a.set("flag:x", &flag(true, "v1")).await.unwrap();
+    support::received(&b, heard).await;
+    assert!(
+        b.is_cached_locally("flag:x"),
+        "the value came with the message"
+    );
+    let l2_reads = b.stats().l2_hits + b.stats().l2_misses;
+    assert_eq!(
+        *b.get::<Flag>("flag:x").await.unwrap().unwrap(),
+        flag(true, "v1")
+    );
+    assert_eq!(
+        *b.get::<Flag>("flag:x").await.unwrap().unwrap(),
+        flag(true, "v1")
+    );
+    assert_eq!(
+        b.stats().l2_hits + b.stats().l2_misses,
+        l2_reads,
+        "no L2 round trip"
+    );
+    assert_eq!(b.stats().pushed_values_kept, 1);
+
+    // Outside the namespace: an invalidation only.
+    let heard = b.stats().invalidations_received;
+    a.set("user:1", &flag(false, "not pushed")).await.unwrap();
+    support::received(&b, heard).await;
+    assert!(!b.is_cached_locally("user:1"));
+
+    // Too big for one NOTIFY: peers invalidate, then read L2.
+    b.get::<Flag>("flag:x").await.unwrap();
+    let big = flag(true, &"x".repeat(9000));
+    let heard = b.stats().invalidations_received;
+    a.set("flag:x", &big).await.unwrap();
+    support::received(&b, heard).await;
+    assert!(!b.is_cached_locally("flag:x"));
+    assert_eq!(*b.get::<Flag>("flag:x").await.unwrap().unwrap(), big);
+
+    // A late push (an older version, as a delayed message would be) never
+    // replaces what B already holds.
+    a.set("flag:x", &flag(false, "v3")).await.unwrap();
+    wait_until("B holds v3", DELIVERY, || async {
+        b.get::<Flag>("flag:x")
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|f| f.note == "v3")
+            && b.is_cached_locally("flag:x")
+    })
+    .await;
+    let heard = b.stats().invalidations_received;
+    db.client
+        .execute(
+            "SELECT pg_notify($1, $2)",
+            &[
+                &db.channel,
+                &"c3|1|-|-|v\n1 - - flag:x\n{\"on\":true,\"note\":\"old\"}",
+            ],
+        )
+        .await
+        .unwrap();
+    support::received(&b, heard).await;
+    assert_eq!(b.get::<Flag>("flag:x").await.unwrap().unwrap().note, "v3");
+
+    // A push from another client (any language can send one) with a new
+    // version is taken as it is.
+    let next: i64 = db
+        .client
+        .query_one(
+            &format!(
+                "SELECT version + 1000 FROM {} WHERE key = 'flag:x'",
+                db.table()
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let heard = b.stats().invalidations_received;
+    db.client
+        .execute(
+            "SELECT pg_notify($1, $2)",
+            &[
+                &db.channel,
+                &format!("c3|1|-|-|v\n{next} - - flag:x\n{{\"on\":true,\"note\":\"from sql\"}}"),
+            ],
+        )
+        .await
+        .unwrap();
+    support::received(&b, heard).await;
+    assert_eq!(
+        b.get::<Flag>("flag:x").await.unwrap().unwrap().note,
+        "from sql"
+    );
+}
+
+/// `shutdown` lets the writes already under way commit (none is lost), then
+/// refuses new calls and leaves no task or connection of the node behind.
+#[tokio::test]
+async fn shutdown_waits_for_queued_writes_and_leaves_nothing_running() {
+    let db = TestDb::new("shutdown").await;
+    let a = db.node().await;
+    let b = db.node().await;
+    let node = a.node_id().to_owned();
+    let writes: Vec<_> = (0..64)
+        .map(|i| {
+            let a = a.clone();
+            tokio::spawn(async move { a.set(&format!("k:{i}"), &i).await })
+        })
+        .collect();
+    // This test's runtime has one thread: yielding lets every spawned write
+    // start (and queue in the write combiner) before shutdown begins.
+    tokio::task::yield_now().await;
+    a.shutdown().await;
+    for (i, w) in writes.into_iter().enumerate() {
+        w.await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("write {i} was lost: {e}"));
+        assert_eq!(
+            b.get::<i32>(&format!("k:{i}")).await.unwrap().as_deref(),
+            Some(&(i as i32)),
+            "write {i} committed"
+        );
+    }
+    assert_eq!(a.listener_state(), ListenerState::Stopped);
+    assert_eq!(
+        a.set("late", &1).await.unwrap_err().kind(),
+        ErrorKind::Shutdown
+    );
+    // The listener's and the pool's connections are gone from the server.
+    wait_until("the node's connections are closed", DELIVERY, || async {
+        let n: i64 = db
+            .client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE '%' || $1",
+                &[&node],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        n == 0
+    })
+    .await;
+}

@@ -83,6 +83,7 @@ pub struct C3Builder {
     on_applied: Option<crate::events::AppliedObserver>,
     trace_keys: bool,
     meter: Option<opentelemetry::metrics::Meter>,
+    pub(crate) push_prefixes: Vec<String>,
     compress_above: Option<usize>,
     codecs: crate::codec::CodecPolicy,
 }
@@ -118,6 +119,7 @@ impl Default for C3Builder {
             on_applied: None,
             trace_keys: false,
             meter: None,
+            push_prefixes: Vec::new(),
             compress_above: None,
             codecs: crate::codec::CodecPolicy::default(),
         }
@@ -200,6 +202,7 @@ impl C3Builder {
     /// | `c3.writes` | counter | `{write}` | |
     /// | `c3.invalidations.sent` | counter | `{message}` | `c3.kind` = `key` \| `tag` \| `clear` |
     /// | `c3.invalidations.received` | counter | `{message}` | `c3.kind` = `key` \| `clear` |
+    /// | `c3.pushed_values.kept` | counter | `{value}` | |
     /// | `c3.purges` | counter | `{purge}` | |
     /// | `c3.listener.reconnects` | counter | `{reconnect}` | |
     /// | `c3.notifications.malformed` | counter | `{message}` | |
@@ -214,6 +217,28 @@ impl C3Builder {
     /// | `c3.breaker.state` | gauge | `1` | `c3.breaker` = `l2`, `c3.breaker.state` |
     pub fn meter(mut self, meter: opentelemetry::metrics::Meter) -> Self {
         self.meter = Some(meter);
+        self
+    }
+
+    /// Value push for keys starting with `prefix` (call again for more
+    /// namespaces; `""` is every key). A `set` of such a key sends the new
+    /// value in its notification, and the other nodes put it straight into
+    /// L1 — their next read is an L1 hit instead of an L2 round trip.
+    ///
+    /// Only values stored as uncompressed JSON travel, and only if the
+    /// message fits PostgreSQL's 8000-byte NOTIFY limit; others are sent as
+    /// plain invalidations, as are loads' write-backs. Ordering holds as for
+    /// invalidations: a node keeps a pushed value only if it has seen no
+    /// newer version of the key, so a late push never overwrites a newer
+    /// value. Receivers decode the value on its first read.
+    ///
+    /// Use it for small, hot values that many nodes read right after a
+    /// write (configuration, feature flags, session-like state). Leave it
+    /// off for large values or write-heavy keys: every write then costs a
+    /// payload to every node, read or not, and goes through PostgreSQL's
+    /// notification queue.
+    pub fn push_values(mut self, prefix: impl Into<String>) -> Self {
+        self.push_prefixes.push(prefix.into());
         self
     }
 
@@ -501,6 +526,7 @@ impl C3Builder {
                         "a pool was given but no URL for the LISTEN connection: also call .postgres(url)",
                     ));
                 };
+                let owns_pool = matches!(self.source, Source::Postgres(_));
                 let pool = match self.source {
                     Source::Pool(pool) => pool,
                     Source::Postgres(cfg) => build_pool(
@@ -519,7 +545,7 @@ impl C3Builder {
                     )?,
                     _ => unreachable!("matched above"),
                 };
-                let pg = PgBackend::new(pool, &self.schema, &self.table, &self.channel);
+                let pg = PgBackend::new(pool, owns_pool, &self.schema, &self.table, &self.channel);
                 bounded(
                     "migrate",
                     self.connect_timeout + self.op_timeout,
@@ -588,6 +614,7 @@ impl C3Builder {
                 max_value_bytes: self.max_value_bytes,
                 default_ttl: self.default_ttl,
                 op_timeout: self.op_timeout,
+                push_prefixes: self.push_prefixes,
             },
             shutdown: shutdown_tx,
             tasks: Mutex::new(tasks),

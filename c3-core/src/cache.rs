@@ -26,9 +26,7 @@ use tracing::Instrument;
 /// The encoding of a cached "not found" (see `codec`).
 pub(crate) use crate::codec::ABSENT as ENCODING_ABSENT;
 
-/// Bytes charged per L1 entry on top of its encoded value, for the entry
-/// struct, the `Arc`s and moka's bookkeeping.
-const ENTRY_OVERHEAD: usize = 96;
+use crate::coherency::ENTRY_OVERHEAD;
 
 /// A coherent two-tier cache: L1 in this process, L2 in PostgreSQL (or a
 /// [`MemoryServer`](crate::MemoryServer)), kept consistent across nodes by
@@ -57,6 +55,16 @@ pub(crate) struct Limits {
     pub(crate) max_value_bytes: usize,
     pub(crate) default_ttl: Option<Duration>,
     pub(crate) op_timeout: Duration,
+    /// Key prefixes whose writes carry their values to peers.
+    pub(crate) push_prefixes: Vec<String>,
+}
+
+impl Limits {
+    fn pushes(&self, key: &str) -> bool {
+        self.push_prefixes
+            .iter()
+            .any(|p| key.starts_with(p.as_str()))
+    }
 }
 
 /// Where a cache lives in PostgreSQL, for SQL written outside c3 — an
@@ -374,16 +382,36 @@ impl C3 {
 
     /// L1 lookup: `Some(value)` for a fresh entry of the right type (or a
     /// cached "not found"), `None` for a miss.
-    fn l1_get<T: Send + Sync + 'static>(&self, key: &str) -> Option<Option<Arc<T>>> {
+    fn l1_get<T>(&self, key: &str) -> Option<Option<Arc<T>>>
+    where
+        T: DeserializeOwned + Send + Sync + 'static,
+    {
         let e = self.inner.coherency.peek(key)?;
         if e.fresh_until_us <= self.now_us() {
             return None;
         }
         // A different type under the same key is treated as a miss; the L2
         // read that follows replaces the entry with the requested type.
-        let v = typed_value::<T>(&e.value)?;
+        let v = self.l1_value::<T>(key, &e)?;
         Counters::inc(&self.inner.counters.l1_hits);
         Some(v)
+    }
+
+    /// The value of an L1 entry as a `T`; a value a peer pushed is decoded
+    /// here, once (the entry is replaced by the decoded value).
+    pub(crate) fn l1_value<T>(&self, key: &str, e: &Arc<Entry>) -> Option<Option<Arc<T>>>
+    where
+        T: DeserializeOwned + Send + Sync + 'static,
+    {
+        if let Some(v) = typed_value::<T>(&e.value) {
+            return Some(v);
+        }
+        let pushed = e.value.downcast_ref::<crate::coherency::PushedJson>()?;
+        let v: Arc<T> = Arc::new(serde_json::from_str(&pushed.0).ok()?);
+        self.inner
+            .coherency
+            .replace_decoded(key, e, Arc::clone(&v) as Arc<dyn Any + Send + Sync>);
+        Some(Some(v))
     }
 
     /// Reads several keys with at most one L2 round trip. The result has one
@@ -705,6 +733,7 @@ impl C3 {
                 fresh_until,
                 stale_until: None,
                 tags: tags.iter().map(|t| (*t).to_owned()).collect(),
+                push: self.inner.limits.pushes(k),
             });
         }
         self.write_items::<T>(items).await
@@ -885,8 +914,10 @@ impl C3 {
 
     /// Stops the listener and the sweeper and waits for them to finish,
     /// after the writes already queued on this node have committed (bounded
-    /// by the L2 operation timeout). Later calls on any clone of this handle
-    /// fail with [`ErrorKind::Shutdown`](crate::ErrorKind::Shutdown).
+    /// by the L2 operation timeout), then closes the connection pool if c3
+    /// built it (a pool passed to [`C3Builder::pool`] stays open). Later
+    /// calls on any clone of this handle fail with
+    /// [`ErrorKind::Shutdown`](crate::ErrorKind::Shutdown).
     pub async fn shutdown(&self) {
         let _ = tokio::time::timeout(
             self.inner.limits.op_timeout,
@@ -900,6 +931,7 @@ impl C3 {
             let _ = t.await;
         }
         self.inner.coherency.disable(ListenerState::Stopped);
+        self.inner.backend.close();
     }
 }
 

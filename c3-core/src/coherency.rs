@@ -53,6 +53,15 @@ pub(crate) struct Entry {
     pub(crate) keep_for: Option<Duration>,
 }
 
+/// A value pushed by a peer, kept as the JSON it arrived in: the receiver
+/// does not know its type until someone reads it (then it is decoded once
+/// and the entry replaced by the typed value).
+pub(crate) struct PushedJson(pub(crate) String);
+
+/// Bytes charged per L1 entry on top of its encoded value, for the entry
+/// struct, the `Arc`s and moka's bookkeeping.
+pub(crate) const ENTRY_OVERHEAD: usize = 96;
+
 /// The state of a node's LISTEN connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -319,6 +328,12 @@ impl Coherency {
                     self.apply_bare(key);
                 }
             }
+            Body::Pushed(p) => {
+                self.apply_written(&p.key, p.version);
+                if !own {
+                    self.keep_pushed(p);
+                }
+            }
             Body::Clear => self.purge(),
             Body::Heartbeat => return,
         }
@@ -336,10 +351,15 @@ impl Coherency {
                 self.metrics.lag(lag);
             }
             if let Some(observe) = &self.observer {
+                let pushed;
                 let (written, invalidated): (&[(u64, String)], &[String]) = match &n.body {
                     Body::Written(w) => (w, &[]),
                     Body::Invalidate(k) => (&[], k),
-                    _ => (&[], &[]),
+                    Body::Pushed(p) => {
+                        pushed = [(p.version, p.key.clone())];
+                        (&pushed, &[])
+                    }
+                    Body::Clear | Body::Heartbeat => (&[], &[]),
                 };
                 observe(&crate::events::Applied {
                     from: n.node.as_deref(),
@@ -350,6 +370,62 @@ impl Coherency {
                 });
             }
         }
+    }
+
+    /// Puts a peer's pushed value in L1, unless a newer version of the key
+    /// is already known (a late push never overwrites a newer value) or the
+    /// value has already expired.
+    fn keep_pushed(&self, p: &crate::protocol::Pushed) {
+        if !self.l1_configured || !self.l1_enabled() {
+            return;
+        }
+        let now_us = crate::clock::to_micros(std::time::SystemTime::now());
+        if p.stale_until_us <= now_us {
+            return;
+        }
+        let keep_for = (p.stale_until_us != u64::MAX)
+            .then(|| Duration::from_micros(p.stale_until_us - now_us));
+        let entry = Entry {
+            value: Arc::new(PushedJson(p.json.clone())),
+            version: p.version,
+            fresh_until_us: p.fresh_until_us,
+            stale_until_us: p.stale_until_us,
+            weight: u32::try_from(p.json.len() + ENTRY_OVERHEAD).unwrap_or(u32::MAX),
+            keep_for,
+        };
+        let s = self.lock(Self::stripe_of(&p.key));
+        if s.max_version > p.version || self.l1.get(&p.key).is_some_and(|e| e.version >= p.version)
+        {
+            return;
+        }
+        self.l1.insert(p.key.clone(), Arc::new(entry));
+        drop(s);
+        Counters::inc(&self.counters.pushed_values_kept);
+    }
+
+    /// Replaces a pushed entry by its decoded value, if L1 still holds that
+    /// very entry (a newer write may have replaced or dropped it meanwhile).
+    pub(crate) fn replace_decoded(
+        &self,
+        key: &str,
+        pushed: &Arc<Entry>,
+        value: Arc<dyn std::any::Any + Send + Sync>,
+    ) {
+        let s = self.lock(Self::stripe_of(key));
+        if self.l1.get(key).is_some_and(|e| Arc::ptr_eq(&e, pushed)) {
+            self.l1.insert(
+                key.to_owned(),
+                Arc::new(Entry {
+                    value,
+                    version: pushed.version,
+                    fresh_until_us: pushed.fresh_until_us,
+                    stale_until_us: pushed.stale_until_us,
+                    weight: pushed.weight,
+                    keep_for: pushed.keep_for,
+                }),
+            );
+        }
+        drop(s);
     }
 
     /// A write at `version` committed for `key`.

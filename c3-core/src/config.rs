@@ -15,6 +15,7 @@
 //! | `C3_HEARTBEAT_INTERVAL` / `C3_HEARTBEAT_TIMEOUT` | half-open detection | `1s` |
 //! | `C3_POOL_SIZE` | L2 connections | `8` |
 //! | `C3_NODE_ID` | this node's id in notifications | `api-7` |
+//! | `C3_PUSH_VALUES` | comma-separated key prefixes whose values are pushed to peers | `flag:,config:` |
 //!
 //! Durations are a number and a unit: `ms`, `s`, `m`, `h`, `d`.
 
@@ -171,6 +172,11 @@ fn apply(b: &mut C3Builder, get: &impl Fn(&str) -> Option<String>) -> Result<C3B
             out = set(out, v.trim().to_owned());
         }
     }
+    if let Some(v) = var("C3_PUSH_VALUES") {
+        for prefix in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            out = out.push_values(prefix);
+        }
+    }
     Ok(out)
 }
 
@@ -209,6 +215,7 @@ mod tests {
             ("C3_L1_POLICY", "lru"),
             ("C3_TABLE", "app_cache"),
             ("C3_HEARTBEAT_TIMEOUT", "3s"),
+            ("C3_PUSH_VALUES", "flag:, config:"),
         ]));
         assert!(b.error.is_none());
         assert_eq!(b.l1_max_bytes, 1 << 20);
@@ -216,6 +223,7 @@ mod tests {
         assert_eq!(b.l1.eviction, L1Eviction::Lru);
         assert_eq!(b.table, "app_cache");
         assert_eq!(b.heartbeat_timeout, Duration::from_secs(3));
+        assert_eq!(b.push_prefixes, ["flag:", "config:"]);
     }
 
     #[test]

@@ -48,6 +48,7 @@
 //! | `lz4` | `C3Builder::compress_above`: LZ4 compression of large values in L2 (`json+lz4`) |
 //! | `msgpack` | [`Codec`]`::MessagePack` for values (`msgpack` rows) |
 //! | `postcard` | [`Codec`]`::Postcard` for values (`postcard` rows) |
+//! | `otlp` | `otlp::install`: tracer and meter providers exporting over OTLP (HTTP/protobuf or gRPC) |
 //!
 //! ## Layout
 //!
@@ -65,7 +66,9 @@
 //! * `backend` — L2: the PostgreSQL table and the in-memory stand-in.
 //! * `protocol` — the notification payload grammar.
 //! * `events` — [`Applied`], the observer hook for each applied notification.
-//! * `telemetry` — the tracing spans (`c3.get`, `c3.l2`, …) and their attributes.
+//! * `telemetry` — the tracing spans (`c3.get`, `c3.l2`, …) and the
+//!   OpenTelemetry metrics (instruments listed on [`C3Builder::meter`]).
+//! * `otlp` — one-call OTLP export (feature `otlp`).
 //! * `codec` — [`Codec`]: how values are encoded in L2 (JSON, MessagePack,
 //!   postcard, each optionally LZ4-compressed; `absent`).
 //! * `key`, `clock`, `stats`, `error` — key rules, injectable time, counters, errors.

@@ -176,6 +176,13 @@ async fn session(
                         }
                     } else {
                         coherency.apply_payload(&payload);
+                        // Data arriving proves the link is not half-open. A
+                        // long burst (100k notifications from one commit)
+                        // delays our echo behind it; that must not count as
+                        // a dead connection.
+                        if let Some((_, deadline)) = &mut awaiting {
+                            *deadline = (*deadline).max(Instant::now() + settings.heartbeat_timeout);
+                        }
                     }
                 }
                 Some(Event::Closed(e)) => {

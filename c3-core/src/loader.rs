@@ -278,7 +278,7 @@ impl C3 {
         let now = self.now_us();
         let mut stale: Option<Option<Arc<T>>> = None;
         if let Some(e) = self.coherency().peek(key) {
-            let typed = typed_value::<T>(&e.value);
+            let typed = self.l1_value::<T>(key, &e);
             if let Some(v) = typed.clone() {
                 if e.fresh_until_us > now {
                     Counters::inc(&self.counters().l1_hits);
@@ -675,6 +675,8 @@ impl C3 {
             fresh_until,
             stale_until,
             tags: Vec::new(),
+            // Peers load for themselves when they need the key.
+            push: false,
         };
         let still_valid = token.is_none_or(|t| self.coherency().token_valid(key, t));
         let written = match lease {

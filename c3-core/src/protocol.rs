@@ -46,6 +46,22 @@ pub(crate) enum Body {
     Clear,
     /// `h`: a node's heartbeat to itself; everyone else ignores it.
     Heartbeat,
+    /// `v`: one key was written at this version, and here is its new value
+    /// (value push): receivers drop older copies and may keep this one.
+    Pushed(Pushed),
+}
+
+/// The content of a `v` message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Pushed {
+    pub(crate) version: u64,
+    /// Wall-clock µs the value is fresh until (`u64::MAX`: no expiry).
+    pub(crate) fresh_until_us: u64,
+    /// Wall-clock µs it may be served as fail-safe stale until.
+    pub(crate) stale_until_us: u64,
+    pub(crate) key: String,
+    /// The value as JSON text (the `json` encoding of an L2 row).
+    pub(crate) json: String,
 }
 
 /// Why a payload could not be read.
@@ -134,6 +150,15 @@ pub(crate) fn parse(payload: &str) -> Result<Notification, ProtocolError> {
             }
             Body::Invalidate(keys)
         }
+        "v" => {
+            // Two lines after the header: everything after the second one is
+            // the value, whatever it contains.
+            let mut parts = rest.splitn(3, '\n').skip(1);
+            let (Some(line), Some(json)) = (parts.next(), parts.next()) else {
+                return Err(ProtocolError::BadLine { line: 1 });
+            };
+            Body::Pushed(parse_pushed(line, json).ok_or(ProtocolError::BadLine { line: 1 })?)
+        }
         "c" | "h" => {
             // Trailing lines are allowed (a heartbeat may carry a nonce) but ignored.
             if op == "c" {
@@ -149,6 +174,79 @@ pub(crate) fn parse(payload: &str) -> Result<Notification, ProtocolError> {
         sent_at_us,
         body,
     })
+}
+
+/// `<version> <fresh-until-µs|-> <stale-until-µs|-> <key>` and the JSON.
+fn parse_pushed(line: &str, json: &str) -> Option<Pushed> {
+    let mut f = line.splitn(4, ' ');
+    let (version, fresh, stale, key) = (f.next()?, f.next()?, f.next()?, f.next()?);
+    let until = |t: &str| match t {
+        "-" => Some(u64::MAX),
+        t => t.parse::<u64>().ok(),
+    };
+    validate_key(key, MAX_KEY_BYTES_LIMIT).ok()?;
+    let fresh_until_us = until(fresh)?;
+    let stale_until_us = until(stale)?;
+    if json.is_empty() || stale_until_us < fresh_until_us {
+        return None;
+    }
+    Some(Pushed {
+        version: version.parse().ok()?,
+        fresh_until_us,
+        stale_until_us,
+        key: key.to_owned(),
+        json: json.to_owned(),
+    })
+}
+
+/// The notifications for a committed write: a `v` message for each item
+/// that asked to be pushed and fits under the NOTIFY limit, `k` lines
+/// (packed) for the rest. `header` is the `k` header of the write.
+pub(crate) fn write_payloads(
+    header: &str,
+    items: &[crate::backend::WriteItem],
+    versions: &[u64],
+) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut out = Vec::new();
+    for (item, version) in items.iter().zip(versions) {
+        match push_message(header, item, *version) {
+            Some(m) => out.push(m),
+            None => lines.push(format!("{version} {}", item.key)),
+        }
+    }
+    out.extend(pack(header, lines));
+    out
+}
+
+fn push_message(header: &str, item: &crate::backend::WriteItem, version: u64) -> Option<String> {
+    if !item.push || item.encoding != crate::codec::JSON {
+        return None;
+    }
+    // JSON is UTF-8 and serde_json never writes a NUL byte unescaped, but a
+    // value from elsewhere is checked rather than trusted.
+    let json = std::str::from_utf8(&item.value).ok()?;
+    if json.contains('\0') {
+        return None;
+    }
+    let micros = |t: Option<std::time::SystemTime>| {
+        t.map_or_else(
+            || "-".to_owned(),
+            |t| crate::clock::to_micros(t).to_string(),
+        )
+    };
+    let fresh = micros(item.fresh_until);
+    let stale = match item.stale_until {
+        Some(_) => micros(item.stale_until),
+        None => fresh.clone(),
+    };
+    let op_at = header.len().checked_sub(1)?;
+    let m = format!(
+        "{}v\n{version} {fresh} {stale} {}\n{json}",
+        &header[..op_at],
+        item.key
+    );
+    (m.len() <= MAX_PAYLOAD_BYTES).then_some(m)
 }
 
 /// Whether `id` may be used as a node id in message headers.
@@ -190,6 +288,70 @@ pub(crate) fn pack(header: &str, lines: impl IntoIterator<Item = String>) -> Vec
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn item(key: &str, json: &str, push: bool) -> crate::backend::WriteItem {
+        crate::backend::WriteItem {
+            key: key.into(),
+            value: json.as_bytes().to_vec(),
+            encoding: crate::codec::JSON,
+            fresh_until: Some(std::time::UNIX_EPOCH + std::time::Duration::from_micros(2_000)),
+            stale_until: None,
+            tags: Vec::new(),
+            push,
+        }
+    }
+
+    #[test]
+    fn pushed_values_round_trip_and_fall_back_to_invalidation() {
+        let h = header("n1", 5, 'k');
+        let items = [
+            item("user:1", r#"{"name":"a\nb"}"#, true),
+            item("user:2", "2", false),
+            item("user:3", &format!("\"{}\"", "x".repeat(8000)), true),
+        ];
+        let p = write_payloads(&h, &items, &[7, 8, 9]);
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert_eq!(
+            p[0],
+            "c3|1|n1|5|v\n7 2000 2000 user:1\n{\"name\":\"a\\nb\"}"
+        );
+        let n = parse(&p[0]).unwrap();
+        assert_eq!(n.node.as_deref(), Some("n1"));
+        assert_eq!(
+            n.body,
+            Body::Pushed(Pushed {
+                version: 7,
+                fresh_until_us: 2000,
+                stale_until_us: 2000,
+                key: "user:1".into(),
+                json: r#"{"name":"a\nb"}"#.into(),
+            })
+        );
+        // Too big to push, or not asked to: plain `k` lines.
+        assert_eq!(
+            parse(&p[1]).unwrap().body,
+            Body::Written(vec![(8, "user:2".into()), (9, "user:3".into())])
+        );
+        // A value may contain newlines: everything after the key line is it.
+        let n = parse("c3|1|-|-|v\n3 - - k\n[1,\n2]").unwrap();
+        let Body::Pushed(p) = n.body else { panic!() };
+        assert_eq!((p.json.as_str(), p.fresh_until_us), ("[1,\n2]", u64::MAX));
+    }
+
+    #[test]
+    fn malformed_pushes_are_refused() {
+        for bad in [
+            "c3|1|-|-|v",
+            "c3|1|-|-|v\n3 - - k",
+            "c3|1|-|-|v\n3 - - k\n",
+            "c3|1|-|-|v\nx - - k\n1",
+            "c3|1|-|-|v\n3 9 8 k\n1",
+            "c3|1|-|-|v\n3 - -\n1",
+            "c3|1|-|-|v\n3 - - a\0b\n1",
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn bare_keys() {

@@ -76,6 +76,8 @@ counters! {
     key_invalidations_received,
     /// `clear` messages from others that this node applied.
     clears_received,
+    /// Values pushed by other nodes that this node put in L1 (`push_values`).
+    pushed_values_kept,
     /// Payloads that could not be parsed (each one purged L1).
     malformed_notifications,
     /// Whole-L1 purges (listener loss, reconnect, clear, malformed input).

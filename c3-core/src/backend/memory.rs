@@ -197,11 +197,7 @@ impl MemoryBackend {
                 }
             }
         }
-        let lines = items
-            .iter()
-            .zip(&versions)
-            .map(|(i, v)| format!("{v} {}", i.key));
-        for p in crate::protocol::pack(header, lines) {
+        for p in crate::protocol::write_payloads(header, items, &versions) {
             self.server.notify(&p);
         }
         versions

@@ -33,6 +33,8 @@ pub(crate) struct WriteItem {
     pub(crate) stale_until: Option<SystemTime>,
     /// Tags to (re)attach to the entry; empty leaves existing tags alone.
     pub(crate) tags: Vec<String>,
+    /// Send the value itself to the other nodes (value push), if it fits.
+    pub(crate) push: bool,
 }
 
 /// What a load must present to write its value back: the snapshot of the
@@ -61,6 +63,13 @@ pub(crate) async fn bounded<T>(
 }
 
 impl Backend {
+    /// Releases what the backend holds open (see `PgBackend::close`).
+    pub(crate) fn close(&self) {
+        if let Backend::Postgres(b) = self {
+            b.close();
+        }
+    }
+
     /// Reads a row that has not passed its hard expiry at `now`.
     pub(crate) async fn get(&self, key: &str, now: SystemTime) -> Result<Option<Row>> {
         match self {

@@ -303,6 +303,9 @@ pub(crate) struct PgBackend {
     channel: String,
     sweep_lock: String,
     load_lock: String,
+    /// Whether c3 built the pool (then `shutdown` closes it) or the
+    /// application lent it (then it stays open for the application).
+    owns_pool: bool,
 }
 
 /// Settings the pool is built with.
@@ -391,13 +394,28 @@ fn row_from(r: &tokio_postgres::Row, offset: usize) -> Result<Row> {
 }
 
 impl PgBackend {
-    pub(crate) fn new(pool: Pool, schema: &str, table: &str, channel: &str) -> Self {
+    pub(crate) fn new(
+        pool: Pool,
+        owns_pool: bool,
+        schema: &str,
+        table: &str,
+        channel: &str,
+    ) -> Self {
         PgBackend {
             pool,
+            owns_pool,
             sql: Sql::new(schema, table),
             channel: channel.to_owned(),
             sweep_lock: format!("c3:sweep:{schema}.{table}"),
             load_lock: format!("c3:load:{schema}.{table}:"),
+        }
+    }
+
+    /// Closes the pool if c3 built it: idle connections end now, busy ones
+    /// when they are returned.
+    pub(crate) fn close(&self) {
+        if self.owns_pool {
+            self.pool.close();
         }
     }
 
@@ -462,6 +480,7 @@ impl PgBackend {
     pub(crate) async fn set(&self, items: &[WriteItem], header: &str) -> Result<Vec<u64>> {
         if let [item] = items
             && item.tags.is_empty()
+            && !item.push
         {
             return self.set_one(item, header).await.map(|v| vec![v]);
         }
@@ -470,7 +489,7 @@ impl PgBackend {
         // under the 8000-byte payload limit.
         if items
             .iter()
-            .all(|i| i.tags.is_empty() && i.key.len() <= SHORT_KEY)
+            .all(|i| i.tags.is_empty() && !i.push && i.key.len() <= SHORT_KEY)
             && header.len() < 500
         {
             return self.set_many_notify(items, header).await;
@@ -505,13 +524,7 @@ impl PgBackend {
                 .await
                 .map_err(pg)?;
         }
-        let payloads = crate::protocol::pack(
-            header,
-            items
-                .iter()
-                .zip(&versions)
-                .map(|(i, v)| format!("{v} {}", i.key)),
-        );
+        let payloads = crate::protocol::write_payloads(header, items, &versions);
         tx.execute(NOTIFY, &[&self.channel, &payloads])
             .await
             .map_err(pg)?;

@@ -157,7 +157,7 @@ type Series = (&'static [(&'static str, &'static str)], Read);
 /// collects.
 pub(crate) fn observe(meter: &Meter, cache: &str, inner: &Arc<Inner>) {
     let cache = KeyValue::new("c3.cache", cache.to_owned());
-    let counters: [(&str, &str, &str, Vec<Series>); 12] = [
+    let counters: [(&str, &str, &str, Vec<Series>); 13] = [
         (
             "c3.hits",
             "{hit}",
@@ -213,6 +213,12 @@ pub(crate) fn observe(meter: &Meter, cache: &str, inner: &Arc<Inner>) {
                 (&[("c3.kind", "key")], |s| s.key_invalidations_received),
                 (&[("c3.kind", "clear")], |s| s.clears_received),
             ],
+        ),
+        (
+            "c3.pushed_values.kept",
+            "{value}",
+            "Values pushed by peers that this node put in L1 (value push).",
+            vec![(&[], |s| s.pushed_values_kept)],
         ),
         (
             "c3.purges",
