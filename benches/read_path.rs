@@ -1,6 +1,8 @@
 //! Read path micro-benchmarks: a c3 L1 hit against the floor (a bare moka
 //! get of the same `Arc` value) and, when PostgreSQL answers, a c3 L2 hit
-//! (L1 disabled) against a plain `SELECT` by primary key.
+//! (L1 disabled) against a plain `SELECT` by primary key, and a node's first
+//! read of a key right after another node wrote it — with an invalidation
+//! (an L2 read follows) and with value push (`push_values`: an L1 hit).
 //!
 //! ```text
 //! cargo bench --bench read_path
@@ -117,6 +119,36 @@ fn read_path(c: &mut Criterion) {
         }
         None => eprintln!("read_path: PostgreSQL not reachable at {url}; L2 and SELECT skipped"),
     }
+    if pg.is_some() {
+        let nodes = rt.block_on(async {
+            let mut v = Vec::new();
+            for _ in 0..2 {
+                let node = C3::builder()
+                    .postgres(&url)
+                    .schema("c3_bench_read")
+                    .channel("c3_bench_peer")
+                    .push_values("pushed:")
+                    .build()
+                    .await
+                    .unwrap();
+                v.push(node);
+            }
+            v
+        });
+        for (name, key) in [
+            ("peer_read_after_write_invalidated", "plain:1"),
+            ("peer_read_after_write_pushed", "pushed:1"),
+        ] {
+            g.bench_function(name, |b| {
+                b.iter_custom(|n| rt.block_on(read_after_peer_write(&nodes[0], &nodes[1], key, n)));
+            });
+        }
+        rt.block_on(async {
+            for node in nodes {
+                node.shutdown().await;
+            }
+        });
+    }
     g.finish();
     if let Some((c3, client, _)) = pg {
         rt.block_on(async {
@@ -128,6 +160,26 @@ fn read_path(c: &mut Criterion) {
             c3.shutdown().await;
         });
     }
+}
+
+/// Times only `reader`'s first read after each of `writer`'s writes has
+/// reached it.
+async fn read_after_peer_write(writer: &C3, reader: &C3, key: &str, n: u64) -> Duration {
+    let mut total = Duration::ZERO;
+    let mut u = user();
+    for i in 0..n {
+        u.id = i;
+        let heard = reader.stats().invalidations_received;
+        writer.set(key, &u).await.unwrap();
+        while reader.stats().invalidations_received == heard {
+            tokio::task::yield_now().await;
+        }
+        let t = std::time::Instant::now();
+        let got = reader.get::<User>(key).await.unwrap();
+        total += t.elapsed();
+        assert_eq!(got.map(|u| u.id), Some(i));
+    }
+    total
 }
 
 criterion_group!(

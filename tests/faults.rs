@@ -124,3 +124,74 @@ async fn a_node_whose_connections_are_all_terminated_recovers() {
     })
     .await;
 }
+
+/// The PostgreSQL server restarts, three times, under two nodes (a cluster
+/// of the test's own): each time both notice, purge L1, reconnect by
+/// themselves and serve the latest write — never their pre-restart copy —
+/// and their task count does not grow from one restart to the next.
+#[tokio::test]
+async fn every_node_recovers_from_server_restarts_without_growing() {
+    let cluster = support::cluster::Cluster::start("restart");
+    let url = cluster.url();
+    let node = || {
+        c3::C3::builder()
+            .postgres(&url)
+            .schema("c3_restart")
+            .channel("c3_restart")
+            .heartbeat(Duration::from_millis(200), Duration::from_millis(800))
+            .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(500))
+            .connect_timeout(Duration::from_secs(2))
+            .op_timeout(Duration::from_secs(2))
+            .pool_size(4)
+            .build()
+    };
+    let a = node().await.unwrap();
+    let b = node().await.unwrap();
+    a.set("k", &0u32).await.unwrap();
+    assert_eq!(*b.get::<u32>("k").await.unwrap().unwrap(), 0);
+    let tasks = || {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    };
+    let mut tasks_after_first = None;
+    for round in 1..=3u32 {
+        assert!(b.is_cached_locally("k"), "round {round}: B holds a copy");
+        let (ra, rb) = (a.stats().reconnects, b.stats().reconnects);
+        cluster.restart();
+        wait_until("both nodes reconnect", Duration::from_secs(30), || async {
+            a.stats().reconnects > ra
+                && b.stats().reconnects > rb
+                && a.listener_state() == ListenerState::Listening
+                && b.listener_state() == ListenerState::Listening
+        })
+        .await;
+        assert!(
+            !b.is_cached_locally("k"),
+            "round {round}: the loss purged B's L1"
+        );
+        wait_until("A writes again", DELIVERY, || async {
+            a.set("k", &round).await.is_ok()
+        })
+        .await;
+        wait_until("B reads A's write", DELIVERY, || async {
+            b.get::<u32>("k").await.ok().flatten().as_deref() == Some(&round)
+        })
+        .await;
+        wait_until("B keeps it in L1 again", DELIVERY, || async {
+            b.get::<u32>("k").await.ok().flatten().as_deref() == Some(&round)
+                && b.is_cached_locally("k")
+        })
+        .await;
+        let now = tasks();
+        match tasks_after_first {
+            None => tasks_after_first = Some(now),
+            Some(first) => assert!(
+                now <= first + 2,
+                "round {round}: {now} tasks alive, {first} after the first restart"
+            ),
+        }
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+}

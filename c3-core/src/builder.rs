@@ -208,7 +208,7 @@ impl C3Builder {
     /// | `c3.notifications.malformed` | counter | `{message}` | |
     /// | `c3.l2.errors` | counter | `{call}` | |
     /// | `c3.breaker.transitions` | counter | `{transition}` | `c3.breaker` = `l2` \| `loader`, `c3.breaker.state` = `open` \| `closed` |
-    /// | `c3.operation.duration` | histogram | `s` | `c3.operation`, `c3.tier` (if any), `c3.outcome` |
+    /// | `c3.operation.duration` | histogram | `s` | `c3.operation`, `c3.tier` (if any), `c3.outcome`; single-key L1 hits are counted, not timed |
     /// | `c3.load.duration` | histogram | `s` | `c3.outcome` = `ok` \| `error` |
     /// | `c3.invalidation.lag` | histogram | `s` | |
     /// | `c3.l1.entries` | gauge | `{entry}` | |

@@ -339,13 +339,14 @@ impl C3 {
     where
         T: DeserializeOwned + Send + Sync + 'static,
     {
-        let op = telemetry::op!(self, "c3.get", Get, key);
+        let mut op = telemetry::op!(self, "c3.get", Get, key, read);
         self.check_key(key)?;
         if let Some(v) = self.l1_get::<T>(key) {
             // Answered in memory: no child span, no I/O.
             op.record(Some("l1"), if v.is_some() { "hit" } else { "miss" });
             return Ok(v);
         }
+        op.start_timer();
         let r = self
             .get_from_l2::<T>(key, &op)
             .instrument(op.span.clone())

@@ -86,6 +86,9 @@ mod combiner;
 mod config;
 mod error;
 mod events;
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzzing;
 mod key;
 mod listener;
 mod loader;

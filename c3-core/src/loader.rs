@@ -273,7 +273,7 @@ impl C3 {
         Fut: Future<Output = Result<Option<T>, E>> + Send + 'static,
         E: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
     {
-        let op = crate::telemetry::op!(self, "c3.get_or_load", GetOrLoad, key);
+        let mut op = crate::telemetry::op!(self, "c3.get_or_load", GetOrLoad, key, read);
         self.check_key(key)?;
         let now = self.now_us();
         let mut stale: Option<Option<Arc<T>>> = None;
@@ -295,6 +295,7 @@ impl C3 {
             }
         }
         Counters::inc(&self.counters().l1_misses);
+        op.start_timer();
         let mut rx = op
             .span
             .in_scope(|| self.start_flight(key, opts, loader, stale, false));

@@ -24,11 +24,15 @@ use crate::cache::C3;
 /// One cache operation in flight: its span, and its duration for the
 /// `c3.operation.duration` histogram, recorded when the operation ends
 /// (including by cancellation, as outcome `cancelled`).
+///
+/// Reads start the clock only once L1 could not answer: an L1 hit is
+/// counted (`c3.hits`), not timed — reading the clock twice would cost
+/// about as much as the hit itself.
 pub(crate) struct Op<'a> {
     pub(crate) span: Span,
     metrics: &'a Metrics,
     kind: OpKind,
-    start: Instant,
+    start: Option<Instant>,
     // Atomics only so that `&Op` can cross an `.await` in a `Send` future;
     // one task touches them.
     tier: AtomicU8,
@@ -36,15 +40,20 @@ pub(crate) struct Op<'a> {
 }
 
 impl<'a> Op<'a> {
-    pub(crate) fn new(c3: &'a C3, span: Span, kind: OpKind) -> Self {
+    pub(crate) fn new(c3: &'a C3, span: Span, kind: OpKind, timed: bool) -> Self {
         Op {
             span,
             metrics: &c3.inner.metrics,
             kind,
-            start: Instant::now(),
+            start: timed.then(Instant::now),
             tier: AtomicU8::new(0),
             outcome: AtomicU8::new(0),
         }
+    }
+
+    /// Starts timing a read that L1 could not answer.
+    pub(crate) fn start_timer(&mut self) {
+        self.start = Some(Instant::now());
     }
 
     /// Records where an answer came from and how the operation ended.
@@ -73,18 +82,27 @@ impl<'a> Op<'a> {
 
 impl Drop for Op<'_> {
     fn drop(&mut self) {
-        self.metrics.operation(
-            self.kind,
-            self.tier.load(Ordering::Relaxed),
-            self.outcome.load(Ordering::Relaxed),
-            self.start.elapsed(),
-        );
+        if let Some(start) = self.start {
+            self.metrics.operation(
+                self.kind,
+                self.tier.load(Ordering::Relaxed),
+                self.outcome.load(Ordering::Relaxed),
+                start.elapsed(),
+            );
+        }
     }
 }
 
-/// Opens the span of one cache operation and starts timing it.
+/// Opens the span of one cache operation and starts timing it (a read:
+/// `read` at the end, and `start_timer` after an L1 miss).
 macro_rules! op {
-    ($c3:expr, $name:literal, $kind:ident, $key:expr) => {{
+    ($c3:expr, $name:literal, $kind:ident, $key:expr) => {
+        $crate::telemetry::op!(@ $c3, $name, $kind, $key, true)
+    };
+    ($c3:expr, $name:literal, $kind:ident, $key:expr, read) => {
+        $crate::telemetry::op!(@ $c3, $name, $kind, $key, false)
+    };
+    (@ $c3:expr, $name:literal, $kind:ident, $key:expr, $timed:expr) => {{
         let span = tracing::info_span!(
             target: "c3",
             $name,
@@ -96,7 +114,12 @@ macro_rules! op {
         if $c3.inner.trace_keys && !span.is_disabled() {
             span.record("c3.key", $key);
         }
-        $crate::telemetry::Op::new(&$c3, span, $crate::telemetry::metrics::OpKind::$kind)
+        $crate::telemetry::Op::new(
+            &$c3,
+            span,
+            $crate::telemetry::metrics::OpKind::$kind,
+            $timed,
+        )
     }};
 }
 pub(crate) use op;

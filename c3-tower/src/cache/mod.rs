@@ -89,6 +89,9 @@ mod body;
 mod cache_control;
 mod freshness;
 mod future;
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzzing;
 mod key;
 mod layer;
 mod policy;

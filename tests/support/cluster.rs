@@ -1,0 +1,156 @@
+//! A PostgreSQL cluster of the test's own, which it may stop and restart:
+//! initdb in a temporary directory, started on a free port with the local
+//! binaries (Debian's `postgresql` package; `initdb` refuses root, so the
+//! cluster belongs to the `postgres` user then). Stopped and removed on drop.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub struct Cluster {
+    bindir: PathBuf,
+    dir: PathBuf,
+    port: u16,
+    as_postgres: bool,
+}
+
+fn bindir() -> PathBuf {
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("bin"))
+        .filter(|b| b.join("initdb").exists())
+        .collect();
+    found.sort();
+    if let Some(b) = found.pop() {
+        return b;
+    }
+    let which = Command::new("sh")
+        .args(["-c", "command -v initdb"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+    match which.as_deref().and_then(Path::parent) {
+        Some(b) => b.to_owned(),
+        None => panic!(
+            "this test starts its own PostgreSQL cluster and needs initdb/pg_ctl: \
+             install Debian's `postgresql` package (apt-get install postgresql)"
+        ),
+    }
+}
+
+impl Cluster {
+    pub fn start(name: &str) -> Cluster {
+        let bindir = bindir();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let dir = std::env::temp_dir().join(format!("c3-{name}-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("cluster directory");
+        let as_postgres = running_as_root();
+        let c = Cluster {
+            bindir,
+            dir,
+            port,
+            as_postgres,
+        };
+        if as_postgres {
+            let ok = Command::new("chown")
+                .args(["-R", "postgres"])
+                .arg(&c.dir)
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "chown the cluster directory to postgres");
+        }
+        c.run(
+            "initdb",
+            &["-D", &c.data(), "-A", "trust", "-U", "postgres"],
+        );
+        c.pg_ctl("start");
+        c
+    }
+
+    fn data(&self) -> String {
+        self.dir.join("data").display().to_string()
+    }
+
+    /// A PostgreSQL tool, run as the cluster's owner.
+    fn command(&self, tool: &str) -> Command {
+        let exe = self.bindir.join(tool);
+        if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(exe);
+            c
+        } else {
+            Command::new(exe)
+        }
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) {
+        let out = self
+            .command(tool)
+            .args(args)
+            .output()
+            .expect("run a PostgreSQL tool");
+        assert!(
+            out.status.success(),
+            "{tool} {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn pg_ctl(&self, action: &str) {
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1",
+            self.port,
+            self.dir.display()
+        );
+        let log = self.dir.join("log").display().to_string();
+        let data = self.data();
+        let mut args = vec!["-D", &data, "-l", &log, "-w", "-m", "fast", action];
+        if action != "stop" {
+            args.extend(["-o", &opts]);
+        }
+        self.run("pg_ctl", &args);
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    pub fn stop(&self) {
+        self.pg_ctl("stop");
+    }
+
+    pub fn start_again(&self) {
+        self.pg_ctl("start");
+    }
+
+    /// `pg_ctl restart -m fast`: every session is terminated, the server
+    /// shuts down and comes back on the same port with the same data.
+    pub fn restart(&self) {
+        self.pg_ctl("restart");
+    }
+}
+
+/// Whether this process runs as root (then initdb must run as `postgres`).
+fn running_as_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let data = self.data();
+        let _ = self
+            .command("pg_ctl")
+            .args(["-D", &data, "-m", "immediate", "stop"])
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
