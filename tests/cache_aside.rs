@@ -502,3 +502,145 @@ async fn a_load_that_raced_a_write_does_not_write_its_older_value_back() {
     .unwrap();
     assert_eq!(stored("cleared").await, None);
 }
+
+/// A load whose read of L2 failed has no lease: nothing can tell whether the
+/// key changed while it loaded. Its value goes to the callers (and at most
+/// this node's L1), never to L2 — else an older value could land over a
+/// newer write for every node.
+#[tokio::test]
+async fn a_load_whose_l2_read_failed_never_writes_back() {
+    let db = TestDb::new("no_lease").await;
+    // A's pool and its LISTEN connection go through proxies of their own, so
+    // its read can fail while it is still listening, and B's notification
+    // can be late: A's own L1 bookkeeping cannot see the write in time, only
+    // L2 can.
+    let pool_link = support::proxy::FaultProxy::start(support::database_addr()).await;
+    let listen_link = support::proxy::FaultProxy::start(support::database_addr()).await;
+    let cfg: tokio_postgres::Config = pool_link.url(&db.url).parse().unwrap();
+    let pool = deadpool_postgres::Pool::builder(deadpool_postgres::Manager::new(
+        cfg,
+        tokio_postgres::NoTls,
+    ))
+    .max_size(4)
+    .runtime(deadpool_postgres::Runtime::Tokio1)
+    .build()
+    .unwrap();
+    let a = db
+        .builder()
+        .pool(pool)
+        .postgres(&listen_link.url(&db.url))
+        .heartbeat(Duration::from_secs(10), Duration::from_secs(10))
+        .op_timeout(Duration::from_millis(300))
+        .build()
+        .await
+        .unwrap();
+    let b = db.node().await;
+    let (loading_tx, loading_rx) = tokio::sync::oneshot::channel::<()>();
+    let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+
+    // A's read of L2 stalls past its timeout; the load starts without a lease.
+    pool_link.set_latency(Duration::from_secs(1));
+    listen_link.set_latency(Duration::from_secs(5));
+    let load = tokio::spawn({
+        let a = a.clone();
+        async move {
+            a.get_or_load("k", &LoadOptions::new(), move || async move {
+                let _ = loading_tx.send(());
+                let _ = release_rx.await;
+                Ok::<_, std::io::Error>(Some("old".to_owned()))
+            })
+            .await
+        }
+    });
+    loading_rx.await.expect("the loader runs");
+    pool_link.set_latency(Duration::ZERO);
+    wait_until("A's pool answers promptly again", DELIVERY, || async {
+        a.get::<String>("probe").await.is_ok()
+    })
+    .await;
+    // The source changes and B writes the new value while A is loading.
+    b.set("k", &"new".to_owned()).await.unwrap();
+    release_tx.send(()).unwrap();
+    let got = load.await.unwrap().unwrap();
+    assert_eq!(
+        got.as_deref().map(String::as_str),
+        Some("old"),
+        "the caller's answer"
+    );
+
+    // Whatever A tries afterwards, L2 keeps B's write.
+    let row: String = db
+        .client
+        .query_one(
+            &format!(
+                "SELECT convert_from(value, 'UTF8') FROM {} WHERE key = 'k'",
+                db.table()
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(row, "\"new\"");
+    let fresh = db.node().await;
+    assert_eq!(
+        fresh
+            .get::<String>("k")
+            .await
+            .unwrap()
+            .as_deref()
+            .map(String::as_str),
+        Some("new")
+    );
+}
+
+/// Singleflight must not hand a caller a value older than what it has seen
+/// invalidated: a `get_or_load` that starts after this node applied a write
+/// to the key does not join a load that started before that write.
+#[tokio::test]
+async fn a_caller_after_an_invalidation_does_not_join_an_older_load() {
+    let db = TestDb::new("late_join").await;
+    let (a, b) = (db.node().await, db.node().await);
+    let (loading_tx, loading_rx) = tokio::sync::oneshot::channel::<()>();
+    let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+    let early = tokio::spawn({
+        let a = a.clone();
+        async move {
+            a.get_or_load("k", &LoadOptions::new(), move || async move {
+                let _ = loading_tx.send(());
+                let _ = release_rx.await;
+                Ok::<_, std::io::Error>(Some("old".to_owned()))
+            })
+            .await
+        }
+    });
+    loading_rx.await.expect("the first load runs");
+    let heard = a.stats().invalidations_received;
+    b.set("k", &"new".to_owned()).await.unwrap();
+    support::received(&a, heard).await;
+
+    // Started after A applied B's write: must not wait for the old load.
+    let late = a
+        .get_or_load("k", &LoadOptions::new(), || async {
+            Ok::<_, std::io::Error>(Some("late load".to_owned()))
+        })
+        .await
+        .unwrap();
+    assert_eq!(late.as_deref().map(String::as_str), Some("new"));
+    release_tx.send(()).unwrap();
+    let early = early.await.unwrap().unwrap();
+    assert_eq!(
+        early.as_deref().map(String::as_str),
+        Some("old"),
+        "the first caller overlapped the write; its answer may be the old value"
+    );
+    assert_eq!(
+        a.get::<String>("k")
+            .await
+            .unwrap()
+            .as_deref()
+            .map(String::as_str),
+        Some("new"),
+        "and the old load changed nothing"
+    );
+}

@@ -1,5 +1,6 @@
-//! A history checker: K nodes, many tasks doing get/set/delete on a small key
-//! space; every operation is logged, and afterwards a checker verifies
+//! A history checker: K nodes, many tasks doing get/get_or_load/set/delete on
+//! a small key space; every operation is logged, and afterwards a checker
+//! verifies
 //!
 //! 1. **no stale read after delivery**: a read on node X returns a value at
 //!    least as new as every write to that key whose notification X had
@@ -12,6 +13,12 @@
 //! write the writer records the version it committed at (reading it back
 //! under that key's lock). Nodes report applied versions through
 //! `on_applied`.
+//!
+//! `get_or_load` loads from a model "source of truth" that each writer
+//! updates *before* writing the cache (as cache-aside applications do). A
+//! load writes its value back to L2 under a version of its own, which no
+//! log holds; so a node's bound is matched to the newest logged write at or
+//! below it — never a false anomaly, at worst a slightly lower floor.
 //!
 //! Seeded and bounded: `C3_HISTORY_SECS` (default 3) and `C3_HISTORY_SEED`
 //! (default: random, printed) reproduce or lengthen a run. One variant runs
@@ -72,6 +79,8 @@ impl NodeView {
 struct Read {
     node: usize,
     task: usize,
+    /// `get` or `get_or_load`.
+    op: &'static str,
     key: usize,
     bound: u64,
     got: Option<u64>,
@@ -79,6 +88,8 @@ struct Read {
 
 struct History {
     logs: Vec<tokio::sync::Mutex<Log>>,
+    /// The model source of truth `get_or_load` reads: per key, its value.
+    source: Mutex<Vec<Option<u64>>>,
     reads: Mutex<Vec<Read>>,
     next_value: AtomicU64,
 }
@@ -151,6 +162,13 @@ async fn committed_version(db: &TestDb, key: &str) -> u64 {
     u64::try_from(v).unwrap()
 }
 
+/// Loads cache their answer (misses too) for a short while.
+fn load_options() -> c3::core::LoadOptions {
+    c3::core::LoadOptions::new()
+        .ttl(Some(Duration::from_secs(5)))
+        .negative_ttl(Duration::from_secs(5))
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn worker(
     db: Arc<TestDb>,
@@ -170,10 +188,25 @@ async fn worker(
         let roll = rng.below(100);
         if !writes || roll < 55 {
             let bound = view.bound(&name);
-            match node.get::<u64>(&name).await {
+            let op = if roll.is_multiple_of(2) {
+                "get"
+            } else {
+                "get_or_load"
+            };
+            let read = if op == "get" {
+                node.get::<u64>(&name).await
+            } else {
+                let history = Arc::clone(&history);
+                node.get_or_load(&name, &load_options(), move || async move {
+                    Ok::<_, std::io::Error>(history.source.lock().unwrap()[k])
+                })
+                .await
+            };
+            match read {
                 Ok(got) => history.reads.lock().unwrap().push(Read {
                     node: node_ix,
                     task,
+                    op,
                     key: k,
                     bound,
                     got: got.map(|v| *v),
@@ -186,9 +219,11 @@ async fn worker(
             let mut log = history.logs[k].lock().await;
             let value = if roll < 88 {
                 let v = history.next_value.fetch_add(1, Ordering::Relaxed);
+                history.source.lock().unwrap()[k] = Some(v);
                 node.set(&name, &v).await.expect("set");
                 Some(v)
             } else {
+                history.source.lock().unwrap()[k] = None;
                 node.delete(&name).await.expect("delete");
                 None
             };
@@ -214,10 +249,8 @@ fn check(history: &History, logs: &[Log]) -> Vec<String> {
         // The implicit first entry: the key did not exist.
         let mut log: Log = vec![(0, None)];
         log.extend(logs[r.key].iter().copied());
-        let floor = log
-            .iter()
-            .position(|(v, _)| *v >= r.bound)
-            .unwrap_or(log.len() - 1);
+        // The newest logged write at or below the bound (entry 0 has version 0).
+        let floor = log.iter().rposition(|(v, _)| *v <= r.bound).unwrap_or(0);
         match r.got {
             Some(w) => match log.iter().position(|(_, v)| *v == Some(w)) {
                 None => anomalies.push(format!(
@@ -225,8 +258,12 @@ fn check(history: &History, logs: &[Log]) -> Vec<String> {
                     r.node, r.key
                 )),
                 Some(at) if at < floor => anomalies.push(format!(
-                    "node {} read h{} = {w} (entry {at}) after applying entry {floor} (version {})",
-                    r.node, r.key, r.bound
+                    "node {} {} of h{} = {w} (entry {at}) after applying entry {floor} (version {}); log around: {:?}",
+                    r.node,
+                    r.op,
+                    r.key,
+                    r.bound,
+                    &log[at.saturating_sub(1)..(floor + 2).min(log.len())]
                 )),
                 Some(at) => {
                     let seen = last_seen.entry((r.node, r.task, r.key)).or_insert(0);
@@ -270,6 +307,7 @@ async fn run(name: &str, flapping: bool) {
             .map(|_| tokio::sync::Mutex::new(Vec::new()))
             .collect(),
         reads: Mutex::new(Vec::new()),
+        source: Mutex::new(vec![None; KEYS]),
         next_value: AtomicU64::new(1),
     });
     let until = Instant::now() + duration;

@@ -28,6 +28,7 @@ use crate::backend::{Lease, Row, WriteItem};
 use crate::breaker::{Breaker, BreakerConfig, BreakerState, Permit};
 use crate::cache::{C3, ENCODING_ABSENT, decode_row};
 use crate::clock::to_micros;
+use crate::coherency::FillToken;
 use crate::error::{Error, Repr, Result};
 use crate::stats::Counters;
 
@@ -190,9 +191,13 @@ type Slot<T> = watch::Receiver<Option<Outcome<T>>>;
 /// caller's `T`, type-erased.
 #[derive(Default)]
 pub(crate) struct Flights {
-    map: Mutex<HashMap<String, Arc<dyn Any + Send + Sync>>>,
+    map: Mutex<HashMap<String, Registered>>,
     pub(crate) loader_breakers: Mutex<HashMap<Arc<str>, Arc<Breaker>>>,
 }
+
+/// A flight in the map: its slot (type-erased) and the fill token taken
+/// when it started, which says whether it may still be joined.
+type Registered = (Arc<dyn Any + Send + Sync>, Option<FillToken>);
 
 /// Removes a finished flight from the map, also if its task panicked.
 struct FlightGuard {
@@ -211,7 +216,7 @@ impl Drop for FlightGuard {
             .unwrap_or_else(|e| e.into_inner());
         if map
             .get(&self.key)
-            .is_some_and(|m| Arc::ptr_eq(m, &self.marker))
+            .is_some_and(|(m, _)| Arc::ptr_eq(m, &self.marker))
         {
             map.remove(&self.key);
         }
@@ -403,17 +408,29 @@ impl C3 {
         E: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
     {
         let mut map = self.flights().map.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(existing) = map.get(key)
+        // A flight that started before this node applied an invalidation of
+        // the key (or completed a write to it) may answer with the value from
+        // before it: a caller arriving now must not join it, or it would read
+        // older data than it has already seen invalidated. It starts a
+        // flight of its own, which later callers join instead. (While L1 is
+        // off there is no token; flights are then joined as they are, to keep
+        // the source protected from a stampede during an outage.)
+        let joinable =
+            |token: &Option<FillToken>| token.is_none_or(|t| self.coherency().token_valid(key, t));
+        let existing_joinable = map.get(key).map(|(_, token)| joinable(token));
+        if existing_joinable == Some(true)
+            && let Some((existing, _)) = map.get(key)
             && let Some(rx) = existing.downcast_ref::<Slot<T>>()
         {
             return rx.clone();
         }
         let (tx, rx) = watch::channel(None);
-        // A flight of another type for this key keeps its slot; this one runs
-        // unregistered rather than wait on a value it could not use.
+        // A live flight of another type for this key keeps its slot; this one
+        // runs unregistered rather than wait on a value it could not use.
         let marker: Arc<dyn Any + Send + Sync> = Arc::new(rx.clone());
-        if !map.contains_key(key) {
-            map.insert(key.to_owned(), Arc::clone(&marker));
+        if existing_joinable != Some(true) {
+            let token = self.coherency().begin_fill(key);
+            map.insert(key.to_owned(), (Arc::clone(&marker), token));
         }
         drop(map);
         let guard = FlightGuard {
@@ -680,16 +697,26 @@ impl C3 {
             push: false,
         };
         let still_valid = token.is_none_or(|t| self.coherency().token_valid(key, t));
-        let written = match lease {
+        let l1_only = match lease {
             // The usual case: written only if the key is unchanged since the
             // read before the load — decided by L2 itself, so it holds even
             // when this node has not heard of a concurrent write yet.
-            Some(lease) if still_valid => self.write_loaded::<T>(item.clone(), lease, token).await,
-            _ if still_valid => self.write_items::<T>(vec![item.clone()]).await,
-            _ => Ok(()),
+            Some(lease) if still_valid => {
+                match self.write_loaded::<T>(item.clone(), lease, token).await {
+                    Ok(()) => false,
+                    Err(e) => {
+                        tracing::debug!(target: "c3::loader", error = %e, "could not store a loaded value in L2");
+                        true
+                    }
+                }
+            }
+            // No lease: the read before the load failed, so nothing can tell
+            // whether the key changed while loading, and an unconditional
+            // write could put this value over a newer one for every node.
+            None if still_valid => true,
+            _ => false,
         };
-        if let Err(e) = written {
-            tracing::debug!(target: "c3::loader", error = %e, "could not store a loaded value in L2");
+        if l1_only {
             // L2 is unavailable: keep the value in L1 only, at version 0
             // so that any versioned write to the key evicts it.
             if let Some(t) = token {
