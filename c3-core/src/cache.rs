@@ -375,10 +375,23 @@ impl C3 {
         Counters::inc(&self.inner.counters.l2_hits);
         op.record(Some("l2"), "hit");
         let (value, entry) = decode_row::<T>(key, row, to_micros(now))?;
+        self.keep_read(key, token, entry);
+        Ok(value)
+    }
+
+    /// After reading `entry` from L2: puts it in L1 (if `token` still
+    /// allows) and records its version as known (see `note_version`).
+    pub(crate) fn keep_read(
+        &self,
+        key: &str,
+        token: Option<crate::coherency::FillToken>,
+        entry: Entry,
+    ) {
+        let version = entry.version;
         if let Some(token) = token {
             self.inner.coherency.fill(key, token, entry);
         }
-        Ok(value)
+        self.inner.coherency.note_version(key, version);
     }
 
     /// L1 lookup: `Some(value)` for a fresh entry of the right type (or a
@@ -482,9 +495,7 @@ impl C3 {
                 Some(row) => {
                     Counters::inc(&self.inner.counters.l2_hits);
                     let (value, entry) = decode_row::<T>(k, row, now_us)?;
-                    if let Some(token) = token {
-                        self.inner.coherency.fill(k, token, entry);
-                    }
+                    self.keep_read(k, token, entry);
                     out[i] = value;
                 }
                 None => Counters::inc(&self.inner.counters.l2_misses),
@@ -783,7 +794,7 @@ impl C3 {
         let now_us = self.now_us();
         let ceiling = versions.iter().copied().max().unwrap_or(0);
         for ((item, &version), token) in items.into_iter().zip(versions).zip(tokens) {
-            self.inner.coherency.note_committed(&item.key, version);
+            self.inner.coherency.note_version(&item.key, version);
             let Some(token) = token else { continue };
             let key = item.key.clone();
             let row = Row {

@@ -439,12 +439,38 @@ impl Coherency {
         }
     }
 
-    /// This node committed `version` for `key`. Recording it now, rather than
-    /// when our own notification comes back, keeps that late echo from looking
-    /// like a new write to loads that started after the commit.
-    pub(crate) fn note_committed(&self, key: &str, version: u64) {
+    /// This node now knows that `version` of `key` exists: it committed it,
+    /// or read it from L2. Recording a commit now, rather than when our own
+    /// notification comes back, keeps that late echo from looking like a new
+    /// write to loads that started after the commit. Recording a version
+    /// read from L2 (perhaps before its notification arrived) keeps a fill
+    /// or a load that started earlier — and so may hold an older value —
+    /// from being kept or joined afterwards.
+    pub(crate) fn note_version(&self, key: &str, version: u64) {
         let mut s = self.lock(Self::stripe_of(key));
         s.max_version = s.max_version.max(version);
+    }
+
+    /// A token for joining a load in flight: like a fill token, but taken
+    /// (and checked) also while L1 is off, since a caller must never be
+    /// handed a value older than one it could already have seen.
+    pub(crate) fn join_token(&self, key: &str) -> FillToken {
+        let stripe = Self::stripe_of(key);
+        let s = self.lock(stripe);
+        FillToken {
+            stripe,
+            bare_gen: s.bare_gen,
+            max_version: s.max_version,
+            epoch: self.epoch.load(Ordering::Acquire),
+        }
+    }
+
+    /// Whether nothing has changed `key`'s stripe since `token`, L1 on or off.
+    pub(crate) fn join_valid(&self, token: FillToken) -> bool {
+        let s = self.lock(token.stripe);
+        self.epoch.load(Ordering::Acquire) == token.epoch
+            && s.bare_gen == token.bare_gen
+            && s.max_version == token.max_version
     }
 
     /// `key` changed in a way we cannot order: drop it whatever its version.

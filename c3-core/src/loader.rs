@@ -197,7 +197,7 @@ pub(crate) struct Flights {
 
 /// A flight in the map: its slot (type-erased) and the fill token taken
 /// when it started, which says whether it may still be joined.
-type Registered = (Arc<dyn Any + Send + Sync>, Option<FillToken>);
+type Registered = (Arc<dyn Any + Send + Sync>, FillToken);
 
 /// Removes a finished flight from the map, also if its task panicked.
 struct FlightGuard {
@@ -409,14 +409,12 @@ impl C3 {
     {
         let mut map = self.flights().map.lock().unwrap_or_else(|e| e.into_inner());
         // A flight that started before this node applied an invalidation of
-        // the key (or completed a write to it) may answer with the value from
-        // before it: a caller arriving now must not join it, or it would read
-        // older data than it has already seen invalidated. It starts a
-        // flight of its own, which later callers join instead. (While L1 is
-        // off there is no token; flights are then joined as they are, to keep
-        // the source protected from a stampede during an outage.)
-        let joinable =
-            |token: &Option<FillToken>| token.is_none_or(|t| self.coherency().token_valid(key, t));
+        // the key, completed a write to it or read a newer version of it may
+        // answer with the value from before: a caller arriving now must not
+        // join it, or it could read older data than it (or another task of
+        // this node) has already seen. It starts a flight of its own, which
+        // later callers join instead. This holds while L1 is off too.
+        let joinable = |token: &FillToken| self.coherency().join_valid(*token);
         let existing_joinable = map.get(key).map(|(_, token)| joinable(token));
         if existing_joinable == Some(true)
             && let Some((existing, _)) = map.get(key)
@@ -429,7 +427,7 @@ impl C3 {
         // runs unregistered rather than wait on a value it could not use.
         let marker: Arc<dyn Any + Send + Sync> = Arc::new(rx.clone());
         if existing_joinable != Some(true) {
-            let token = self.coherency().begin_fill(key);
+            let token = self.coherency().join_token(key);
             map.insert(key.to_owned(), (Arc::clone(&marker), token));
         }
         drop(map);
@@ -634,12 +632,11 @@ impl C3 {
             return L2Read::Nothing;
         };
         if !fresh {
+            self.coherency().note_version(key, entry.version);
             return L2Read::Stale(value);
         }
         Counters::inc(&self.counters().l2_hits);
-        if let Some(token) = token {
-            self.coherency().fill(key, token, entry);
-        }
+        self.keep_read(key, token, entry);
         L2Read::Fresh(value)
     }
 
