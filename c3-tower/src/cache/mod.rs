@@ -117,6 +117,8 @@ pub(crate) struct Config {
     pub(crate) revalidation_window: Duration,
     pub(crate) collapse_timeout: Duration,
     pub(crate) fixed_authority: Option<String>,
+    /// Read only with the `otel` feature (`propagate_trace_context`).
+    #[cfg_attr(not(feature = "otel"), allow(dead_code))]
     pub(crate) propagate_trace_context: bool,
 }
 
