@@ -535,24 +535,11 @@ async fn a_load_whose_l2_read_failed_never_writes_back() {
         .await
         .unwrap();
     let b = db.node().await;
-    let (loading_tx, loading_rx) = tokio::sync::oneshot::channel::<()>();
-    let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
 
     // A's read of L2 stalls past its timeout; the load starts without a lease.
     pool_link.set_latency(Duration::from_secs(1));
     listen_link.set_latency(Duration::from_secs(5));
-    let load = tokio::spawn({
-        let a = a.clone();
-        async move {
-            a.get_or_load("k", &LoadOptions::new(), move || async move {
-                let _ = loading_tx.send(());
-                let _ = release_rx.await;
-                Ok::<_, std::io::Error>(Some("old".to_owned()))
-            })
-            .await
-        }
-    });
-    loading_rx.await.expect("the loader runs");
+    let (load, release_tx) = held_load(&a, "k", "old").await;
     pool_link.set_latency(Duration::ZERO);
     wait_until("A's pool answers promptly again", DELIVERY, || async {
         a.get::<String>("probe").await.is_ok()
@@ -601,20 +588,7 @@ async fn a_load_whose_l2_read_failed_never_writes_back() {
 async fn a_caller_after_an_invalidation_does_not_join_an_older_load() {
     let db = TestDb::new("late_join").await;
     let (a, b) = (db.node().await, db.node().await);
-    let (loading_tx, loading_rx) = tokio::sync::oneshot::channel::<()>();
-    let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
-    let early = tokio::spawn({
-        let a = a.clone();
-        async move {
-            a.get_or_load("k", &LoadOptions::new(), move || async move {
-                let _ = loading_tx.send(());
-                let _ = release_rx.await;
-                Ok::<_, std::io::Error>(Some("old".to_owned()))
-            })
-            .await
-        }
-    });
-    loading_rx.await.expect("the first load runs");
+    let (early, release_tx) = held_load(&a, "k", "old").await;
     let heard = a.stats().invalidations_received;
     b.set("k", &"new".to_owned()).await.unwrap();
     support::received(&a, heard).await;
@@ -643,4 +617,29 @@ async fn a_caller_after_an_invalidation_does_not_join_an_older_load() {
         Some("new"),
         "and the old load changed nothing"
     );
+}
+
+/// Starts `get_or_load(key)` on `node` with a loader that answers `value`
+/// only when released; returns once the loader is running.
+async fn held_load(
+    node: &c3::C3,
+    key: &'static str,
+    value: &'static str,
+) -> (
+    tokio::task::JoinHandle<c3::core::Result<Option<std::sync::Arc<String>>>>,
+    tokio::sync::oneshot::Sender<()>,
+) {
+    let (loading_tx, loading_rx) = tokio::sync::oneshot::channel::<()>();
+    let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+    let node = node.clone();
+    let load = tokio::spawn(async move {
+        node.get_or_load(key, &LoadOptions::new(), move || async move {
+            let _ = loading_tx.send(());
+            let _ = release_rx.await;
+            Ok::<_, std::io::Error>(Some(value.to_owned()))
+        })
+        .await
+    });
+    loading_rx.await.expect("the loader runs");
+    (load, release_tx)
 }

@@ -329,8 +329,15 @@ async fn counters_and_histograms_move_on_the_node_that_acts_and_on_the_node_that
         .unwrap();
     assert_eq!(a.invalidate_tag("team:1").await.unwrap(), 1);
     let heard = a.stats().invalidations_received;
+    let purges = b.stats().purges;
     b.clear().await.unwrap();
     support::received(&a, heard).await;
+    // B purges once when its clear commits and once more when the clear's
+    // own notification comes back; the load below must come after both.
+    support::wait_until("B's own clear echo", support::DELIVERY, || async {
+        b.stats().purges >= purges + 2
+    })
+    .await;
 
     // B loads a key from the source.
     let opts = c3::core::LoadOptions::new();

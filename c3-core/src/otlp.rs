@@ -89,6 +89,31 @@ pub enum OtlpError {
     },
 }
 
+/// Builds a span or metric exporter (their builders share method names but
+/// not a trait): HTTP at `base + path`, or gRPC at `base`.
+macro_rules! exporter {
+    ($otlp:expr, $builder:expr, $protocol:expr, $path:literal) => {
+        match $protocol {
+            Protocol::HttpProtobuf => {
+                let mut b = $builder
+                    .with_http()
+                    .with_protocol(opentelemetry_otlp::Protocol::HttpBinary);
+                if let Some(url) = $otlp.signal_url($path) {
+                    b = b.with_endpoint(url);
+                }
+                b.build()
+            }
+            Protocol::Grpc => {
+                let mut b = $builder.with_tonic();
+                if let Some(url) = &$otlp.endpoint {
+                    b = b.with_endpoint(url.clone());
+                }
+                b.build()
+            }
+        }
+    };
+}
+
 /// OTLP export settings; [`install`] is `Otlp::from_env()?.install()`.
 #[derive(Debug, Clone, Default)]
 #[must_use]
@@ -211,24 +236,7 @@ impl Otlp {
         protocol: Protocol,
     ) -> Result<opentelemetry_otlp::SpanExporter, opentelemetry_otlp::ExporterBuildError> {
         let b = opentelemetry_otlp::SpanExporter::builder();
-        match protocol {
-            Protocol::HttpProtobuf => {
-                let mut b = b
-                    .with_http()
-                    .with_protocol(opentelemetry_otlp::Protocol::HttpBinary);
-                if let Some(url) = self.signal_url("/v1/traces") {
-                    b = b.with_endpoint(url);
-                }
-                b.build()
-            }
-            Protocol::Grpc => {
-                let mut b = b.with_tonic();
-                if let Some(url) = &self.endpoint {
-                    b = b.with_endpoint(url.clone());
-                }
-                b.build()
-            }
-        }
+        exporter!(self, b, protocol, "/v1/traces")
     }
 
     fn metric_exporter(
@@ -236,24 +244,7 @@ impl Otlp {
         protocol: Protocol,
     ) -> Result<opentelemetry_otlp::MetricExporter, opentelemetry_otlp::ExporterBuildError> {
         let b = opentelemetry_otlp::MetricExporter::builder();
-        match protocol {
-            Protocol::HttpProtobuf => {
-                let mut b = b
-                    .with_http()
-                    .with_protocol(opentelemetry_otlp::Protocol::HttpBinary);
-                if let Some(url) = self.signal_url("/v1/metrics") {
-                    b = b.with_endpoint(url);
-                }
-                b.build()
-            }
-            Protocol::Grpc => {
-                let mut b = b.with_tonic();
-                if let Some(url) = &self.endpoint {
-                    b = b.with_endpoint(url.clone());
-                }
-                b.build()
-            }
-        }
+        exporter!(self, b, protocol, "/v1/metrics")
     }
 }
 

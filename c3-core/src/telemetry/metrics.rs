@@ -288,48 +288,44 @@ pub(crate) fn observe(meter: &Meter, cache: &str, inner: &Arc<Inner>) {
     }
 
     let (entries, bytes) = (with_cache(&cache, &[]), with_cache(&cache, &[]));
-    let weak: Weak<Inner> = Arc::downgrade(inner);
-    meter
-        .u64_observable_gauge("c3.l1.entries")
-        .with_unit("{entry}")
-        .with_description("Entries in L1 (approximate).")
-        .with_callback(move |obs| {
-            if let Some(inner) = weak.upgrade() {
-                obs.observe(inner.coherency.l1_size().0, &entries);
-            }
-        })
-        .build();
-    let weak: Weak<Inner> = Arc::downgrade(inner);
-    meter
-        .u64_observable_gauge("c3.l1.size")
-        .with_unit("By")
-        .with_description("Weighted size of L1 in bytes (approximate).")
-        .with_callback(move |obs| {
-            if let Some(inner) = weak.upgrade() {
-                obs.observe(inner.coherency.l1_size().1, &bytes);
-            }
-        })
-        .build();
+    gauge(
+        meter,
+        inner,
+        "c3.l1.entries",
+        "{entry}",
+        "Entries in L1 (approximate).",
+        move |inner, obs| {
+            obs.observe(inner.coherency.l1_size().0, &entries);
+        },
+    );
+    gauge(
+        meter,
+        inner,
+        "c3.l1.size",
+        "By",
+        "Weighted size of L1 in bytes (approximate).",
+        move |inner, obs| {
+            obs.observe(inner.coherency.l1_size().1, &bytes);
+        },
+    );
 
     let states: Vec<(&str, Vec<KeyValue>)> = ["starting", "listening", "reconnecting", "stopped"]
         .into_iter()
         .map(|s| (s, with_cache(&cache, &[("c3.listener.state", s)])))
         .collect();
-    let weak: Weak<Inner> = Arc::downgrade(inner);
-    meter
-        .u64_observable_gauge("c3.listener.state")
-        .with_unit("1")
-        .with_description(
-            "1 for the LISTEN connection's current state, 0 for the others; L1 is used only while listening.",
-        )
-        .with_callback(move |obs| {
-            let Some(inner) = weak.upgrade() else { return };
+    gauge(
+        meter,
+        inner,
+        "c3.listener.state",
+        "1",
+        "1 for the LISTEN connection's current state, 0 for the others; L1 is used only while listening.",
+        move |inner, obs| {
             let now = inner.coherency.state().as_str();
             for (name, attrs) in &states {
                 obs.observe(u64::from(*name == now), attrs);
             }
-        })
-        .build();
+        },
+    );
 
     let states: Vec<(BreakerState, Vec<KeyValue>)> = [
         (BreakerState::Closed, "closed"),
@@ -344,16 +340,38 @@ pub(crate) fn observe(meter: &Meter, cache: &str, inner: &Arc<Inner>) {
         )
     })
     .collect();
-    let weak: Weak<Inner> = Arc::downgrade(inner);
-    meter
-        .u64_observable_gauge("c3.breaker.state")
-        .with_unit("1")
-        .with_description("1 for the L2 circuit breaker's current state, 0 for the others.")
-        .with_callback(move |obs| {
-            let Some(inner) = weak.upgrade() else { return };
+    gauge(
+        meter,
+        inner,
+        "c3.breaker.state",
+        "1",
+        "1 for the L2 circuit breaker's current state, 0 for the others.",
+        move |inner, obs| {
             let now = inner.l2_breaker.state();
             for (st, attrs) in &states {
                 obs.observe(u64::from(*st == now), attrs);
+            }
+        },
+    );
+}
+
+/// Registers a gauge whose callback reads the cache while it lives.
+fn gauge(
+    meter: &Meter,
+    inner: &Arc<Inner>,
+    name: &'static str,
+    unit: &'static str,
+    description: &'static str,
+    observe: impl Fn(&Inner, &dyn AsyncInstrument<u64>) + Send + Sync + 'static,
+) {
+    let weak: Weak<Inner> = Arc::downgrade(inner);
+    meter
+        .u64_observable_gauge(name)
+        .with_unit(unit)
+        .with_description(description)
+        .with_callback(move |obs| {
+            if let Some(inner) = weak.upgrade() {
+                observe(&inner, obs);
             }
         })
         .build();
