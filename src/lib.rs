@@ -9,6 +9,11 @@
 //! | `axum` | `c3-axum` | axum integration (feature `axum`, default) |
 //! | `sqlx` | `c3-sqlx` | cached repositories for sqlx (feature `sqlx`, default; the derive needs `c3-sqlx` as a direct dependency) |
 //!
+//! Optional features: `otlp` (`c3::core::otlp`: one-call OpenTelemetry
+//! export over OTLP, and `traceparent` continuation in the HTTP layer),
+//! `lz4` (compression of large values), `msgpack` and `postcard` (binary
+//! value codecs).
+//!
 //! The most used items are also re-exported at the top level.
 //!
 //! ```
