@@ -499,6 +499,7 @@ impl C3Builder {
             node_id.clone(),
             Arc::clone(&counters),
             Arc::clone(&metrics),
+            Arc::clone(&self.clock),
         );
         coherency.observer = self.on_applied.clone();
         let coherency = Arc::new(coherency);

@@ -160,6 +160,8 @@ pub(crate) struct Coherency {
     pub(crate) node_id: String,
     pub(crate) counters: Arc<Counters>,
     pub(crate) metrics: Arc<crate::telemetry::Metrics>,
+    /// The cache's clock, for the expiry of pushed values.
+    pub(crate) clock: Arc<dyn crate::clock::Clock>,
     pub(crate) observer: Option<crate::events::AppliedObserver>,
 }
 
@@ -170,6 +172,7 @@ impl Coherency {
         node_id: String,
         counters: Arc<Counters>,
         metrics: Arc<crate::telemetry::Metrics>,
+        clock: Arc<dyn crate::clock::Clock>,
     ) -> Self {
         let mut l1 = moka::sync::Cache::builder()
             .max_capacity(l1_max_bytes)
@@ -197,6 +200,7 @@ impl Coherency {
             node_id,
             counters,
             metrics,
+            clock,
             observer: None,
         }
     }
@@ -379,7 +383,7 @@ impl Coherency {
         if !self.l1_configured || !self.l1_enabled() {
             return;
         }
-        let now_us = crate::clock::to_micros(std::time::SystemTime::now());
+        let now_us = crate::clock::to_micros(self.clock.now());
         if p.stale_until_us <= now_us {
             return;
         }
@@ -549,6 +553,7 @@ mod tests {
                 &opentelemetry::global::meter("c3-test"),
                 "t",
             )),
+            Arc::new(crate::clock::SystemClock),
         );
         c.enable();
         c
