@@ -418,9 +418,26 @@ async fn counters_and_histograms_move_on_the_node_that_acts_and_on_the_node_that
     assert!(value(&rb, "c3.l1.size", &[]) > 0);
     let listener = |s: &'static str| value(&rb, "c3.listener.state", &[("c3.listener.state", s)]);
     assert_eq!((listener("listening"), listener("reconnecting")), (1, 0));
+    let breaker = |which: &'static str, state: &'static str| {
+        value(
+            &rb,
+            "c3.breaker.state",
+            &[("c3.breaker", which), ("c3.breaker.state", state)],
+        )
+    };
+    assert_eq!((breaker("l2", "closed"), breaker("l2", "open")), (1, 0));
     assert_eq!(
-        value(&rb, "c3.breaker.state", &[("c3.breaker.state", "closed")]),
-        1
+        value(
+            &rb,
+            "c3.breaker.state",
+            &[
+                ("c3.breaker", "loader"),
+                ("c3.source", "default"),
+                ("c3.breaker.state", "closed")
+            ]
+        ),
+        1,
+        "one series per loader source"
     );
 
     // Every series names its cache.

@@ -214,7 +214,7 @@ impl C3Builder {
     /// | `c3.l1.entries` | gauge | `{entry}` | |
     /// | `c3.l1.size` | gauge | `By` | |
     /// | `c3.listener.state` | gauge | `1` | `c3.listener.state` (1 for the current state) |
-    /// | `c3.breaker.state` | gauge | `1` | `c3.breaker` = `l2`, `c3.breaker.state` |
+    /// | `c3.breaker.state` | gauge | `1` | `c3.breaker` = `l2` \| `loader` (with `c3.source`), `c3.breaker.state` |
     pub fn meter(mut self, meter: opentelemetry::metrics::Meter) -> Self {
         self.meter = Some(meter);
         self

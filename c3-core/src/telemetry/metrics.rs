@@ -345,11 +345,29 @@ pub(crate) fn observe(meter: &Meter, cache: &str, inner: &Arc<Inner>) {
         inner,
         "c3.breaker.state",
         "1",
-        "1 for the L2 circuit breaker's current state, 0 for the others.",
+        "1 for each circuit breaker's current state (L2, and one per loader source), 0 for the others.",
         move |inner, obs| {
             let now = inner.l2_breaker.state();
             for (st, attrs) in &states {
                 obs.observe(u64::from(*st == now), attrs);
+            }
+            // Loader breakers come and go with their sources: their
+            // attribute sets are built here, at collection time only.
+            let loaders = inner
+                .flights
+                .loader_breakers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .map(|(source, b)| (Arc::clone(source), b.state()))
+                .collect::<Vec<_>>();
+            for (source, now) in loaders {
+                for (st, attrs) in &states {
+                    let mut attrs = attrs.clone();
+                    attrs[1] = KeyValue::new("c3.breaker", "loader");
+                    attrs.push(KeyValue::new("c3.source", source.to_string()));
+                    obs.observe(u64::from(*st == now), &attrs);
+                }
             }
         },
     );
