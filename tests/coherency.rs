@@ -184,20 +184,7 @@ async fn a_row_inserted_by_a_foreign_client_is_read_correctly() {
 async fn versions_never_go_backwards_for_a_key() {
     let db = TestDb::new("versions").await;
     let a = db.node().await;
-    let version = |key: &'static str| {
-        let db = &db;
-        async move {
-            let row = db
-                .client
-                .query_opt(
-                    &format!("SELECT version FROM {} WHERE key = $1", db.table()),
-                    &[&key],
-                )
-                .await
-                .unwrap();
-            row.map(|r| r.get::<_, i64>(0))
-        }
-    };
+    let version = |key: &'static str| db.row_version(key);
     a.set("v", &1).await.unwrap();
     let v1 = version("v").await.unwrap();
     a.set("v", &2).await.unwrap();

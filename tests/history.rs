@@ -136,16 +136,8 @@ async fn node_with_view(db: &TestDb, url: Option<&str>) -> (C3, Arc<NodeView>) {
 /// above the delete's own version, and below any later write to the key
 /// (which must wait for the lock this task holds).
 async fn committed_version(db: &TestDb, key: &str) -> u64 {
-    let row = db
-        .client
-        .query_opt(
-            &format!("SELECT version FROM {} WHERE key = $1", db.table()),
-            &[&key],
-        )
-        .await
-        .unwrap();
-    let v: i64 = match row {
-        Some(r) => r.get(0),
+    let v: i64 = match db.row_version(key).await {
+        Some(v) => v,
         None => db
             .client
             .query_one(

@@ -122,6 +122,18 @@ impl TestDb {
         format!("\"{}\".cache_data", self.schema)
     }
 
+    /// The L2 row version of `key`, if the row exists.
+    pub async fn row_version(&self, key: &str) -> Option<i64> {
+        self.client
+            .query_opt(
+                &format!("SELECT version FROM {} WHERE key = $1", self.table()),
+                &[&key],
+            )
+            .await
+            .expect("read a row version")
+            .map(|r| r.get(0))
+    }
+
     /// Terminates the listener backend of `node` (found by application_name).
     pub async fn kill_listener(&self, node: &C3) -> u64 {
         let app = format!("c3-listener {}", node.node_id());
