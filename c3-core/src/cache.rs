@@ -99,12 +99,6 @@ impl SqlNames {
     }
 }
 
-/// The start of a read from the source of truth; see [`C3::fill_ticket`].
-#[derive(Debug)]
-pub struct FillTicket {
-    tokens: HashMap<String, Option<crate::coherency::FillToken>>,
-}
-
 pub(crate) struct Inner {
     pub(crate) sql_names: SqlNames,
     /// Whether spans carry keys (`C3Builder::trace_keys`).
@@ -620,53 +614,6 @@ impl C3 {
     {
         let refs: Vec<(&str, &T)> = entries.iter().map(|(k, v)| (*k, v)).collect();
         self.set_entries(&refs, ttl, &[]).await
-    }
-
-    /// Marks the start of a read of `keys` from the source of truth done
-    /// outside [`get_or_load`](Self::get_or_load) (e.g. one batched SELECT),
-    /// so that [`fill_from_source`](Self::fill_from_source) can tell which
-    /// results are still current.
-    #[must_use]
-    pub fn fill_ticket(&self, keys: &[&str]) -> FillTicket {
-        FillTicket {
-            tokens: keys
-                .iter()
-                .map(|k| ((*k).to_owned(), self.inner.coherency.begin_fill(k)))
-                .collect(),
-        }
-    }
-
-    /// Caches values read from the source of truth after `ticket` was taken
-    /// — except those whose key was invalidated (by any node, or by this one)
-    /// since: that read may predate the write, and caching it would keep
-    /// the old value in L2 for every node. Returns how many were cached.
-    ///
-    /// # Errors
-    ///
-    /// As for [`set_many_with_ttl`](Self::set_many_with_ttl).
-    pub async fn fill_from_source<T>(
-        &self,
-        ticket: &FillTicket,
-        entries: &[(&str, T)],
-        ttl: Option<Duration>,
-    ) -> Result<usize>
-    where
-        T: Serialize + DeserializeOwned + Send + Sync + 'static,
-    {
-        let current: Vec<(&str, &T)> = entries
-            .iter()
-            .filter(|(k, _)| {
-                ticket
-                    .tokens
-                    .get(*k)
-                    .is_some_and(|t| t.is_none_or(|t| self.inner.coherency.token_valid(k, t)))
-            })
-            .map(|(k, v)| (*k, v))
-            .collect();
-        if !current.is_empty() {
-            self.set_entries(&current, ttl, &[]).await?;
-        }
-        Ok(current.len())
     }
 
     /// Where this cache lives in PostgreSQL, for SQL that invalidates it from

@@ -55,6 +55,9 @@
 //! * `builder` — [`C3Builder`], all settings and `build()`.
 //! * `config` — [`C3Builder::from_env`]: the `C3_*` variables.
 //! * `cache` — [`C3`], the typed get/set/delete/invalidate API.
+//! * `fill` — [`C3::begin_fill`] and [`Fill`]: caching what was read from a
+//!   source, fenced against writes that committed after the read began
+//!   (writers `set`, fillers `fill`).
 //! * `loader` — [`C3::get_or_load`]: cache-aside loading with singleflight,
 //!   cross-node stampede protection, fail-safe stale answers, soft/hard
 //!   timeouts, negative caching and eager refresh.
@@ -86,6 +89,7 @@ mod combiner;
 mod config;
 mod error;
 mod events;
+mod fill;
 #[cfg(fuzzing)]
 #[doc(hidden)]
 pub mod fuzzing;
@@ -103,12 +107,13 @@ pub use breaker::{BreakerConfig, BreakerState};
 #[cfg(feature = "test-util")]
 pub use builder::FillHook;
 pub use builder::{C3Builder, L1Eviction};
-pub use cache::{C3, FillTicket, SqlNames};
+pub use cache::{C3, SqlNames};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use codec::Codec;
 pub use coherency::ListenerState;
 pub use error::{Error, ErrorKind, Result};
 pub use events::{Applied, AppliedObserver};
+pub use fill::Fill;
 pub use key::{KeyError, MAX_KEY_BYTES_LIMIT};
 pub use loader::{LoadOptions, Loader};
 pub use protocol::ProtocolError;

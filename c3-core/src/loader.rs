@@ -24,12 +24,13 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
-use crate::backend::{Lease, Row, WriteItem};
+use crate::backend::{Fence, WriteItem};
 use crate::breaker::{Breaker, BreakerConfig, BreakerState, Permit};
 use crate::cache::{C3, ENCODING_ABSENT, decode_row};
 use crate::clock::to_micros;
 use crate::coherency::FillToken;
 use crate::error::{Error, Repr, Result};
+use crate::fill::Fill;
 use crate::stats::Counters;
 
 /// Per-call settings for [`C3::get_or_load`]. Start from [`LoadOptions::new`].
@@ -469,18 +470,18 @@ impl C3 {
         // Taken before anything is read, so a value loaded while the key was
         // invalidated is neither written to L2 nor kept in L1.
         let token = self.coherency().begin_fill(key);
-        let mut lease = None;
+        let mut fence = None;
 
         if refresh {
-            // No answer is needed from L2, only the lease for the write-back.
-            if let Ok((_, l)) = self
+            // No answer is needed from L2, only the fence for the write-back.
+            if let Ok((_, f)) = self
                 .l2("get", self.backend().get_for_load(key, self.now()))
                 .await
             {
-                lease = Some(l);
+                fence = Some(f);
             }
         } else {
-            match self.read_l2::<T>(key, token, &mut lease).await {
+            match self.read_l2::<T>(key, token, &mut fence).await {
                 L2Read::Fresh(v) => {
                     return publish(v.map_or(Outcome::Absent, |v| Outcome::Value(v, Tier::L2)));
                 }
@@ -499,7 +500,7 @@ impl C3 {
         {
             // Whoever held the lock before us has probably loaded the key.
             let token = self.coherency().begin_fill(key);
-            if let L2Read::Fresh(v) = self.read_l2::<T>(key, token, &mut lease).await {
+            if let L2Read::Fresh(v) = self.read_l2::<T>(key, token, &mut fence).await {
                 l.release().await;
                 return publish(v.map_or(Outcome::Absent, |v| Outcome::Value(v, Tier::L2)));
             }
@@ -549,7 +550,7 @@ impl C3 {
                 if breaker.success() {
                     Counters::inc(&self.counters().loader_breaker_closed);
                 }
-                self.store_loaded(key, opts, value, token, lease.as_ref())
+                self.store_loaded(key, opts, value, Fill::from_fence(self, key, fence, token))
                     .await
             }
             Ok(Err(e)) => {
@@ -574,28 +575,6 @@ impl C3 {
         }
     }
 
-    /// Writes a loaded value under `lease`; refused (and not kept in L1)
-    /// when the key changed since the read that preceded the load.
-    async fn write_loaded<T>(
-        &self,
-        item: WriteItem,
-        lease: &Lease,
-        token: Option<crate::coherency::FillToken>,
-    ) -> Result<()>
-    where
-        T: DeserializeOwned + Send + Sync + 'static,
-    {
-        let header = self.header('k');
-        let Some(version) = self
-            .l2("set", self.backend().set_loaded(&item, &header, lease))
-            .await?
-        else {
-            Counters::inc(&self.counters().fills_dropped);
-            return Ok(());
-        };
-        self.keep_committed::<T>(vec![item], &[version], vec![token])
-    }
-
     fn loader_failed(&self, breaker: &Breaker) {
         Counters::inc(&self.counters().load_errors);
         if breaker.failure() {
@@ -604,23 +583,23 @@ impl C3 {
         }
     }
 
-    /// Reads `key` from L2 for a load. The lease it also returns is what a
-    /// loaded value must present to be written back (see `store_loaded`).
+    /// Reads `key` from L2 for a load. The fence taken with the read is
+    /// what a loaded value is stored through (see `store_loaded`).
     async fn read_l2<T>(
         &self,
         key: &str,
         token: Option<crate::coherency::FillToken>,
-        lease: &mut Option<Lease>,
+        fence: &mut Option<Fence>,
     ) -> L2Read<T>
     where
         T: DeserializeOwned + Send + Sync + 'static,
     {
         let now = self.now();
         let now_us = to_micros(now);
-        let Ok((row, l)) = self.l2("get", self.backend().get_for_load(key, now)).await else {
+        let Ok((row, f)) = self.l2("get", self.backend().get_for_load(key, now)).await else {
             return L2Read::Nothing;
         };
-        *lease = Some(l);
+        *fence = Some(f);
         let Some(row) = row else {
             Counters::inc(&self.counters().l2_misses);
             return L2Read::Nothing;
@@ -640,15 +619,14 @@ impl C3 {
         L2Read::Fresh(value)
     }
 
-    /// Writes a loaded value (or a negative entry) to L2 and L1, and returns
-    /// the outcome for the waiters.
+    /// Stores a loaded value (or a negative entry) through the load's fill
+    /// (see `crate::fill`), and returns the outcome for the waiters.
     async fn store_loaded<T>(
         &self,
         key: &str,
         opts: &LoadOptions,
         value: Option<T>,
-        token: Option<crate::coherency::FillToken>,
-        lease: Option<&Lease>,
+        fill: Fill,
     ) -> Outcome<T>
     where
         T: Serialize + DeserializeOwned + Send + Sync + 'static,
@@ -693,42 +671,7 @@ impl C3 {
             // Peers load for themselves when they need the key.
             push: false,
         };
-        let still_valid = token.is_none_or(|t| self.coherency().token_valid(key, t));
-        let l1_only = match lease {
-            // The usual case: written only if the key is unchanged since the
-            // read before the load — decided by L2 itself, so it holds even
-            // when this node has not heard of a concurrent write yet.
-            Some(lease) if still_valid => {
-                match self.write_loaded::<T>(item.clone(), lease, token).await {
-                    Ok(()) => false,
-                    Err(e) => {
-                        tracing::debug!(target: "c3::loader", error = %e, "could not store a loaded value in L2");
-                        true
-                    }
-                }
-            }
-            // No lease: the read before the load failed, so nothing can tell
-            // whether the key changed while loading, and an unconditional
-            // write could put this value over a newer one for every node.
-            None if still_valid => true,
-            _ => false,
-        };
-        if l1_only {
-            // L2 is unavailable: keep the value in L1 only, at version 0
-            // so that any versioned write to the key evicts it.
-            if let Some(t) = token {
-                let row = Row {
-                    value: item.value,
-                    encoding: item.encoding.to_owned(),
-                    version: 0,
-                    fresh_until_us: fresh_until.map(to_micros),
-                    stale_until_us: stale_until.map(to_micros),
-                };
-                if let Ok((_, entry)) = decode_row::<T>(key, row, to_micros(now)) {
-                    self.coherency().fill(key, t, entry);
-                }
-            }
-        }
+        fill.store_items::<T>(vec![item]).await;
         value.map_or(Outcome::Absent, |v| {
             Outcome::Value(Arc::new(v), Tier::Source)
         })

@@ -129,9 +129,6 @@ impl<T: Cached> Repository<T> {
         for k in &refs {
             self.c3.validate_key(k)?;
         }
-        // Taken before any read, so a write committed after it keeps its
-        // row's old version out of the cache.
-        let ticket = self.c3.fill_ticket(&refs);
         let mut out: Vec<Option<Arc<T>>> = match self.c3.get_many::<T>(&refs).await {
             Ok(v) => v,
             Err(e) => {
@@ -145,6 +142,11 @@ impl<T: Cached> Repository<T> {
             return Ok(out.into_iter().map(|v| v.map(|v| (*v).clone())).collect());
         }
         let wanted: Vec<T::Key> = missing.iter().map(|&i| keys[i].clone()).collect();
+        // The fence comes before the SELECT: a save committed after it (on
+        // any node, heard of here or not) keeps its row's older version out
+        // of the cache.
+        let missing_keys: Vec<&str> = missing.iter().map(|&i| refs[i]).collect();
+        let fill = self.c3.begin_fill(&missing_keys).await?;
         let rows = T::bind_keys(sqlx::query(T::ENTITY.select_by_keys), &wanted)
             .fetch_all(&self.pool)
             .await?;
@@ -153,11 +155,11 @@ impl<T: Cached> Repository<T> {
             let v = T::from_row(r)?;
             loaded.insert(T::cache_key(&v.key()), v);
         }
-        let fill: Vec<(&str, T)> = missing
+        let found: Vec<(&str, T)> = missing
             .iter()
             .filter_map(|&i| loaded.get(&cks[i]).map(|v| (refs[i], v.clone())))
             .collect();
-        if let Err(e) = self.c3.fill_from_source(&ticket, &fill, self.ttl).await {
+        if let Err(e) = fill.store_many(&found, self.ttl).await {
             tracing::debug!(target: "c3::sqlx", error = %e, "could not cache loaded rows");
         }
         for &i in &missing {
@@ -217,11 +219,13 @@ impl<T: Cached> Repository<T> {
             // The row changed or went: the mapping is stale.
             let _ = self.c3.delete(&sk).await;
         }
+        // A mapping read from the table is a fill: fenced before the query.
+        let fill = self.c3.begin_fill(&[&sk]).await?;
         let found = query(self.pool.clone()).await?;
         if let Some(v) = &found {
             let ck = T::cache_key(&v.key());
             // Tagged with the row's key, so writes to the row drop it too.
-            if let Err(e) = self.c3.set_tagged(&sk, &v.key(), self.ttl, &[&ck]).await {
+            if let Err(e) = fill.store(&sk, &v.key(), self.ttl, &[&ck]).await {
                 tracing::debug!(target: "c3::sqlx", error = %e, "could not cache a secondary key");
             }
         }

@@ -52,6 +52,8 @@ struct State {
     version: u64,
     /// key → version of its last deletion; `""` → of the last clear.
     deleted: HashMap<String, u64>,
+    /// tag → version of its last invalidation.
+    deleted_tags: HashMap<String, u64>,
 }
 
 impl MemoryServer {
@@ -116,35 +118,61 @@ impl MemoryBackend {
 
     /// The memory server is one process under one lock: the version counter
     /// is the snapshot.
-    pub(crate) fn get_for_load(&self, key: &str, now: SystemTime) -> (Option<Row>, super::Lease) {
+    pub(crate) fn get_for_load(&self, key: &str, now: SystemTime) -> (Option<Row>, super::Fence) {
         let now = to_micros(now);
         let state = self.server.lock();
-        let row = state.rows.get(key);
-        let lease = super::Lease {
+        let fence = super::Fence {
             snapshot: state.version.to_string(),
-            version: row.map_or(0, |r| r.version),
         };
-        (row.filter(|r| live(r, now)).cloned(), lease)
+        (state.rows.get(key).filter(|r| live(r, now)).cloned(), fence)
     }
 
-    pub(crate) fn set_loaded(
-        &self,
-        item: &WriteItem,
-        header: &str,
-        lease: &super::Lease,
-    ) -> Option<u64> {
-        let mut state = self.server.lock();
-        let seen: u64 = lease.snapshot.parse().unwrap_or(0);
-        let deleted_since = [item.key.as_str(), ""]
-            .iter()
-            .any(|k| state.deleted.get(*k).is_some_and(|v| *v > seen));
-        let current = state.rows.get(&item.key).map_or(0, |r| r.version);
-        if deleted_since || current != lease.version {
-            return None;
+    pub(crate) fn fence(&self) -> super::Fence {
+        super::Fence {
+            snapshot: self.server.lock().version.to_string(),
         }
-        self.set_locked(&mut state, std::slice::from_ref(item), header)
-            .first()
-            .copied()
+    }
+
+    /// The same rule as PostgreSQL's fill: refused if the key, a clear or
+    /// one of its tags was deleted, or the row written, after the snapshot.
+    pub(crate) fn fill(
+        &self,
+        items: &[WriteItem],
+        header: &str,
+        fence: &super::Fence,
+    ) -> Vec<Option<u64>> {
+        let mut state = self.server.lock();
+        let seen: u64 = fence.snapshot.parse().unwrap_or(0);
+        let after = |v: Option<&u64>| v.is_some_and(|v| *v > seen);
+        let ok: Vec<bool> = items
+            .iter()
+            .map(|i| {
+                !after(state.deleted.get(&i.key))
+                    && !after(state.deleted.get(""))
+                    && !i.tags.iter().any(|t| after(state.deleted_tags.get(t)))
+                    && !after(state.rows.get(&i.key).map(|r| &r.version))
+            })
+            .collect();
+        let kept: Vec<WriteItem> = items
+            .iter()
+            .zip(&ok)
+            .filter(|(_, ok)| **ok)
+            .map(|(i, _)| {
+                let mut i = i.clone();
+                if i.tags.is_empty() {
+                    // A fill's tags replace the entry's, also when empty.
+                    for keys in state.tags.values_mut() {
+                        keys.remove(&i.key);
+                    }
+                }
+                i.push = false;
+                i
+            })
+            .collect();
+        let mut versions = self.set_locked(&mut state, &kept, header).into_iter();
+        ok.iter()
+            .map(|ok| if *ok { versions.next() } else { None })
+            .collect()
     }
 
     pub(crate) fn get_many(&self, keys: &[&str], now: SystemTime) -> Vec<(String, Row)> {
@@ -236,6 +264,7 @@ impl MemoryBackend {
         for k in &keys {
             state.deleted.insert(k.clone(), version);
         }
+        state.deleted_tags.insert(tag.to_owned(), version);
         for p in crate::protocol::pack(header, keys.iter().map(|k| format!("{version} {k}"))) {
             self.server.notify(&p);
         }

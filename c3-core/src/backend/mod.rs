@@ -37,12 +37,12 @@ pub(crate) struct WriteItem {
     pub(crate) push: bool,
 }
 
-/// What a load must present to write its value back: the snapshot of the
-/// read that preceded it and the version it saw (0: no row).
+/// What a fill must present to be stored: the snapshot L2 had just before
+/// the source was read (PostgreSQL: `pg_current_snapshot()`; the memory
+/// server: its version counter). See PROTOCOL.md, "Fills".
 #[derive(Debug, Clone)]
-pub(crate) struct Lease {
+pub(crate) struct Fence {
     pub(crate) snapshot: String,
-    pub(crate) version: u64,
 }
 
 pub(crate) enum Backend {
@@ -78,28 +78,37 @@ impl Backend {
         }
     }
 
-    /// Reads a row for a load, with the lease its result must present.
+    /// Reads a row for a load, with the fence its result is stored through.
     pub(crate) async fn get_for_load(
         &self,
         key: &str,
         now: SystemTime,
-    ) -> Result<(Option<Row>, Lease)> {
+    ) -> Result<(Option<Row>, Fence)> {
         match self {
             Backend::Postgres(b) => b.get_for_load(key, now).await,
             Backend::Memory(b) => Ok(b.get_for_load(key, now)),
         }
     }
 
-    /// Writes a loaded value unless the key changed since `lease` was taken.
-    pub(crate) async fn set_loaded(
-        &self,
-        item: &WriteItem,
-        header: &str,
-        lease: &Lease,
-    ) -> Result<Option<u64>> {
+    /// Takes a fence before a source is read.
+    pub(crate) async fn fence(&self) -> Result<Fence> {
         match self {
-            Backend::Postgres(b) => b.set_loaded(item, header, lease).await,
-            Backend::Memory(b) => Ok(b.set_loaded(item, header, lease)),
+            Backend::Postgres(b) => b.fence().await,
+            Backend::Memory(b) => Ok(b.fence()),
+        }
+    }
+
+    /// Stores fills unless something invalidated them outside `fence`; one
+    /// slot per item: its version, or `None` if refused.
+    pub(crate) async fn fill(
+        &self,
+        items: &[WriteItem],
+        header: &str,
+        fence: &Fence,
+    ) -> Result<Vec<Option<u64>>> {
+        match self {
+            Backend::Postgres(b) => b.fill(items, header, fence).await,
+            Backend::Memory(b) => Ok(b.fill(items, header, fence)),
         }
     }
 

@@ -34,7 +34,10 @@ struct Sql {
     tags_insert: String,
     invalidate_tag: String,
     get_for_load: String,
-    set_loaded: String,
+    fence: String,
+    fill_lock: String,
+    fill: String,
+    lock_deletes: String,
     sweep_deleted: String,
 }
 
@@ -80,6 +83,25 @@ impl Sql {
             quote_ident(schema),
             quote_ident(&format!("{table}_deleted"))
         );
+        let deleted_tags = format!(
+            "{}.{}",
+            quote_ident(schema),
+            quote_ident(&format!("{table}_deleted_tags"))
+        );
+        let lock_deletes = format!(
+            "{}.{}",
+            quote_ident(schema),
+            quote_ident(&format!("{table}_lock_deletes"))
+        );
+        let lock_fill = format!(
+            "{}.{}",
+            quote_ident(schema),
+            quote_ident(&format!("{table}_lock_fill"))
+        );
+        // The fence locks' first key: one per table, so two caches in one
+        // database never wait for each other. `schema` and `table` were
+        // validated to [a-z0-9_], so they can sit in a string literal.
+        let fence_class = format!("hashtext('c3:fence:{schema}.{table}')");
         let create_schema = if schema == "public" {
             String::new()
         } else {
@@ -101,12 +123,14 @@ CREATE TABLE IF NOT EXISTS {t} (
 );
 ALTER TABLE {t} ADD COLUMN IF NOT EXISTS encoding text NOT NULL DEFAULT 'json';
 ALTER TABLE {t} ADD COLUMN IF NOT EXISTS stale_until timestamptz;
+ALTER TABLE {t} ADD COLUMN IF NOT EXISTS xid xid8;
 CREATE INDEX IF NOT EXISTS {index} ON {t} ((coalesce(stale_until, expires_at)))
     WHERE expires_at IS NOT NULL OR stale_until IS NOT NULL;
 CREATE OR REPLACE FUNCTION {func}() RETURNS trigger LANGUAGE plpgsql AS $c3$
 BEGIN
     NEW.version := nextval('{seq}');
     NEW.updated_at := now();
+    NEW.xid := pg_current_xact_id();
     RETURN NEW;
 END
 $c3$;
@@ -123,6 +147,39 @@ CREATE TABLE IF NOT EXISTS {deleted} (
     xid xid8 NOT NULL,
     at  timestamptz NOT NULL DEFAULT now()
 );
+CREATE TABLE IF NOT EXISTS {deleted_tags} (
+    tag text PRIMARY KEY,
+    xid xid8 NOT NULL,
+    at  timestamptz NOT NULL DEFAULT now()
+);
+-- Deleters hold these shared locks until they commit, so a fill can tell
+-- that a deletion of its keys or tags is in progress (see PROTOCOL.md,
+-- Fills). NULL keys: every bucket (a clear).
+CREATE OR REPLACE FUNCTION {lock_deletes}(keys text[], tags text[]) RETURNS void
+LANGUAGE plpgsql AS $c3$
+DECLARE
+    b int;
+BEGIN
+    FOR b IN
+        SELECT g FROM generate_series(0, 255) AS g WHERE keys IS NULL
+        UNION
+        SELECT hashtext(n) & 255 FROM (
+            SELECT unnest(keys) UNION ALL SELECT unnest(coalesce(tags, '{{}}'))
+            UNION ALL SELECT key FROM {tags} WHERE tag = ANY(coalesce(tags, '{{}}'))) AS u(n)
+        WHERE n IS NOT NULL
+        ORDER BY 1
+    LOOP
+        PERFORM pg_advisory_xact_lock_shared({fence_class}, b);
+    END LOOP;
+END
+$c3$;
+-- A fill takes these exclusive, without waiting: false means a deletion of
+-- one of its keys or tags is in progress, and the fill must not be stored.
+CREATE OR REPLACE FUNCTION {lock_fill}(names text[]) RETURNS boolean
+LANGUAGE sql AS $c3$
+    SELECT coalesce(bool_and(pg_try_advisory_xact_lock({fence_class}, b)), true)
+    FROM (SELECT DISTINCT hashtext(n) & 255 AS b FROM unnest(names) AS n) AS s
+$c3$;
 CREATE OR REPLACE FUNCTION {inv}(channel text, keys text[], tags text[] DEFAULT '{{}}')
 RETURNS bigint LANGUAGE plpgsql AS $c3$
 DECLARE
@@ -133,6 +190,10 @@ DECLARE
     k text;
     line text;
 BEGIN
+    PERFORM {lock_deletes}(coalesce(keys, '{{}}'), tags);
+    INSERT INTO {deleted_tags} (tag, xid)
+        SELECT DISTINCT x, pg_current_xact_id() FROM unnest(coalesce(tags, '{{}}')) AS x WHERE x IS NOT NULL
+        ON CONFLICT (tag) DO UPDATE SET xid = EXCLUDED.xid, at = now();
     SELECT coalesce(array_agg(DISTINCT x), '{{}}') INTO ks FROM (
         SELECT unnest(coalesce(keys, '{{}}')) AS x
         UNION SELECT key FROM {tags} WHERE tag = ANY(coalesce(tags, '{{}}'))) AS s
@@ -225,18 +286,35 @@ ON CONFLICT (key) DO UPDATE SET xid = EXCLUDED.xid, at = now()"
                 "SELECT s.snap, r.value, r.encoding, r.version, r.expires_at, r.stale_until \
 FROM (SELECT pg_current_snapshot()::text AS snap) AS s LEFT JOIN {t} AS r ON r.key = $1"
             ),
-            // A loaded value is written only if nothing newer happened to the
-            // key since the read that preceded the load: no deletion the
-            // read's snapshot could not see, and the row still at the version
-            // read (0: there was none).
-            set_loaded: format!(
-                "WITH up AS (INSERT INTO {t} (key, value, encoding, expires_at, stale_until) \
-SELECT $1, $2, $3, $4, $5 WHERE NOT EXISTS (SELECT 1 FROM {deleted} AS d WHERE d.key IN ($1, '') \
-AND NOT pg_visible_in_snapshot(d.xid, $8::text::pg_snapshot)) \
-{upsert_set} WHERE {t}.version = $9 RETURNING version) \
-SELECT version, pg_notify($6, $7 || E'\\n' || version || ' ' || $1) FROM up"
+            fence: "SELECT pg_current_snapshot()::text".to_owned(),
+            fill_lock: format!("SELECT {lock_fill}($1::text[])"),
+            // A fill is stored only if nothing that invalidates its key or
+            // one of its tags committed outside the snapshot taken before the
+            // source was read: no deletion record of the key, of `''` (a
+            // clear) or of a tag, and no row written by such a transaction.
+            // Tags are replaced by exactly the fill's own.
+            fill: format!(
+                "WITH r AS (SELECT * FROM unnest($1::text[], $2::bytea[], $3::text[], $4::timestamptz[], \
+$5::timestamptz[]) AS r (key, value, encoding, expires_at, stale_until)), \
+g AS (SELECT * FROM unnest($7::text[], $8::text[]) AS g (tag, key)), \
+ok AS (SELECT r.* FROM r WHERE NOT EXISTS (SELECT 1 FROM {deleted} AS d WHERE d.key IN (r.key, '') \
+AND NOT pg_visible_in_snapshot(d.xid, $6::text::pg_snapshot)) \
+AND NOT EXISTS (SELECT 1 FROM g JOIN {deleted_tags} AS dt ON dt.tag = g.tag WHERE g.key = r.key \
+AND NOT pg_visible_in_snapshot(dt.xid, $6::text::pg_snapshot))), \
+up AS (INSERT INTO {t} (key, value, encoding, expires_at, stale_until) SELECT * FROM ok \
+{upsert_set} WHERE coalesce(pg_visible_in_snapshot({t}.xid, $6::text::pg_snapshot), true) \
+RETURNING key, version), \
+dt AS (DELETE FROM {tags} AS x USING up WHERE x.key = up.key \
+AND NOT EXISTS (SELECT 1 FROM g WHERE g.key = x.key AND g.tag = x.tag)), \
+it AS (INSERT INTO {tags} (tag, key) SELECT g.tag, g.key FROM g JOIN up ON up.key = g.key \
+ON CONFLICT DO NOTHING) \
+SELECT key, version FROM up"
             ),
-            sweep_deleted: format!("DELETE FROM {deleted} WHERE at < now() - interval '1 hour'"),
+            lock_deletes: format!("SELECT {lock_deletes}($1::text[], $2::text[])"),
+            sweep_deleted: format!(
+                "DELETE FROM {deleted} WHERE at < now() - interval '1 hour'; \
+DELETE FROM {deleted_tags} WHERE at < now() - interval '1 hour'"
+            ),
             tags_replace: format!("DELETE FROM {tags} WHERE key = ANY($1)"),
             tags_insert: format!(
                 "INSERT INTO {tags} (tag, key) SELECT * FROM unnest($1::text[], $2::text[]) \
@@ -247,7 +325,9 @@ ON CONFLICT DO NOTHING"
             invalidate_tag: format!(
                 "WITH d AS (DELETE FROM {t} WHERE key IN (SELECT key FROM {tags} WHERE tag = $1) RETURNING key), \
 r AS (INSERT INTO {deleted} (key, xid) SELECT key, pg_current_xact_id() FROM d \
-ON CONFLICT (key) DO UPDATE SET xid = EXCLUDED.xid, at = now()) \
+ON CONFLICT (key) DO UPDATE SET xid = EXCLUDED.xid, at = now()), \
+rt AS (INSERT INTO {deleted_tags} (tag, xid) VALUES ($1, pg_current_xact_id()) \
+ON CONFLICT (tag) DO UPDATE SET xid = EXCLUDED.xid, at = now()) \
 SELECT coalesce(array_agg(key), '{{}}'), nextval('{seq}') FROM d"
             ),
             sweep: format!(
@@ -558,13 +638,13 @@ impl PgBackend {
         versions_of(items, &rows, "set_many")
     }
 
-    /// Reads `key` for a load: the row if live, and the lease a loaded
-    /// value must present to be written back.
+    /// Reads `key` for a load: the row if live, and the fence taken with
+    /// the read (its snapshot), which the loaded value is stored through.
     pub(crate) async fn get_for_load(
         &self,
         key: &str,
         now: SystemTime,
-    ) -> Result<(Option<Row>, super::Lease)> {
+    ) -> Result<(Option<Row>, super::Fence)> {
         let client = self.client("get").await?;
         let pg = |e| Error::postgres("get", e);
         let stmt = client
@@ -572,14 +652,12 @@ impl PgBackend {
             .await
             .map_err(pg)?;
         let r = client.query_one(&stmt, &[&key]).await.map_err(pg)?;
-        let snapshot: String = r.try_get(0).map_err(pg)?;
-        let version: Option<i64> = r.try_get(3).map_err(pg)?;
-        let lease = super::Lease {
-            snapshot,
-            version: version.map_or(0, |v| u64::try_from(v).unwrap_or(0)),
+        let fence = super::Fence {
+            snapshot: r.try_get(0).map_err(pg)?,
         };
+        let version: Option<i64> = r.try_get(3).map_err(pg)?;
         if version.is_none() {
-            return Ok((None, lease));
+            return Ok((None, fence));
         }
         let row = row_from(&r, 1)?;
         let now_us = crate::clock::to_micros(now);
@@ -587,32 +665,115 @@ impl PgBackend {
             .stale_until_us
             .or(row.fresh_until_us)
             .is_none_or(|until| until > now_us);
-        Ok((live.then_some(row), lease))
+        Ok((live.then_some(row), fence))
     }
 
-    /// Writes a loaded value if `lease` still holds; `None` when it did not
-    /// (the key changed since the read), and nothing was written.
-    pub(crate) async fn set_loaded(
+    /// Takes a fence: the snapshot of the moment before a source is read.
+    pub(crate) async fn fence(&self) -> Result<super::Fence> {
+        let client = self.client("fence").await?;
+        let pg = |e| Error::postgres("fence", e);
+        let stmt = client.prepare_cached(&self.sql.fence).await.map_err(pg)?;
+        let r = client.query_one(&stmt, &[]).await.map_err(pg)?;
+        Ok(super::Fence {
+            snapshot: r.try_get(0).map_err(pg)?,
+        })
+    }
+
+    /// Stores fills through `fence` (see `Sql::fill`); one slot per item:
+    /// its new version, or `None` where the fence refused it.
+    pub(crate) async fn fill(
         &self,
-        item: &WriteItem,
+        items: &[WriteItem],
         header: &str,
-        lease: &super::Lease,
-    ) -> Result<Option<u64>> {
-        let client = self.client("set").await?;
-        let pg = |e| Error::postgres("set", e);
-        let stmt = client
-            .prepare_cached(&self.sql.set_loaded)
+        fence: &super::Fence,
+    ) -> Result<Vec<Option<u64>>> {
+        let mut client = self.client("fill").await?;
+        let pg = |e| Error::postgres("fill", e);
+        let lock = client
+            .prepare_cached(&self.sql.fill_lock)
             .await
             .map_err(pg)?;
-        let version = i64::try_from(lease.version).unwrap_or(i64::MAX);
-        let mut params = self.one_row_params(item, &header).to_vec();
-        params.extend([&lease.snapshot as &(dyn ToSql + Sync), &version]);
-        let row = client.query_opt(&stmt, &params).await.map_err(pg)?;
-        row.map(|r| {
-            let v: i64 = r.try_get(0).map_err(pg)?;
-            Ok(u64::try_from(v).unwrap_or(0))
-        })
-        .transpose()
+        let fill = client.prepare_cached(&self.sql.fill).await.map_err(pg)?;
+        let tx = client.transaction().await.map_err(pg)?;
+        // First statement: the fence locks. Taken before the fill statement
+        // starts, so its snapshot sees every deletion that finished before
+        // them, and no deletion can start on these names until we commit.
+        let names: Vec<&str> = items
+            .iter()
+            .flat_map(|i| std::iter::once(i.key.as_str()).chain(i.tags.iter().map(String::as_str)))
+            .collect();
+        let free: bool = tx
+            .query_one(&lock, &[&names])
+            .await
+            .map_err(pg)?
+            .try_get(0)
+            .map_err(pg)?;
+        if !free {
+            // A deletion of one of these names is in progress: it may be
+            // of data this fill read before it. Store nothing.
+            tx.rollback().await.map_err(pg)?;
+            return Ok(vec![None; items.len()]);
+        }
+        let c = Columns::of(items);
+        let (tags, tag_keys): (Vec<&str>, Vec<&str>) = items
+            .iter()
+            .flat_map(|i| i.tags.iter().map(move |t| (t.as_str(), i.key.as_str())))
+            .unzip();
+        let rows = tx
+            .query(
+                &fill,
+                &[
+                    &c.keys,
+                    &c.values,
+                    &c.encodings,
+                    &c.fresh,
+                    &c.stale,
+                    &fence.snapshot,
+                    &tags,
+                    &tag_keys,
+                ],
+            )
+            .await
+            .map_err(pg)?;
+        let mut by_key = std::collections::HashMap::with_capacity(rows.len());
+        for r in &rows {
+            let k: String = r.try_get(0).map_err(pg)?;
+            let v: i64 = r.try_get(1).map_err(pg)?;
+            by_key.insert(k, u64::try_from(v).unwrap_or(0));
+        }
+        let stored: Vec<Option<u64>> = items.iter().map(|i| by_key.get(&i.key).copied()).collect();
+        let (kept, versions): (Vec<WriteItem>, Vec<u64>) = items
+            .iter()
+            .zip(&stored)
+            .filter_map(|(i, v)| v.map(|v| (i.clone(), v)))
+            .unzip();
+        if !kept.is_empty() {
+            let payloads = crate::protocol::write_payloads(header, &kept, &versions);
+            tx.execute(NOTIFY, &[&self.channel, &payloads])
+                .await
+                .map_err(pg)?;
+        }
+        tx.commit().await.map_err(pg)?;
+        Ok(stored)
+    }
+
+    /// Takes the shared fence locks a deletion of `keys` (NULL: everything)
+    /// and `tags` holds until it commits, as its transaction's first step.
+    async fn lock_deletes(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        keys: Option<&[&str]>,
+        tags: &[&str],
+        op: &'static str,
+    ) -> Result<()> {
+        let stmt = tx
+            .prepare_cached(&self.sql.lock_deletes)
+            .await
+            .map_err(|e| Error::postgres(op, e))?;
+        tx.execute(&stmt, &[&keys, &tags])
+            .await
+            .map_err(|e| Error::postgres(op, e))?;
+        Ok(())
     }
 
     /// `$1..$7` of the one-row writes: the row, the channel, the header.
@@ -649,6 +810,7 @@ impl PgBackend {
         let pg = |e| Error::postgres("delete", e);
         let stmt = client.prepare_cached(&self.sql.delete).await.map_err(pg)?;
         let tx = client.transaction().await.map_err(pg)?;
+        self.lock_deletes(&tx, Some(keys), &[], "delete").await?;
         let row = tx.query_one(&stmt, &[&keys]).await.map_err(pg)?;
         let v: i64 = row.try_get(0).map_err(pg)?;
         let version = u64::try_from(v).unwrap_or(0);
@@ -674,6 +836,8 @@ impl PgBackend {
             .await
             .map_err(pg)?;
         let tx = client.transaction().await.map_err(pg)?;
+        self.lock_deletes(&tx, Some(&[]), &[tag], "invalidate_tag")
+            .await?;
         let row = tx.query_one(&stmt, &[&tag]).await.map_err(pg)?;
         let keys: Vec<String> = row.try_get(0).map_err(pg)?;
         let v: i64 = row.try_get(1).map_err(pg)?;
@@ -701,6 +865,7 @@ impl PgBackend {
         let mut client = self.client("clear").await?;
         let pg = |e| Error::postgres("clear", e);
         let tx = client.transaction().await.map_err(pg)?;
+        self.lock_deletes(&tx, None, &[], "clear").await?;
         tx.batch_execute(&self.sql.clear).await.map_err(pg)?;
         tx.execute(NOTIFY, &[&self.channel, &vec![payload]])
             .await
@@ -756,7 +921,9 @@ impl PgBackend {
             .map_err(pg)?;
         let mut total = 0;
         if got {
-            tx.execute(&self.sql.sweep_deleted, &[]).await.map_err(pg)?;
+            tx.batch_execute(&self.sql.sweep_deleted)
+                .await
+                .map_err(pg)?;
             // Bounded number of batches per round keeps each transaction short.
             for _ in 0..10 {
                 let n = tx

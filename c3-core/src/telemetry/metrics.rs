@@ -30,15 +30,17 @@ pub(crate) enum OpKind {
     Set,
     Delete,
     Invalidate,
+    Fill,
 }
 
-const OPS: [&str; 6] = [
+const OPS: [&str; 7] = [
     "get",
     "get_many",
     "get_or_load",
     "set",
     "delete",
     "invalidate",
+    "fill",
 ];
 /// Index 0: no tier recorded (writes, misses that found nothing).
 const TIERS: [&str; 5] = ["", "l1", "l2", "source", "stale"];
