@@ -37,7 +37,8 @@ struct Sql {
     fence: String,
     fill_lock: String,
     fill: String,
-    lock_deletes: String,
+    record_deletes: String,
+    record_tag_deletes: String,
     sweep_deleted: String,
 }
 
@@ -53,6 +54,10 @@ pub(crate) fn invalidate_function(schema: &str, table: &str) -> String {
 
 /// Keys up to this long take the one-statement batch write.
 const SHORT_KEY: usize = 200;
+
+/// How long a fill waits for a deletion of its keys or tags in progress
+/// before giving up (and storing nothing).
+const FILL_LOCK_TIMEOUT: &str = "SET LOCAL lock_timeout = '100ms'";
 
 pub(crate) const NOTIFY: &str = "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p";
 
@@ -88,20 +93,6 @@ impl Sql {
             quote_ident(schema),
             quote_ident(&format!("{table}_deleted_tags"))
         );
-        let lock_deletes = format!(
-            "{}.{}",
-            quote_ident(schema),
-            quote_ident(&format!("{table}_lock_deletes"))
-        );
-        let lock_fill = format!(
-            "{}.{}",
-            quote_ident(schema),
-            quote_ident(&format!("{table}_lock_fill"))
-        );
-        // The fence locks' first key: one per table, so two caches in one
-        // database never wait for each other. `schema` and `table` were
-        // validated to [a-z0-9_], so they can sit in a string literal.
-        let fence_class = format!("hashtext('c3:fence:{schema}.{table}')");
         let create_schema = if schema == "public" {
             String::new()
         } else {
@@ -152,34 +143,6 @@ CREATE TABLE IF NOT EXISTS {deleted_tags} (
     xid xid8 NOT NULL,
     at  timestamptz NOT NULL DEFAULT now()
 );
--- Deleters hold these shared locks until they commit, so a fill can tell
--- that a deletion of its keys or tags is in progress (see PROTOCOL.md,
--- Fills). NULL keys: every bucket (a clear).
-CREATE OR REPLACE FUNCTION {lock_deletes}(keys text[], tags text[]) RETURNS void
-LANGUAGE plpgsql AS $c3$
-DECLARE
-    b int;
-BEGIN
-    FOR b IN
-        SELECT g FROM generate_series(0, 255) AS g WHERE keys IS NULL
-        UNION
-        SELECT hashtext(n) & 255 FROM (
-            SELECT unnest(keys) UNION ALL SELECT unnest(coalesce(tags, '{{}}'))
-            UNION ALL SELECT key FROM {tags} WHERE tag = ANY(coalesce(tags, '{{}}'))) AS u(n)
-        WHERE n IS NOT NULL
-        ORDER BY 1
-    LOOP
-        PERFORM pg_advisory_xact_lock_shared({fence_class}, b);
-    END LOOP;
-END
-$c3$;
--- A fill takes these exclusive, without waiting: false means a deletion of
--- one of its keys or tags is in progress, and the fill must not be stored.
-CREATE OR REPLACE FUNCTION {lock_fill}(names text[]) RETURNS boolean
-LANGUAGE sql AS $c3$
-    SELECT coalesce(bool_and(pg_try_advisory_xact_lock({fence_class}, b)), true)
-    FROM (SELECT DISTINCT hashtext(n) & 255 AS b FROM unnest(names) AS n) AS s
-$c3$;
 CREATE OR REPLACE FUNCTION {inv}(channel text, keys text[], tags text[] DEFAULT '{{}}')
 RETURNS bigint LANGUAGE plpgsql AS $c3$
 DECLARE
@@ -190,21 +153,24 @@ DECLARE
     k text;
     line text;
 BEGIN
-    PERFORM {lock_deletes}(coalesce(keys, '{{}}'), tags);
-    INSERT INTO {deleted_tags} (tag, xid)
-        SELECT DISTINCT x, pg_current_xact_id() FROM unnest(coalesce(tags, '{{}}')) AS x WHERE x IS NOT NULL
-        ON CONFLICT (tag) DO UPDATE SET xid = EXCLUDED.xid, at = now();
     SELECT coalesce(array_agg(DISTINCT x), '{{}}') INTO ks FROM (
         SELECT unnest(coalesce(keys, '{{}}')) AS x
         UNION SELECT key FROM {tags} WHERE tag = ANY(coalesce(tags, '{{}}'))) AS s
     WHERE x IS NOT NULL;
+    -- Deletion records first: this waits for fills of these keys and tags
+    -- in progress, and makes fills that start later wait for us (see
+    -- PROTOCOL.md, Fills); the DELETE below then sees every fill that
+    -- committed before.
+    INSERT INTO {deleted_tags} (tag, xid)
+        SELECT DISTINCT x, pg_current_xact_id() FROM unnest(coalesce(tags, '{{}}')) AS x WHERE x IS NOT NULL
+        ON CONFLICT (tag) DO UPDATE SET xid = EXCLUDED.xid, at = now();
+    INSERT INTO {deleted} (key, xid) SELECT unnest(ks), pg_current_xact_id()
+        ON CONFLICT (key) DO UPDATE SET xid = EXCLUDED.xid, at = now();
     IF cardinality(ks) = 0 THEN
         RETURN NULL;
     END IF;
     WITH d AS (DELETE FROM {t} WHERE key = ANY(ks) RETURNING 1)
         SELECT nextval('{seq}') INTO v FROM (SELECT count(*) FROM d) AS x;
-    INSERT INTO {deleted} (key, xid) SELECT unnest(ks), pg_current_xact_id()
-        ON CONFLICT (key) DO UPDATE SET xid = EXCLUDED.xid, at = now();
     msg := head || 'k';
     FOREACH k IN ARRAY ks LOOP
         IF k = '' OR octet_length(k) > 7000 OR left(k, 3) = 'c3|' OR k ~ '[\\x01-\\x1f\\x7f-\\x9f]' THEN
@@ -268,18 +234,34 @@ SELECT * FROM unnest($1::text[], $2::bytea[], $3::text[], $4::timestamptz[], $5:
             ),
             // The version is drawn *after* the DELETE has locked the rows (the
             // count(*) forces that order), so it is newer than any version a
-            // concurrent writer of the same key obtained before us.
-            // Deletions are also recorded (key, deleting transaction) so a load
-            // that read before them cannot write its older value back.
+            // concurrent writer of the same key obtained before us. It runs
+            // after `record_deletes` (see there).
             delete: format!(
-                "WITH d AS (DELETE FROM {t} WHERE key = ANY($1) RETURNING 1), \
-r AS (INSERT INTO {deleted} (key, xid) SELECT DISTINCT k, pg_current_xact_id() FROM unnest($1::text[]) AS k \
-ON CONFLICT (key) DO UPDATE SET xid = EXCLUDED.xid, at = now()) \
+                "WITH d AS (DELETE FROM {t} WHERE key = ANY($1) RETURNING 1) \
 SELECT nextval('{seq}') FROM (SELECT count(*) FROM d) AS x"
             ),
-            // The empty key (never a valid key) records "everything".
+            // Deletions are recorded (key, deleting transaction) *before* the
+            // rows are deleted, in a statement of their own: upserting a
+            // record waits for fills of the key in progress (they hold it
+            // FOR SHARE) and makes later fills wait for this transaction;
+            // the DELETE that follows, with a newer snapshot, then sees every
+            // fill that committed first. A fill that read before this
+            // transaction cannot write its older value back (see `fill`).
+            record_deletes: format!(
+                "INSERT INTO {deleted} (key, xid) SELECT DISTINCT k, pg_current_xact_id() FROM \
+(SELECT unnest($1::text[]) UNION ALL SELECT key FROM {tags} WHERE tag = ANY($2::text[])) AS u (k) \
+ON CONFLICT (key) DO UPDATE SET xid = EXCLUDED.xid, at = now()"
+            ),
+            record_tag_deletes: format!(
+                "INSERT INTO {deleted_tags} (tag, xid) SELECT DISTINCT t, pg_current_xact_id() FROM \
+unnest($1::text[]) AS t ON CONFLICT (tag) DO UPDATE SET xid = EXCLUDED.xid, at = now()"
+            ),
+            // The empty key (never a valid key) records "everything". The
+            // table lock waits for fills (and writes) in progress and holds
+            // off new ones until the clear commits.
             clear: format!(
-                "DELETE FROM {t}; INSERT INTO {deleted} (key, xid) VALUES ('', pg_current_xact_id()) \
+                "LOCK TABLE {t} IN SHARE ROW EXCLUSIVE MODE; DELETE FROM {t}; \
+INSERT INTO {deleted} (key, xid) VALUES ('', pg_current_xact_id()) \
 ON CONFLICT (key) DO UPDATE SET xid = EXCLUDED.xid, at = now()"
             ),
             get_for_load: format!(
@@ -287,7 +269,21 @@ ON CONFLICT (key) DO UPDATE SET xid = EXCLUDED.xid, at = now()"
 FROM (SELECT pg_current_snapshot()::text AS snap) AS s LEFT JOIN {t} AS r ON r.key = $1"
             ),
             fence: "SELECT pg_current_snapshot()::text".to_owned(),
-            fill_lock: format!("SELECT {lock_fill}($1::text[])"),
+            // A fill's first statement (after `lock_timeout`): make sure a
+            // deletion record exists for each of its keys and tags (xid 0:
+            // "never deleted", visible in every snapshot) and share-lock the
+            // existing ones. A deletion in progress holds its records, so
+            // this waits for it (and then the fill is refused by the check
+            // below); a deletion that starts later waits for the fill to
+            // commit, and then deletes what it stored.
+            fill_lock: format!(
+                "WITH k AS (INSERT INTO {deleted} (key, xid) SELECT DISTINCT n, '0'::xid8 FROM unnest($1::text[]) AS n \
+ON CONFLICT DO NOTHING), \
+t AS (INSERT INTO {deleted_tags} (tag, xid) SELECT DISTINCT n, '0'::xid8 FROM unnest($2::text[]) AS n \
+ON CONFLICT DO NOTHING) \
+SELECT (SELECT count(*) FROM (SELECT 1 FROM {deleted} WHERE key = ANY($1) FOR SHARE) AS a) \
++ (SELECT count(*) FROM (SELECT 1 FROM {deleted_tags} WHERE tag = ANY($2) FOR SHARE) AS b)"
+            ),
             // A fill is stored only if nothing that invalidates its key or
             // one of its tags committed outside the snapshot taken before the
             // source was read: no deletion record of the key, of `''` (a
@@ -310,7 +306,6 @@ it AS (INSERT INTO {tags} (tag, key) SELECT g.tag, g.key FROM g JOIN up ON up.ke
 ON CONFLICT DO NOTHING) \
 SELECT key, version FROM up"
             ),
-            lock_deletes: format!("SELECT {lock_deletes}($1::text[], $2::text[])"),
             sweep_deleted: format!(
                 "DELETE FROM {deleted} WHERE at < now() - interval '1 hour'; \
 DELETE FROM {deleted_tags} WHERE at < now() - interval '1 hour'"
@@ -322,12 +317,9 @@ ON CONFLICT DO NOTHING"
             ),
             // The tag rows go with their cache rows (ON DELETE CASCADE). The
             // version is drawn after the delete, as for a plain delete.
+            // After `record_tag_deletes` and `record_deletes` (see there).
             invalidate_tag: format!(
-                "WITH d AS (DELETE FROM {t} WHERE key IN (SELECT key FROM {tags} WHERE tag = $1) RETURNING key), \
-r AS (INSERT INTO {deleted} (key, xid) SELECT key, pg_current_xact_id() FROM d \
-ON CONFLICT (key) DO UPDATE SET xid = EXCLUDED.xid, at = now()), \
-rt AS (INSERT INTO {deleted_tags} (tag, xid) VALUES ($1, pg_current_xact_id()) \
-ON CONFLICT (tag) DO UPDATE SET xid = EXCLUDED.xid, at = now()) \
+                "WITH d AS (DELETE FROM {t} WHERE key IN (SELECT key FROM {tags} WHERE tag = $1) RETURNING key) \
 SELECT coalesce(array_agg(key), '{{}}'), nextval('{seq}') FROM d"
             ),
             sweep: format!(
@@ -695,24 +687,24 @@ impl PgBackend {
             .map_err(pg)?;
         let fill = client.prepare_cached(&self.sql.fill).await.map_err(pg)?;
         let tx = client.transaction().await.map_err(pg)?;
-        // First statement: the fence locks. Taken before the fill statement
-        // starts, so its snapshot sees every deletion that finished before
-        // them, and no deletion can start on these names until we commit.
-        let names: Vec<&str> = items
+        // A fill never waits long for a deletion in progress: after this
+        // long it gives up and stores nothing.
+        tx.batch_execute(FILL_LOCK_TIMEOUT).await.map_err(pg)?;
+        let keys: Vec<&str> = items.iter().map(|i| i.key.as_str()).collect();
+        let all_tags: Vec<&str> = items
             .iter()
-            .flat_map(|i| std::iter::once(i.key.as_str()).chain(i.tags.iter().map(String::as_str)))
+            .flat_map(|i| i.tags.iter().map(String::as_str))
             .collect();
-        let free: bool = tx
-            .query_one(&lock, &[&names])
-            .await
-            .map_err(pg)?
-            .try_get(0)
-            .map_err(pg)?;
-        if !free {
-            // A deletion of one of these names is in progress: it may be
-            // of data this fill read before it. Store nothing.
-            tx.rollback().await.map_err(pg)?;
-            return Ok(vec![None; items.len()]);
+        // First statement: the deletion records (see `Sql::fill_lock`). The
+        // fill statement after it takes a newer snapshot, so it sees every
+        // deletion that committed while this one waited.
+        if let Err(e) = tx.query_one(&lock, &[&keys, &all_tags]).await {
+            if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) {
+                // A deletion of one of these keys or tags is in progress:
+                // it may be of data this fill read before. Store nothing.
+                return Ok(vec![None; items.len()]);
+            }
+            return Err(pg(e));
         }
         let c = Columns::of(items);
         let (tags, tag_keys): (Vec<&str>, Vec<&str>) = items
@@ -757,22 +749,29 @@ impl PgBackend {
         Ok(stored)
     }
 
-    /// Takes the shared fence locks a deletion of `keys` (NULL: everything)
-    /// and `tags` holds until it commits, as its transaction's first step.
-    async fn lock_deletes(
+    /// Records the deletion of `keys`, of the keys tagged `tags` and of
+    /// `tags` themselves, as a deleting transaction's first statements (see
+    /// `Sql::record_deletes`).
+    async fn record_deletes(
         &self,
         tx: &deadpool_postgres::Transaction<'_>,
-        keys: Option<&[&str]>,
+        keys: &[&str],
         tags: &[&str],
         op: &'static str,
     ) -> Result<()> {
+        let pg = |e| Error::postgres(op, e);
+        if !tags.is_empty() {
+            let stmt = tx
+                .prepare_cached(&self.sql.record_tag_deletes)
+                .await
+                .map_err(pg)?;
+            tx.execute(&stmt, &[&tags]).await.map_err(pg)?;
+        }
         let stmt = tx
-            .prepare_cached(&self.sql.lock_deletes)
+            .prepare_cached(&self.sql.record_deletes)
             .await
-            .map_err(|e| Error::postgres(op, e))?;
-        tx.execute(&stmt, &[&keys, &tags])
-            .await
-            .map_err(|e| Error::postgres(op, e))?;
+            .map_err(pg)?;
+        tx.execute(&stmt, &[&keys, &tags]).await.map_err(pg)?;
         Ok(())
     }
 
@@ -810,7 +809,7 @@ impl PgBackend {
         let pg = |e| Error::postgres("delete", e);
         let stmt = client.prepare_cached(&self.sql.delete).await.map_err(pg)?;
         let tx = client.transaction().await.map_err(pg)?;
-        self.lock_deletes(&tx, Some(keys), &[], "delete").await?;
+        self.record_deletes(&tx, keys, &[], "delete").await?;
         let row = tx.query_one(&stmt, &[&keys]).await.map_err(pg)?;
         let v: i64 = row.try_get(0).map_err(pg)?;
         let version = u64::try_from(v).unwrap_or(0);
@@ -836,7 +835,7 @@ impl PgBackend {
             .await
             .map_err(pg)?;
         let tx = client.transaction().await.map_err(pg)?;
-        self.lock_deletes(&tx, Some(&[]), &[tag], "invalidate_tag")
+        self.record_deletes(&tx, &[], &[tag], "invalidate_tag")
             .await?;
         let row = tx.query_one(&stmt, &[&tag]).await.map_err(pg)?;
         let keys: Vec<String> = row.try_get(0).map_err(pg)?;
@@ -865,7 +864,6 @@ impl PgBackend {
         let mut client = self.client("clear").await?;
         let pg = |e| Error::postgres("clear", e);
         let tx = client.transaction().await.map_err(pg)?;
-        self.lock_deletes(&tx, None, &[], "clear").await?;
         tx.batch_execute(&self.sql.clear).await.map_err(pg)?;
         tx.execute(NOTIFY, &[&self.channel, &vec![payload]])
             .await

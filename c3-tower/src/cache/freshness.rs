@@ -41,6 +41,12 @@ fn heuristically_cacheable(s: StatusCode) -> bool {
     )
 }
 
+/// µs since the Unix epoch (0 before it).
+pub(crate) fn micros(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
 pub(crate) fn secs_since_epoch(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }

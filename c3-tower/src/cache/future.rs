@@ -8,7 +8,7 @@ use http::{HeaderValue, Response};
 use pin_project_lite::pin_project;
 
 use super::body::C3Body;
-use super::service::CACHE_STATUS;
+use super::status::CACHE_STATUS;
 
 pub(crate) type BoxFuture<B, E> =
     Pin<Box<dyn Future<Output = Result<Response<C3Body<B>>, E>> + Send + 'static>>;

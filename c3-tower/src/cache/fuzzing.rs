@@ -56,7 +56,8 @@ pub fn headers(data: &[u8]) {
     let _ = freshness::tags(&res_parts.headers);
     if let Some(vary) = freshness::vary_names(&res_parts.headers)
         && let Some(uri) = key::RequestUri::from_request(&req_parts, "http")
+        && let Some(sel) = key::selection(&vary, &req_parts.headers)
     {
-        let _ = key::variant_key(&uri.primary_key(), &vary, &req_parts.headers);
+        let _ = key::variant_key(&uri.primary_key(), &sel);
     }
 }

@@ -147,11 +147,12 @@ pub(crate) fn user_tag(tag: &str) -> String {
     format!("{TAG_PREFIX}{tag}")
 }
 
-/// The key of the variant selected by `request` for the `vary` header names
-/// (lower-case). `None` if a value cannot be part of a key.
-pub(crate) fn variant_key(primary: &str, vary: &[String], request: &HeaderMap) -> Option<String> {
-    let mut key = String::from(primary);
-    key.push_str(" vary:");
+/// The values `request` has for the `vary` header names (lower-case), as
+/// one string: what a stored variant was selected by (RFC 9111 §4.1). An
+/// absent field (`name;`) differs from an empty one (`name=;`). `None` if a
+/// value cannot be part of a key.
+pub(crate) fn selection(vary: &[String], request: &HeaderMap) -> Option<String> {
+    let mut s = String::new();
     for name in vary {
         let values: Vec<&str> = request
             .get_all(name.as_str())
@@ -159,15 +160,22 @@ pub(crate) fn variant_key(primary: &str, vary: &[String], request: &HeaderMap) -
             .map(|v| v.to_str().map(str::trim))
             .collect::<Result<_, _>>()
             .ok()?;
-        key.push_str(name);
-        key.push('=');
-        key.push_str(&values.join(","));
-        key.push(';');
+        s.push_str(name);
+        if !values.is_empty() {
+            s.push('=');
+            s.push_str(&values.join(","));
+        }
+        s.push(';');
     }
-    if key.chars().any(char::is_control) {
+    if s.chars().any(char::is_control) {
         return None;
     }
-    Some(key)
+    Some(s)
+}
+
+/// The key of the variant with `selection` under the `primary` key.
+pub(crate) fn variant_key(primary: &str, selection: &str) -> String {
+    format!("{primary} vary:{selection}")
 }
 
 fn normalise_authority(scheme: &str, authority: &str) -> Option<String> {
@@ -277,9 +285,12 @@ mod tests {
     fn variant_keys() {
         let mut h = HeaderMap::new();
         h.insert("accept-language", "de".parse().unwrap());
-        let k = variant_key("p", &["accept-language".into(), "accept".into()], &h).unwrap();
-        assert_eq!(k, "p vary:accept-language=de;accept=;");
+        let vary = ["accept-language".to_owned(), "accept".to_owned()];
+        let k = variant_key("p", &selection(&vary, &h).unwrap());
+        assert_eq!(k, "p vary:accept-language=de;accept;");
+        h.insert("accept", http::HeaderValue::from_static(""));
+        assert_eq!(selection(&vary, &h).unwrap(), "accept-language=de;accept=;");
         h.insert("accept", http::HeaderValue::from_bytes(b"\xff").unwrap());
-        assert!(variant_key("p", &["accept".into()], &h).is_none());
+        assert!(selection(&["accept".into()], &h).is_none());
     }
 }

@@ -87,25 +87,35 @@
 
 mod body;
 mod cache_control;
+mod context;
 mod freshness;
 mod future;
 #[cfg(fuzzing)]
 #[doc(hidden)]
 pub mod fuzzing;
+mod invalidate;
 mod key;
 mod layer;
+mod lookup;
+mod miss;
 mod policy;
+mod reuse;
+mod revalidate;
+mod serve;
 mod service;
+mod status;
 mod stored;
+mod trace;
 
 use std::time::Duration;
 
 pub use body::C3Body;
 pub use cache_control::{C3_CACHE_CONTROL, CDN_CACHE_CONTROL};
 pub use future::ResponseFuture;
+pub use invalidate::C3_INVALIDATE_TAG;
 pub use layer::C3CacheLayer;
 pub use policy::{DefaultPolicy, Policy};
-pub use service::{C3_INVALIDATE_TAG, C3Cache};
+pub use service::C3Cache;
 
 /// Settings shared by a layer's services.
 #[derive(Debug, Clone)]

@@ -46,6 +46,11 @@ pub(crate) struct StoredResponse {
     /// Carries `public`, `s-maxage` or `must-revalidate`, so it may answer a
     /// request with `Authorization` (RFC 9111 §3.5).
     pub(crate) auth_ok: bool,
+    /// The (lower-case) header names of its `Vary`, and the values the
+    /// request that got it had for them (`key::selection`): it answers only
+    /// requests with the same selection (RFC 9111 §4.1).
+    pub(crate) vary: Vec<String>,
+    pub(crate) selected: String,
 }
 
 impl StoredResponse {
@@ -81,6 +86,10 @@ struct Wire {
     must_revalidate: bool,
     no_cache: bool,
     auth_ok: bool,
+    #[serde(default)]
+    vary: Vec<String>,
+    #[serde(default)]
+    selected: String,
 }
 
 impl Serialize for StoredResponse {
@@ -106,6 +115,8 @@ impl Serialize for StoredResponse {
             must_revalidate: self.must_revalidate,
             no_cache: self.no_cache,
             auth_ok: self.auth_ok,
+            vary: self.vary.clone(),
+            selected: self.selected.clone(),
         }
         .serialize(s)
     }
@@ -143,6 +154,8 @@ impl<'de> Deserialize<'de> for StoredResponse {
             must_revalidate: w.must_revalidate,
             no_cache: w.no_cache,
             auth_ok: w.auth_ok,
+            vary: w.vary,
+            selected: w.selected,
         })
     }
 }
@@ -239,6 +252,8 @@ mod tests {
             must_revalidate: true,
             no_cache: false,
             auth_ok: false,
+            vary: vec!["accept".into()],
+            selected: "accept=text/plain;".into(),
         };
         let json = serde_json::to_string(&Entry::Response(Arc::new(r.clone()))).unwrap();
         let Entry::Response(back) = serde_json::from_str(&json).unwrap() else {
@@ -248,6 +263,7 @@ mod tests {
         assert_eq!(back.headers, r.headers);
         assert_eq!(back.body, r.body);
         assert_eq!(back.sie, 10);
+        assert_eq!(back.selected, r.selected);
         assert!(serde_json::from_str::<Entry>("{\"kind\":\"response\",\"status\":1}").is_err());
     }
 }

@@ -1,0 +1,72 @@
+//! [`Ctx`]: one cacheable request as every flow sees it, and the small
+//! helpers the flows share.
+
+use std::future::poll_fn;
+use std::sync::Arc;
+
+use http::header::{CACHE_CONTROL, PRAGMA};
+use http::{HeaderMap, Response, request};
+use tower_service::Service;
+
+use super::body::C3Body;
+use super::cache_control::{self, C3_CACHE_CONTROL, Directives};
+use super::key::RequestUri;
+use super::service::Shared;
+use super::status::{CACHE_STATUS, CacheStatus};
+
+/// A GET or HEAD the cache may answer: its parts, its cache directives and
+/// its normalised URI.
+pub(crate) struct Ctx<P> {
+    pub(crate) shared: Arc<Shared<P>>,
+    pub(crate) parts: request::Parts,
+    /// `Cache-Control` of the request (`Pragma: no-cache` folded in).
+    pub(crate) dirs: Directives,
+    pub(crate) uri: RequestUri,
+}
+
+impl<P> Ctx<P> {
+    pub(crate) fn c3(&self) -> &c3_core::C3 {
+        &self.shared.c3
+    }
+
+    pub(crate) fn head(&self) -> bool {
+        self.parts.method == http::Method::HEAD
+    }
+
+    pub(crate) fn now_us(&self) -> u64 {
+        super::freshness::micros(self.c3().now())
+    }
+}
+
+/// A request's cache directives; `Pragma: no-cache` counts only without a
+/// `Cache-Control` field (RFC 9111 §5.4).
+pub(crate) fn request_directives(headers: &HeaderMap) -> Directives {
+    let mut dirs = cache_control::parse(headers, &CACHE_CONTROL);
+    if !dirs.present
+        && headers
+            .get(PRAGMA)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"no-cache"))
+    {
+        dirs.no_cache = true;
+    }
+    dirs
+}
+
+/// Marks a response that came from upstream: c3's own override header is
+/// never shown to the client, and `status` says why it went upstream.
+pub(crate) fn forwarded<B>(res: Response<B>, status: CacheStatus) -> Response<C3Body<B>> {
+    let mut res = res.map(C3Body::inner);
+    res.headers_mut().remove(C3_CACHE_CONTROL);
+    res.headers_mut()
+        .append(CACHE_STATUS, status.header_value());
+    res
+}
+
+/// Calls a service that may not have been polled ready yet.
+pub(crate) async fn call_ready<S, R>(svc: &mut S, req: R) -> Result<S::Response, S::Error>
+where
+    S: Service<R>,
+{
+    poll_fn(|cx| svc.poll_ready(cx)).await?;
+    svc.call(req).await
+}

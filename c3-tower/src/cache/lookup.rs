@@ -1,0 +1,200 @@
+//! GET and HEAD: find what the cache holds for the request and let
+//! [`reuse::decide`] say what it may do — answer, answer stale and
+//! revalidate in the background, revalidate first — or go upstream on a miss.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response};
+use http_body::Body;
+use tower_service::Service;
+
+use super::body::C3Body;
+use super::context::{Ctx, forwarded, request_directives};
+use super::key::{RequestUri, selection, variant_key};
+use super::policy::Policy;
+use super::reuse::{self, Reuse};
+use super::serve::{gateway_timeout, serve};
+use super::service::Shared;
+use super::status::{CacheStatus, Fwd};
+use super::stored::{Entry, StoredResponse};
+use super::{miss, revalidate};
+
+/// What the cache holds for a request.
+pub(crate) enum Found {
+    Hit {
+        stored: Arc<StoredResponse>,
+        key: String,
+        tier: &'static str,
+    },
+    Miss {
+        /// Where a response would be stored (`None`: it cannot be keyed).
+        key: Option<String>,
+        fwd: Fwd,
+    },
+}
+
+/// The GET/HEAD flow.
+pub(crate) async fn lookup<S, P, ReqBody, ResBody>(
+    shared: Arc<Shared<P>>,
+    mut inner: S,
+    req: Request<ReqBody>,
+) -> Result<Response<C3Body<ResBody>>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    P: Policy,
+    ReqBody: Default + Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Send,
+{
+    let (parts, body) = req.into_parts();
+    let c3 = &shared.c3;
+    let uri = RequestUri::from_request_with(
+        &parts,
+        &shared.config.default_scheme,
+        shared.config.fixed_authority.as_deref(),
+    )
+    .filter(|u| {
+        u.primary_key().len() <= c3.max_key_bytes() && u.uri_tag().len() <= c3.max_key_bytes()
+    });
+    let Some(uri) = uri.filter(|_| shared.policy.cacheable(&parts)) else {
+        let res = inner.call(Request::from_parts(parts, body)).await?;
+        return Ok(forwarded(res, CacheStatus::fwd(Fwd::Bypass)));
+    };
+    let dirs = request_directives(&parts.headers);
+    let ctx = Ctx {
+        shared,
+        parts,
+        dirs,
+        uri,
+    };
+    match find(&ctx.shared, &ctx.uri, &ctx.parts.headers).await {
+        Found::Miss { key, fwd } => {
+            if ctx.dirs.only_if_cached {
+                return Ok(gateway_timeout());
+            }
+            miss::miss(&ctx, inner, body, key, fwd).await
+        }
+        Found::Hit { stored, key, tier } => answer(&ctx, inner, body, stored, key, tier).await,
+    }
+}
+
+/// A stored response was found: what may it do for this request?
+async fn answer<S, P, ReqBody, ResBody>(
+    ctx: &Ctx<P>,
+    mut inner: S,
+    body: ReqBody,
+    stored: Arc<StoredResponse>,
+    key: String,
+    tier: &'static str,
+) -> Result<Response<C3Body<ResBody>>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    P: Policy,
+    ReqBody: Default + Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Send,
+{
+    match reuse::decide(&stored, &ctx.parts, &ctx.dirs, ctx.now_us()) {
+        Reuse::Fresh { age, ttl } => Ok(serve(
+            &stored,
+            &ctx.parts,
+            age,
+            CacheStatus::hit().ttl(ttl).detail(tier),
+        )),
+        Reuse::MaxStale { age } => Ok(serve(
+            &stored,
+            &ctx.parts,
+            age,
+            CacheStatus::hit().detail("max-stale"),
+        )),
+        Reuse::WhileRevalidate { age } => {
+            revalidate::in_background(ctx, inner.clone(), key, Arc::clone(&stored));
+            Ok(serve(
+                &stored,
+                &ctx.parts,
+                age,
+                CacheStatus::hit().detail("stale-while-revalidate"),
+            ))
+        }
+        Reuse::Never("authorization") => {
+            let res = inner
+                .call(Request::from_parts(ctx.parts.clone(), body))
+                .await?;
+            Ok(forwarded(
+                res,
+                CacheStatus::fwd(Fwd::Bypass).detail("authorization"),
+            ))
+        }
+        // Stored for another selection under this key (an entry written
+        // before selections were recorded this way): a miss that replaces it.
+        Reuse::Never(_) => miss::miss(ctx, inner, body, Some(key), Fwd::VaryMiss).await,
+        Reuse::Revalidate { .. } if ctx.dirs.only_if_cached => Ok(gateway_timeout()),
+        Reuse::Revalidate {
+            age,
+            stale_if_error,
+        } => revalidate::revalidate(ctx, inner, stored, key, age, stale_if_error).await,
+    }
+}
+
+/// Looks the request up: the URI's primary key, then — if the response
+/// there varies — the request's variant.
+async fn find<P>(shared: &Shared<P>, uri: &RequestUri, headers: &HeaderMap) -> Found {
+    let c3 = &shared.c3;
+    let get = |key: String| async move {
+        let tier = if c3.is_cached_locally(&key) {
+            "l1"
+        } else {
+            "l2"
+        };
+        match c3.get::<Entry>(&key).await {
+            Ok(found) => (key, found, tier),
+            Err(e) => {
+                // An unavailable or unreadable L2 is a miss, not an HTTP error.
+                tracing::debug!(target: "c3::http", error = %e, "cache lookup failed; treating as a miss");
+                (key, None, tier)
+            }
+        }
+    };
+    let (primary, found, tier) = get(uri.primary_key()).await;
+    match found.as_deref() {
+        None => Found::Miss {
+            key: Some(primary),
+            fwd: Fwd::UriMiss,
+        },
+        Some(Entry::Response(r)) => Found::Hit {
+            stored: Arc::clone(r),
+            key: primary,
+            tier,
+        },
+        Some(Entry::Variants { vary }) => {
+            let Some(sel) = selection(vary, headers) else {
+                return Found::Miss {
+                    key: None,
+                    fwd: Fwd::VaryMiss,
+                };
+            };
+            match get(variant_key(&primary, &sel)).await {
+                (vkey, Some(e), tier) => match &*e {
+                    Entry::Response(r) => Found::Hit {
+                        stored: Arc::clone(r),
+                        key: vkey,
+                        tier,
+                    },
+                    Entry::Variants { .. } => Found::Miss {
+                        key: None,
+                        fwd: Fwd::VaryMiss,
+                    },
+                },
+                (vkey, None, _) => Found::Miss {
+                    key: Some(vkey),
+                    fwd: Fwd::VaryMiss,
+                },
+            }
+        }
+    }
+}

@@ -1,0 +1,356 @@
+//! A miss: collapse identical requests, forward, and store what may be
+//! stored — as a **fill**, fenced when the request is forwarded.
+//!
+//! # Why the store is fenced
+//!
+//! A GET that reached the origin before another replica's PUT may get its
+//! response back after that PUT has invalidated the URI everywhere. Storing
+//! it then with a plain `set` would put the older body in L2 for every
+//! replica until the next write or `max-age`. So the fill is begun
+//! ([`C3::begin_fill`](c3_core::C3::begin_fill)) *before* the request goes
+//! upstream, and L2 refuses the store if the URI's tag, the entry's key or
+//! any surrogate key it carries was invalidated after that moment — also
+//! when the invalidation's notification has not reached this replica yet,
+//! and also when nothing was stored for the URI at the time.
+//!
+//! # Collapsing
+//!
+//! Requests that miss the same storage key on this node while one of them
+//! is upstream wait for that one (the leader) instead of going upstream
+//! themselves. When the leader's response is stored, each waiter asks
+//! [`reuse::decide`] whether *it* may be answered with it (its `Vary`
+//! selection, `no-cache`, its own `max-age`…); a waiter it does not satisfy
+//! goes upstream on its own.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use c3_core::Fill;
+use http::header::{self, AUTHORIZATION, SET_COOKIE};
+use http::{Request, Response, request};
+use http_body::Body;
+use tokio::sync::watch;
+use tower_service::Service;
+
+use super::body::{C3Body, Capture};
+use super::cache_control::C3_CACHE_CONTROL;
+use super::context::{Ctx, forwarded};
+use super::freshness::{self, Storage, micros};
+use super::key::{RequestUri, selection, user_tag, variant_key};
+use super::policy::Policy;
+use super::reuse::{self, Reuse};
+use super::serve::serve;
+use super::service::Shared;
+use super::status::{CACHE_STATUS, CacheStatus, Fwd};
+use super::stored::{Entry, StoredResponse};
+
+/// Hop-by-hop headers: never stored, never replayed (RFC 9110 §7.6.1).
+pub(crate) const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authenticate",
+];
+
+/// The result of a collapsed miss, for the requests that waited on it.
+#[derive(Clone)]
+pub(crate) enum Collapsed {
+    Stored(Arc<StoredResponse>),
+    /// Not storable (or the leader failed): each waiter goes upstream itself.
+    Forward,
+}
+
+/// Forwards a request the cache could not answer, and stores the response
+/// under `key` if it may be stored.
+pub(crate) async fn miss<S, P, ReqBody, ResBody>(
+    ctx: &Ctx<P>,
+    mut inner: S,
+    body: ReqBody,
+    key: Option<String>,
+    fwd: Fwd,
+) -> Result<Response<C3Body<ResBody>>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    P: Policy,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+{
+    // HEAD is answered from a stored GET, but never stored itself.
+    let key = key.filter(|_| !ctx.head());
+    let mut leader = None;
+    // Requests with credentials are not collapsed with anybody else's.
+    if let Some(key) = &key
+        && !ctx.parts.headers.contains_key(AUTHORIZATION)
+    {
+        match join_or_lead(&ctx.shared, key) {
+            Ok(mut rx) => {
+                let waited = tokio::time::timeout(
+                    ctx.shared.config.collapse_timeout,
+                    rx.wait_for(Option::is_some),
+                )
+                .await;
+                if let Ok(Ok(result)) = waited
+                    && let Some(Collapsed::Stored(stored)) = result.clone()
+                {
+                    match reuse::decide(&stored, &ctx.parts, &ctx.dirs, ctx.now_us()) {
+                        Reuse::Fresh { age, .. } | Reuse::MaxStale { age } => {
+                            return Ok(serve(
+                                &stored,
+                                &ctx.parts,
+                                age,
+                                CacheStatus::hit().detail("collapsed"),
+                            ));
+                        }
+                        // Not an answer for this request: upstream on its own.
+                        _ => {}
+                    }
+                }
+            }
+            Err(l) => leader = Some(l),
+        }
+    }
+    // The fence goes up before the request does (see the module docs).
+    let fill = match &key {
+        Some(k) => ctx.c3().begin_fill(&[k]).await.ok(),
+        None => None,
+    };
+    let request_time = ctx.c3().now();
+    let res = inner
+        .call(Request::from_parts(ctx.parts.clone(), body))
+        .await?;
+    Ok(store_response(
+        ctx,
+        key.zip(fill),
+        res,
+        request_time,
+        CacheStatus::fwd(fwd),
+        leader,
+    ))
+}
+
+/// Joins the request upstream for `key`, or — if there is none — becomes it.
+fn join_or_lead<P>(
+    shared: &Arc<Shared<P>>,
+    key: &str,
+) -> Result<watch::Receiver<Option<Collapsed>>, LeaderGuard<P>> {
+    let mut map = shared.collapse.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(rx) = map.get(key) {
+        return Ok(rx.clone());
+    }
+    let (tx, rx) = watch::channel(None);
+    map.insert(key.to_owned(), rx);
+    Err(LeaderGuard {
+        shared: Arc::clone(shared),
+        key: key.to_owned(),
+        tx,
+    })
+}
+
+/// Publishes `Forward` to waiters unless the leader published a result; runs
+/// on every exit path, including a dropped future or a panic.
+pub(crate) struct LeaderGuard<P> {
+    shared: Arc<Shared<P>>,
+    key: String,
+    tx: watch::Sender<Option<Collapsed>>,
+}
+
+impl<P> LeaderGuard<P> {
+    /// Becomes the only request upstream for `key` on this node, if no other
+    /// is (`None`: one is).
+    pub(crate) fn try_lead(shared: &Arc<Shared<P>>, key: String) -> Option<LeaderGuard<P>> {
+        join_or_lead(shared, &key).err()
+    }
+
+    fn publish(&self, c: Collapsed) {
+        self.tx.send_replace(Some(c));
+        self.shared
+            .collapse
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.key);
+    }
+}
+
+impl<P> Drop for LeaderGuard<P> {
+    fn drop(&mut self) {
+        if self.tx.borrow().is_none() {
+            self.publish(Collapsed::Forward);
+        }
+    }
+}
+
+/// Decides whether `res` can be stored; if so, streams it to the client while
+/// capturing it, and stores it through `fill` (and wakes collapsed waiters)
+/// when complete. `target`: the key chosen before the response arrived, and
+/// the fill fenced when the request went upstream.
+pub(crate) fn store_response<P, B>(
+    ctx: &Ctx<P>,
+    target: Option<(String, Fill)>,
+    res: Response<B>,
+    request_time: SystemTime,
+    status: CacheStatus,
+    leader: Option<LeaderGuard<P>>,
+) -> Response<C3Body<B>>
+where
+    P: Policy,
+    B: Body<Data = Bytes> + Send + 'static,
+{
+    let c3 = ctx.c3();
+    let config = &ctx.shared.config;
+    let response_time = c3.now();
+    let (mut res_parts, body) = res.into_parts();
+    let decision = target.ok_or("no key").and_then(|(key, fill)| {
+        let storage = freshness::decide(
+            &ctx.parts,
+            &super::context::request_directives(&ctx.parts.headers),
+            &res_parts,
+            config,
+            request_time,
+            response_time,
+        )?;
+        let too_big = body
+            .size_hint()
+            .exact()
+            .is_some_and(|n| n > config.max_body_bytes as u64);
+        if too_big {
+            return Err("body too large");
+        }
+        // The key chosen before the response arrived is the primary one; a
+        // response that varies goes under its variant key instead.
+        let selected = selection(&storage.vary, &ctx.parts.headers).ok_or("vary key")?;
+        let key = if storage.vary.is_empty() {
+            key
+        } else {
+            Some(variant_key(&ctx.uri.primary_key(), &selected))
+                .filter(|k| k.len() <= c3.max_key_bytes())
+                .ok_or("vary key")?
+        };
+        Ok((key, fill, storage, selected))
+    });
+    let Ok((key, fill, storage, selected)) = decision else {
+        drop(leader); // waiters go upstream themselves
+        return forwarded(Response::from_parts(res_parts, body), status);
+    };
+
+    let stored_headers = storable_headers(&res_parts.headers);
+    let (capture, done) = Capture::new(config.max_body_bytes);
+    let shared = Arc::clone(&ctx.shared);
+    let uri = ctx.uri.clone();
+    let code = res_parts.status;
+    tokio::spawn(async move {
+        let Ok(body) = done.await else {
+            return; // not read to the end, or too large: nothing stored
+        };
+        let stored = Arc::new(StoredResponse {
+            status: code,
+            headers: stored_headers,
+            body,
+            response_time_us: micros(response_time),
+            initial_age: storage.initial_age,
+            lifetime: storage.lifetime,
+            swr: storage.swr,
+            sie: storage.sie,
+            must_revalidate: storage.must_revalidate,
+            no_cache: storage.no_cache,
+            auth_ok: storage.auth_ok,
+            vary: storage.vary.clone(),
+            selected,
+        });
+        // Waiters only get a response that is now the cache's: one the fence
+        // refused may predate a write they must see.
+        let kept = store_entry(&shared, &fill, &uri, key, &storage, Arc::clone(&stored)).await;
+        if let Some(l) = leader {
+            l.publish(if kept {
+                Collapsed::Stored(stored)
+            } else {
+                Collapsed::Forward
+            });
+        }
+    });
+    res_parts.headers.remove(C3_CACHE_CONTROL);
+    res_parts
+        .headers
+        .append(CACHE_STATUS, status.stored().header_value());
+    Response::from_parts(res_parts, C3Body::capturing(body, capture))
+}
+
+/// The response headers worth storing: no hop-by-hop fields (also those
+/// `Connection` names), no `Age` (recomputed), no `Set-Cookie`, no c3
+/// override.
+pub(crate) fn storable_headers(headers: &http::HeaderMap) -> http::HeaderMap {
+    let mut stored = headers.clone();
+    for h in HOP_BY_HOP {
+        stored.remove(h);
+    }
+    stored.remove(header::AGE);
+    stored.remove(C3_CACHE_CONTROL);
+    stored.remove(SET_COOKIE);
+    if let Some(connection) = headers
+        .get(header::CONNECTION)
+        .and_then(|v| v.to_str().ok())
+    {
+        for name in connection.split(',') {
+            stored.remove(name.trim());
+        }
+    }
+    stored
+}
+
+/// Stores a response (and, for a varying one, the primary marker) through
+/// `fill`, tagged with its URI and its surrogate keys. Returns whether the
+/// response was stored.
+pub(crate) async fn store_entry<P>(
+    shared: &Shared<P>,
+    fill: &Fill,
+    uri: &RequestUri,
+    key: String,
+    storage: &Storage,
+    stored: Arc<StoredResponse>,
+) -> bool {
+    let c3 = &shared.c3;
+    let uri_tag = uri.uri_tag();
+    let user_tags: Vec<String> = storage
+        .tags
+        .iter()
+        .map(|t| user_tag(t))
+        .filter(|t| t.len() <= c3.max_key_bytes())
+        .collect();
+    let mut tags: Vec<&str> = vec![uri_tag.as_str()];
+    tags.extend(user_tags.iter().map(String::as_str));
+    let ttl = Some(storage.keep);
+    let entry = Entry::Response(stored);
+    match fill.store(&key, &entry, ttl, &tags).await {
+        Ok(true) => {}
+        Ok(false) => return false,
+        Err(e) => {
+            tracing::debug!(target: "c3::http", error = %e, "could not store a response");
+            return false;
+        }
+    }
+    if !storage.vary.is_empty() {
+        let marker = Entry::Variants {
+            vary: storage.vary.clone(),
+        };
+        if let Err(e) = fill
+            .store(&uri.primary_key(), &marker, ttl, &[uri_tag.as_str()])
+            .await
+        {
+            tracing::debug!(target: "c3::http", error = %e, "could not store a vary marker");
+        }
+    }
+    true
+}
+
+/// The request parts of a background GET: no body, the same target and headers.
+pub(crate) fn get_parts(parts: &request::Parts) -> request::Parts {
+    let (mut p, ()) = Request::new(()).into_parts();
+    p.method = http::Method::GET;
+    p.uri = parts.uri.clone();
+    p.version = parts.version;
+    p.headers = parts.headers.clone();
+    p
+}

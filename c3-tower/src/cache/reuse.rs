@@ -1,0 +1,196 @@
+//! The one decision: may a stored response answer this request (RFC 9111 §4)?
+//!
+//! Every path that answers from a stored response asks here first — an L1
+//! or L2 hit, a request that waited for another request's miss (collapsed),
+//! a response refreshed by a 304 — so the rules cannot drift apart:
+//!
+//! 1. **Selecting headers** (§4.1): a response that varies answers only a
+//!    request whose values for its `Vary` names are the ones it was stored
+//!    for — an absent field matches only an absent one. (`Vary: *` is never
+//!    stored.)
+//! 2. **Credentials** (§3.5): a request with `Authorization` only gets a
+//!    response that explicitly allows sharing (`public`, `s-maxage`,
+//!    `must-revalidate`).
+//! 3. **Freshness** (§4.2) and the request's own limits (`max-age`,
+//!    `min-fresh`), unless `no-cache` (response or request, any letter case)
+//!    demands validation.
+//! 4. **Stale answers** only where allowed: the request's `max-stale`, the
+//!    response's `stale-while-revalidate`, never past `must-revalidate`;
+//!    `stale-if-error` decides what a failed validation may fall back to.
+
+use http::header::AUTHORIZATION;
+use http::request;
+
+use super::cache_control::Directives;
+use super::key::selection;
+use super::stored::StoredResponse;
+
+/// What a stored response may do for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reuse {
+    /// Fresh, and within the request's limits: answer with it.
+    Fresh { age: u64, ttl: i64 },
+    /// Stale, and the request accepts that (`max-stale`).
+    MaxStale { age: u64 },
+    /// Stale within `stale-while-revalidate`: answer, and revalidate in the
+    /// background.
+    WhileRevalidate { age: u64 },
+    /// Must be validated with the origin first; `stale_if_error`: may still
+    /// answer if the origin fails.
+    Revalidate { age: u64, stale_if_error: bool },
+    /// May not answer this request at all (another variant, credentials).
+    Never(&'static str),
+}
+
+/// Decides whether `stored` may answer the request `req` (with request
+/// directives `dirs`) at `now_us`.
+pub(crate) fn decide(
+    stored: &StoredResponse,
+    req: &request::Parts,
+    dirs: &Directives,
+    now_us: u64,
+) -> Reuse {
+    if !stored.vary.is_empty()
+        && selection(&stored.vary, &req.headers).as_deref() != Some(stored.selected.as_str())
+    {
+        return Reuse::Never("vary");
+    }
+    if req.headers.contains_key(AUTHORIZATION) && !stored.auth_ok {
+        return Reuse::Never("authorization");
+    }
+    let age = stored.age(now_us);
+    let ttl = stored.ttl(now_us);
+    let must_check = stored.no_cache || dirs.no_cache;
+    let within_request_limits =
+        dirs.max_age.is_none_or(|m| age <= m) && dirs.min_fresh.is_none_or(|m| ttl >= m as i64);
+    if !must_check && ttl > 0 && within_request_limits {
+        return Reuse::Fresh { age, ttl };
+    }
+    let staleness = (-ttl).max(0) as u64;
+    if !must_check && ttl <= 0 && !stored.must_revalidate {
+        if let Some(max_stale) = dirs.max_stale
+            && max_stale.is_none_or(|m| staleness <= m)
+        {
+            return Reuse::MaxStale { age };
+        }
+        if staleness <= stored.swr {
+            return Reuse::WhileRevalidate { age };
+        }
+    }
+    Reuse::Revalidate {
+        age,
+        stale_if_error: !stored.must_revalidate && staleness <= stored.sie,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use http::{HeaderMap, Request, StatusCode};
+
+    fn stored(lifetime: u64) -> StoredResponse {
+        StoredResponse {
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+            body: Bytes::new(),
+            response_time_us: 0,
+            initial_age: 0,
+            lifetime,
+            swr: 0,
+            sie: 0,
+            must_revalidate: false,
+            no_cache: false,
+            auth_ok: false,
+            vary: Vec::new(),
+            selected: String::new(),
+        }
+    }
+
+    fn req(headers: &[(&str, &str)]) -> request::Parts {
+        let mut b = Request::get("http://a.test/x");
+        for (n, v) in headers {
+            b = b.header(*n, *v);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn a_variant_answers_only_its_own_selection() {
+        let mut s = stored(60);
+        s.vary = vec!["foo".into()];
+        s.selected = "foo=a;".into();
+        let d = Directives::default();
+        assert!(matches!(
+            decide(&s, &req(&[("foo", "a")]), &d, 0),
+            Reuse::Fresh { .. }
+        ));
+        assert_eq!(
+            decide(&s, &req(&[("foo", "b")]), &d, 0),
+            Reuse::Never("vary")
+        );
+        assert_eq!(decide(&s, &req(&[]), &d, 0), Reuse::Never("vary"));
+        s.selected = "foo;".into(); // stored for a request without Foo
+        assert!(matches!(decide(&s, &req(&[]), &d, 0), Reuse::Fresh { .. }));
+        assert_eq!(
+            decide(&s, &req(&[("foo", "")]), &d, 0),
+            Reuse::Never("vary")
+        );
+    }
+
+    #[test]
+    fn no_cache_and_credentials() {
+        let mut s = stored(60);
+        let d = Directives::default();
+        assert_eq!(
+            decide(&s, &req(&[("authorization", "x")]), &d, 0),
+            Reuse::Never("authorization")
+        );
+        s.no_cache = true;
+        assert!(matches!(
+            decide(&s, &req(&[]), &d, 0),
+            Reuse::Revalidate { .. }
+        ));
+        s.no_cache = false;
+        let d = Directives {
+            no_cache: true,
+            ..Directives::default()
+        };
+        assert!(matches!(
+            decide(&s, &req(&[]), &d, 0),
+            Reuse::Revalidate { .. }
+        ));
+    }
+
+    #[test]
+    fn stale_answers_only_where_allowed() {
+        let mut s = stored(10);
+        let now = 20_000_000; // 10 s stale
+        let d = Directives::default();
+        assert!(matches!(
+            decide(&s, &req(&[]), &d, now),
+            Reuse::Revalidate {
+                stale_if_error: false,
+                ..
+            }
+        ));
+        s.swr = 10;
+        assert!(matches!(
+            decide(&s, &req(&[]), &d, now),
+            Reuse::WhileRevalidate { .. }
+        ));
+        let d = Directives {
+            max_stale: Some(None),
+            ..Directives::default()
+        };
+        assert!(matches!(
+            decide(&s, &req(&[]), &d, now),
+            Reuse::MaxStale { .. }
+        ));
+        s.must_revalidate = true;
+        assert!(matches!(
+            decide(&s, &req(&[]), &d, now),
+            Reuse::Revalidate { .. }
+        ));
+    }
+}

@@ -1,0 +1,62 @@
+//! The layer's `c3.http` span: OpenTelemetry HTTP attributes, the outcome's
+//! `Cache-Status`, and (feature `otel`) continuation of the caller's trace.
+
+use http::Request;
+
+use super::status::CACHE_STATUS;
+
+/// The layer's span for one request; the cache's own spans (`c3.get`,
+/// `c3.l2`, …) nest inside it.
+pub(crate) fn http_span<B>(req: &Request<B>) -> tracing::Span {
+    tracing::info_span!(
+        target: "c3::http",
+        "c3.http",
+        http.request.method = %req.method(),
+        url.path = req.uri().path(),
+        http.response.status_code = tracing::field::Empty,
+        c3.cache_status = tracing::field::Empty,
+    )
+}
+
+/// Parents `span` on the remote context carried by the request headers.
+#[cfg(feature = "otel")]
+pub(crate) fn continue_trace(span: &tracing::Span, headers: &http::HeaderMap) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+    struct Headers<'a>(&'a http::HeaderMap);
+    impl opentelemetry::propagation::Extractor for Headers<'_> {
+        fn get(&self, key: &str) -> Option<&str> {
+            self.0.get(key).and_then(|v| v.to_str().ok())
+        }
+        fn keys(&self) -> Vec<&str> {
+            self.0.keys().map(http::HeaderName::as_str).collect()
+        }
+    }
+
+    let cx = opentelemetry::global::get_text_map_propagator(|p| p.extract(&Headers(headers)));
+    // Fails only if the span is disabled or already started; then there is
+    // nothing to continue.
+    let _ = span.set_parent(cx);
+}
+
+/// Runs a flow inside `span` and records how it answered.
+pub(crate) async fn traced<B, E>(
+    span: tracing::Span,
+    flow: impl std::future::Future<Output = Result<http::Response<B>, E>>,
+) -> Result<http::Response<B>, E> {
+    use tracing::Instrument;
+    let r = flow.instrument(span.clone()).await;
+    if let Ok(res) = &r {
+        span.record("http.response.status_code", res.status().as_u16());
+        if let Some(v) = res
+            .headers()
+            .get_all(CACHE_STATUS)
+            .iter()
+            .next_back()
+            .and_then(|v| v.to_str().ok())
+        {
+            span.record("c3.cache_status", v);
+        }
+    }
+    r
+}
