@@ -218,26 +218,35 @@ impl Fill {
             .collect();
         // An invalidation this node applied since the fence may be one L2
         // cannot show (a bare notification): such an item is not cached.
+        let valid: Vec<bool> = items
+            .iter()
+            .zip(&tokens)
+            .map(|(i, t)| t.is_none_or(|t| c3.coherency().token_valid(&i.key, t)))
+            .collect();
+        let mut flags = vec![false; items.len()];
+        let mut slots = Vec::with_capacity(items.len());
         let (items, tokens): (Vec<WriteItem>, Vec<Option<FillToken>>) = items
             .into_iter()
             .zip(tokens)
-            .map(|(i, t)| {
-                let valid = t.is_none_or(|t| c3.coherency().token_valid(&i.key, t));
-                (i, t, valid)
-            })
-            .filter_map(|(i, t, valid)| {
+            .zip(&valid)
+            .enumerate()
+            .filter_map(|(slot, ((i, t), valid))| {
                 if !valid {
                     Counters::inc(&c3.counters().fills_dropped);
+                    return None;
                 }
-                valid.then_some((i, t))
+                slots.push(slot);
+                Some((i, t))
             })
             .unzip();
-        let n = items.len();
+        if items.is_empty() {
+            return flags;
+        }
         let Some(fence) = &self.fence else {
             for (item, token) in items.into_iter().zip(tokens) {
                 keep_unfenced::<T>(c3, item, token);
             }
-            return vec![false; n];
+            return flags;
         };
         let header = c3.header('k');
         let op = crate::telemetry::op!(c3, "c3.fill", Fill, items.first().map_or("", |i| &i.key));
@@ -261,14 +270,16 @@ impl Fill {
                 for (item, token) in items.into_iter().zip(tokens) {
                     keep_unfenced::<T>(c3, item, token);
                 }
-                return vec![false; n];
+                return flags;
             }
         };
         let mut kept = (Vec::new(), Vec::new(), Vec::new());
-        let flags = versions.iter().map(Option::is_some).collect();
-        for ((item, token), version) in items.into_iter().zip(tokens).zip(versions) {
+        for (((item, token), version), slot) in
+            items.into_iter().zip(tokens).zip(versions).zip(slots)
+        {
             match version {
                 Some(v) => {
+                    flags[slot] = true;
                     kept.0.push(item);
                     kept.1.push(v);
                     kept.2.push(token);

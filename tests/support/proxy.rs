@@ -1,8 +1,10 @@
 //! A TCP fault proxy between c3 nodes and PostgreSQL.
 //!
 //! Modes: forward; **blackhole** (keep every socket open but move no bytes — a
-//! half-open link as seen from the client); **drop** (close every connection,
-//! and refuse new ones until restored) ; and added latency.
+//! half-open link as seen from the client); **hold replies** (requests reach
+//! the server, its answers wait in the proxy: a query that has run but whose
+//! result has not arrived); **drop** (close every connection, and refuse new
+//! ones until restored) ; and added latency.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
@@ -15,11 +17,17 @@ use tokio::sync::watch;
 const FORWARD: u8 = 0;
 const BLACKHOLE: u8 = 1;
 const DROP: u8 = 2;
+const HOLD_REPLIES: u8 = 3;
 
 pub struct FaultProxy {
     pub port: u16,
     mode: Arc<AtomicU8>,
     latency_ms: Arc<AtomicU64>,
+    /// Chunks from the server being held (`hold_replies`), their bytes, and
+    /// what a reply must contain to be held.
+    held: Arc<AtomicU64>,
+    held_bytes: Arc<std::sync::Mutex<Vec<u8>>>,
+    hold_needle: Arc<std::sync::Mutex<Vec<u8>>>,
     // Bumped on drop(): every live connection watches it and closes.
     generation: watch::Sender<u64>,
     task: tokio::task::JoinHandle<()>,
@@ -32,8 +40,16 @@ impl FaultProxy {
         let port = listener.local_addr().unwrap().port();
         let mode = Arc::new(AtomicU8::new(FORWARD));
         let latency_ms = Arc::new(AtomicU64::new(0));
+        let held = Arc::new(AtomicU64::new(0));
+        let held_bytes = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let hold_needle = Arc::new(std::sync::Mutex::new(Vec::new()));
         let (generation, _) = watch::channel(0u64);
-        let (m, l, g) = (mode.clone(), latency_ms.clone(), generation.clone());
+        let (m, l, g, h) = (
+            mode.clone(),
+            latency_ms.clone(),
+            generation.clone(),
+            (held.clone(), held_bytes.clone(), hold_needle.clone()),
+        );
         let task = tokio::spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else {
@@ -46,14 +62,17 @@ impl FaultProxy {
                 let Ok(server) = TcpStream::connect(&upstream).await else {
                     continue;
                 };
-                let (m, l, rx) = (m.clone(), l.clone(), g.subscribe());
-                tokio::spawn(pipe(client, server, m, l, rx));
+                let (m, l, h, rx) = (m.clone(), l.clone(), h.clone(), g.subscribe());
+                tokio::spawn(pipe(client, server, m, l, h, rx));
             }
         });
         FaultProxy {
             port,
             mode,
             latency_ms,
+            held,
+            held_bytes,
+            hold_needle,
             generation,
             task,
         }
@@ -76,6 +95,25 @@ impl FaultProxy {
         self.mode.store(BLACKHOLE, Ordering::SeqCst);
     }
 
+    /// Lets requests through but holds the first server reply that contains
+    /// `needle` (and everything after it on that connection) until
+    /// `forward()`; [`held`](Self::held) counts what is waiting.
+    pub fn hold_replies(&self, needle: &[u8]) {
+        self.held_bytes.lock().unwrap().clear();
+        *self.hold_needle.lock().unwrap() = needle.to_vec();
+        self.mode.store(HOLD_REPLIES, Ordering::SeqCst);
+    }
+
+    /// How many reply chunks are being held now.
+    pub fn held(&self) -> u64 {
+        self.held.load(Ordering::SeqCst)
+    }
+
+    /// Whether the replies held since `hold_replies` contain `needle`.
+    pub fn holds(&self, needle: &[u8]) -> bool {
+        contains(&self.held_bytes.lock().unwrap(), needle)
+    }
+
     /// Closes all current connections and refuses new ones until `forward()`.
     pub fn drop_all(&self) {
         self.mode.store(DROP, Ordering::SeqCst);
@@ -95,11 +133,24 @@ impl Drop for FaultProxy {
     }
 }
 
+/// What `hold_replies` shares with each connection: how many chunks are
+/// held, their bytes, and what a reply must contain to be held.
+type Held = (
+    Arc<AtomicU64>,
+    Arc<std::sync::Mutex<Vec<u8>>>,
+    Arc<std::sync::Mutex<Vec<u8>>>,
+);
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty() || hay.windows(needle.len()).any(|w| w == needle)
+}
+
 async fn pipe(
     client: TcpStream,
     server: TcpStream,
     mode: Arc<AtomicU8>,
     latency: Arc<AtomicU64>,
+    held: Held,
     mut gen_rx: watch::Receiver<u64>,
 ) {
     let (cr, cw) = client.into_split();
@@ -107,7 +158,8 @@ async fn pipe(
     let one_way = |mut r: tokio::net::tcp::OwnedReadHalf,
                    mut w: tokio::net::tcp::OwnedWriteHalf,
                    mode: Arc<AtomicU8>,
-                   latency: Arc<AtomicU64>| async move {
+                   latency: Arc<AtomicU64>,
+                   held: Option<Held>| async move {
         let mut buf = vec![0u8; 16 * 1024];
         loop {
             let n = match r.read(&mut buf).await {
@@ -118,6 +170,34 @@ async fn pipe(
             while mode.load(Ordering::SeqCst) == BLACKHOLE {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
+            // Hold replies: only the server-to-client direction waits,
+            // and it keeps reading meanwhile, so `holds` sees everything
+            // the server has sent.
+            if let Some((held, held_bytes, needle)) = &held
+                && mode.load(Ordering::SeqCst) == HOLD_REPLIES
+                && contains(&buf[..n], &needle.lock().unwrap())
+            {
+                let mut pending = buf[..n].to_vec();
+                held.fetch_add(1, Ordering::SeqCst);
+                held_bytes.lock().unwrap().extend_from_slice(&buf[..n]);
+                while mode.load(Ordering::SeqCst) == HOLD_REPLIES {
+                    tokio::select! {
+                        more = r.read(&mut buf) => match more {
+                            Ok(0) | Err(_) => return,
+                            Ok(m) => {
+                                pending.extend_from_slice(&buf[..m]);
+                                held_bytes.lock().unwrap().extend_from_slice(&buf[..m]);
+                            }
+                        },
+                        _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+                    }
+                }
+                held.fetch_sub(1, Ordering::SeqCst);
+                if w.write_all(&pending).await.is_err() {
+                    return;
+                }
+                continue;
+            }
             let ms = latency.load(Ordering::SeqCst);
             if ms > 0 {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -127,8 +207,8 @@ async fn pipe(
             }
         }
     };
-    let mut up = tokio::spawn(one_way(cr, sw, mode.clone(), latency.clone()));
-    let mut down = tokio::spawn(one_way(sr, cw, mode, latency));
+    let mut up = tokio::spawn(one_way(cr, sw, mode.clone(), latency.clone(), None));
+    let mut down = tokio::spawn(one_way(sr, cw, mode, latency, Some(held)));
     tokio::select! {
         _ = gen_rx.changed() => {}
         _ = &mut up => {}

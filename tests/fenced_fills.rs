@@ -1,0 +1,256 @@
+//! Writers `set`, fillers `fill`: every path that caches what it *read* is
+//! fenced against writes that committed after the read began — on another
+//! replica, before this one heard of them.
+//!
+//! Each race is held at its racing moment: an origin that holds a GET after
+//! it read the version, a fault proxy that holds a SELECT's result, a
+//! listener link that holds the notification.
+
+mod support;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use c3::core::C3;
+use c3_sqlx::{Cached, Repository};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use support::proxy::FaultProxy;
+use support::web::{VersionedOrigin, cache_status, fetch, send};
+use support::{DELIVERY, TestDb, wait_until};
+
+const URL: &str = "http://app.test/item";
+
+/// Waits until `node` has either stored or refused a fill since `before`
+/// (`(writes, fills_dropped)`): a store runs in the background once the body
+/// has been read.
+async fn fill_settled(node: &C3, before: (u64, u64)) {
+    wait_until("the fill is stored or refused", DELIVERY, || async {
+        let s = node.stats();
+        s.writes > before.0 || s.fills_dropped > before.1
+    })
+    .await;
+}
+
+/// A PUT through `svc`: the origin's version moves on, and the layer
+/// invalidates the URI on every node before it answers.
+async fn put<S, B>(svc: &S)
+where
+    S: tower::Service<http::Request<axum::body::Body>, Response = http::Response<B>> + Clone,
+    S::Error: std::fmt::Debug,
+    B: axum::body::HttpBody,
+    B::Error: std::fmt::Debug,
+{
+    let req = http::Request::put(URL)
+        .body(axum::body::Body::empty())
+        .unwrap();
+    assert_eq!(send(svc, req).await.0.status, 204);
+}
+
+fn counts(node: &C3) -> (u64, u64) {
+    let s = node.stats();
+    (s.writes, s.fills_dropped)
+}
+
+#[tokio::test]
+async fn a_get_that_read_before_a_put_on_another_replica_is_not_stored() {
+    let db = TestDb::new("fence_http_put").await;
+    let (a, b) = (db.node().await, db.node().await);
+    let origin = VersionedOrigin::new("max-age=300");
+    let (svc_a, svc_b) = (origin.cached(&a), origin.cached(&b));
+
+    origin.hold();
+    let before = counts(&a);
+    let ((_, body), ()) = tokio::join!(fetch(&svc_a, URL, &[]), async {
+        origin.wait_held(1).await; // A's GET has read v0
+        // B's PUT commits and invalidates the URI everywhere, returning first.
+        put(&svc_b).await;
+        origin.release();
+    });
+    assert_eq!(body, "/item@v0", "the GET began before the PUT");
+    fill_settled(&a, before).await;
+
+    for (name, svc) in [("A", &svc_a), ("B", &svc_b)] {
+        let (p, body) = fetch(svc, URL, &[]).await;
+        assert_eq!(
+            body,
+            "/item@v1",
+            "{name} after the PUT: {}",
+            cache_status(&p)
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_tag_invalidated_before_anything_was_stored_fences_the_fill() {
+    let db = TestDb::new("fence_http_tag").await;
+    let (a, b) = (db.node().await, db.node().await);
+    let origin = VersionedOrigin::with("max-age=300", &[], Some("product:7"));
+    let svc_a = origin.cached(&a);
+
+    origin.hold();
+    let before = counts(&a);
+    let ((_, body), ()) = tokio::join!(fetch(&svc_a, URL, &[]), async {
+        origin.wait_held(1).await;
+        // A write elsewhere: the source changes, and its tag is invalidated
+        // while nothing carries it yet.
+        origin.bump("/item");
+        assert_eq!(c3::tower::invalidate_tag(&b, "product:7").await.unwrap(), 0);
+        origin.release();
+    });
+    assert_eq!(body, "/item@v0");
+    fill_settled(&a, before).await;
+
+    let (p, body) = fetch(&svc_a, URL, &[]).await;
+    assert_eq!(body, "/item@v1", "{}", cache_status(&p));
+    assert_eq!(origin.gets(), 2, "the old response was not stored");
+}
+
+#[tokio::test]
+async fn a_304_that_raced_a_put_does_not_refresh_the_old_response() {
+    let db = TestDb::new("fence_http_304").await;
+    let clock = c3::core::ManualClock::new();
+    let a = db.builder().clock(clock.clone()).build().await.unwrap();
+    let b = db.node().await;
+    let origin = VersionedOrigin::new("max-age=10");
+    let (svc_a, svc_b) = (origin.cached(&a), origin.cached(&b));
+
+    let w = a.stats().writes;
+    assert_eq!(fetch(&svc_a, URL, &[]).await.1, "/item@v0");
+    support::web::stored(&a, w, 1).await;
+    clock.advance(Duration::from_secs(11)); // stale on A: revalidated next
+
+    origin.hold();
+    let before = counts(&a);
+    let ((p, body), ()) = tokio::join!(fetch(&svc_a, URL, &[]), async {
+        origin.wait_held(1).await; // the conditional GET read v0: a 304 is coming
+        put(&svc_b).await;
+        origin.release();
+    });
+    assert_eq!(body, "/item@v0");
+    assert!(
+        cache_status(&p).contains("fwd-status=304"),
+        "{}",
+        cache_status(&p)
+    );
+    fill_settled(&a, before).await;
+
+    for (name, svc) in [("A", &svc_a), ("B", &svc_b)] {
+        let (p, body) = fetch(svc, URL, &[]).await;
+        assert_eq!(body, "/item@v1", "{name}: {}", cache_status(&p));
+    }
+}
+
+#[derive(
+    Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize, serde::Deserialize, Cached,
+)]
+#[c3(table = "users", key = "id")]
+struct User {
+    id: i64,
+    name: String,
+}
+
+#[tokio::test]
+async fn find_many_that_read_before_a_save_on_another_node_is_not_cached() {
+    let db = TestDb::new("fence_find_many").await;
+    db.client
+        .batch_execute(&format!(
+            "CREATE TABLE \"{s}\".users (id bigint PRIMARY KEY, name text NOT NULL);
+             INSERT INTO \"{s}\".users VALUES (1, 'old');",
+            s = db.schema
+        ))
+        .await
+        .unwrap();
+    let pool_for = |url: String| {
+        let schema = db.schema.clone();
+        async move {
+            let opts = PgConnectOptions::from_str(&url)
+                .unwrap()
+                .options([("search_path", schema.as_str())]);
+            // One connection, no pings: the only bytes on it are the SELECT.
+            PgPoolOptions::new()
+                .max_connections(1)
+                .min_connections(1)
+                .test_before_acquire(false)
+                .connect_with(opts)
+                .await
+                .expect("sqlx pool")
+        }
+    };
+    let a = db.node().await;
+    let repo_a: Repository<User> = Repository::new(a.clone(), pool_for(db.url.clone()).await);
+
+    // B: its SELECTs and its LISTEN connection each go through a proxy; its
+    // L2 pool is direct. Long heartbeats: a held listener is only slow.
+    let select_link = FaultProxy::start(support::database_addr()).await;
+    let listen_link = FaultProxy::start(support::database_addr()).await;
+    let l2_pool = deadpool_postgres::Pool::builder(deadpool_postgres::Manager::new(
+        tokio_postgres::Config::from_str(&db.url).unwrap(),
+        tokio_postgres::NoTls,
+    ))
+    .max_size(4)
+    .build()
+    .unwrap();
+    let b = db
+        .builder()
+        .pool(l2_pool)
+        .postgres(&listen_link.url(&db.url))
+        .heartbeat(Duration::from_secs(60), Duration::from_secs(60))
+        .build()
+        .await
+        .unwrap();
+    let select_pool = pool_for(select_link.url(&db.url)).await;
+    let repo_b: Repository<User> = Repository::new(b.clone(), select_pool.clone());
+
+    // Once, so the SELECT is prepared on B's one connection: the find below
+    // then sends it in one exchange, and the reply held is its result. The
+    // ping waits for every reply still due, so the link is quiet after it.
+    assert_eq!(repo_b.find_many(&[2]).await.unwrap(), vec![None]);
+    sqlx::Connection::ping(&mut *select_pool.acquire().await.unwrap())
+        .await
+        .unwrap();
+    select_link.hold_replies(b"old");
+    let before = counts(&b);
+    let repo_b = std::sync::Arc::new(repo_b);
+    let find = tokio::spawn({
+        let repo_b = std::sync::Arc::clone(&repo_b);
+        async move { repo_b.find_many(&[1]).await }
+    });
+    wait_until("B's SELECT has run", DELIVERY, || async {
+        select_link.holds(b"old")
+    })
+    .await;
+    listen_link.blackhole(); // B will not hear of A's save until later
+    repo_a
+        .save(&User {
+            id: 1,
+            name: "new".into(),
+        })
+        .await
+        .unwrap();
+    select_link.forward();
+    let found = find.await.unwrap().unwrap();
+    assert_eq!(
+        found[0].as_ref().unwrap().name,
+        "old",
+        "B read before the save"
+    );
+    fill_settled(&b, before).await;
+
+    let row: Option<Vec<u8>> = db
+        .client
+        .query_opt(
+            &format!("SELECT value FROM {} WHERE key = 'users:1'", db.table()),
+            &[],
+        )
+        .await
+        .unwrap()
+        .map(|r| r.get(0));
+    assert!(
+        row.as_deref()
+            .is_none_or(|v| !String::from_utf8_lossy(v).contains("old")),
+        "the older row is in L2: {:?}",
+        row.map(|v| String::from_utf8_lossy(&v).into_owned())
+    );
+    assert_eq!(repo_a.find(&1).await.unwrap().unwrap().name, "new");
+    listen_link.forward();
+}
