@@ -254,3 +254,87 @@ async fn find_many_that_read_before_a_save_on_another_node_is_not_cached() {
     assert_eq!(repo_a.find(&1).await.unwrap().unwrap().name, "new");
     listen_link.forward();
 }
+
+/// Sends `leader` through `svc` and holds it at the origin, then sends
+/// `waiter` and waits until it has missed the cache — on this
+/// current-thread runtime it then waits for the leader (or is the next
+/// request upstream) — and releases the origin. Returns both answers.
+async fn overlapping<S>(
+    node: &C3,
+    origin: &VersionedOrigin,
+    svc: &S,
+    leader: &[(&str, &str)],
+    waiter: &[(&str, &str)],
+) -> (String, String)
+where
+    S: tower::Service<
+            http::Request<axum::body::Body>,
+            Response = http::Response<c3::tower::C3Body<http_body_util::Full<bytes::Bytes>>>,
+        > + Clone,
+    S::Error: std::fmt::Debug,
+{
+    origin.hold();
+    let misses = node.stats().l2_misses;
+    let (l, w, ()) = tokio::join!(
+        fetch(svc, URL, leader),
+        async {
+            origin.wait_held(1).await;
+            fetch(svc, URL, waiter).await
+        },
+        async {
+            origin.wait_held(1).await;
+            // The waiter's L2 miss is counted in the same poll in which it
+            // joins the leader: once it shows, the waiter is waiting.
+            wait_until("the waiter missed", DELIVERY, || async {
+                node.stats().l2_misses > misses + 1
+            })
+            .await;
+            origin.release();
+        }
+    );
+    let text = |b: bytes::Bytes| String::from_utf8(b.to_vec()).unwrap();
+    (text(l.1), text(w.1))
+}
+
+/// A fresh node and origin for one collapse case.
+async fn collapse_case(
+    name: &str,
+    cache_control: &str,
+    vary: &[&str],
+) -> (TestDb, C3, VersionedOrigin) {
+    let db = TestDb::new(name).await;
+    let node = db.node().await;
+    (db, node, VersionedOrigin::with(cache_control, vary, None))
+}
+
+#[tokio::test]
+async fn collapsed_requests_get_only_a_response_that_answers_them() {
+    // Vary: the waiter's selection differs, or is absent: its own request.
+    for (waiter, expected) in [
+        (&[("foo", "b")][..], "/item@v0;foo=b"),
+        (&[][..], "/item@v0;foo"),
+        (&[("foo", "")][..], "/item@v0;foo="),
+    ] {
+        let (_db, a, origin) = collapse_case("collapse_vary", "max-age=300", &["foo"]).await;
+        let svc = origin.cached(&a);
+        let (l, w) = overlapping(&a, &origin, &svc, &[("foo", "a")], waiter).await;
+        assert_eq!((l.as_str(), w.as_str()), ("/item@v0;foo=a", expected));
+        assert_eq!(origin.gets(), 2, "{expected}");
+    }
+
+    // no-cache in any letter case: every use must be validated first.
+    let (_db, a, origin) = collapse_case("collapse_nc", "max-age=300, No-CaChE", &[]).await;
+    let svc = origin.cached(&a);
+    overlapping(&a, &origin, &svc, &[], &[]).await;
+    assert_eq!(origin.gets(), 2, "the waiter validated with the origin");
+
+    // The same selection: one request upstream for both.
+    let (_db, a, origin) = collapse_case("collapse_ok", "max-age=300", &["foo"]).await;
+    let svc = origin.cached(&a);
+    let (l, w) = overlapping(&a, &origin, &svc, &[("foo", "a")], &[("foo", "a")]).await;
+    assert_eq!(
+        (l.as_str(), w.as_str()),
+        ("/item@v0;foo=a", "/item@v0;foo=a")
+    );
+    assert_eq!(origin.gets(), 1, "collapsed");
+}
