@@ -15,10 +15,14 @@
 //! `on_applied`.
 //!
 //! `get_or_load` loads from a model "source of truth" that each writer
-//! updates *before* writing the cache (as cache-aside applications do). A
-//! load writes its value back to L2 under a version of its own, which no
-//! log holds; so a node's bound is matched to the newest logged write at or
-//! below it — never a false anomaly, at worst a slightly lower floor.
+//! updates *before* writing the cache (as cache-aside applications do). So
+//! does the third kind of read, a **fill** through `begin_fill` →
+//! `Fill::store` (as the sqlx repositories and the HTTP layer do), followed
+//! by a `get`: a fill that read the source before a write and were stored
+//! after it would show up as a stale read. Loads and fills write to L2 under
+//! versions of their own, which no log holds; so a node's bound is matched
+//! to the newest logged write at or below it — never a false anomaly, at
+//! worst a slightly lower floor.
 //!
 //! Seeded and bounded: `C3_HISTORY_SECS` (default 3) and `C3_HISTORY_SEED`
 //! (default: random, printed) reproduce or lengthen a run. One variant runs
@@ -79,7 +83,7 @@ impl NodeView {
 struct Read {
     node: usize,
     task: usize,
-    /// `get` or `get_or_load`.
+    /// `get`, `get_or_load` or `fill+get`.
     op: &'static str,
     key: usize,
     bound: u64,
@@ -180,13 +184,24 @@ async fn worker(
         let roll = rng.below(100);
         if !writes || roll < 55 {
             let bound = view.bound(&name);
-            let op = if roll.is_multiple_of(2) {
-                "get"
-            } else {
-                "get_or_load"
-            };
+            let op = ["get", "get_or_load", "fill+get"][roll % 3];
             let read = if op == "get" {
                 node.get::<u64>(&name).await
+            } else if op == "fill+get" {
+                // Fence, read the source, store what it said, read back.
+                match node.begin_fill(&[&name]).await {
+                    Ok(fill) => {
+                        let read = history.source.lock().unwrap()[k];
+                        if let Some(v) = read {
+                            let ttl = Some(Duration::from_secs(5));
+                            fill.store(&name, &v, ttl, &[&format!("t{}", k % 2)])
+                                .await
+                                .expect("a valid fill");
+                        }
+                        node.get::<u64>(&name).await
+                    }
+                    Err(e) => Err(e),
+                }
             } else {
                 let history = Arc::clone(&history);
                 node.get_or_load(&name, &load_options(), move || async move {

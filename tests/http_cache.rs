@@ -828,3 +828,99 @@ async fn a_miss_streams_its_body_to_the_client_while_capturing_it() {
     assert_eq!(body, "first second", "the captured body is whole");
     assert!(cache_status(&p).contains("hit"), "{}", cache_status(&p));
 }
+
+#[tokio::test]
+async fn any_method_not_known_to_be_safe_invalidates_and_options_does_not() {
+    let db = TestDb::new("http_unsafe_ext").await;
+    let a = db.node().await;
+    let origin = Origin::new(|parts, n| {
+        if parts.method != http::Method::GET {
+            return resp(&[], "done");
+        }
+        resp(&[("cache-control", "max-age=600")], format!("v{n}"))
+    });
+    let svc = cached(&a, &origin);
+    let w = a.stats().writes;
+    fetch(&svc, URL, &[]).await;
+    stored(&a, w, 1).await;
+    // Safe: OPTIONS passes through and leaves the entry.
+    let req = http::Request::options(URL).body(Body::empty()).unwrap();
+    send(&svc, req).await;
+    assert!(cache_status(&fetch(&svc, URL, &[]).await.0).contains("hit"));
+    // Unknown methods are unsafe (RFC 9111 §4.4): a 2xx invalidates.
+    for method in ["M-SEARCH", "PURGE"] {
+        let w = a.stats().writes;
+        let (p, _) = fetch(&svc, URL, &[]).await;
+        if !cache_status(&p).contains("hit") {
+            stored(&a, w, 1).await;
+        }
+        let req = http::Request::builder()
+            .method(method)
+            .uri(URL)
+            .body(Body::empty())
+            .unwrap();
+        let (p, _) = send(&svc, req).await;
+        assert_eq!(cache_status(&p), "c3; fwd=method");
+        let (p, _) = fetch(&svc, URL, &[]).await;
+        assert!(
+            !cache_status(&p).contains("hit"),
+            "{method}: {}",
+            cache_status(&p)
+        );
+    }
+}
+
+#[tokio::test]
+async fn range_requests_are_answered_from_a_stored_complete_response() {
+    let db = TestDb::new("http_range").await;
+    let a = db.node().await;
+    let origin = Origin::new(|_, _| {
+        resp(
+            &[("cache-control", "max-age=600"), ("etag", "\"e1\"")],
+            "0123456789",
+        )
+    });
+    let svc = cached(&a, &origin);
+    let w = a.stats().writes;
+    fetch(&svc, URL, &[]).await;
+    stored(&a, w, 1).await;
+
+    let (p, body) = fetch(&svc, URL, &[("range", "bytes=2-5")]).await;
+    assert_eq!(p.status, 206);
+    assert_eq!(body, "2345");
+    assert_eq!(p.headers["content-range"], "bytes 2-5/10");
+    assert!(cache_status(&p).contains("hit"));
+    let (p, body) = fetch(&svc, URL, &[("range", "bytes=-3")]).await;
+    assert_eq!((p.status.as_u16(), &body[..]), (206, &b"789"[..]));
+    let (p, _) = fetch(&svc, URL, &[("range", "bytes=10-")]).await;
+    assert_eq!(p.status, 416);
+    assert_eq!(p.headers["content-range"], "bytes */10");
+    // Several ranges, or an If-Range that does not match: the whole body.
+    let (p, body) = fetch(&svc, URL, &[("range", "bytes=0-1,4-5")]).await;
+    assert_eq!((p.status.as_u16(), &body[..]), (200, &b"0123456789"[..]));
+    let (p, body) = fetch(&svc, URL, &[("range", "bytes=0-1"), ("if-range", "\"e0\"")]).await;
+    assert_eq!((p.status.as_u16(), &body[..]), (200, &b"0123456789"[..]));
+    let (p, body) = fetch(&svc, URL, &[("range", "bytes=0-1"), ("if-range", "\"e1\"")]).await;
+    assert_eq!((p.status.as_u16(), &body[..]), (206, &b"01"[..]));
+    assert_eq!(origin.hits(), 1, "every range came from the cache");
+
+    // An origin's 206 is passed through, never stored.
+    let partial = Origin::new(|_, _| {
+        let mut r = resp(
+            &[
+                ("cache-control", "max-age=600"),
+                ("content-range", "bytes 0-1/10"),
+            ],
+            "01",
+        );
+        *r.status_mut() = http::StatusCode::PARTIAL_CONTENT;
+        r
+    });
+    let svc = cached(&a, &partial);
+    let url = "http://app.test/partial";
+    for _ in 0..2 {
+        let (p, _) = fetch(&svc, url, &[("range", "bytes=0-1")]).await;
+        assert_eq!(p.status, 206);
+    }
+    assert_eq!(partial.hits(), 2);
+}

@@ -143,8 +143,9 @@ pub async fn stored(c3: &C3, before: u64, n: u64) {
 /// An origin holding one versioned document per path, for race tests: a GET
 /// answers `"{path}@v{version}"` (and, for each name it varies on, `;name=value`
 /// or `;name` when the request lacks it) with `ETag: "v{version}"`, a 304 to
-/// a matching `If-None-Match`, and the configured `Cache-Control`; a PUT or
-/// DELETE bumps the path's version (a write at the source). GETs can be
+/// a matching `If-None-Match`, and the configured `Cache-Control`; any other
+/// method bumps the path's version (a write at the source) and answers 200
+/// with the new version number. GETs can be
 /// *held* after they read the version — the moment a concurrent write makes
 /// their answer old.
 #[derive(Clone)]
@@ -160,6 +161,8 @@ struct Versioned {
     hold: tokio::sync::watch::Sender<bool>,
     held: AtomicUsize,
     gets: AtomicUsize,
+    /// Every write: (path, the version it made, when).
+    writes: Mutex<Vec<(String, u64, std::time::Instant)>>,
 }
 
 impl VersionedOrigin {
@@ -182,6 +185,7 @@ impl VersionedOrigin {
                 hold: tokio::sync::watch::channel(false).0,
                 held: AtomicUsize::new(0),
                 gets: AtomicUsize::new(0),
+                writes: Mutex::default(),
             }),
         }
     }
@@ -215,7 +219,23 @@ impl VersionedOrigin {
         let mut v = self.state.versions.lock().unwrap();
         let e = v.entry(path.to_owned()).or_default();
         *e += 1;
+        self.state
+            .writes
+            .lock()
+            .unwrap()
+            .push((path.to_owned(), *e, std::time::Instant::now()));
         *e
+    }
+
+    /// When the write that made `version` of `path` happened at the origin.
+    pub fn written_at(&self, path: &str, version: u64) -> Option<std::time::Instant> {
+        self.state
+            .writes
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(p, v, _)| p == path && *v == version)
+            .map(|(_, _, t)| *t)
     }
 
     pub fn version(&self, path: &str) -> u64 {
@@ -263,10 +283,11 @@ impl VersionedOrigin {
                 let (parts, _) = req.into_parts();
                 let path = parts.uri.path().to_owned();
                 if parts.method != http::Method::GET && parts.method != http::Method::HEAD {
-                    o.bump(&path);
+                    // The body says which version this write made.
+                    let v = o.bump(&path);
                     let res = Response::builder()
-                        .status(204)
-                        .body(Full::default())
+                        .status(200)
+                        .body(Full::new(Bytes::from(v.to_string())))
                         .unwrap();
                     return Ok::<_, Infallible>(res);
                 }

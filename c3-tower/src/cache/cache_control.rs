@@ -56,15 +56,64 @@ pub(crate) fn parse(headers: &HeaderMap, name: &HeaderName) -> Directives {
 
 /// The directives that govern a response in a shared cache: the c3 override
 /// if present, else `CDN-Cache-Control`, else `Cache-Control` (RFC 9213 §2.1:
-/// a targeted field replaces the general one entirely).
+/// a targeted field replaces the general one entirely). A targeted field that
+/// is not a valid RFC 8941 dictionary is ignored as if absent.
 pub(crate) fn response_directives(headers: &HeaderMap) -> Directives {
     for name in [&C3_CACHE_CONTROL, &CDN_CACHE_CONTROL] {
-        let d = parse(headers, name);
-        if d.present && !d.malformed {
+        if let Some(d) = parse_targeted(headers, name) {
             return d;
         }
     }
     parse(headers, &CACHE_CONTROL)
+}
+
+/// A targeted cache-control field (RFC 9213 §2.1): an RFC 8941 dictionary.
+/// `None` when absent or invalid. A directive whose value has the wrong type
+/// (e.g. `max-age="60"`, `no-store=3`) is ignored; `?0` turns a flag off.
+fn parse_targeted(headers: &HeaderMap, name: &HeaderName) -> Option<Directives> {
+    let mut lines = Vec::new();
+    for v in headers.get_all(name) {
+        lines.push(v.to_str().ok()?);
+    }
+    if lines.is_empty() {
+        return None;
+    }
+    let dict = super::structured::parse_dictionary(&lines.join(", "))?;
+    let mut d = Directives {
+        present: true,
+        ..Directives::default()
+    };
+    use super::structured::Item;
+    for (key, value) in dict {
+        let flag = match value {
+            Item::Boolean(b) => Some(b),
+            // `no-cache="field"`, `private="field"`: stricter, never looser.
+            Item::String(_) if key == "no-cache" || key == "private" => Some(true),
+            _ => None,
+        };
+        let secs = match value {
+            Item::Integer(n) if n >= 0 => Some((n as u64).min(MAX_DELTA)),
+            _ => None,
+        };
+        let min = |old: Option<u64>| match (old, secs) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        match key.as_str() {
+            "no-store" => d.no_store |= flag == Some(true),
+            "no-cache" => d.no_cache |= flag == Some(true),
+            "private" => d.private |= flag == Some(true),
+            "public" => d.public |= flag == Some(true),
+            "must-revalidate" => d.must_revalidate |= flag == Some(true),
+            "proxy-revalidate" => d.proxy_revalidate |= flag == Some(true),
+            "max-age" => d.max_age = min(d.max_age),
+            "s-maxage" => d.s_maxage = min(d.s_maxage),
+            "stale-while-revalidate" => d.stale_while_revalidate = min(d.stale_while_revalidate),
+            "stale-if-error" => d.stale_if_error = min(d.stale_if_error),
+            _ => {}
+        }
+    }
+    Some(d)
 }
 
 fn parse_into(s: &str, d: &mut Directives) {
@@ -226,5 +275,34 @@ mod tests {
         assert!(!d.private);
         h.insert(C3_CACHE_CONTROL, HeaderValue::from_static("no-store"));
         assert!(response_directives(&h).no_store);
+    }
+
+    #[test]
+    fn targeted_fields_are_structured_dictionaries() {
+        let targeted = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(CACHE_CONTROL, HeaderValue::from_static("max-age=5"));
+            h.insert(CDN_CACHE_CONTROL, HeaderValue::from_str(v).unwrap());
+            response_directives(&h)
+        };
+        assert_eq!(targeted("max-age=30, must-revalidate").max_age, Some(30));
+        assert!(targeted("max-age=30, must-revalidate").must_revalidate);
+        // Not a dictionary: ignored entirely, Cache-Control applies.
+        for bad in [
+            "Max-Age=30",
+            "max-age=30,",
+            "max-age=3 0",
+            "max-age==1",
+            "max-age=30, ,x",
+        ] {
+            assert_eq!(targeted(bad).max_age, Some(5), "{bad}");
+        }
+        // Valid dictionary, wrong value types: those directives are ignored.
+        let d = targeted("max-age=\"30\", no-store=3, private=?0");
+        assert_eq!(d.max_age, None);
+        assert!(!d.no_store && !d.private);
+        assert_eq!(targeted("max-age=-1").max_age, None);
+        assert!(targeted("no-cache=\"set-cookie\"").no_cache);
+        assert_eq!(targeted("").max_age, None, "an empty dictionary is valid");
     }
 }

@@ -41,6 +41,24 @@ fn heuristically_cacheable(s: StatusCode) -> bool {
     )
 }
 
+/// The `Age` of a response (RFC 9111 §5.1): of a list — several field lines,
+/// or one with commas — only the first member counts; a value that is not a
+/// non-negative integer is ignored (0); a huge one is 2^31.
+pub(crate) fn age_value(h: &HeaderMap) -> u64 {
+    let Some(first) = h
+        .get(AGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.split(',').next())
+        .map(str::trim)
+    else {
+        return 0;
+    };
+    if first.is_empty() || !first.bytes().all(|b| b.is_ascii_digit()) {
+        return 0;
+    }
+    first.parse::<u64>().map_or(1 << 31, |a| a.min(1 << 31))
+}
+
 /// µs since the Unix epoch (0 before it).
 pub(crate) fn micros(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
@@ -129,13 +147,8 @@ pub(crate) fn decide(
         None => return Err("no freshness information"),
     };
 
-    // RFC 9111 §4.2.3.
-    let age_value = res
-        .headers
-        .get(AGE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|s| s.trim().parse::<u64>().ok())
-        .unwrap_or(0);
+    // RFC 9111 §4.2.3, with §5.1's parsing of `Age`.
+    let age_value = age_value(&res.headers);
     let apparent_age = response_s.saturating_sub(date);
     let response_delay = response_time
         .duration_since(request_time)
@@ -367,6 +380,25 @@ mod tests {
         )
         .unwrap();
         assert_eq!((r.swr, r.sie, r.keep.as_secs()), (30, 60, 61));
+    }
+
+    #[test]
+    fn age_is_the_first_member_of_a_list() {
+        let age = |values: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(AGE, v.parse().unwrap());
+            }
+            age_value(&h)
+        };
+        assert_eq!(age(&["30"]), 30);
+        assert_eq!(age(&["30, 7200"]), 30);
+        assert_eq!(age(&["30", "7200"]), 30);
+        assert_eq!(age(&["-5"]), 0);
+        assert_eq!(age(&["1.5"]), 0);
+        assert_eq!(age(&["abc, 60"]), 0);
+        assert_eq!(age(&["99999999999999999999"]), 1 << 31);
+        assert_eq!(age(&[]), 0);
     }
 
     #[test]

@@ -105,6 +105,7 @@ mod serve;
 mod service;
 mod status;
 mod stored;
+mod structured;
 mod trace;
 
 use std::time::Duration;
