@@ -88,6 +88,8 @@ struct Read {
     key: usize,
     bound: u64,
     got: Option<u64>,
+    /// `History::clock` when the read started.
+    started: u64,
 }
 
 struct History {
@@ -96,6 +98,12 @@ struct History {
     source: Mutex<Vec<Option<u64>>>,
     reads: Mutex<Vec<Read>>,
     next_value: AtomicU64,
+    /// Ticks at every read start and every completed cache write, so the
+    /// checker can tell a value a load or fill took from the source *ahead*
+    /// of its writer's cache write (which completed after the read began).
+    clock: AtomicU64,
+    /// Per key, value → the tick at which its cache write completed.
+    written_at: Mutex<HashMap<(usize, u64), u64>>,
 }
 
 fn key(k: usize) -> String {
@@ -184,6 +192,7 @@ async fn worker(
         let roll = rng.below(100);
         if !writes || roll < 55 {
             let bound = view.bound(&name);
+            let started = history.clock.fetch_add(1, Ordering::SeqCst);
             let op = ["get", "get_or_load", "fill+get"][roll % 3];
             let read = if op == "get" {
                 node.get::<u64>(&name).await
@@ -217,6 +226,7 @@ async fn worker(
                     key: k,
                     bound,
                     got: got.map(|v| *v),
+                    started,
                 }),
                 // A node cut off from PostgreSQL answers with errors, not data.
                 Err(e) if !writes => assert!(e.is_l2_unavailable() || e.is_timeout(), "{e}"),
@@ -235,6 +245,10 @@ async fn worker(
                 None
             };
             let version = committed_version(&db, &name).await;
+            if let Some(v) = value {
+                let tick = history.clock.fetch_add(1, Ordering::SeqCst);
+                history.written_at.lock().unwrap().insert((k, v), tick);
+            }
             log.push((version, value));
             let mut own = view.own.lock().unwrap();
             let e = own.entry(name).or_default();
@@ -280,7 +294,20 @@ fn check(history: &History, logs: &[Log]) -> Vec<String> {
                             r.node, r.task, r.key
                         ));
                     }
-                    *seen = (*seen).max(at);
+                    // A value read from the source before its writer's cache
+                    // write completed does not raise the floor: until that
+                    // write lands, the cache rightly still holds the value
+                    // before it (cache-aside with a writer that updates the
+                    // source first). Every other read does.
+                    let ahead = history
+                        .written_at
+                        .lock()
+                        .unwrap()
+                        .get(&(r.key, w))
+                        .is_none_or(|t| *t > r.started);
+                    if !ahead {
+                        *seen = (*seen).max(at);
+                    }
                 }
             },
             None => {
@@ -316,6 +343,8 @@ async fn run(name: &str, flapping: bool) {
         reads: Mutex::new(Vec::new()),
         source: Mutex::new(vec![None; KEYS]),
         next_value: AtomicU64::new(1),
+        clock: AtomicU64::new(0),
+        written_at: Mutex::new(HashMap::new()),
     });
     let until = Instant::now() + duration;
     let stop = Arc::new(AtomicBool::new(false));
