@@ -9,11 +9,20 @@
 //! ## Layout
 //!
 //! * `cache` — the middleware, one file per piece as in tower-http:
-//!   `layer` ([`C3CacheLayer`]), `service` ([`C3Cache`] and the request
-//!   flows), `future` ([`ResponseFuture`]), `body` ([`C3Body`]), and the
-//!   policy pieces: `policy`, `key` (cache keys), `cache_control` (directive
-//!   parsing), `freshness` (storability, lifetime, age), `stored` (the stored
-//!   form of a response).
+//!   `layer` ([`C3CacheLayer`]), `service` ([`C3Cache`]: only the `Service`
+//!   impl, routing each request to its flow), `future` ([`ResponseFuture`]),
+//!   `body` ([`C3Body`]);
+//! * the flows, each in its file: `lookup` (GET/HEAD: find and decide),
+//!   `miss` (collapse, forward, fenced store), `revalidate` (conditional
+//!   requests, 304 refreshes, background revalidation), `invalidate` (unsafe
+//!   methods), `serve` (answering from a stored response: 304, ranges);
+//!   `context` holds the request context they share;
+//! * the policy pieces: `reuse` (the one decision whether a stored response
+//!   may answer a request), `policy`, `key` (cache keys and Vary
+//!   selections), `cache_control` (directive parsing), `structured` (RFC 8941
+//!   dictionaries), `freshness` (storability, lifetime, age), `stored` (the
+//!   stored form of a response), `status` (`Cache-Status`), `trace` (the
+//!   `c3.http` span).
 
 pub mod cache;
 

@@ -13,7 +13,10 @@
 //! * Freshness from `s-maxage`, `max-age`, or `Expires` − `Date`, taking `Age`
 //!   and the request's round-trip time into account (RFC 9111 §4.2). A
 //!   `C3-Cache-Control` header (removed before the response leaves) or
-//!   `CDN-Cache-Control` (RFC 9213) replaces `Cache-Control` for the cache.
+//!   `CDN-Cache-Control` (RFC 9213) replaces `Cache-Control` for the cache;
+//!   these targeted fields are RFC 8941 dictionaries, and one that does not
+//!   parse as one is ignored entirely. Of an `Age` list, the first member
+//!   counts (RFC 9111 §5.1).
 //!   Heuristic freshness only when [`C3CacheLayer::heuristic_freshness`] is on.
 //! * Never stored: `no-store` (request or response), `private`, `Vary: *`,
 //!   `Set-Cookie` (unless [`C3CacheLayer::store_set_cookie`], which stores the
@@ -22,12 +25,32 @@
 //!   `must-revalidate` (RFC 9111 §3.5) — and a stored response is served to a
 //!   request with `Authorization` only under the same condition.
 //! * `Vary`: each variant is keyed by the values of the nominated request
-//!   headers; no other request header ever affects the key.
+//!   headers (an absent header differs from an empty one); no other request
+//!   header ever affects the key. A stored variant records the selection it
+//!   was stored for, and answers only requests with the same one.
+//! * **What is stored is a fill, never a plain write.** The fence is taken
+//!   ([`C3::begin_fill`](c3_core::C3::begin_fill)) when the request goes
+//!   upstream; the response (and a Vary marker, and a 304's refresh) is
+//!   stored only if nothing invalidated the URI, the entry or any of its
+//!   surrogate keys since — on any replica, heard of here or not, and also
+//!   if nothing was stored for the URI at the time. So a GET that reached the
+//!   origin before another replica's PUT never puts its older body back.
+//! * `206` responses from the origin pass through unstored (RFC 9111 §3.3
+//!   allows storing incomplete responses; c3 does not, so it never has to
+//!   combine them, §3.4).
 //!
 //! # Serving
 //!
 //! * Fresh hits carry `Age` and `Cache-Status: c3; hit; ttl=N; detail=l1|l2`.
+//! * Every answer from a stored response — an L1 or L2 hit, a request that
+//!   waited for another's miss, a 304-refreshed response — is first allowed
+//!   by one decision (`reuse`): the Vary selection, credentials, freshness and
+//!   the request's own `max-age`/`min-fresh`/`max-stale`/`no-cache`.
 //! * `If-None-Match` / `If-Modified-Since` matching a stored response get `304`.
+//! * `Range` requests are answered from a stored complete `200`: one byte
+//!   range as `206` with `Content-Range`, `416` when no byte of it exists;
+//!   several ranges, other units or an `If-Range` that does not match get the
+//!   whole `200` (RFC 9110 §14; multipart answers are optional).
 //! * Stale entries are revalidated upstream with their validators; a `304`
 //!   updates the stored headers (RFC 9111 §4.3.4). `no-cache` always
 //!   revalidates; `must-revalidate`/`proxy-revalidate`/`s-maxage` never serve stale.
@@ -35,16 +58,21 @@
 //!   background (once per node); `stale-if-error` serves it when upstream
 //!   answers 5xx or fails (RFC 5861).
 //! * Concurrent misses for one key on one node send one request upstream; the
-//!   others are answered from its stored result (`detail=collapsed`).
+//!   others are answered from its stored result (`detail=collapsed`) if it
+//!   may answer them, and go upstream on their own otherwise.
+//! * Interim `1xx` responses are not forwarded: hyper's server sends
+//!   `100 Continue` itself and gives a service no way to send others.
 //! * A miss is streamed to the client as it arrives while being captured for
 //!   the cache; bodies over [`C3CacheLayer::max_body_bytes`] stream through
 //!   uncached, never buffered whole.
 //!
 //! # Invalidation
 //!
-//! A successful `POST`/`PUT`/`PATCH`/`DELETE` invalidates its target URI and
-//! the same-origin URIs in `Location`/`Content-Location` on every node
-//! (RFC 9111 §4.4). Responses may tag themselves with `Surrogate-Key`
+//! A non-error (2xx/3xx) response to any method not known to be safe —
+//! `POST`, `PUT`, `PATCH`, `DELETE`, and extension methods such as
+//! `M-SEARCH` or `PURGE` — invalidates its target URI and the same-origin
+//! URIs in `Location`/`Content-Location` on every node (RFC 9111 §4.4);
+//! `OPTIONS` and `TRACE` pass through. Responses may tag themselves with `Surrogate-Key`
 //! (space-separated) or `Cache-Tag` (comma-separated); [`invalidate_tag`]
 //! removes every response with a tag, cluster-wide; [`invalidate_uri`] does so
 //! for one URI and all its variants. A handler answering a successful write
