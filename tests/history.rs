@@ -37,27 +37,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use c3::core::C3;
-use support::TestDb;
 use support::proxy::FaultProxy;
+use support::{Rng, TestDb};
 
 const KEYS: usize = 8;
-
-/// splitmix64: small, seedable, good enough to pick operations.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
 
 /// One key's committed history: (version, value written or `None` for a delete).
 type Log = Vec<(u64, Option<u64>)>;
@@ -115,15 +98,7 @@ fn settings() -> (Duration, u64) {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(3);
-    let seed = std::env::var("C3_HISTORY_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
+    let seed = support::seed_from("C3_HISTORY_SEED");
     (Duration::from_secs(secs), seed)
 }
 

@@ -28,27 +28,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use axum::body::Body;
-use support::TestDb;
 use support::web::{VersionedOrigin, fetch, send};
+use support::{Rng, TestDb};
 
 const PATHS: usize = 4;
-
-/// splitmix64.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
 
 /// One answered GET.
 struct Answer {
@@ -70,15 +53,7 @@ struct Log {
 }
 
 fn settings() -> (u64, usize) {
-    let seed = std::env::var("C3_DIFF_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
+    let seed = support::seed_from("C3_DIFF_SEED");
     let ops = std::env::var("C3_DIFF_OPS")
         .ok()
         .and_then(|s| s.parse().ok())

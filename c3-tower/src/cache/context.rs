@@ -4,8 +4,10 @@
 use std::future::poll_fn;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use http::header::{CACHE_CONTROL, PRAGMA};
-use http::{HeaderMap, Response, request};
+use http::{HeaderMap, Request, Response, request};
+use http_body::Body;
 use tower_service::Service;
 
 use super::body::C3Body;
@@ -61,6 +63,34 @@ pub(crate) fn forwarded<B>(res: Response<B>, status: CacheStatus) -> Response<C3
         .append(CACHE_STATUS, status.header_value());
     res
 }
+
+/// The inner service, as the caching flows need it: clonable (a background
+/// revalidation takes a clone) and sendable to a task.
+pub(crate) trait Upstream<ReqBody, ResBody>:
+    Service<Request<ReqBody>, Response = Response<ResBody>, Future: Send, Error: Send>
+    + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<T, ReqBody, ResBody> Upstream<ReqBody, ResBody> for T where
+    T: Service<Request<ReqBody>, Response = Response<ResBody>, Future: Send, Error: Send>
+        + Clone
+        + Send
+        + 'static
+{
+}
+
+/// A response body the cache can capture and replay.
+pub(crate) trait CacheBody: Body<Data = Bytes, Error: Send> + Send + 'static {}
+
+impl<T> CacheBody for T where T: Body<Data = Bytes, Error: Send> + Send + 'static {}
+
+/// A request body: `Default` for the conditional requests the cache sends.
+pub(crate) trait RequestBody: Default + Send + 'static {}
+
+impl<T> RequestBody for T where T: Default + Send + 'static {}
 
 /// Calls a service that may not have been polled ready yet.
 pub(crate) async fn call_ready<S, R>(svc: &mut S, req: R) -> Result<S::Response, S::Error>

@@ -4,13 +4,10 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use http::{HeaderMap, Request, Response};
-use http_body::Body;
-use tower_service::Service;
 
 use super::body::C3Body;
-use super::context::{Ctx, forwarded, request_directives};
+use super::context::{CacheBody, Ctx, RequestBody, Upstream, forwarded, request_directives};
 use super::key::{RequestUri, selection, variant_key};
 use super::policy::Policy;
 use super::reuse::{self, Reuse};
@@ -41,13 +38,10 @@ pub(crate) async fn lookup<S, P, ReqBody, ResBody>(
     req: Request<ReqBody>,
 ) -> Result<Response<C3Body<ResBody>>, S::Error>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
+    S: Upstream<ReqBody, ResBody>,
     P: Policy,
-    ReqBody: Default + Send + 'static,
-    ResBody: Body<Data = Bytes> + Send + 'static,
-    ResBody::Error: Send,
+    ReqBody: RequestBody,
+    ResBody: CacheBody,
 {
     let (parts, body) = req.into_parts();
     let c3 = &shared.c3;
@@ -91,13 +85,10 @@ async fn answer<S, P, ReqBody, ResBody>(
     tier: &'static str,
 ) -> Result<Response<C3Body<ResBody>>, S::Error>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
+    S: Upstream<ReqBody, ResBody>,
     P: Policy,
-    ReqBody: Default + Send + 'static,
-    ResBody: Body<Data = Bytes> + Send + 'static,
-    ResBody::Error: Send,
+    ReqBody: RequestBody,
+    ResBody: CacheBody,
 {
     match reuse::decide(&stored, &ctx.parts, &ctx.dirs, ctx.now_us()) {
         Reuse::Fresh { age, ttl } => Ok(serve(

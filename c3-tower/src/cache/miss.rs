@@ -245,21 +245,14 @@ where
         let Ok(body) = done.await else {
             return; // not read to the end, or too large: nothing stored
         };
-        let stored = Arc::new(StoredResponse {
-            status: code,
-            headers: stored_headers,
+        let stored = Arc::new(StoredResponse::new(
+            code,
+            stored_headers,
             body,
-            response_time_us: micros(response_time),
-            initial_age: storage.initial_age,
-            lifetime: storage.lifetime,
-            swr: storage.swr,
-            sie: storage.sie,
-            must_revalidate: storage.must_revalidate,
-            no_cache: storage.no_cache,
-            auth_ok: storage.auth_ok,
-            vary: storage.vary.clone(),
+            micros(response_time),
+            &storage,
             selected,
-        });
+        ));
         // Waiters only get a response that is now the cache's: one the fence
         // refused may predate a write they must see.
         let kept = store_entry(&shared, &fill, &uri, key, &storage, Arc::clone(&stored)).await;

@@ -90,21 +90,18 @@ mod tests {
     use http::{HeaderMap, Request, StatusCode};
 
     fn stored(lifetime: u64) -> StoredResponse {
-        StoredResponse {
-            status: StatusCode::OK,
-            headers: HeaderMap::new(),
-            body: Bytes::new(),
-            response_time_us: 0,
-            initial_age: 0,
+        let storage = crate::cache::freshness::Storage {
             lifetime,
-            swr: 0,
-            sie: 0,
-            must_revalidate: false,
-            no_cache: false,
-            auth_ok: false,
-            vary: Vec::new(),
-            selected: String::new(),
-        }
+            ..Default::default()
+        };
+        StoredResponse::new(
+            StatusCode::OK,
+            HeaderMap::new(),
+            Bytes::new(),
+            0,
+            &storage,
+            String::new(),
+        )
     }
 
     fn req(headers: &[(&str, &str)]) -> request::Parts {

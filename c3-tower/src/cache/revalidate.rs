@@ -18,7 +18,7 @@ use tower_service::Service;
 
 use super::body::C3Body;
 use super::cache_control::Directives;
-use super::context::{Ctx, call_ready};
+use super::context::{CacheBody, Ctx, RequestBody, Upstream, call_ready};
 use super::freshness::{self, Storage, micros};
 use super::miss::{HOP_BY_HOP, LeaderGuard, get_parts, store_entry, store_response};
 use super::policy::Policy;
@@ -121,13 +121,10 @@ pub(crate) fn in_background<S, P, ReqBody, ResBody>(
     key: String,
     stored: Arc<StoredResponse>,
 ) where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
+    S: Upstream<ReqBody, ResBody>,
     P: Policy,
-    ReqBody: Default + Send + 'static,
-    ResBody: Body<Data = Bytes> + Send + 'static,
-    ResBody::Error: Send,
+    ReqBody: RequestBody,
+    ResBody: CacheBody,
 {
     let Some(guard) = LeaderGuard::try_lead(&ctx.shared, format!("{key} revalidate")) else {
         return;
@@ -245,22 +242,15 @@ fn refreshed(
     let mut headers = synth.headers;
     headers.remove(header::AGE);
     Some((
-        StoredResponse {
-            status: stored.status,
+        // The selection the stored response was chosen by still holds.
+        StoredResponse::new(
+            stored.status,
             headers,
-            body: stored.body.clone(),
-            response_time_us: micros(response_time),
-            initial_age: storage.initial_age,
-            lifetime: storage.lifetime,
-            swr: storage.swr,
-            sie: storage.sie,
-            must_revalidate: storage.must_revalidate,
-            no_cache: storage.no_cache,
-            auth_ok: storage.auth_ok,
-            // The selection the stored response was chosen by still holds.
-            vary: stored.vary.clone(),
-            selected: stored.selected.clone(),
-        },
+            stored.body.clone(),
+            micros(response_time),
+            &storage,
+            stored.selected.clone(),
+        ),
         storage,
     ))
 }

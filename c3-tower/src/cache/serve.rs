@@ -230,21 +230,18 @@ mod tests {
     fn stored(body: &'static [u8]) -> StoredResponse {
         let mut headers = HeaderMap::new();
         headers.insert(header::ETAG, HeaderValue::from_static("\"v1\""));
-        StoredResponse {
-            status: StatusCode::OK,
-            headers,
-            body: Bytes::from_static(body),
-            response_time_us: 0,
-            initial_age: 0,
+        let storage = crate::cache::freshness::Storage {
             lifetime: 60,
-            swr: 0,
-            sie: 0,
-            must_revalidate: false,
-            no_cache: false,
-            auth_ok: false,
-            vary: Vec::new(),
-            selected: String::new(),
-        }
+            ..Default::default()
+        };
+        StoredResponse::new(
+            StatusCode::OK,
+            headers,
+            Bytes::from_static(body),
+            0,
+            &storage,
+            String::new(),
+        )
     }
 
     fn ranged(range: &str, if_range: Option<&str>) -> Option<Ranged> {

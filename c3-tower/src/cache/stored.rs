@@ -54,6 +54,33 @@ pub(crate) struct StoredResponse {
 }
 
 impl StoredResponse {
+    /// A response received at `response_time_us`, with the storage decided
+    /// for it and the Vary selection of the request that got it.
+    pub(crate) fn new(
+        status: StatusCode,
+        headers: HeaderMap,
+        body: Bytes,
+        response_time_us: u64,
+        storage: &super::freshness::Storage,
+        selected: String,
+    ) -> Self {
+        StoredResponse {
+            status,
+            headers,
+            body,
+            response_time_us,
+            initial_age: storage.initial_age,
+            lifetime: storage.lifetime,
+            swr: storage.swr,
+            sie: storage.sie,
+            must_revalidate: storage.must_revalidate,
+            no_cache: storage.no_cache,
+            auth_ok: storage.auth_ok,
+            vary: storage.vary.clone(),
+            selected,
+        }
+    }
+
     /// RFC 9111 §4.2.3 `current_age`, in seconds.
     pub(crate) fn age(&self, now_us: u64) -> u64 {
         self.initial_age + now_us.saturating_sub(self.response_time_us) / 1_000_000
