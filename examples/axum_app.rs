@@ -140,10 +140,12 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     };
 
     let (url, _) = common::database_url();
-    let pg: tokio_postgres::Config = url.parse().map_err(|e| format!("DATABASE_URL: {e}"))?;
+    // The URL's sslmode/sslrootcert decide TLS, as for c3's own connections.
+    let (pg, tls) =
+        c3::core::tls::connect_config(&url).map_err(|e| format!("DATABASE_URL: {e}"))?;
     let manager = Manager::from_config(
         pg,
-        tokio_postgres::NoTls,
+        tls,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },

@@ -92,8 +92,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 async fn two_nodes() -> Result<(C3, C3, String), c3::Error> {
-    let url = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let explicit = std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty());
+    let url = explicit
+        .clone()
+        .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".into());
     let pg = |url: &str| {
         C3::builder()
             .postgres(url)
@@ -103,8 +105,14 @@ async fn two_nodes() -> Result<(C3, C3, String), c3::Error> {
     match pg(&url).build().await {
         Ok(a) => {
             let b = pg(&url).build().await?;
-            Ok((a, b, format!("PostgreSQL ({})", redact(&url))))
+            let tls = match tls_version(&url).await {
+                Some(v) => format!("over TLS ({v})"),
+                None => "without TLS".to_owned(),
+            };
+            Ok((a, b, format!("PostgreSQL ({}), {tls}", redact(&url))))
         }
+        // A database the user named must work: no silent fallback.
+        Err(e) if explicit.is_some() => Err(e),
         Err(e) => {
             println!("PostgreSQL not reachable ({e}); using the in-memory backend");
             let db = MemoryServer::new();
@@ -113,6 +121,22 @@ async fn two_nodes() -> Result<(C3, C3, String), c3::Error> {
             Ok((a, b, "in-memory".into()))
         }
     }
+}
+
+/// The TLS version of a connection made the way c3 makes them (the URL's
+/// `sslmode`/`sslrootcert`), as PostgreSQL reports it; `None` for plaintext.
+async fn tls_version(url: &str) -> Option<String> {
+    let (config, tls) = c3::core::tls::connect_config(url).ok()?;
+    let (client, conn) = config.connect(tls).await.ok()?;
+    tokio::spawn(conn);
+    let row = client
+        .query_opt(
+            "SELECT version FROM pg_stat_ssl WHERE pid = pg_backend_pid() AND ssl",
+            &[],
+        )
+        .await
+        .ok()??;
+    row.try_get(0).ok()
 }
 
 fn redact(url: &str) -> String {

@@ -63,7 +63,10 @@ impl Env {
     }
 
     pub(crate) async fn pg(&self) -> tokio_postgres::Client {
-        let (client, conn) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
+        let (config, tls) = c3::core::tls::connect_config(&self.url)
+            .unwrap_or_else(|e| panic!("PostgreSQL at {}: {e}", self.url));
+        let (client, conn) = config
+            .connect(tls)
             .await
             .unwrap_or_else(|e| panic!("PostgreSQL at {}: {e}", self.url));
         tokio::spawn(conn);

@@ -1,7 +1,6 @@
 //! [`C3Builder`]: every setting of a cache, with defaults that suit a small
 //! service, checked once in [`build`](C3Builder::build).
 
-use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,7 +26,7 @@ const MAX_DERIVED_IDENT: usize = 40;
 
 enum Source {
     Unset,
-    Postgres(Box<tokio_postgres::Config>),
+    Postgres(Box<(tokio_postgres::Config, crate::tls::TlsSettings)>),
     Pool(deadpool_postgres::Pool),
     Memory(MemoryServer),
 }
@@ -55,7 +54,10 @@ pub type FillHook = Arc<
 #[must_use = "a builder does nothing until build() is called"]
 pub struct C3Builder {
     source: Source,
-    listener_config: Option<tokio_postgres::Config>,
+    listener_config: Option<(tokio_postgres::Config, crate::tls::TlsSettings)>,
+    /// Set by `listen_postgres`: the listener URL is not `postgres`'s.
+    listener_explicit: bool,
+    tls_config: Option<Arc<rustls::ClientConfig>>,
     /// The first invalid setting, reported by `build`.
     pub(crate) error: Option<String>,
     pub(crate) l1_max_bytes: u64,
@@ -93,6 +95,8 @@ impl Default for C3Builder {
         C3Builder {
             source: Source::Unset,
             listener_config: None,
+            listener_explicit: false,
+            tls_config: None,
             error: None,
             l1_max_bytes: 64 * 1024 * 1024,
             l1: L1Settings::default(),
@@ -265,18 +269,47 @@ impl C3Builder {
 
     /// Uses PostgreSQL at `url` (`postgres://user@host:port/db` or a libpq
     /// key=value string) for L2 and for the LISTEN connection.
+    ///
+    /// TLS follows libpq: `sslmode` (`disable`, `prefer` — the default —,
+    /// `require`, `verify-ca`, `verify-full`), `sslrootcert` (a PEM file or
+    /// `system`), `sslcert`/`sslkey`, or the `PGSSLMODE`… variables; see
+    /// [`tls`](crate::tls) for exactly what each mode verifies.
     pub fn postgres(mut self, url: &str) -> Self {
-        match tokio_postgres::Config::from_str(url) {
-            Ok(cfg) => {
-                self.listener_config = Some(cfg.clone());
+        match crate::tls::parse(url) {
+            Ok(parsed) => {
+                if !self.listener_explicit {
+                    self.listener_config = Some(parsed.clone());
+                }
                 if !matches!(self.source, Source::Pool(_)) {
-                    self.source = Source::Postgres(Box::new(cfg));
+                    self.source = Source::Postgres(Box::new(parsed));
                 }
             }
-            Err(e) => {
-                self.fail(format!("invalid PostgreSQL URL: {e}"));
-            }
+            Err(e) => self.fail(e),
         }
+        self
+    }
+
+    /// Uses `url` for the LISTEN connection only, while L2 queries use
+    /// [`postgres`](Self::postgres)'s URL or [`pool`](Self::pool) — e.g. the
+    /// pool through PgBouncer in transaction mode, LISTEN direct to
+    /// PostgreSQL (LISTEN cannot work through a transaction pooler).
+    pub fn listen_postgres(mut self, url: &str) -> Self {
+        match crate::tls::parse(url) {
+            Ok(parsed) => {
+                self.listener_config = Some(parsed);
+                self.listener_explicit = true;
+            }
+            Err(e) => self.fail(format!("listener URL: {e}")),
+        }
+        self
+    }
+
+    /// Secures the PostgreSQL connections with this rustls configuration
+    /// instead of the one c3 derives from `sslmode`/`sslrootcert`/… (client
+    /// certificates, another verifier, pinned roots). The URL's `sslmode`
+    /// still decides whether TLS is used: `disable`, `prefer` or required.
+    pub fn tls_config(mut self, config: rustls::ClientConfig) -> Self {
+        self.tls_config = Some(Arc::new(config));
         self
     }
 
@@ -522,31 +555,31 @@ impl C3Builder {
                 Backend::Memory(MemoryBackend::new(server))
             }
             Source::Postgres(_) | Source::Pool(_) => {
-                let Some(mut listen_cfg) = self.listener_config.clone() else {
+                let Some((mut listen_cfg, listen_tls)) = self.listener_config.clone() else {
                     return Err(Error::config(
                         "a pool was given but no URL for the LISTEN connection: also call .postgres(url)",
                     ));
                 };
-                let owns_pool = matches!(self.source, Source::Postgres(_));
-                let pool = match self.source {
-                    Source::Pool(pool) => pool,
-                    Source::Postgres(cfg) => build_pool(
-                        {
-                            let mut cfg = *cfg;
-                            let app: String =
-                                format!("c3-pool {node_id}").chars().take(63).collect();
-                            cfg.application_name(&app);
-                            cfg
-                        },
-                        &PoolSettings {
+                let custom_tls = self.tls_config.as_ref();
+                let (pool, pool_ssl) = match self.source {
+                    Source::Pool(pool) => (pool, None),
+                    Source::Postgres(parsed) => {
+                        let (mut cfg, tls) = *parsed;
+                        let app: String = format!("c3-pool {node_id}").chars().take(63).collect();
+                        cfg.application_name(&app);
+                        let connector = tls
+                            .connector(custom_tls, "the pool")
+                            .map_err(Error::config)?;
+                        let settings = PoolSettings {
                             max_size: self.pool_size,
                             wait_timeout: self.op_timeout,
                             connect_timeout: self.connect_timeout,
-                        },
-                    )?,
+                        };
+                        (build_pool(cfg, connector, &settings)?, Some(tls.mode))
+                    }
                     _ => unreachable!("matched above"),
                 };
-                let pg = PgBackend::new(pool, owns_pool, &self.schema, &self.table, &self.channel);
+                let pg = PgBackend::new(pool, pool_ssl, &self.schema, &self.table, &self.channel);
                 bounded(
                     "migrate",
                     self.connect_timeout + self.op_timeout,
@@ -572,6 +605,10 @@ impl C3Builder {
                     heartbeat_timeout: self.heartbeat_timeout,
                     backoff_min: self.backoff.0,
                     backoff_max: self.backoff.1,
+                    tls: listen_tls
+                        .connector(custom_tls, "the LISTEN connection")
+                        .map_err(Error::config)?,
+                    ssl_mode: listen_tls.mode,
                 };
                 let mut state = coherency.subscribe();
                 tasks.push(tokio::spawn(listener::run_postgres(

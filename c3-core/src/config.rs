@@ -3,7 +3,8 @@
 //!
 //! | variable | meaning | example |
 //! |---|---|---|
-//! | `C3_DATABASE_URL` (else `DATABASE_URL`) | PostgreSQL for L2 and LISTEN | `postgres://app@db/app` |
+//! | `C3_DATABASE_URL` (else `DATABASE_URL`) | PostgreSQL for L2 and LISTEN; libpq's `sslmode`/`sslrootcert`/`sslcert`/`sslkey` (or `PGSSLMODE`…) decide TLS | `postgres://app@db/app?sslmode=verify-full` |
+//! | `C3_LISTEN_DATABASE_URL` | a different URL for the LISTEN connection only (the pool may go through a transaction pooler; LISTEN cannot) | `postgres://app@db-direct/app` |
 //! | `C3_L1_MAX_BYTES` | L1 capacity; `K`/`M`/`G` suffixes (binary) | `256M` |
 //! | `C3_L1_POLICY` | `tinylfu` or `lru` | `lru` |
 //! | `C3_L1_TTL` | longest life of an L1 copy, or `none` | `30s` |
@@ -101,6 +102,9 @@ fn apply(b: &mut C3Builder, get: &impl Fn(&str) -> Option<String>) -> Result<C3B
     let var = |name: &str| get(name).filter(|v| !v.trim().is_empty());
     if let Some(url) = var("C3_DATABASE_URL").or_else(|| var("DATABASE_URL")) {
         out = out.postgres(&url);
+    }
+    if let Some(url) = var("C3_LISTEN_DATABASE_URL") {
+        out = out.listen_postgres(&url);
     }
     if let Some(v) = var("C3_L1_MAX_BYTES") {
         let bytes = parse_bytes(&v)

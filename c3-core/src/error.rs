@@ -27,6 +27,10 @@ pub enum ErrorKind {
     Backend,
     /// The builder or the environment held an invalid setting.
     Config,
+    /// A TLS handshake with PostgreSQL failed; the message says for which
+    /// connection, under which `sslmode`, and which check failed (host name,
+    /// chain, validity) — or that the server does not offer TLS.
+    Tls,
     /// The L2 circuit breaker is open, so L2 was not called.
     CircuitOpen,
     /// A loader passed to `get_or_load` failed and no stale value could be served.
@@ -81,14 +85,19 @@ pub(crate) enum Repr {
         #[source]
         source: tokio_postgres::Error,
     },
-    #[error("could not get a PostgreSQL connection from the pool for `{op}`: {source}")]
+    #[error("could not get a PostgreSQL connection from the pool for `{op}`: {detail}")]
     Pool {
         op: &'static str,
+        /// The error and its causes: tokio-postgres says only "db error"
+        /// until one looks at its source, which holds the server's reason.
+        detail: String,
         #[source]
         source: deadpool_postgres::PoolError,
     },
     #[error("invalid configuration: {0}")]
     Config(String),
+    #[error("{0}")]
+    Tls(String),
     #[error("the L2 circuit breaker is open; L2 was not called")]
     CircuitOpen,
     #[error("loader failed: {0}")]
@@ -117,8 +126,22 @@ impl Error {
         Error::new(Repr::Postgres { op, source })
     }
 
+    pub(crate) fn tls(detail: String) -> Self {
+        Error::new(Repr::Tls(detail))
+    }
+
     pub(crate) fn pool(op: &'static str, source: deadpool_postgres::PoolError) -> Self {
-        Error::new(Repr::Pool { op, source })
+        let mut detail = source.to_string();
+        let mut cause = std::error::Error::source(&source);
+        while let Some(c) = cause {
+            let text = c.to_string();
+            if !detail.contains(&text) {
+                detail.push_str(": ");
+                detail.push_str(&text);
+            }
+            cause = c.source();
+        }
+        Error::new(Repr::Pool { op, detail, source })
     }
 
     /// Wraps a loader's error so it can travel through `get_or_load`.
@@ -141,6 +164,7 @@ impl Error {
             Repr::Timeout { .. } => ErrorKind::Timeout,
             Repr::Postgres { .. } | Repr::Pool { .. } => ErrorKind::Backend,
             Repr::Config(_) => ErrorKind::Config,
+            Repr::Tls(_) => ErrorKind::Tls,
             Repr::CircuitOpen => ErrorKind::CircuitOpen,
             Repr::Loader(_) => ErrorKind::Loader,
             Repr::Shutdown => ErrorKind::Shutdown,
@@ -166,6 +190,12 @@ impl Error {
         self.kind() == ErrorKind::Backend
     }
 
+    /// A TLS handshake with PostgreSQL failed (see [`ErrorKind::Tls`]).
+    #[must_use]
+    pub fn is_tls(&self) -> bool {
+        self.kind() == ErrorKind::Tls
+    }
+
     /// Whether the failure came from L2's availability (timeout, backend error or
     /// an open breaker) rather than from the caller's input. Such failures count
     /// towards the L2 circuit breaker.
@@ -173,7 +203,7 @@ impl Error {
     pub fn is_l2_unavailable(&self) -> bool {
         matches!(
             self.kind(),
-            ErrorKind::Timeout | ErrorKind::Backend | ErrorKind::CircuitOpen
+            ErrorKind::Timeout | ErrorKind::Backend | ErrorKind::Tls | ErrorKind::CircuitOpen
         )
     }
 

@@ -72,6 +72,8 @@
 //! * `telemetry` — the tracing spans (`c3.get`, `c3.l2`, …) and the
 //!   OpenTelemetry metrics (instruments listed on [`C3Builder::meter`]).
 //! * `otlp` — one-call OTLP export (feature `otlp`).
+//! * [`tls`] — TLS to PostgreSQL: libpq's `sslmode` on rustls, and
+//!   [`tls::connect_config`] for pools the application builds itself.
 //! * `codec` — [`Codec`]: how values are encoded in L2 (JSON, MessagePack,
 //!   postcard, each optionally LZ4-compressed; `absent`).
 //! * `key`, `clock`, `stats`, `error` — key rules, injectable time, counters, errors.
@@ -101,6 +103,7 @@ pub mod otlp;
 mod protocol;
 mod stats;
 mod telemetry;
+pub mod tls;
 
 pub use backend::memory::MemoryServer;
 pub use breaker::{BreakerConfig, BreakerState};

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep, sleep_until};
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 use tracing::{debug, warn};
 
 use crate::coherency::{Coherency, ListenerState};
@@ -30,7 +30,7 @@ use crate::key::quote_ident;
 use crate::stats::Counters;
 
 /// Settings for the Postgres listener task.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct ListenerSettings {
     pub(crate) channel: String,
     pub(crate) heartbeat_channel: String,
@@ -39,6 +39,9 @@ pub(crate) struct ListenerSettings {
     pub(crate) heartbeat_timeout: Duration,
     pub(crate) backoff_min: Duration,
     pub(crate) backoff_max: Duration,
+    /// How the LISTEN connection is secured (see `crate::tls`).
+    pub(crate) tls: tokio_postgres_rustls::MakeRustlsConnect,
+    pub(crate) ssl_mode: crate::tls::SslMode,
 }
 
 enum Event {
@@ -103,11 +106,16 @@ async fn connect(
     config: &tokio_postgres::Config,
     settings: &ListenerSettings,
 ) -> Result<(tokio_postgres::Client, mpsc::Receiver<Event>), String> {
-    let (client, mut connection) =
-        tokio::time::timeout(settings.connect_timeout, config.connect(NoTls))
-            .await
-            .map_err(|_| format!("connect timed out after {:?}", settings.connect_timeout))?
-            .map_err(|e| format!("connect failed: {e}"))?;
+    let (client, mut connection) = tokio::time::timeout(
+        settings.connect_timeout,
+        config.connect(settings.tls.clone()),
+    )
+    .await
+    .map_err(|_| format!("connect timed out after {:?}", settings.connect_timeout))?
+    .map_err(|e| {
+        crate::tls::describe("the LISTEN connection", settings.ssl_mode, &e)
+            .unwrap_or_else(|| format!("connect failed: {e}"))
+    })?;
     // Bounded: if the engine falls behind, the driver stops reading the socket
     // and PostgreSQL buffers for us, instead of this process growing without
     // bound during a notification flood.

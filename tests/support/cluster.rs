@@ -42,6 +42,111 @@ fn bindir() -> PathBuf {
 
 impl Cluster {
     pub fn start(name: &str) -> Cluster {
+        Self::start_with(name, |_| {})
+    }
+
+    /// A cluster that accepts TLS connections only, with a server
+    /// certificate for `localhost` and `127.0.0.1` signed by a CA made for
+    /// the test (the `openssl` command). Returns it and the CA's PEM file.
+    pub fn start_tls(name: &str) -> (Cluster, PathBuf) {
+        let mut ca = PathBuf::new();
+        let c = Self::start_with(name, |c| {
+            let data = PathBuf::from(c.data());
+            let dir = &c.dir;
+            let openssl = |args: &[&str]| {
+                let out = Command::new("openssl")
+                    .args(args)
+                    .current_dir(dir)
+                    .output()
+                    .expect("the openssl command (Debian package openssl)");
+                assert!(
+                    out.status.success(),
+                    "openssl {args:?}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            };
+            openssl(&[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=c3 test CA",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+            ]);
+            openssl(&[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                "/CN=localhost",
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+            ]);
+            std::fs::write(
+                dir.join("san.ext"),
+                "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+            )
+            .unwrap();
+            openssl(&[
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                "san.ext",
+                "-out",
+                "server.pem",
+            ]);
+            for f in ["server.pem", "server.key"] {
+                std::fs::copy(dir.join(f), data.join(f)).unwrap();
+            }
+            let mut conf = std::fs::read_to_string(data.join("postgresql.conf")).unwrap();
+            conf.push_str(
+                "\nssl = on\nssl_cert_file = 'server.pem'\nssl_key_file = 'server.key'\n",
+            );
+            std::fs::write(data.join("postgresql.conf"), conf).unwrap();
+            // TLS or nothing over TCP.
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostnossl all all 0.0.0.0/0 reject\n",
+            )
+            .unwrap();
+            if c.as_postgres {
+                let ok = Command::new("chown")
+                    .args(["-R", "postgres"])
+                    .arg(&data)
+                    .status()
+                    .is_ok_and(|s| s.success());
+                assert!(ok, "chown the certificates to postgres");
+            }
+            let _ = Command::new("chmod")
+                .arg("600")
+                .arg(data.join("server.key"))
+                .status();
+            ca = dir.join("ca.pem");
+        });
+        (c, ca)
+    }
+
+    /// `start`, with `prepare` run between initdb and the first start.
+    fn start_with(name: &str, prepare: impl FnOnce(&Cluster)) -> Cluster {
         let bindir = bindir();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -68,8 +173,13 @@ impl Cluster {
             "initdb",
             &["-D", &c.data(), "-A", "trust", "-U", "postgres"],
         );
+        prepare(&c);
         c.pg_ctl("start");
         c
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     fn data(&self) -> String {

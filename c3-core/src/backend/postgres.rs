@@ -7,7 +7,6 @@
 use std::time::{Duration, SystemTime};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::NoTls;
 use tokio_postgres::types::ToSql;
 
 use super::{Row, WriteItem};
@@ -378,6 +377,8 @@ pub(crate) struct PgBackend {
     /// Whether c3 built the pool (then `shutdown` closes it) or the
     /// application lent it (then it stays open for the application).
     owns_pool: bool,
+    /// The pool's `sslmode`, when c3 built it: TLS failures name it.
+    ssl_mode: Option<crate::tls::SslMode>,
 }
 
 /// Settings the pool is built with.
@@ -387,10 +388,14 @@ pub(crate) struct PoolSettings {
     pub(crate) connect_timeout: Duration,
 }
 
-pub(crate) fn build_pool(config: tokio_postgres::Config, s: &PoolSettings) -> Result<Pool> {
+pub(crate) fn build_pool(
+    config: tokio_postgres::Config,
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
+    s: &PoolSettings,
+) -> Result<Pool> {
     let mgr = Manager::from_config(
         config,
-        NoTls,
+        tls,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
@@ -468,14 +473,15 @@ fn row_from(r: &tokio_postgres::Row, offset: usize) -> Result<Row> {
 impl PgBackend {
     pub(crate) fn new(
         pool: Pool,
-        owns_pool: bool,
+        ssl_mode: Option<crate::tls::SslMode>,
         schema: &str,
         table: &str,
         channel: &str,
     ) -> Self {
         PgBackend {
             pool,
-            owns_pool,
+            owns_pool: ssl_mode.is_some(),
+            ssl_mode,
             sql: Sql::new(schema, table),
             channel: channel.to_owned(),
             sweep_lock: format!("c3:sweep:{schema}.{table}"),
@@ -492,7 +498,15 @@ impl PgBackend {
     }
 
     async fn client(&self, op: &'static str) -> Result<deadpool_postgres::Object> {
-        self.pool.get().await.map_err(|e| Error::pool(op, e))
+        self.pool.get().await.map_err(|e| {
+            let tls = self
+                .ssl_mode
+                .and_then(|mode| crate::tls::describe("the pool connection", mode, &e));
+            match tls {
+                Some(detail) => Error::tls(detail),
+                None => Error::pool(op, e),
+            }
+        })
     }
 
     /// Creates or upgrades the schema; safe to run from many nodes at once.
