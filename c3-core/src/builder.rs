@@ -58,6 +58,7 @@ pub struct C3Builder {
     /// Set by `listen_postgres`: the listener URL is not `postgres`'s.
     listener_explicit: bool,
     tls_config: Option<Arc<rustls::ClientConfig>>,
+    prepared_statements: bool,
     /// The first invalid setting, reported by `build`.
     pub(crate) error: Option<String>,
     pub(crate) l1_max_bytes: u64,
@@ -97,6 +98,7 @@ impl Default for C3Builder {
             listener_config: None,
             listener_explicit: false,
             tls_config: None,
+            prepared_statements: true,
             error: None,
             l1_max_bytes: 64 * 1024 * 1024,
             l1: L1Settings::default(),
@@ -301,6 +303,19 @@ impl C3Builder {
             }
             Err(e) => self.fail(format!("listener URL: {e}")),
         }
+        self
+    }
+
+    /// Whether L2 statements are prepared once per connection and reused
+    /// (`true`, the default: the fastest) or sent as one unnamed statement
+    /// each, with their parameter types (`false`). Set `false` when the pool
+    /// goes through a transaction pooler that cannot keep prepared statements
+    /// across transactions (PgBouncer before 1.21, or later with
+    /// `max_prepared_statements = 0`); each statement is then still one round
+    /// trip, parsed by the server every time. The LISTEN connection must not
+    /// go through such a pooler (see [`listen_postgres`](Self::listen_postgres)).
+    pub fn prepared_statements(mut self, on: bool) -> Self {
+        self.prepared_statements = on;
         self
     }
 
@@ -579,7 +594,12 @@ impl C3Builder {
                     }
                     _ => unreachable!("matched above"),
                 };
-                let pg = PgBackend::new(pool, pool_ssl, &self.schema, &self.table, &self.channel);
+                let pg = PgBackend::new(
+                    pool,
+                    pool_ssl,
+                    !self.prepared_statements,
+                    (&self.schema, &self.table, &self.channel),
+                );
                 bounded(
                     "migrate",
                     self.connect_timeout + self.op_timeout,
@@ -617,11 +637,31 @@ impl C3Builder {
                     settings,
                     shutdown_rx.clone(),
                 )));
+                // Connect, LISTEN, the probe's own connection, its echo. A
+                // listener that can never work (LISTEN through a transaction
+                // pooler) is a configuration error, reported at once; any
+                // other failure is an outage to ride out with L1 off.
+                let problem = || {
+                    coherency
+                        .listener_problem
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .clone()
+                };
                 let _ = tokio::time::timeout(
-                    self.connect_timeout,
-                    state.wait_for(|s| *s == ListenerState::Listening),
+                    self.connect_timeout * 2 + listener::probe_wait(self.heartbeat_timeout),
+                    state.wait_for(|s| {
+                        *s == ListenerState::Listening
+                            || problem().as_deref() == Some(listener::NO_ECHO)
+                    }),
                 )
                 .await;
+                if *state.borrow() != ListenerState::Listening
+                    && problem().as_deref() == Some(listener::NO_ECHO)
+                {
+                    let _ = shutdown_tx.send(true);
+                    return Err(Error::config(listener::NO_ECHO));
+                }
                 Backend::Postgres(Box::new(pg))
             }
         };

@@ -163,6 +163,8 @@ pub(crate) struct Coherency {
     /// The cache's clock, for the expiry of pushed values.
     pub(crate) clock: Arc<dyn crate::clock::Clock>,
     pub(crate) observer: Option<crate::events::AppliedObserver>,
+    /// Why the listener's last attempt failed (cleared when it listens).
+    pub(crate) listener_problem: std::sync::Mutex<Option<String>>,
 }
 
 impl Coherency {
@@ -202,6 +204,7 @@ impl Coherency {
             metrics,
             clock,
             observer: None,
+            listener_problem: std::sync::Mutex::new(None),
         }
     }
 

@@ -98,6 +98,11 @@ pub(crate) enum Repr {
     Config(String),
     #[error("{0}")]
     Tls(String),
+    #[error("PostgreSQL answered `{op}` unexpectedly: {what}")]
+    Unexpected {
+        op: &'static str,
+        what: &'static str,
+    },
     #[error("the L2 circuit breaker is open; L2 was not called")]
     CircuitOpen,
     #[error("loader failed: {0}")]
@@ -124,6 +129,10 @@ impl Error {
 
     pub(crate) fn postgres(op: &'static str, source: tokio_postgres::Error) -> Self {
         Error::new(Repr::Postgres { op, source })
+    }
+
+    pub(crate) fn unexpected(op: &'static str, what: &'static str) -> Self {
+        Error::new(Repr::Unexpected { op, what })
     }
 
     pub(crate) fn tls(detail: String) -> Self {
@@ -162,7 +171,9 @@ impl Error {
             | Repr::DecodeWith { .. } => ErrorKind::Decode,
             Repr::EncodeWith { .. } => ErrorKind::Encode,
             Repr::Timeout { .. } => ErrorKind::Timeout,
-            Repr::Postgres { .. } | Repr::Pool { .. } => ErrorKind::Backend,
+            Repr::Postgres { .. } | Repr::Pool { .. } | Repr::Unexpected { .. } => {
+                ErrorKind::Backend
+            }
             Repr::Config(_) => ErrorKind::Config,
             Repr::Tls(_) => ErrorKind::Tls,
             Repr::CircuitOpen => ErrorKind::CircuitOpen,

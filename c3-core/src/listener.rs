@@ -76,6 +76,10 @@ pub(crate) async fn run_postgres(
                 }
                 ever_connected = true;
                 attempt = 0;
+                *coherency
+                    .listener_problem
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = None;
                 coherency.enable();
                 debug!(target: "c3::listener", channel = %settings.channel, "listening");
                 let ended = session(&coherency, client, events, &settings, &mut shutdown).await;
@@ -89,6 +93,10 @@ pub(crate) async fn run_postgres(
             }
             Err(why) => {
                 attempt = attempt.saturating_add(1);
+                *coherency
+                    .listener_problem
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = Some(why.clone());
                 coherency.set_state(ListenerState::Reconnecting { attempt });
                 warn!(target: "c3::listener", attempt, reason = %why, "could not (re)establish LISTEN");
             }
@@ -119,7 +127,7 @@ async fn connect(
     // Bounded: if the engine falls behind, the driver stops reading the socket
     // and PostgreSQL buffers for us, instead of this process growing without
     // bound during a notification flood.
-    let (tx, rx) = mpsc::channel(1024);
+    let (tx, mut rx) = mpsc::channel(1024);
     tokio::spawn(async move {
         // The Connection future's own poll() discards notifications, so the
         // connection is driven message by message here.
@@ -155,8 +163,59 @@ async fn connect(
         .await
         .map_err(|_| "LISTEN timed out".to_owned())?
         .map_err(|e| format!("LISTEN failed: {e}"))?;
-    Ok((client, rx))
+    // Prove the connection receives notifications before anything relies on
+    // it: a transaction pooler accepts LISTEN and then never delivers. The
+    // probe is sent from a second, short-lived session — through a pooler it
+    // could otherwise land on the very server session that ran LISTEN and
+    // be delivered by chance. What arrives before the echo is dropped: L1 is
+    // off until this connection is accepted, and is purged when it comes on.
+    let send_probe = async {
+        let (prober, conn) = config
+            .connect(settings.tls.clone())
+            .await
+            .map_err(|e| format!("could not open the probe connection: {e}"))?;
+        let driver = tokio::spawn(conn);
+        let hb: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&settings.heartbeat_channel];
+        let sent = prober
+            .execute("SELECT pg_notify($1, 'probe')", &hb)
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("the probe notification failed: {e}"));
+        drop(prober);
+        let _ = driver.await;
+        sent
+    };
+    let echoed = async {
+        while let Some(ev) = rx.recv().await {
+            match ev {
+                Event::Notification { channel, payload }
+                    if channel == settings.heartbeat_channel && payload == "probe" =>
+                {
+                    return true;
+                }
+                Event::Notification { .. } => {}
+                Event::Closed(_) => return false,
+            }
+        }
+        false
+    };
+    // Notifications wait in `rx` while the probe is sent.
+    tokio::time::timeout(settings.connect_timeout, send_probe)
+        .await
+        .map_err(|_| "the probe connection timed out".to_owned())??;
+    match tokio::time::timeout(probe_wait(settings.heartbeat_timeout), echoed).await {
+        Ok(true) => Ok((client, rx)),
+        _ => Err(NO_ECHO.to_owned()),
+    }
 }
+
+/// How long a new LISTEN connection waits for its probe's echo.
+pub(crate) fn probe_wait(heartbeat_timeout: Duration) -> Duration {
+    heartbeat_timeout.max(Duration::from_secs(1))
+}
+
+/// Why a LISTEN connection that never hears its own notification is refused.
+pub(crate) const NO_ECHO: &str = "LISTEN succeeded but the connection did not receive its own notification: it is probably going through a transaction pooler (e.g. PgBouncer with pool_mode=transaction), which cannot carry LISTEN. Point the listener at PostgreSQL directly or through a session pooler (C3Builder::listen_postgres, C3_LISTEN_DATABASE_URL)";
 
 async fn session(
     coherency: &Coherency,

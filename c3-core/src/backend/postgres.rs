@@ -7,7 +7,7 @@
 use std::time::{Duration, SystemTime};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::types::ToSql;
+use tokio_postgres::types::{ToSql, Type};
 
 use super::{Row, WriteItem};
 use crate::clock::to_micros;
@@ -18,26 +18,66 @@ use crate::key::quote_ident;
 /// `CREATE … IF NOT EXISTS` alone races on the catalog's unique indexes.
 const MIGRATE_LOCK: &str = "c3:migrate";
 
+/// One statement and the types of its parameters. It runs as a cached
+/// prepared statement, or — behind a transaction pooler that cannot keep them
+/// (PgBouncer before 1.21) — as one unnamed statement per call, which needs
+/// the parameter types up front (`query_typed`: Parse, Bind and Execute in
+/// one round trip, no session state).
+pub(crate) struct Q {
+    sql: String,
+    types: &'static [Type],
+}
+
+impl Q {
+    fn new(sql: impl Into<String>, types: &'static [Type]) -> Q {
+        Q {
+            sql: sql.into(),
+            types,
+        }
+    }
+}
+
+static ADVISORY_XACT_LOCK: std::sync::LazyLock<Q> = std::sync::LazyLock::new(|| {
+    Q::new("SELECT pg_advisory_xact_lock(hashtext($1))", &[Type::TEXT])
+});
+static TRY_ADVISORY_XACT_LOCK: std::sync::LazyLock<Q> = std::sync::LazyLock::new(|| {
+    Q::new(
+        "SELECT pg_try_advisory_xact_lock(hashtext($1))",
+        &[Type::TEXT],
+    )
+});
+
+/// A pooled connection, or a transaction on one: where a statement runs.
+#[derive(Clone, Copy)]
+enum Via<'a> {
+    Client(&'a deadpool_postgres::Object),
+    Tx(&'a deadpool_postgres::Transaction<'a>),
+}
+
+/// `pg_notify` for each payload.
+static NOTIFY_Q: std::sync::LazyLock<Q> =
+    std::sync::LazyLock::new(|| Q::new(NOTIFY, &[Type::TEXT, Type::TEXT_ARRAY]));
+
 /// The SQL for one configured table, built once with validated, quoted names.
 struct Sql {
     ddl: String,
-    get: String,
-    get_many: String,
-    set_one: String,
-    set_many: String,
-    set_many_notify: String,
-    delete: String,
+    get: Q,
+    get_many: Q,
+    set_one: Q,
+    set_many: Q,
+    set_many_notify: Q,
+    delete: Q,
     clear: String,
-    sweep: String,
-    tags_replace: String,
-    tags_insert: String,
-    invalidate_tag: String,
-    get_for_load: String,
-    fence: String,
-    fill_lock: String,
-    fill: String,
-    record_deletes: String,
-    record_tag_deletes: String,
+    sweep: Q,
+    tags_replace: Q,
+    tags_insert: Q,
+    invalidate_tag: Q,
+    get_for_load: Q,
+    fence: Q,
+    fill_lock: Q,
+    fill: Q,
+    record_deletes: Q,
+    record_tag_deletes: Q,
     sweep_deleted: String,
 }
 
@@ -198,26 +238,44 @@ COMMENT ON TABLE {t} IS 'c3 cache (protocol 1): see docs/PROTOCOL.md';"
 encoding = EXCLUDED.encoding, expires_at = EXCLUDED.expires_at, stale_until = EXCLUDED.stale_until";
         Sql {
             ddl,
-            get: format!(
-                "SELECT value, encoding, version, expires_at, stale_until FROM {t} WHERE key = $1 AND {live}"
+            get: Q::new(
+                format!(
+                    "SELECT value, encoding, version, expires_at, stale_until FROM {t} WHERE key = $1 AND {live}"
+                ),
+                &[Type::TEXT, Type::TIMESTAMPTZ],
             ),
-            get_many: format!(
-                "SELECT key, value, encoding, version, expires_at, stale_until FROM {t} \
+            get_many: Q::new(
+                format!(
+                    "SELECT key, value, encoding, version, expires_at, stale_until FROM {t} \
 WHERE key = ANY($1) AND {live}"
+                ),
+                &[Type::TEXT_ARRAY, Type::TIMESTAMPTZ],
             ),
             // One statement, hence one implicit transaction and one round trip:
             // the upsert and its notification commit together.
-            set_one: format!(
-                "WITH up AS (INSERT INTO {t} (key, value, encoding, expires_at, stale_until) \
+            set_one: Q::new(
+                format!(
+                    "WITH up AS (INSERT INTO {t} (key, value, encoding, expires_at, stale_until) \
 VALUES ($1, $2, $3, $4, $5) {upsert_set} RETURNING version) \
 SELECT version, pg_notify($6, $7 || E'\\n' || version || ' ' || $1) FROM up"
+                ),
+                &[
+                    Type::TEXT,
+                    Type::BYTEA,
+                    Type::TEXT,
+                    Type::TIMESTAMPTZ,
+                    Type::TIMESTAMPTZ,
+                    Type::TEXT,
+                    Type::TEXT,
+                ],
             ),
             // The batch and its notifications in one statement — one round
             // trip, one implicit transaction. Lines are grouped into payloads
             // by cumulative length; with keys of at most SHORT_KEY bytes no
             // group can pass the NOTIFY limit (see `set`).
-            set_many_notify: format!(
-                "WITH up AS (INSERT INTO {t} (key, value, encoding, expires_at, stale_until) \
+            set_many_notify: Q::new(
+                format!(
+                    "WITH up AS (INSERT INTO {t} (key, value, encoding, expires_at, stale_until) \
 SELECT * FROM unnest($1::text[], $2::bytea[], $3::text[], $4::timestamptz[], $5::timestamptz[]) \
 {upsert_set} RETURNING key, version), \
 lines AS (SELECT version || ' ' || key AS line, \
@@ -225,19 +283,41 @@ sum(octet_length(key) + 21) OVER (ORDER BY version, key) AS pos FROM up), \
 sent AS (SELECT pg_notify($6, $7 || E'\\n' || string_agg(line, E'\\n' ORDER BY pos)) AS x \
 FROM lines GROUP BY pos / 7000) \
 SELECT key, version, (SELECT count(*) FROM sent) FROM up"
+                ),
+                &[
+                    Type::TEXT_ARRAY,
+                    Type::BYTEA_ARRAY,
+                    Type::TEXT_ARRAY,
+                    Type::TIMESTAMPTZ_ARRAY,
+                    Type::TIMESTAMPTZ_ARRAY,
+                    Type::TEXT,
+                    Type::TEXT,
+                ],
             ),
-            set_many: format!(
-                "INSERT INTO {t} (key, value, encoding, expires_at, stale_until) \
+            set_many: Q::new(
+                format!(
+                    "INSERT INTO {t} (key, value, encoding, expires_at, stale_until) \
 SELECT * FROM unnest($1::text[], $2::bytea[], $3::text[], $4::timestamptz[], $5::timestamptz[]) \
 {upsert_set} RETURNING key, version"
+                ),
+                &[
+                    Type::TEXT_ARRAY,
+                    Type::BYTEA_ARRAY,
+                    Type::TEXT_ARRAY,
+                    Type::TIMESTAMPTZ_ARRAY,
+                    Type::TIMESTAMPTZ_ARRAY,
+                ],
             ),
             // The version is drawn *after* the DELETE has locked the rows (the
             // count(*) forces that order), so it is newer than any version a
             // concurrent writer of the same key obtained before us. It runs
             // after `record_deletes` (see there).
-            delete: format!(
-                "WITH d AS (DELETE FROM {t} WHERE key = ANY($1) RETURNING 1) \
+            delete: Q::new(
+                format!(
+                    "WITH d AS (DELETE FROM {t} WHERE key = ANY($1) RETURNING 1) \
 SELECT nextval('{seq}') FROM (SELECT count(*) FROM d) AS x"
+                ),
+                &[Type::TEXT_ARRAY],
             ),
             // Deletions are recorded (key, deleting transaction) *before* the
             // rows are deleted, in a statement of their own: upserting a
@@ -246,14 +326,20 @@ SELECT nextval('{seq}') FROM (SELECT count(*) FROM d) AS x"
             // the DELETE that follows, with a newer snapshot, then sees every
             // fill that committed first. A fill that read before this
             // transaction cannot write its older value back (see `fill`).
-            record_deletes: format!(
-                "INSERT INTO {deleted} (key, xid) SELECT DISTINCT k, pg_current_xact_id() FROM \
+            record_deletes: Q::new(
+                format!(
+                    "INSERT INTO {deleted} (key, xid) SELECT DISTINCT k, pg_current_xact_id() FROM \
 (SELECT unnest($1::text[]) UNION ALL SELECT key FROM {tags} WHERE tag = ANY($2::text[])) AS u (k) \
 ON CONFLICT (key) DO UPDATE SET xid = EXCLUDED.xid, at = now()"
+                ),
+                &[Type::TEXT_ARRAY, Type::TEXT_ARRAY],
             ),
-            record_tag_deletes: format!(
-                "INSERT INTO {deleted_tags} (tag, xid) SELECT DISTINCT t, pg_current_xact_id() FROM \
+            record_tag_deletes: Q::new(
+                format!(
+                    "INSERT INTO {deleted_tags} (tag, xid) SELECT DISTINCT t, pg_current_xact_id() FROM \
 unnest($1::text[]) AS t ON CONFLICT (tag) DO UPDATE SET xid = EXCLUDED.xid, at = now()"
+                ),
+                &[Type::TEXT_ARRAY],
             ),
             // The empty key (never a valid key) records "everything". The
             // table lock waits for fills (and writes) in progress and holds
@@ -263,11 +349,14 @@ unnest($1::text[]) AS t ON CONFLICT (tag) DO UPDATE SET xid = EXCLUDED.xid, at =
 INSERT INTO {deleted} (key, xid) VALUES ('', pg_current_xact_id()) \
 ON CONFLICT (key) DO UPDATE SET xid = EXCLUDED.xid, at = now()"
             ),
-            get_for_load: format!(
-                "SELECT s.snap, r.value, r.encoding, r.version, r.expires_at, r.stale_until \
+            get_for_load: Q::new(
+                format!(
+                    "SELECT s.snap, r.value, r.encoding, r.version, r.expires_at, r.stale_until \
 FROM (SELECT pg_current_snapshot()::text AS snap) AS s LEFT JOIN {t} AS r ON r.key = $1"
+                ),
+                &[Type::TEXT],
             ),
-            fence: "SELECT pg_current_snapshot()::text".to_owned(),
+            fence: Q::new("SELECT pg_current_snapshot()::text", &[]),
             // A fill's first statement (after `lock_timeout`): make sure a
             // deletion record exists for each of its keys and tags (xid 0:
             // "never deleted", visible in every snapshot) and share-lock the
@@ -275,21 +364,25 @@ FROM (SELECT pg_current_snapshot()::text AS snap) AS s LEFT JOIN {t} AS r ON r.k
             // this waits for it (and then the fill is refused by the check
             // below); a deletion that starts later waits for the fill to
             // commit, and then deletes what it stored.
-            fill_lock: format!(
-                "WITH k AS (INSERT INTO {deleted} (key, xid) SELECT DISTINCT n, '0'::xid8 FROM unnest($1::text[]) AS n \
+            fill_lock: Q::new(
+                format!(
+                    "WITH k AS (INSERT INTO {deleted} (key, xid) SELECT DISTINCT n, '0'::xid8 FROM unnest($1::text[]) AS n \
 ON CONFLICT DO NOTHING), \
 t AS (INSERT INTO {deleted_tags} (tag, xid) SELECT DISTINCT n, '0'::xid8 FROM unnest($2::text[]) AS n \
 ON CONFLICT DO NOTHING) \
 SELECT (SELECT count(*) FROM (SELECT 1 FROM {deleted} WHERE key = ANY($1) FOR SHARE) AS a) \
 + (SELECT count(*) FROM (SELECT 1 FROM {deleted_tags} WHERE tag = ANY($2) FOR SHARE) AS b)"
+                ),
+                &[Type::TEXT_ARRAY, Type::TEXT_ARRAY],
             ),
             // A fill is stored only if nothing that invalidates its key or
             // one of its tags committed outside the snapshot taken before the
             // source was read: no deletion record of the key, of `''` (a
             // clear) or of a tag, and no row written by such a transaction.
             // Tags are replaced by exactly the fill's own.
-            fill: format!(
-                "WITH r AS (SELECT * FROM unnest($1::text[], $2::bytea[], $3::text[], $4::timestamptz[], \
+            fill: Q::new(
+                format!(
+                    "WITH r AS (SELECT * FROM unnest($1::text[], $2::bytea[], $3::text[], $4::timestamptz[], \
 $5::timestamptz[]) AS r (key, value, encoding, expires_at, stale_until)), \
 g AS (SELECT * FROM unnest($7::text[], $8::text[]) AS g (tag, key)), \
 ok AS (SELECT r.* FROM r WHERE NOT EXISTS (SELECT 1 FROM {deleted} AS d WHERE d.key IN (r.key, '') \
@@ -304,26 +397,49 @@ AND NOT EXISTS (SELECT 1 FROM g WHERE g.key = x.key AND g.tag = x.tag)), \
 it AS (INSERT INTO {tags} (tag, key) SELECT g.tag, g.key FROM g JOIN up ON up.key = g.key \
 ON CONFLICT DO NOTHING) \
 SELECT key, version FROM up"
+                ),
+                &[
+                    Type::TEXT_ARRAY,
+                    Type::BYTEA_ARRAY,
+                    Type::TEXT_ARRAY,
+                    Type::TIMESTAMPTZ_ARRAY,
+                    Type::TIMESTAMPTZ_ARRAY,
+                    Type::TEXT,
+                    Type::TEXT_ARRAY,
+                    Type::TEXT_ARRAY,
+                ],
             ),
             sweep_deleted: format!(
                 "DELETE FROM {deleted} WHERE at < now() - interval '1 hour'; \
 DELETE FROM {deleted_tags} WHERE at < now() - interval '1 hour'"
             ),
-            tags_replace: format!("DELETE FROM {tags} WHERE key = ANY($1)"),
-            tags_insert: format!(
-                "INSERT INTO {tags} (tag, key) SELECT * FROM unnest($1::text[], $2::text[]) \
+            tags_replace: Q::new(
+                format!("DELETE FROM {tags} WHERE key = ANY($1)"),
+                &[Type::TEXT_ARRAY],
+            ),
+            tags_insert: Q::new(
+                format!(
+                    "INSERT INTO {tags} (tag, key) SELECT * FROM unnest($1::text[], $2::text[]) \
 ON CONFLICT DO NOTHING"
+                ),
+                &[Type::TEXT_ARRAY, Type::TEXT_ARRAY],
             ),
             // The tag rows go with their cache rows (ON DELETE CASCADE). The
             // version is drawn after the delete, as for a plain delete.
             // After `record_tag_deletes` and `record_deletes` (see there).
-            invalidate_tag: format!(
-                "WITH d AS (DELETE FROM {t} WHERE key IN (SELECT key FROM {tags} WHERE tag = $1) RETURNING key) \
+            invalidate_tag: Q::new(
+                format!(
+                    "WITH d AS (DELETE FROM {t} WHERE key IN (SELECT key FROM {tags} WHERE tag = $1) RETURNING key) \
 SELECT coalesce(array_agg(key), '{{}}'), nextval('{seq}') FROM d"
+                ),
+                &[Type::TEXT],
             ),
-            sweep: format!(
-                "DELETE FROM {t} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {t} \
-WHERE coalesce(stale_until, expires_at) < $1 LIMIT $2))"
+            sweep: Q::new(
+                format!(
+                    "DELETE FROM {t} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {t} \
+WHERE coalesce(stale_until, expires_at) < $1 LIMIT $2)) RETURNING 1"
+                ),
+                &[Type::TIMESTAMPTZ, Type::INT8],
             ),
         }
     }
@@ -379,6 +495,8 @@ pub(crate) struct PgBackend {
     owns_pool: bool,
     /// The pool's `sslmode`, when c3 built it: TLS failures name it.
     ssl_mode: Option<crate::tls::SslMode>,
+    /// Unnamed statements instead of cached prepared ones (see [`Q`]).
+    unnamed: bool,
 }
 
 /// Settings the pool is built with.
@@ -474,14 +592,15 @@ impl PgBackend {
     pub(crate) fn new(
         pool: Pool,
         ssl_mode: Option<crate::tls::SslMode>,
-        schema: &str,
-        table: &str,
-        channel: &str,
+        unnamed: bool,
+        names: (&str, &str, &str),
     ) -> Self {
+        let (schema, table, channel) = names;
         PgBackend {
             pool,
             owns_pool: ssl_mode.is_some(),
             ssl_mode,
+            unnamed,
             sql: Sql::new(schema, table),
             channel: channel.to_owned(),
             sweep_lock: format!("c3:sweep:{schema}.{table}"),
@@ -516,29 +635,69 @@ impl PgBackend {
             .transaction()
             .await
             .map_err(|e| Error::postgres("migrate", e))?;
-        tx.execute(
-            "SELECT pg_advisory_xact_lock(hashtext($1))",
-            &[&MIGRATE_LOCK],
-        )
-        .await
-        .map_err(|e| Error::postgres("migrate", e))?;
+        self.rows(Via::Tx(&tx), &ADVISORY_XACT_LOCK, &[&MIGRATE_LOCK])
+            .await
+            .map_err(|e| Error::postgres("migrate", e))?;
         tx.batch_execute(&self.sql.ddl)
             .await
             .map_err(|e| Error::postgres("migrate", e))?;
         tx.commit().await.map_err(|e| Error::postgres("migrate", e))
     }
 
+    /// Runs `q` on a pooled connection or a transaction on one, prepared
+    /// and cached per connection, or unnamed (see [`Q`]).
+    async fn rows(
+        &self,
+        via: Via<'_>,
+        q: &Q,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> std::result::Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
+        if self.unnamed {
+            let typed: Vec<(&(dyn ToSql + Sync), Type)> = params
+                .iter()
+                .copied()
+                .zip(q.types.iter().cloned())
+                .collect();
+            return match via {
+                Via::Client(c) => c.query_typed(&q.sql, &typed).await,
+                Via::Tx(t) => t.query_typed(&q.sql, &typed).await,
+            };
+        }
+        match via {
+            Via::Client(c) => {
+                let stmt = c.prepare_cached(&q.sql).await?;
+                c.query(&stmt, params).await
+            }
+            Via::Tx(t) => {
+                let stmt = t.prepare_cached(&q.sql).await?;
+                t.query(&stmt, params).await
+            }
+        }
+    }
+
+    /// [`rows`](Self::rows) for a statement that returns exactly one row.
+    async fn one(
+        &self,
+        via: Via<'_>,
+        q: &Q,
+        params: &[&(dyn ToSql + Sync)],
+        op: &'static str,
+    ) -> Result<tokio_postgres::Row> {
+        self.rows(via, q, params)
+            .await
+            .map_err(|e| Error::postgres(op, e))?
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::unexpected(op, "no row where one was expected"))
+    }
+
     pub(crate) async fn get(&self, key: &str, now: SystemTime) -> Result<Option<Row>> {
         let client = self.client("get").await?;
-        let stmt = client
-            .prepare_cached(&self.sql.get)
+        let rows = self
+            .rows(Via::Client(&client), &self.sql.get, &[&key, &now])
             .await
             .map_err(|e| Error::postgres("get", e))?;
-        let row = client
-            .query_opt(&stmt, &[&key, &now])
-            .await
-            .map_err(|e| Error::postgres("get", e))?;
-        row.map(|r| row_from(&r, 0)).transpose()
+        rows.first().map(|r| row_from(r, 0)).transpose()
     }
 
     pub(crate) async fn get_many(
@@ -547,12 +706,8 @@ impl PgBackend {
         now: SystemTime,
     ) -> Result<Vec<(String, Row)>> {
         let client = self.client("get_many").await?;
-        let stmt = client
-            .prepare_cached(&self.sql.get_many)
-            .await
-            .map_err(|e| Error::postgres("get_many", e))?;
-        let rows = client
-            .query(&stmt, &[&keys, &now])
+        let rows = self
+            .rows(Via::Client(&client), &self.sql.get_many, &[&keys, &now])
             .await
             .map_err(|e| Error::postgres("get_many", e))?;
         rows.iter()
@@ -582,16 +737,13 @@ impl PgBackend {
         }
         let mut client = self.client("set_many").await?;
         let pg = |e| Error::postgres("set_many", e);
-        let stmt = client
-            .prepare_cached(&self.sql.set_many)
-            .await
-            .map_err(pg)?;
         let tx = client.transaction().await.map_err(pg)?;
         let c = Columns::of(items);
         let keys = &c.keys;
-        let rows = tx
-            .query(
-                &stmt,
+        let rows = self
+            .rows(
+                Via::Tx(&tx),
+                &self.sql.set_many,
                 &[&c.keys, &c.values, &c.encodings, &c.fresh, &c.stale],
             )
             .await
@@ -599,36 +751,38 @@ impl PgBackend {
         let versions = versions_of(items, &rows, "set_many")?;
         if items.iter().any(|i| !i.tags.is_empty()) {
             // A write replaces the entry's tags along with its value.
-            tx.execute(&self.sql.tags_replace, &[&keys])
+            self.rows(Via::Tx(&tx), &self.sql.tags_replace, &[&keys])
                 .await
                 .map_err(pg)?;
             let (tags, tag_keys): (Vec<&str>, Vec<&str>) = items
                 .iter()
                 .flat_map(|i| i.tags.iter().map(move |t| (t.as_str(), i.key.as_str())))
                 .unzip();
-            tx.execute(&self.sql.tags_insert, &[&tags, &tag_keys])
+            self.rows(Via::Tx(&tx), &self.sql.tags_insert, &[&tags, &tag_keys])
                 .await
                 .map_err(pg)?;
         }
         let payloads = crate::protocol::write_payloads(header, items, &versions);
-        tx.execute(NOTIFY, &[&self.channel, &payloads])
-            .await
-            .map_err(pg)?;
+        self.notify(Via::Tx(&tx), &payloads, "set_many").await?;
         tx.commit().await.map_err(pg)?;
         Ok(versions)
     }
 
+    /// Sends `payloads` on the channel (within `via`'s transaction, if any).
+    async fn notify(&self, via: Via<'_>, payloads: &[String], op: &'static str) -> Result<()> {
+        self.rows(via, &NOTIFY_Q, &[&self.channel, &payloads])
+            .await
+            .map_err(|e| Error::postgres(op, e))?;
+        Ok(())
+    }
+
     async fn set_many_notify(&self, items: &[WriteItem], header: &str) -> Result<Vec<u64>> {
         let client = self.client("set_many").await?;
-        let pg = |e| Error::postgres("set_many", e);
-        let stmt = client
-            .prepare_cached(&self.sql.set_many_notify)
-            .await
-            .map_err(pg)?;
         let c = Columns::of(items);
-        let rows = client
-            .query(
-                &stmt,
+        let rows = self
+            .rows(
+                Via::Client(&client),
+                &self.sql.set_many_notify,
                 &[
                     &c.keys,
                     &c.values,
@@ -640,7 +794,7 @@ impl PgBackend {
                 ],
             )
             .await
-            .map_err(pg)?;
+            .map_err(|e| Error::postgres("set_many", e))?;
         versions_of(items, &rows, "set_many")
     }
 
@@ -653,11 +807,9 @@ impl PgBackend {
     ) -> Result<(Option<Row>, super::Fence)> {
         let client = self.client("get").await?;
         let pg = |e| Error::postgres("get", e);
-        let stmt = client
-            .prepare_cached(&self.sql.get_for_load)
-            .await
-            .map_err(pg)?;
-        let r = client.query_one(&stmt, &[&key]).await.map_err(pg)?;
+        let r = self
+            .one(Via::Client(&client), &self.sql.get_for_load, &[&key], "get")
+            .await?;
         let fence = super::Fence {
             snapshot: r.try_get(0).map_err(pg)?,
         };
@@ -677,11 +829,11 @@ impl PgBackend {
     /// Takes a fence: the snapshot of the moment before a source is read.
     pub(crate) async fn fence(&self) -> Result<super::Fence> {
         let client = self.client("fence").await?;
-        let pg = |e| Error::postgres("fence", e);
-        let stmt = client.prepare_cached(&self.sql.fence).await.map_err(pg)?;
-        let r = client.query_one(&stmt, &[]).await.map_err(pg)?;
+        let r = self
+            .one(Via::Client(&client), &self.sql.fence, &[], "fence")
+            .await?;
         Ok(super::Fence {
-            snapshot: r.try_get(0).map_err(pg)?,
+            snapshot: r.try_get(0).map_err(|e| Error::postgres("fence", e))?,
         })
     }
 
@@ -695,11 +847,6 @@ impl PgBackend {
     ) -> Result<Vec<Option<u64>>> {
         let mut client = self.client("fill").await?;
         let pg = |e| Error::postgres("fill", e);
-        let lock = client
-            .prepare_cached(&self.sql.fill_lock)
-            .await
-            .map_err(pg)?;
-        let fill = client.prepare_cached(&self.sql.fill).await.map_err(pg)?;
         let tx = client.transaction().await.map_err(pg)?;
         // A fill never waits long for a deletion in progress: after this
         // long it gives up and stores nothing.
@@ -712,7 +859,10 @@ impl PgBackend {
         // First statement: the deletion records (see `Sql::fill_lock`). The
         // fill statement after it takes a newer snapshot, so it sees every
         // deletion that committed while this one waited.
-        if let Err(e) = tx.query_one(&lock, &[&keys, &all_tags]).await {
+        if let Err(e) = self
+            .rows(Via::Tx(&tx), &self.sql.fill_lock, &[&keys, &all_tags])
+            .await
+        {
             if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) {
                 // A deletion of one of these keys or tags is in progress:
                 // it may be of data this fill read before. Store nothing.
@@ -725,9 +875,10 @@ impl PgBackend {
             .iter()
             .flat_map(|i| i.tags.iter().map(move |t| (t.as_str(), i.key.as_str())))
             .unzip();
-        let rows = tx
-            .query(
-                &fill,
+        let rows = self
+            .rows(
+                Via::Tx(&tx),
+                &self.sql.fill,
                 &[
                     &c.keys,
                     &c.values,
@@ -755,9 +906,7 @@ impl PgBackend {
             .unzip();
         if !kept.is_empty() {
             let payloads = crate::protocol::write_payloads(header, &kept, &versions);
-            tx.execute(NOTIFY, &[&self.channel, &payloads])
-                .await
-                .map_err(pg)?;
+            self.notify(Via::Tx(&tx), &payloads, "fill").await?;
         }
         tx.commit().await.map_err(pg)?;
         Ok(stored)
@@ -775,62 +924,46 @@ impl PgBackend {
     ) -> Result<()> {
         let pg = |e| Error::postgres(op, e);
         if !tags.is_empty() {
-            let stmt = tx
-                .prepare_cached(&self.sql.record_tag_deletes)
+            self.rows(Via::Tx(tx), &self.sql.record_tag_deletes, &[&tags])
                 .await
                 .map_err(pg)?;
-            tx.execute(&stmt, &[&tags]).await.map_err(pg)?;
         }
-        let stmt = tx
-            .prepare_cached(&self.sql.record_deletes)
+        self.rows(Via::Tx(tx), &self.sql.record_deletes, &[&keys, &tags])
             .await
             .map_err(pg)?;
-        tx.execute(&stmt, &[&keys, &tags]).await.map_err(pg)?;
         Ok(())
     }
 
-    /// `$1..$7` of the one-row writes: the row, the channel, the header.
-    fn one_row_params<'a>(
-        &'a self,
-        item: &'a WriteItem,
-        header: &'a &'a str,
-    ) -> [&'a (dyn ToSql + Sync); 7] {
-        [
+    async fn set_one(&self, item: &WriteItem, header: &str) -> Result<u64> {
+        let client = self.client("set").await?;
+        let params: [&(dyn ToSql + Sync); 7] = [
             &item.key,
             &item.value,
             &item.encoding,
             &item.fresh_until,
             &item.stale_until,
             &self.channel,
-            header,
-        ]
-    }
-
-    async fn set_one(&self, item: &WriteItem, header: &str) -> Result<u64> {
-        let client = self.client("set").await?;
-        let pg = |e| Error::postgres("set", e);
-        let stmt = client.prepare_cached(&self.sql.set_one).await.map_err(pg)?;
-        let row = client
-            .query_one(&stmt, &self.one_row_params(item, &header))
-            .await
-            .map_err(pg)?;
-        let v: i64 = row.try_get(0).map_err(pg)?;
+            &header,
+        ];
+        let row = self
+            .one(Via::Client(&client), &self.sql.set_one, &params, "set")
+            .await?;
+        let v: i64 = row.try_get(0).map_err(|e| Error::postgres("set", e))?;
         Ok(u64::try_from(v).unwrap_or(0))
     }
 
     pub(crate) async fn delete(&self, keys: &[&str], header: &str) -> Result<u64> {
         let mut client = self.client("delete").await?;
         let pg = |e| Error::postgres("delete", e);
-        let stmt = client.prepare_cached(&self.sql.delete).await.map_err(pg)?;
         let tx = client.transaction().await.map_err(pg)?;
         self.record_deletes(&tx, keys, &[], "delete").await?;
-        let row = tx.query_one(&stmt, &[&keys]).await.map_err(pg)?;
+        let row = self
+            .one(Via::Tx(&tx), &self.sql.delete, &[&keys], "delete")
+            .await?;
         let v: i64 = row.try_get(0).map_err(pg)?;
         let version = u64::try_from(v).unwrap_or(0);
         let payloads = crate::protocol::pack(header, keys.iter().map(|k| format!("{version} {k}")));
-        tx.execute(NOTIFY, &[&self.channel, &payloads])
-            .await
-            .map_err(pg)?;
+        self.notify(Via::Tx(&tx), &payloads, "delete").await?;
         tx.commit().await.map_err(pg)?;
         Ok(version)
     }
@@ -844,22 +977,24 @@ impl PgBackend {
     ) -> Result<(Vec<String>, u64)> {
         let mut client = self.client("invalidate_tag").await?;
         let pg = |e| Error::postgres("invalidate_tag", e);
-        let stmt = client
-            .prepare_cached(&self.sql.invalidate_tag)
-            .await
-            .map_err(pg)?;
         let tx = client.transaction().await.map_err(pg)?;
         self.record_deletes(&tx, &[], &[tag], "invalidate_tag")
             .await?;
-        let row = tx.query_one(&stmt, &[&tag]).await.map_err(pg)?;
+        let row = self
+            .one(
+                Via::Tx(&tx),
+                &self.sql.invalidate_tag,
+                &[&tag],
+                "invalidate_tag",
+            )
+            .await?;
         let keys: Vec<String> = row.try_get(0).map_err(pg)?;
         let v: i64 = row.try_get(1).map_err(pg)?;
         let version = u64::try_from(v).unwrap_or(0);
         let payloads = crate::protocol::pack(header, keys.iter().map(|k| format!("{version} {k}")));
         if !payloads.is_empty() {
-            tx.execute(NOTIFY, &[&self.channel, &payloads])
-                .await
-                .map_err(pg)?;
+            self.notify(Via::Tx(&tx), &payloads, "invalidate_tag")
+                .await?;
         }
         tx.commit().await.map_err(pg)?;
         Ok((keys, version))
@@ -867,11 +1002,7 @@ impl PgBackend {
 
     pub(crate) async fn publish(&self, payloads: &[String]) -> Result<()> {
         let client = self.client("publish").await?;
-        client
-            .execute(NOTIFY, &[&self.channel, &payloads])
-            .await
-            .map_err(|e| Error::postgres("publish", e))?;
-        Ok(())
+        self.notify(Via::Client(&client), payloads, "publish").await
     }
 
     pub(crate) async fn clear(&self, payload: &str) -> Result<()> {
@@ -879,9 +1010,8 @@ impl PgBackend {
         let pg = |e| Error::postgres("clear", e);
         let tx = client.transaction().await.map_err(pg)?;
         tx.batch_execute(&self.sql.clear).await.map_err(pg)?;
-        tx.execute(NOTIFY, &[&self.channel, &vec![payload]])
-            .await
-            .map_err(pg)?;
+        self.notify(Via::Tx(&tx), &[payload.to_owned()], "clear")
+            .await?;
         tx.commit().await.map_err(pg)
     }
 
@@ -899,12 +1029,9 @@ impl PgBackend {
         let lock = LoadLock {
             client: Some(client),
         };
-        let got = lock
-            .client()
-            .execute(
-                "SELECT pg_advisory_xact_lock(hashtext($1))",
-                &[&format!("{}{key}", self.load_lock)],
-            )
+        let name = format!("{}{key}", self.load_lock);
+        let got = self
+            .rows(Via::Client(lock.client()), &ADVISORY_XACT_LOCK, &[&name])
             .await;
         match got {
             Ok(_) => Ok(Some(lock)),
@@ -922,13 +1049,14 @@ impl PgBackend {
         let mut client = self.client("sweep").await?;
         let pg = |e| Error::postgres("sweep", e);
         let tx = client.transaction().await.map_err(pg)?;
-        let got: bool = tx
-            .query_one(
-                "SELECT pg_try_advisory_xact_lock(hashtext($1))",
+        let got: bool = self
+            .one(
+                Via::Tx(&tx),
+                &TRY_ADVISORY_XACT_LOCK,
                 &[&self.sweep_lock],
+                "sweep",
             )
-            .await
-            .map_err(pg)?
+            .await?
             .try_get(0)
             .map_err(pg)?;
         let mut total = 0;
@@ -938,10 +1066,12 @@ impl PgBackend {
                 .map_err(pg)?;
             // Bounded number of batches per round keeps each transaction short.
             for _ in 0..10 {
-                let n = tx
-                    .execute(&self.sql.sweep, &[&now, &batch])
+                // RETURNING 1 per row: the count of deleted rows.
+                let n = self
+                    .rows(Via::Tx(&tx), &self.sql.sweep, &[&now, &batch])
                     .await
-                    .map_err(pg)?;
+                    .map_err(pg)?
+                    .len() as u64;
                 total += n;
                 if n < batch as u64 {
                     break;
