@@ -60,3 +60,13 @@ c3_stop_postgres() {
   if [ -n "${C3_PG_STOP:-}" ]; then "${C3_PG_STOP[@]}" >/dev/null 2>&1 || true; fi
   if [ -n "${C3_PG_DIR:-}" ]; then rm -rf "$C3_PG_DIR"; fi
 }
+
+c3_ensure_pgbouncer() {
+  # The pooler tests start their own PgBouncer (transaction mode) on a free
+  # port; they need the binary, installed here like PostgreSQL is.
+  if [ -x /usr/sbin/pgbouncer ] || command -v pgbouncer >/dev/null 2>&1; then return 0; fi
+  echo "No pgbouncer found; installing Debian's pgbouncer package" >&2
+  local sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  $sudo apt-get update -qq && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null \
+    || { echo "could not install pgbouncer" >&2; return 1; }
+}

@@ -57,6 +57,15 @@ pub(crate) const HOP_BY_HOP: [&str; 8] = [
     "proxy-authenticate",
 ];
 
+/// A request upstream on this node that others may wait for.
+pub(crate) struct Upstream {
+    rx: watch::Receiver<Option<Collapsed>>,
+    /// The leader's fill: a request may join only while nothing it must
+    /// see has happened to the key since the leader's fence (`None`: a
+    /// background revalidation, which nobody joins).
+    fill: Option<Arc<Fill>>,
+}
+
 /// The result of a collapsed miss, for the requests that waited on it.
 #[derive(Clone)]
 pub(crate) enum Collapsed {
@@ -81,12 +90,17 @@ where
 {
     // HEAD is answered from a stored GET, but never stored itself.
     let key = key.filter(|_| !ctx.head());
+    // The fence goes up before the request does (see the module docs).
+    let fill = match &key {
+        Some(k) => ctx.c3().begin_fill(&[k]).await.ok().map(Arc::new),
+        None => None,
+    };
     let mut leader = None;
     // Requests with credentials are not collapsed with anybody else's.
-    if let Some(key) = &key
+    if let (Some(key), Some(fill)) = (&key, &fill)
         && !ctx.parts.headers.contains_key(AUTHORIZATION)
     {
-        match join_or_lead(&ctx.shared, key) {
+        match join_or_lead(&ctx.shared, key, Some(fill)) {
             Ok(mut rx) => {
                 let waited = tokio::time::timeout(
                     ctx.shared.config.collapse_timeout,
@@ -113,11 +127,6 @@ where
             Err(l) => leader = Some(l),
         }
     }
-    // The fence goes up before the request does (see the module docs).
-    let fill = match &key {
-        Some(k) => ctx.c3().begin_fill(&[k]).await.ok(),
-        None => None,
-    };
     let request_time = ctx.c3().now();
     let res = inner
         .call(Request::from_parts(ctx.parts.clone(), body))
@@ -132,21 +141,42 @@ where
     ))
 }
 
-/// Joins the request upstream for `key`, or — if there is none — becomes it.
+/// Joins the request upstream for `key`, or — if there is none, or it began
+/// before this node learnt of a change to the key — becomes it.
+///
+/// Why the second case: the leader stores and publishes its response in two
+/// steps; a write can commit, and become known here, in between. A request
+/// that starts after that must not be handed the leader's older response
+/// (found by the differential test); it goes upstream itself, and later
+/// requests wait for it instead.
 fn join_or_lead<P>(
     shared: &Arc<Shared<P>>,
     key: &str,
+    fill: Option<&Arc<Fill>>,
 ) -> Result<watch::Receiver<Option<Collapsed>>, LeaderGuard<P>> {
     let mut map = shared.collapse.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(rx) = map.get(key) {
-        return Ok(rx.clone());
+    if let Some(up) = map.get(key) {
+        let current = match &up.fill {
+            Some(f) => f.unchanged(key),
+            None => true,
+        };
+        if current || fill.is_none() {
+            return Ok(up.rx.clone());
+        }
     }
     let (tx, rx) = watch::channel(None);
-    map.insert(key.to_owned(), rx);
+    map.insert(
+        key.to_owned(),
+        Upstream {
+            rx: rx.clone(),
+            fill: fill.cloned(),
+        },
+    );
     Err(LeaderGuard {
         shared: Arc::clone(shared),
         key: key.to_owned(),
         tx,
+        rx,
     })
 }
 
@@ -156,22 +186,31 @@ pub(crate) struct LeaderGuard<P> {
     shared: Arc<Shared<P>>,
     key: String,
     tx: watch::Sender<Option<Collapsed>>,
+    /// Ours, to recognise our entry in the map (a newer leader may have
+    /// replaced it).
+    rx: watch::Receiver<Option<Collapsed>>,
 }
 
 impl<P> LeaderGuard<P> {
     /// Becomes the only request upstream for `key` on this node, if no other
     /// is (`None`: one is).
     pub(crate) fn try_lead(shared: &Arc<Shared<P>>, key: String) -> Option<LeaderGuard<P>> {
-        join_or_lead(shared, &key).err()
+        join_or_lead(shared, &key, None).err()
     }
 
     fn publish(&self, c: Collapsed) {
         self.tx.send_replace(Some(c));
-        self.shared
+        let mut map = self
+            .shared
             .collapse
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.key);
+            .unwrap_or_else(|e| e.into_inner());
+        if map
+            .get(&self.key)
+            .is_some_and(|up| up.rx.same_channel(&self.rx))
+        {
+            map.remove(&self.key);
+        }
     }
 }
 
@@ -189,7 +228,7 @@ impl<P> Drop for LeaderGuard<P> {
 /// the fill fenced when the request went upstream.
 pub(crate) fn store_response<P, B>(
     ctx: &Ctx<P>,
-    target: Option<(String, Fill)>,
+    target: Option<(String, Arc<Fill>)>,
     res: Response<B>,
     request_time: SystemTime,
     status: CacheStatus,

@@ -43,7 +43,7 @@ where
     ResBody: Body<Data = Bytes> + Send + 'static,
 {
     let c3 = ctx.c3();
-    let fill = c3.begin_fill(&[&key]).await.ok();
+    let fill = c3.begin_fill(&[&key]).await.ok().map(Arc::new);
     let cond = conditional_request::<ReqBody>(&ctx.parts, &stored);
     let request_time = c3.now();
     let stale = |detail| CacheStatus::fwd(Fwd::Stale).detail(detail);
@@ -161,7 +161,7 @@ pub(crate) fn in_background<S, P, ReqBody, ResBody>(
             // A new representation: store it by reading the body to the end.
             let res = store_response(
                 &bg,
-                Some((key, fill)),
+                Some((key, Arc::new(fill))),
                 res,
                 request_time,
                 CacheStatus::fwd(Fwd::Stale),

@@ -15,13 +15,12 @@ use bytes::Bytes;
 use c3_core::C3;
 use http::{Method, Request, Response};
 use http_body::Body;
-use tokio::sync::watch;
 use tower_service::Service;
 
 use super::Config;
 use super::body::C3Body;
 use super::future::{BoxFuture, ResponseFuture};
-use super::miss::Collapsed;
+use super::miss::Upstream;
 use super::policy::Policy;
 use super::trace::{http_span, traced};
 
@@ -32,7 +31,7 @@ pub(crate) struct Shared<P> {
     pub(crate) policy: P,
     /// Requests being fetched upstream on this node, by storage key; later
     /// identical requests wait for them (see `miss`).
-    pub(crate) collapse: Mutex<HashMap<String, watch::Receiver<Option<Collapsed>>>>,
+    pub(crate) collapse: Mutex<HashMap<String, Upstream>>,
 }
 
 /// A [`Service`] answering from a coherent HTTP cache. Build it with
