@@ -59,6 +59,7 @@ pub struct C3Builder {
     listener_explicit: bool,
     tls_config: Option<Arc<rustls::ClientConfig>>,
     prepared_statements: bool,
+    migrate: bool,
     /// The first invalid setting, reported by `build`.
     pub(crate) error: Option<String>,
     pub(crate) l1_max_bytes: u64,
@@ -99,6 +100,7 @@ impl Default for C3Builder {
             listener_explicit: false,
             tls_config: None,
             prepared_statements: true,
+            migrate: true,
             error: None,
             l1_max_bytes: 64 * 1024 * 1024,
             l1: L1Settings::default(),
@@ -304,6 +306,34 @@ impl C3Builder {
             Err(e) => self.fail(format!("listener URL: {e}")),
         }
         self
+    }
+
+    /// Whether `build()` creates or upgrades the L2 schema (`true`, the
+    /// default; idempotent, safe from many nodes at once). With `false` the
+    /// application role needs no DDL rights: `build()` only checks that every
+    /// table, sequence, function, trigger and column c3 needs exists, and
+    /// fails with an error listing what is missing. Apply
+    /// [`migration_sql`](Self::migration_sql) (or `cargo run --bin c3-sql`)
+    /// with a role that may.
+    pub fn migrate(mut self, on: bool) -> Self {
+        self.migrate = on;
+        self
+    }
+
+    /// The DDL `build()` runs for this builder's schema and table: for a DBA,
+    /// `sqlx migrate`, Flyway or Atlas when the application may not run DDL
+    /// (see [`migrate`](Self::migrate)). Idempotent.
+    ///
+    /// # Errors
+    ///
+    /// An invalid schema or table name.
+    pub fn migration_sql(&self) -> Result<String> {
+        validate_ident("schema", &self.schema, 63).map_err(Error::config)?;
+        validate_ident("table", &self.table, MAX_DERIVED_IDENT).map_err(Error::config)?;
+        Ok(crate::backend::postgres::migration_sql(
+            &self.schema,
+            &self.table,
+        ))
     }
 
     /// Whether L2 statements are prepared once per connection and reused
@@ -600,12 +630,28 @@ impl C3Builder {
                     !self.prepared_statements,
                     (&self.schema, &self.table, &self.channel),
                 );
-                bounded(
-                    "migrate",
-                    self.connect_timeout + self.op_timeout,
-                    pg.migrate(),
-                )
-                .await?;
+                if self.migrate {
+                    bounded(
+                        "migrate",
+                        self.connect_timeout + self.op_timeout,
+                        pg.migrate(),
+                    )
+                    .await?;
+                } else {
+                    let missing = bounded(
+                        "verify",
+                        self.connect_timeout + self.op_timeout,
+                        pg.verify(&self.schema, &self.table),
+                    )
+                    .await?;
+                    if !missing.is_empty() {
+                        return Err(Error::config(format!(
+                            "migrate(false) (C3_MIGRATE=false): the L2 schema is incomplete; missing: {}. \
+                             Apply C3Builder::migration_sql (or `cargo run --bin c3-sql`) with a role that may run DDL",
+                            missing.join(", ")
+                        )));
+                    }
+                }
                 // Keepalives and a user timeout make the kernel give up on a dead
                 // peer too; the heartbeat below is what bounds detection.
                 // The node id in the application name lets operators (and the

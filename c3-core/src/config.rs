@@ -4,6 +4,7 @@
 //! | variable | meaning | example |
 //! |---|---|---|
 //! | `C3_DATABASE_URL` (else `DATABASE_URL`) | PostgreSQL for L2 and LISTEN; libpq's `sslmode`/`sslrootcert`/`sslcert`/`sslkey` (or `PGSSLMODE`…) decide TLS | `postgres://app@db/app?sslmode=verify-full` |
+//! | `C3_MIGRATE` | `false`: never run DDL; check the schema at start-up instead | `false` |
 //! | `C3_PREPARED_STATEMENTS` | `false` behind a transaction pooler without prepared-statement support (PgBouncer < 1.21) | `false` |
 //! | `C3_LISTEN_DATABASE_URL` | a different URL for the LISTEN connection only (the pool may go through a transaction pooler; LISTEN cannot) | `postgres://app@db-direct/app` |
 //! | `C3_L1_MAX_BYTES` | L1 capacity; `K`/`M`/`G` suffixes (binary) | `256M` |
@@ -97,6 +98,15 @@ impl C3Builder {
     }
 }
 
+/// `true`/`false` (also `1`/`0`, `yes`/`no`, `on`/`off`).
+fn boolean(name: &str, v: &str) -> Result<bool, Error> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(invalid(name, v, "true or false")),
+    }
+}
+
 /// Applies every variable that is set, stopping at the first invalid one.
 fn apply(b: &mut C3Builder, get: &impl Fn(&str) -> Option<String>) -> Result<C3Builder, Error> {
     let mut out = std::mem::take(b);
@@ -108,12 +118,10 @@ fn apply(b: &mut C3Builder, get: &impl Fn(&str) -> Option<String>) -> Result<C3B
         out = out.listen_postgres(&url);
     }
     if let Some(v) = var("C3_PREPARED_STATEMENTS") {
-        let on = match v.trim().to_ascii_lowercase().as_str() {
-            "true" | "1" | "yes" | "on" => true,
-            "false" | "0" | "no" | "off" => false,
-            _ => return Err(invalid("C3_PREPARED_STATEMENTS", &v, "true or false")),
-        };
-        out = out.prepared_statements(on);
+        out = out.prepared_statements(boolean("C3_PREPARED_STATEMENTS", &v)?);
+    }
+    if let Some(v) = var("C3_MIGRATE") {
+        out = out.migrate(boolean("C3_MIGRATE", &v)?);
     }
     if let Some(v) = var("C3_L1_MAX_BYTES") {
         let bytes = parse_bytes(&v)

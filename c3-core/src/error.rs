@@ -79,9 +79,12 @@ pub(crate) enum Repr {
     },
     #[error("L2 operation `{op}` timed out after {after:?}")]
     Timeout { op: &'static str, after: Duration },
-    #[error("PostgreSQL error during `{op}`: {source}")]
+    #[error("PostgreSQL error during `{op}`: {detail}")]
     Postgres {
         op: &'static str,
+        /// The error and its causes (the server's message lives in the
+        /// source of tokio-postgres's "db error").
+        detail: String,
         #[source]
         source: tokio_postgres::Error,
     },
@@ -128,7 +131,8 @@ impl Error {
     }
 
     pub(crate) fn postgres(op: &'static str, source: tokio_postgres::Error) -> Self {
-        Error::new(Repr::Postgres { op, source })
+        let detail = with_causes(&source);
+        Error::new(Repr::Postgres { op, detail, source })
     }
 
     pub(crate) fn unexpected(op: &'static str, what: &'static str) -> Self {
@@ -140,16 +144,7 @@ impl Error {
     }
 
     pub(crate) fn pool(op: &'static str, source: deadpool_postgres::PoolError) -> Self {
-        let mut detail = source.to_string();
-        let mut cause = std::error::Error::source(&source);
-        while let Some(c) = cause {
-            let text = c.to_string();
-            if !detail.contains(&text) {
-                detail.push_str(": ");
-                detail.push_str(&text);
-            }
-            cause = c.source();
-        }
+        let detail = with_causes(&source);
         Error::new(Repr::Pool { op, detail, source })
     }
 
@@ -227,6 +222,21 @@ impl Error {
             _ => None,
         }
     }
+}
+
+/// An error's text followed by its causes' (each once).
+fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut detail = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !detail.contains(&text) {
+            detail.push_str(": ");
+            detail.push_str(&text);
+        }
+        cause = c.source();
+    }
+    detail
 }
 
 impl From<Repr> for Error {

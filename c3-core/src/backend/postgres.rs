@@ -81,6 +81,12 @@ struct Sql {
     sweep_deleted: String,
 }
 
+/// The DDL c3 runs at start-up for `schema`.`table` (idempotent), for a DBA
+/// or a migration tool when the application may not run DDL.
+pub(crate) fn migration_sql(schema: &str, table: &str) -> String {
+    Sql::new(schema, table).ddl
+}
+
 /// The quoted, schema-qualified name of the SQL function that deletes keys
 /// (and tagged keys) and announces it, inside the caller's transaction.
 pub(crate) fn invalidate_function(schema: &str, table: &str) -> String {
@@ -626,6 +632,83 @@ impl PgBackend {
                 None => Error::pool(op, e),
             }
         })
+    }
+
+    /// Checks, without changing anything, that every object c3 needs exists
+    /// with the expected shape; returns what is missing or outdated.
+    pub(crate) async fn verify(&self, schema: &str, table: &str) -> Result<Vec<String>> {
+        let client = self.client("verify").await?;
+        let q = |n: &str| format!("{}.{}", quote_ident(schema), quote_ident(n));
+        let t = q(table);
+        let mut missing = Vec::new();
+        let relations = [
+            (t.clone(), "table"),
+            (q(&format!("{table}_tags")), "table"),
+            (q(&format!("{table}_deleted")), "table"),
+            (q(&format!("{table}_deleted_tags")), "table"),
+            (q(&format!("{table}_version_seq")), "sequence"),
+        ];
+        let functions = [
+            format!("{}()", q(&format!("{table}_bump_version"))),
+            format!(
+                "{}(text, text[], text[])",
+                q(&format!("{table}_invalidate"))
+            ),
+        ];
+        let pg = |e| Error::postgres("verify", e);
+        let check = Q::new(
+            "SELECT (SELECT array_agg(r) FROM unnest($1::text[]) AS r WHERE to_regclass(r) IS NULL),              (SELECT array_agg(f) FROM unnest($2::text[]) AS f WHERE to_regprocedure(f) IS NULL),              (SELECT array_agg(c) FROM unnest(ARRAY['key', 'value', 'encoding', 'version', 'expires_at',                 'stale_until', 'updated_at', 'xid']) AS c WHERE to_regclass($3) IS NOT NULL AND NOT EXISTS                 (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass($3) AND attname = c AND NOT attisdropped)),              EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = to_regclass($3) AND tgname = $4),              coalesce((SELECT prosrc LIKE '%pg_current_xact_id%' FROM pg_proc WHERE oid = to_regprocedure($5)), true)",
+            &[
+                Type::TEXT_ARRAY,
+                Type::TEXT_ARRAY,
+                Type::TEXT,
+                Type::TEXT,
+                Type::TEXT,
+            ],
+        );
+        let rel_names: Vec<&str> = relations.iter().map(|(n, _)| n.as_str()).collect();
+        let trigger = format!("{table}_bump_version");
+        let row = self
+            .one(
+                Via::Client(&client),
+                &check,
+                &[&rel_names, &functions.to_vec(), &t, &trigger, &functions[0]],
+                "verify",
+            )
+            .await?;
+        let rels: Option<Vec<String>> = row.try_get(0).map_err(pg)?;
+        for r in rels.unwrap_or_default() {
+            let kind = relations
+                .iter()
+                .find(|(n, _)| *n == r)
+                .map_or("table", |(_, k)| *k);
+            missing.push(format!("{kind} {r}"));
+        }
+        let funcs: Option<Vec<String>> = row.try_get(1).map_err(pg)?;
+        missing.extend(
+            funcs
+                .unwrap_or_default()
+                .into_iter()
+                .map(|f| format!("function {f}")),
+        );
+        let cols: Option<Vec<String>> = row.try_get(2).map_err(pg)?;
+        missing.extend(
+            cols.unwrap_or_default()
+                .into_iter()
+                .map(|c| format!("column {t}.{c}")),
+        );
+        let has_trigger: bool = row.try_get(3).map_err(pg)?;
+        if !has_trigger {
+            missing.push(format!("trigger {trigger} on {t}"));
+        }
+        let current: bool = row.try_get(4).map_err(pg)?;
+        if !current {
+            missing.push(format!(
+                "function {} is from an older c3 (it does not set xid)",
+                functions[0]
+            ));
+        }
+        Ok(missing)
     }
 
     /// Creates or upgrades the schema; safe to run from many nodes at once.

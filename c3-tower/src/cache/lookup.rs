@@ -134,7 +134,7 @@ where
 
 /// Looks the request up: the URI's primary key, then — if the response
 /// there varies — the request's variant.
-async fn find<P>(shared: &Shared<P>, uri: &RequestUri, headers: &HeaderMap) -> Found {
+pub(crate) async fn find<P>(shared: &Shared<P>, uri: &RequestUri, headers: &HeaderMap) -> Found {
     let c3 = &shared.c3;
     let get = |key: String| async move {
         let tier = if c3.is_cached_locally(&key) {

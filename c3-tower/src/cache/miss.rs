@@ -17,10 +17,13 @@
 //!
 //! Requests that miss the same storage key on this node while one of them
 //! is upstream wait for that one (the leader) instead of going upstream
-//! themselves. When the leader's response is stored, each waiter asks
-//! [`reuse::decide`] whether *it* may be answered with it (its `Vary`
-//! selection, `no-cache`, its own `max-age`…); a waiter it does not satisfy
-//! goes upstream on its own.
+//! themselves. When the leader's response is stored, each waiter looks the
+//! cache up again and asks [`reuse::decide`] whether what it finds may
+//! answer *it* (its `Vary` selection, `no-cache`, its own `max-age`…); a
+//! waiter the cache cannot answer goes upstream on its own. The second
+//! lookup matters: a write may invalidate the leader's response between its
+//! store and the moment the waiters wake, and they must not be handed what
+//! the cache no longer holds.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -38,6 +41,7 @@ use super::cache_control::C3_CACHE_CONTROL;
 use super::context::{Ctx, forwarded};
 use super::freshness::{self, Storage, micros};
 use super::key::{RequestUri, selection, user_tag, variant_key};
+use super::lookup::{Found, find};
 use super::policy::Policy;
 use super::reuse::{self, Reuse};
 use super::serve::serve;
@@ -69,7 +73,8 @@ pub(crate) struct Upstream {
 /// The result of a collapsed miss, for the requests that waited on it.
 #[derive(Clone)]
 pub(crate) enum Collapsed {
-    Stored(Arc<StoredResponse>),
+    /// The leader's response is in the cache: look it up.
+    Stored,
     /// Not storable (or the leader failed): each waiter goes upstream itself.
     Forward,
 }
@@ -101,14 +106,15 @@ where
         && !ctx.parts.headers.contains_key(AUTHORIZATION)
     {
         match join_or_lead(&ctx.shared, key, Some(fill)) {
-            Ok(mut rx) => {
-                let waited = tokio::time::timeout(
-                    ctx.shared.config.collapse_timeout,
-                    rx.wait_for(Option::is_some),
-                )
-                .await;
-                if let Ok(Ok(result)) = waited
-                    && let Some(Collapsed::Stored(stored)) = result.clone()
+            Ok(rx) => {
+                // The leader's response is not handed over as is: a write may
+                // have invalidated it between its store and now, and a
+                // request must never get what the cache no longer holds. So
+                // the waiter looks the cache up again — usually an L1 hit on
+                // the entry the leader just stored.
+                if wait_for_leader(rx, ctx.shared.config.collapse_timeout).await
+                    && let Found::Hit { stored, .. } =
+                        find(&ctx.shared, &ctx.uri, &ctx.parts.headers).await
                 {
                     match reuse::decide(&stored, &ctx.parts, &ctx.dirs, ctx.now_us()) {
                         Reuse::Fresh { age, .. } | Reuse::MaxStale { age } => {
@@ -139,6 +145,15 @@ where
         CacheStatus::fwd(fwd),
         leader,
     ))
+}
+
+/// Waits for the leader's outcome; `true` if it stored its response.
+async fn wait_for_leader(
+    mut rx: watch::Receiver<Option<Collapsed>>,
+    timeout: std::time::Duration,
+) -> bool {
+    let waited = tokio::time::timeout(timeout, rx.wait_for(Option::is_some)).await;
+    matches!(waited, Ok(Ok(r)) if matches!(*r, Some(Collapsed::Stored)))
 }
 
 /// Joins the request upstream for `key`, or — if there is none, or it began
@@ -294,10 +309,10 @@ where
         ));
         // Waiters only get a response that is now the cache's: one the fence
         // refused may predate a write they must see.
-        let kept = store_entry(&shared, &fill, &uri, key, &storage, Arc::clone(&stored)).await;
+        let kept = store_entry(&shared, &fill, &uri, key, &storage, stored).await;
         if let Some(l) = leader {
             l.publish(if kept {
-                Collapsed::Stored(stored)
+                Collapsed::Stored
             } else {
                 Collapsed::Forward
             });
