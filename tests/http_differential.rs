@@ -226,6 +226,48 @@ async fn run(name: &str, cache_control: &str, vary: &[&str]) {
         anomalies.len()
     );
     assert!(hits > 0, "the run never hit the cache: it tested nothing");
+    if let Some(first) = anomalies.first() {
+        // The timeline of the first anomaly's path, to see what happened.
+        let path = first
+            .split(' ')
+            .next()
+            .unwrap_or("")
+            .trim_end_matches(':')
+            .to_owned();
+        let t0 = log.answers.iter().map(|a| a.started).min().unwrap();
+        let at = |t: Instant| t.duration_since(t0).as_micros();
+        let mut events: Vec<(u128, String)> = Vec::new();
+        for ((p, v), (via, done, delivered)) in &log.completed {
+            if *p == path {
+                let born = origin.written_at(p, *v).map_or(0, at);
+                events.push((
+                    born,
+                    format!(
+                        "v{v} written at origin (via replica {via}); returned {}µs, delivered {}µs",
+                        at(*done),
+                        at(*delivered)
+                    ),
+                ));
+            }
+        }
+        for a in log.answers.iter().filter(|a| a.path == path) {
+            events.push((
+                at(a.started),
+                format!(
+                    "replica {} GET {:?} → {} ({}) ended {}µs",
+                    a.replica,
+                    a.headers,
+                    a.body,
+                    a.status,
+                    at(a.ended)
+                ),
+            ));
+        }
+        events.sort();
+        for (t, e) in events {
+            eprintln!("{t:>9}µs {e}");
+        }
+    }
     assert!(
         anomalies.is_empty(),
         "seed {seed}: {} anomalies, first: {:#?}",

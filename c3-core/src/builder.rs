@@ -49,7 +49,7 @@ pub type FillHook = Arc<
 /// | [`heartbeat`](Self::heartbeat) interval / timeout | 1 s / 1 s |
 /// | [`reconnect_backoff`](Self::reconnect_backoff) | 100 ms … 5 s, with jitter |
 /// | [`sweep_interval`](Self::sweep_interval) | 60 s |
-/// | [`pool_size`](Self::pool_size) | 16 |
+/// | [`pool_size`](Self::pool_size) | 4 |
 /// | [`l2_breaker`](Self::l2_breaker) / [`loader_breaker`](Self::loader_breaker) | 5 failures, 5 s cool-down |
 #[must_use = "a builder does nothing until build() is called"]
 pub struct C3Builder {
@@ -60,6 +60,7 @@ pub struct C3Builder {
     tls_config: Option<Arc<rustls::ClientConfig>>,
     prepared_statements: bool,
     migrate: bool,
+    start_degraded: bool,
     /// The first invalid setting, reported by `build`.
     pub(crate) error: Option<String>,
     pub(crate) l1_max_bytes: u64,
@@ -101,6 +102,7 @@ impl Default for C3Builder {
             tls_config: None,
             prepared_statements: true,
             migrate: true,
+            start_degraded: false,
             error: None,
             l1_max_bytes: 64 * 1024 * 1024,
             l1: L1Settings::default(),
@@ -117,7 +119,7 @@ impl Default for C3Builder {
             backoff: (Duration::from_millis(100), Duration::from_secs(5)),
             sweep_interval: Some(Duration::from_secs(60)),
             sweep_batch: 1000,
-            pool_size: 16,
+            pool_size: 4,
             node_id: None,
             clock: Arc::new(SystemClock),
             l2_breaker: BreakerConfig::default(),
@@ -320,6 +322,18 @@ impl C3Builder {
         self
     }
 
+    /// Whether `build()` may return before PostgreSQL answers (default
+    /// `false`: it fails with a typed error within the connect timeout).
+    /// With `true`, a node started before its database answers L2 calls with
+    /// `L2Unavailable`-kind errors (`get_or_load` still calls its loader) and
+    /// bypasses L1; in the background it migrates (or checks the schema)
+    /// once PostgreSQL answers, its listener connects, and it becomes
+    /// coherent with no restart. `c3::axum::health` reports 503 until then.
+    pub fn start_degraded(mut self, on: bool) -> Self {
+        self.start_degraded = on;
+        self
+    }
+
     /// The DDL `build()` runs for this builder's schema and table: for a DBA,
     /// `sqlx migrate`, Flyway or Atlas when the application may not run DDL
     /// (see [`migrate`](Self::migrate)). Idempotent.
@@ -452,7 +466,14 @@ impl C3Builder {
         self
     }
 
-    /// Connections in the L2 pool (when c3 builds the pool).
+    /// Connections in the L2 pool (default 4). With the LISTEN connection,
+    /// a node holds at most `pool_size + 1` connections (+1 for a moment
+    /// while a new LISTEN connection is probed): ten replicas with the
+    /// defaults take 50 of PostgreSQL's default `max_connections = 100`,
+    /// leaving room for the applications' own pools. Concurrent writes share
+    /// transactions (write combining), so a small pool still carries many
+    /// writers; behind PgBouncer the pool may be larger (the pooler bounds
+    /// the server side) while LISTEN stays one direct connection per node.
     pub fn pool_size(mut self, size: usize) -> Self {
         self.pool_size = size;
         self
@@ -583,6 +604,7 @@ impl C3Builder {
         let coherency = Arc::new(coherency);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let mut tasks = Vec::new();
+        let mut later: Option<SchemaStep> = None;
         let backend = match self.source {
             Source::Unset => {
                 return Err(Error::config(
@@ -630,28 +652,22 @@ impl C3Builder {
                     !self.prepared_statements,
                     (&self.schema, &self.table, &self.channel),
                 );
-                if self.migrate {
-                    bounded(
-                        "migrate",
-                        self.connect_timeout + self.op_timeout,
-                        pg.migrate(),
-                    )
-                    .await?;
-                } else {
-                    let missing = bounded(
-                        "verify",
-                        self.connect_timeout + self.op_timeout,
-                        pg.verify(&self.schema, &self.table),
-                    )
-                    .await?;
-                    if !missing.is_empty() {
-                        return Err(Error::config(format!(
-                            "migrate(false) (C3_MIGRATE=false): the L2 schema is incomplete; missing: {}. \
-                             Apply C3Builder::migration_sql (or `cargo run --bin c3-sql`) with a role that may run DDL",
-                            missing.join(", ")
-                        )));
+                let step = SchemaStep {
+                    migrate: self.migrate,
+                    schema: self.schema.clone(),
+                    table: self.table.clone(),
+                    timeout: self.connect_timeout + self.op_timeout,
+                    backoff: self.backoff,
+                };
+                let schema_ready = match step.once(&pg).await {
+                    Ok(()) => true,
+                    Err(e) if self.start_degraded && e.is_l2_unavailable() && !e.is_tls() => {
+                        tracing::warn!(target: "c3::start", error = %e,
+                            "PostgreSQL does not answer; starting degraded (L1 off, L2 errors) until it does");
+                        false
                     }
-                }
+                    Err(e) => return Err(e),
+                };
                 // Keepalives and a user timeout make the kernel give up on a dead
                 // peer too; the heartbeat below is what bounds detection.
                 // The node id in the application name lets operators (and the
@@ -694,8 +710,13 @@ impl C3Builder {
                         .unwrap_or_else(|e| e.into_inner())
                         .clone()
                 };
+                let wait = if schema_ready {
+                    self.connect_timeout * 2 + listener::probe_wait(self.heartbeat_timeout)
+                } else {
+                    Duration::ZERO // degraded: the listener connects when it can
+                };
                 let _ = tokio::time::timeout(
-                    self.connect_timeout * 2 + listener::probe_wait(self.heartbeat_timeout),
+                    wait,
                     state.wait_for(|s| {
                         *s == ListenerState::Listening
                             || problem().as_deref() == Some(listener::NO_ECHO)
@@ -708,10 +729,18 @@ impl C3Builder {
                     let _ = shutdown_tx.send(true);
                     return Err(Error::config(listener::NO_ECHO));
                 }
+                if !schema_ready {
+                    later = Some(step);
+                }
                 Backend::Postgres(Box::new(pg))
             }
         };
         let backend = Arc::new(backend);
+        if let Some(later) = later {
+            tasks.push(tokio::spawn(
+                later.retry(Arc::clone(&backend), shutdown_rx.clone()),
+            ));
+        }
         if let Some(every) = self.sweep_interval {
             tasks.push(tokio::spawn(sweeper(
                 Arc::clone(&backend),
@@ -750,6 +779,58 @@ impl C3Builder {
         });
         crate::telemetry::metrics::observe(&meter, &c3.inner.sql_names.table, &c3.inner);
         Ok(c3)
+    }
+}
+
+/// Start-up's schema step: migrate, or — with `migrate(false)` — check.
+/// A node that started degraded retries it until PostgreSQL answers; until
+/// then L2 calls fail and L1 stays off (the listener has not connected
+/// either), so nothing can be served stale.
+struct SchemaStep {
+    migrate: bool,
+    schema: String,
+    table: String,
+    timeout: Duration,
+    backoff: (Duration, Duration),
+}
+
+impl SchemaStep {
+    async fn once(&self, pg: &PgBackend) -> Result<()> {
+        if self.migrate {
+            return bounded("migrate", self.timeout, pg.migrate()).await;
+        }
+        let missing = bounded("verify", self.timeout, pg.verify(&self.schema, &self.table)).await?;
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(Error::config(format!(
+            "migrate(false) (C3_MIGRATE=false): the L2 schema is incomplete; missing: {}. \
+             Apply C3Builder::migration_sql (or `cargo run --bin c3-sql`) with a role that may run DDL",
+            missing.join(", ")
+        )))
+    }
+
+    async fn retry(self, backend: Arc<Backend>, mut shutdown: watch::Receiver<bool>) {
+        let Backend::Postgres(pg) = &*backend else {
+            return;
+        };
+        let mut delay = self.backoff.0;
+        loop {
+            match self.once(pg).await {
+                Ok(()) => {
+                    tracing::info!(target: "c3::start", "PostgreSQL answers; the L2 schema is ready");
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(target: "c3::start", error = %e, "L2 schema not ready yet")
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.changed() => return,
+            }
+            delay = (delay * 2).min(self.backoff.1);
+        }
     }
 }
 

@@ -627,8 +627,19 @@ impl PgBackend {
             let tls = self
                 .ssl_mode
                 .and_then(|mode| crate::tls::describe("the pool connection", mode, &e));
+            let refused = matches!(
+                &e,
+                deadpool_postgres::PoolError::Backend(pg)
+                    if pg.code() == Some(&tokio_postgres::error::SqlState::TOO_MANY_CONNECTIONS)
+            );
             match tls {
                 Some(detail) => Error::tls(detail),
+                None if refused => Error::config(format!(
+                    "PostgreSQL refused a connection for `{op}`: too many clients (max_connections). \
+                     Each c3 node holds up to pool_size + 1 connections (the pool, default 4, and its \
+                     LISTEN connection); count every replica and every application pool against \
+                     max_connections, or put the pool behind PgBouncer ({e})"
+                )),
                 None => Error::pool(op, e),
             }
         })
