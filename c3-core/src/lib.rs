@@ -44,7 +44,7 @@
 //!
 //! | feature | what it adds |
 //! |---|---|
-//! | `test-util` | [`C3Builder::fill_hook`], to make race tests deterministic |
+//! | `test-util` | `C3Builder::fill_hook`, to make race tests deterministic |
 //! | `lz4` | `C3Builder::compress_above`: LZ4 compression of large values in L2 (`json+lz4`) |
 //! | `msgpack` | [`Codec`]`::MessagePack` for values (`msgpack` rows) |
 //! | `postcard` | [`Codec`]`::Postcard` for values (`postcard` rows) |
