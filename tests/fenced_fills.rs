@@ -163,8 +163,10 @@ async fn find_many_that_read_before_a_save_on_another_node_is_not_cached() {
     let pool_for = |url: String| {
         let schema = db.schema.clone();
         async move {
+            // Plaintext: the proxy recognises the SELECT's result by its bytes.
             let opts = PgConnectOptions::from_str(&url)
                 .unwrap()
+                .ssl_mode(sqlx::postgres::PgSslMode::Disable)
                 .options([("search_path", schema.as_str())]);
             // One connection, no pings: the only bytes on it are the SELECT.
             PgPoolOptions::new()

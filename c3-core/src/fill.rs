@@ -61,9 +61,6 @@ pub struct Fill {
     fence: Option<Fence>,
     /// Fill tokens of the keys named when the fence was taken.
     tokens: HashMap<String, Option<FillToken>>,
-    /// Join tokens of the same keys: like fill tokens, but kept also while
-    /// L1 is off (see [`Fill::unchanged`]).
-    join_tokens: HashMap<String, FillToken>,
 }
 
 impl std::fmt::Debug for Fill {
@@ -100,10 +97,7 @@ impl C3 {
             .iter()
             .map(|k| ((*k).to_owned(), self.coherency().begin_fill(k)))
             .collect();
-        let join_tokens = keys
-            .iter()
-            .map(|k| ((*k).to_owned(), self.coherency().join_token(k)))
-            .collect();
+
         let fence = match self.l2("fence", self.backend().fence()).await {
             Ok(f) => Some(f),
             Err(e) => {
@@ -115,7 +109,6 @@ impl C3 {
             c3: self.clone(),
             fence,
             tokens,
-            join_tokens,
         })
     }
 }
@@ -126,21 +119,6 @@ impl Fill {
     #[must_use]
     pub fn is_fenced(&self) -> bool {
         self.fence.is_some()
-    }
-
-    /// Whether this node has, since the fill was begun, applied no
-    /// invalidation of `key` (one of the keys named to
-    /// [`C3::begin_fill`]), completed no write to it, read no newer version
-    /// of it and lost no LISTEN connection — L1 on or off. A request that
-    /// arrives later may share what this fill reads only while this holds:
-    /// otherwise the fill may have read the source before a write the
-    /// request must see (the HTTP layer's request collapsing asks this, as
-    /// `get_or_load`'s singleflight does). `false` for keys not named.
-    #[must_use]
-    pub fn unchanged(&self, key: &str) -> bool {
-        self.join_tokens
-            .get(key)
-            .is_some_and(|t| self.c3.coherency().join_valid(*t))
     }
 
     /// Caches `value`, read from the source after the fence was taken, under
@@ -330,8 +308,6 @@ impl Fill {
             c3: c3.clone(),
             fence,
             tokens: HashMap::from([(key.to_owned(), token)]),
-            // The loader keeps its own join token per flight.
-            join_tokens: HashMap::new(),
         }
     }
 }

@@ -64,10 +64,6 @@ pub(crate) const HOP_BY_HOP: [&str; 8] = [
 /// A request upstream on this node that others may wait for.
 pub(crate) struct Upstream {
     rx: watch::Receiver<Option<Collapsed>>,
-    /// The leader's fill: a request may join only while nothing it must
-    /// see has happened to the key since the leader's fence (`None`: a
-    /// background revalidation, which nobody joins).
-    fill: Option<Arc<Fill>>,
 }
 
 /// The result of a collapsed miss, for the requests that waited on it.
@@ -95,17 +91,12 @@ where
 {
     // HEAD is answered from a stored GET, but never stored itself.
     let key = key.filter(|_| !ctx.head());
-    // The fence goes up before the request does (see the module docs).
-    let fill = match &key {
-        Some(k) => ctx.c3().begin_fill(&[k]).await.ok().map(Arc::new),
-        None => None,
-    };
     let mut leader = None;
     // Requests with credentials are not collapsed with anybody else's.
-    if let (Some(key), Some(fill)) = (&key, &fill)
+    if let Some(key) = &key
         && !ctx.parts.headers.contains_key(AUTHORIZATION)
     {
-        match join_or_lead(&ctx.shared, key, Some(fill)) {
+        match join_or_lead(&ctx.shared, key) {
             Ok(rx) => {
                 // The leader's response is not handed over as is: a write may
                 // have invalidated it between its store and now, and a
@@ -133,6 +124,11 @@ where
             Err(l) => leader = Some(l),
         }
     }
+    // The fence goes up before the request does (see the module docs).
+    let fill = match &key {
+        Some(k) => ctx.c3().begin_fill(&[k]).await.ok().map(Arc::new),
+        None => None,
+    };
     let request_time = ctx.c3().now();
     let res = inner
         .call(Request::from_parts(ctx.parts.clone(), body))
@@ -156,37 +152,19 @@ async fn wait_for_leader(
     matches!(waited, Ok(Ok(r)) if matches!(*r, Some(Collapsed::Stored)))
 }
 
-/// Joins the request upstream for `key`, or — if there is none, or it began
-/// before this node learnt of a change to the key — becomes it.
-///
-/// Why the second case: the leader stores and publishes its response in two
-/// steps; a write can commit, and become known here, in between. A request
-/// that starts after that must not be handed the leader's older response
-/// (found by the differential test); it goes upstream itself, and later
-/// requests wait for it instead.
+/// Joins the request upstream for `key`, or — if there is none — becomes it.
+/// Joining is always safe: a waiter does not take the leader's response, it
+/// looks the cache up again once the leader has stored (see the module docs).
 fn join_or_lead<P>(
     shared: &Arc<Shared<P>>,
     key: &str,
-    fill: Option<&Arc<Fill>>,
 ) -> Result<watch::Receiver<Option<Collapsed>>, LeaderGuard<P>> {
     let mut map = shared.collapse.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(up) = map.get(key) {
-        let current = match &up.fill {
-            Some(f) => f.unchanged(key),
-            None => true,
-        };
-        if current || fill.is_none() {
-            return Ok(up.rx.clone());
-        }
+        return Ok(up.rx.clone());
     }
     let (tx, rx) = watch::channel(None);
-    map.insert(
-        key.to_owned(),
-        Upstream {
-            rx: rx.clone(),
-            fill: fill.cloned(),
-        },
-    );
+    map.insert(key.to_owned(), Upstream { rx: rx.clone() });
     Err(LeaderGuard {
         shared: Arc::clone(shared),
         key: key.to_owned(),
@@ -210,7 +188,7 @@ impl<P> LeaderGuard<P> {
     /// Becomes the only request upstream for `key` on this node, if no other
     /// is (`None`: one is).
     pub(crate) fn try_lead(shared: &Arc<Shared<P>>, key: String) -> Option<LeaderGuard<P>> {
-        join_or_lead(shared, &key, None).err()
+        join_or_lead(shared, &key).err()
     }
 
     fn publish(&self, c: Collapsed) {
