@@ -472,6 +472,14 @@ impl<'a> Columns<'a> {
     }
 }
 
+/// The items' (tag, key) pairs as two arrays, for `unnest($tags, $keys)`.
+fn tag_pairs(items: &[WriteItem]) -> (Vec<&str>, Vec<&str>) {
+    items
+        .iter()
+        .flat_map(|i| i.tags.iter().map(move |t| (t.as_str(), i.key.as_str())))
+        .unzip()
+}
+
 /// Each item's version, from `RETURNING key, version` rows.
 fn versions_of(
     items: &[WriteItem],
@@ -848,10 +856,7 @@ impl PgBackend {
             self.rows(Via::Tx(&tx), &self.sql.tags_replace, &[&keys])
                 .await
                 .map_err(pg)?;
-            let (tags, tag_keys): (Vec<&str>, Vec<&str>) = items
-                .iter()
-                .flat_map(|i| i.tags.iter().map(move |t| (t.as_str(), i.key.as_str())))
-                .unzip();
+            let (tags, tag_keys) = tag_pairs(items);
             self.rows(Via::Tx(&tx), &self.sql.tags_insert, &[&tags, &tag_keys])
                 .await
                 .map_err(pg)?;
@@ -965,10 +970,7 @@ impl PgBackend {
             return Err(pg(e));
         }
         let c = Columns::of(items);
-        let (tags, tag_keys): (Vec<&str>, Vec<&str>) = items
-            .iter()
-            .flat_map(|i| i.tags.iter().map(move |t| (t.as_str(), i.key.as_str())))
-            .unzip();
+        let (tags, tag_keys) = tag_pairs(items);
         let rows = self
             .rows(
                 Via::Tx(&tx),
