@@ -159,7 +159,31 @@ where
 
 /// Health handler: `200 {"listener":"listening", ...}` while LISTEN is active,
 /// `503` otherwise (L1 is bypassed then; the node still answers correctly,
-/// only slower).
+/// only slower — also while a node started with `start_degraded` waits for
+/// PostgreSQL).
+///
+/// It works in a router of any state that can hand out the [`C3`](c3_core::C3)
+/// (`C3: FromRef<YourState>`), not only `Router<C3>`:
+///
+/// ```
+/// use axum::extract::FromRef;
+/// use axum::{Router, routing::get};
+///
+/// #[derive(Clone)]
+/// struct AppState {
+///     cache: c3_core::C3,
+///     greeting: String,
+/// }
+///
+/// // One line of glue (or `#[derive(FromRef)]` with axum's `macros` feature).
+/// impl FromRef<AppState> for c3_core::C3 {
+///     fn from_ref(state: &AppState) -> Self {
+///         state.cache.clone()
+///     }
+/// }
+///
+/// let app: Router<AppState> = Router::new().route("/health", get(c3_axum::health));
+/// ```
 pub async fn health(Cache(c3): Cache) -> Response {
     let state = c3.listener_state();
     let status = if state == ListenerState::Listening {
