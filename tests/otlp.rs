@@ -82,3 +82,28 @@ fn contains(haystack: &[u8], needle: &str) -> bool {
         .windows(needle.len())
         .any(|w| w == needle.as_bytes())
 }
+
+/// With no collector named, `install` exports nothing — no connection
+/// attempts to a default `localhost:4318` — and `shutdown` succeeds (it used
+/// to fail with "Failed to shutdown" at every exit). Tracing and metrics
+/// calls still work against the in-process providers.
+#[tokio::test]
+async fn without_an_endpoint_nothing_is_exported_and_shutdown_is_clean() {
+    // This test binary never sets the OTLP variables; be sure.
+    for v in [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+    ] {
+        assert!(
+            std::env::var(v).is_err(),
+            "{v} is set in the test environment"
+        );
+    }
+    let otlp = c3::core::otlp::Otlp::from_env().unwrap();
+    assert!(!otlp.has_endpoint());
+    let guard = otlp.install().unwrap();
+    use opentelemetry::trace::{Tracer, TracerProvider};
+    guard.tracer_provider().tracer("t").in_span("work", |_| {});
+    guard.shutdown().await.expect("a clean shutdown");
+}

@@ -175,7 +175,27 @@ impl Otlp {
         self
     }
 
+    /// Whether a collector was named: [`endpoint`](Self::endpoint), or
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` / `…_TRACES_ENDPOINT` /
+    /// `…_METRICS_ENDPOINT`.
+    #[must_use]
+    pub fn has_endpoint(&self) -> bool {
+        self.endpoint.is_some()
+            || [
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+            ]
+            .iter()
+            .any(|v| std::env::var(v).is_ok_and(|v| !v.trim().is_empty()))
+    }
+
     /// Builds the exporters and providers and makes them global.
+    ///
+    /// With no collector named (see [`has_endpoint`](Self::has_endpoint))
+    /// nothing is exported: the guard holds providers without exporters, so
+    /// instrumented code works, nothing tries to reach `localhost:4318`, and
+    /// `shutdown` has nothing to flush.
     ///
     /// With gRPC this must run inside a Tokio runtime (the channel lives on it).
     ///
@@ -189,6 +209,19 @@ impl Otlp {
             resource = resource.with_service_name(name.clone());
         }
         let resource = resource.build();
+        if !self.has_endpoint() {
+            tracing::info!(target: "c3::otlp", "no OTLP endpoint configured (OTEL_EXPORTER_OTLP_ENDPOINT); nothing is exported");
+            let tracer_provider = SdkTracerProvider::builder()
+                .with_resource(resource.clone())
+                .build();
+            let meter_provider = SdkMeterProvider::builder().with_resource(resource).build();
+            opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+            return Ok(OtlpGuard {
+                tracer_provider,
+                meter_provider,
+                exporting: false,
+            });
+        }
 
         let spans = self
             .span_exporter(protocol)
@@ -222,6 +255,7 @@ impl Otlp {
         Ok(OtlpGuard {
             tracer_provider,
             meter_provider,
+            exporting: true,
         })
     }
 
@@ -266,6 +300,8 @@ fn parse_protocol(value: &str) -> Result<Protocol, OtlpError> {
 pub struct OtlpGuard {
     tracer_provider: SdkTracerProvider,
     meter_provider: SdkMeterProvider,
+    /// False when no collector was named: nothing to flush at shutdown.
+    exporting: bool,
 }
 
 impl OtlpGuard {
@@ -315,6 +351,9 @@ impl OtlpGuard {
     ///
     /// As for [`shutdown`](Self::shutdown).
     pub fn shutdown_blocking(self) -> Result<(), OtlpError> {
+        if !self.exporting {
+            return Ok(());
+        }
         let traces = self.tracer_provider.shutdown();
         let metrics = self.meter_provider.shutdown();
         traces.map_err(|e| OtlpError::Shutdown {
