@@ -441,3 +441,22 @@ async fn find_by_a_secondary_column_never_answers_from_an_old_mapping() {
     assert_eq!(by_email("ada@example.com").await, None);
     assert_eq!(by_email("lovelace@example.com").await.unwrap().id, 8);
 }
+
+/// `#[derive(Cached)]` through the facade alone: `crate = "c3::sqlx"` makes
+/// the generated code name `::c3::sqlx` instead of `::c3_sqlx`.
+mod through_the_facade {
+    use c3::sqlx::Cached;
+
+    #[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, serde::Deserialize, Cached)]
+    #[c3(crate = "c3::sqlx", table = "gadgets", key = "id")]
+    pub(super) struct Gadget {
+        id: i64,
+        name: String,
+    }
+
+    #[test]
+    fn the_derive_works_through_the_facade() {
+        assert_eq!(<Gadget as Cached>::cache_key(&7), "gadgets:7");
+        assert_eq!(Gadget::ENTITY.table, "\"gadgets\"");
+    }
+}

@@ -21,6 +21,9 @@ pub(crate) struct Attrs {
     pub(crate) fail_safe: Option<Duration>,
     pub(crate) negative_ttl: Option<Duration>,
     pub(crate) save: Option<Located<Vec<String>>>,
+    /// Where c3-sqlx is, for code that reaches it through the `c3` facade
+    /// (`crate = "c3::sqlx"`); `::c3_sqlx` by default.
+    pub(crate) krate: Option<syn::Path>,
 }
 
 /// One field and its column.
@@ -94,6 +97,7 @@ pub(crate) fn parse(input: &DeriveInput) -> syn::Result<(Attrs, Vec<Column>)> {
     let mut fail_safe = None;
     let mut negative_ttl = None;
     let mut save = None;
+    let mut krate = None;
     let mut seen: Option<&syn::Attribute> = None;
     for attr in input.attrs.iter().filter(|a| a.path().is_ident("c3")) {
         seen = Some(attr);
@@ -120,6 +124,11 @@ pub(crate) fn parse(input: &DeriveInput) -> syn::Result<(Attrs, Vec<Column>)> {
                 fail_safe = Some(parse_duration(&lit)?);
             } else if meta.path.is_ident("negative_ttl") {
                 negative_ttl = Some(parse_duration(&lit)?);
+            } else if meta.path.is_ident("crate") {
+                let mut path: syn::Path = lit.parse()?;
+                // Always from the root, wherever the derive is used.
+                path.leading_colon = Some(Default::default());
+                krate = Some(path);
             } else if meta.path.is_ident("save") {
                 save = Some(Located {
                     value: list(&lit),
@@ -127,7 +136,7 @@ pub(crate) fn parse(input: &DeriveInput) -> syn::Result<(Attrs, Vec<Column>)> {
                 });
             } else {
                 return Err(meta.error(
-                    "unknown c3 attribute; expected one of: table, schema, key, namespace, ttl, fail_safe, negative_ttl, save",
+                    "unknown c3 attribute; expected one of: table, schema, key, namespace, ttl, fail_safe, negative_ttl, save, crate",
                 ));
             }
             Ok(())
@@ -192,6 +201,7 @@ pub(crate) fn parse(input: &DeriveInput) -> syn::Result<(Attrs, Vec<Column>)> {
             fail_safe,
             negative_ttl,
             save,
+            krate,
         },
         columns,
     ))

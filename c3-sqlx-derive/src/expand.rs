@@ -138,12 +138,16 @@ pub(crate) fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
         duration(a.negative_ttl),
     );
 
+    let krate = match &a.krate {
+        Some(path) => quote!(#path),
+        None => quote!(::c3_sqlx),
+    };
     Ok(quote! {
-        impl #impl_generics ::c3_sqlx::Cached for #name #ty_generics #where_clause {
+        impl #impl_generics #krate::Cached for #name #ty_generics #where_clause {
             type Key = #key_ty;
 
-            const ENTITY: ::c3_sqlx::Entity = ::c3_sqlx::__private::entity(
-                ::c3_sqlx::__private::EntitySql {
+            const ENTITY: #krate::Entity = #krate::__private::entity(
+                #krate::__private::EntitySql {
                     namespace: #namespace,
                     table: #table,
                     key_columns: &[#(#key_cols),*],
@@ -167,23 +171,23 @@ pub(crate) fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
             }
 
             fn bind_key<'q>(
-                q: ::c3_sqlx::__private::PgQuery<'q>,
+                q: #krate::__private::PgQuery<'q>,
                 key: &Self::Key,
-            ) -> ::c3_sqlx::__private::PgQuery<'q> {
+            ) -> #krate::__private::PgQuery<'q> {
                 #bind_key
             }
 
             fn bind_keys<'q>(
-                q: ::c3_sqlx::__private::PgQuery<'q>,
+                q: #krate::__private::PgQuery<'q>,
                 keys: &[Self::Key],
-            ) -> ::c3_sqlx::__private::PgQuery<'q> {
+            ) -> #krate::__private::PgQuery<'q> {
                 #bind_keys
             }
 
             fn bind_save<'q>(
                 &self,
-                q: ::c3_sqlx::__private::PgQuery<'q>,
-            ) -> ::c3_sqlx::__private::PgQuery<'q> {
+                q: #krate::__private::PgQuery<'q>,
+            ) -> #krate::__private::PgQuery<'q> {
                 q #(.bind(::core::clone::Clone::clone(&self.#written_idents)))*
             }
         }

@@ -28,6 +28,7 @@ use proc_macro::TokenStream;
 /// | `ttl = "10m"` | freshness of cached rows (`ms`, `s`, `m`, `h`, `d`) |
 /// | `fail_safe = "1h"` | serve the last value this long past its TTL while the database fails |
 /// | `negative_ttl = "30s"` | cache "no such row" this long |
+/// | `crate = "c3::sqlx"` | where c3-sqlx is, when the code reaches it through the `c3` facade (default: `c3_sqlx`) |
 /// | `save = "email, name"` | the columns `save` writes besides the key (default: all) |
 ///
 /// Column names are the field names, or `#[sqlx(rename = "...")]`.
