@@ -608,7 +608,8 @@ impl C3Builder {
         let backend = match self.source {
             Source::Unset => {
                 return Err(Error::config(
-                    "no backend: call .postgres(url), .pool(pool) or .memory(&server)",
+                    "no backend: call .postgres(url), .pool(pool) or .memory(&server) — or set \
+                     C3_DATABASE_URL (else DATABASE_URL) and use C3Builder::from_env()",
                 ));
             }
             Source::Memory(server) => {

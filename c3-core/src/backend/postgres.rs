@@ -737,6 +737,11 @@ impl PgBackend {
             .transaction()
             .await
             .map_err(|e| Error::postgres("migrate", e))?;
+        // `IF NOT EXISTS` on objects that exist says so in a NOTICE each;
+        // an idempotent migration at every start should not log eight lines.
+        tx.batch_execute("SET LOCAL client_min_messages = warning")
+            .await
+            .map_err(|e| Error::postgres("migrate", e))?;
         self.rows(Via::Tx(&tx), &ADVISORY_XACT_LOCK, &[&MIGRATE_LOCK])
             .await
             .map_err(|e| Error::postgres("migrate", e))?;
