@@ -460,3 +460,72 @@ mod through_the_facade {
         assert_eq!(Gadget::ENTITY.table, "\"gadgets\"");
     }
 }
+
+/// An HTTP response tagged with an entity's cache key (`Surrogate-Key:
+/// users:5`) is purged on every replica by any write to that row: a plain
+/// SQL `UPDATE` through the installed trigger, and `save`.
+#[tokio::test]
+async fn entity_writes_purge_the_http_responses_tagged_with_them() {
+    use support::web::{Origin, cache_status, cached, fetch, resp, stored};
+
+    let db = TestDb::new("sqlx_http_tags").await;
+    let pool = pool(&db).await;
+    let (a, b) = (db.node().await, db.node().await);
+    let repo = Repository::<User>::new(a.clone(), pool.clone());
+    repo.install_trigger().await.unwrap();
+    repo.save(&user(5, "Ada")).await.unwrap();
+    let key = Repository::<User>::cache_key(&5);
+    let origin = Origin::new(move |_, n| {
+        resp(
+            &[
+                ("cache-control", "max-age=600"),
+                ("surrogate-key", "users:5"),
+            ],
+            format!("page {n}"),
+        )
+    });
+    let (svc_a, svc_b) = (cached(&a, &origin), cached(&b, &origin));
+    let url = "http://app.test/users/5/page";
+    let cache_both = || async {
+        let w = a.stats().writes;
+        fetch(&svc_a, url, &[]).await;
+        stored(&a, w, 1).await;
+        for svc in [&svc_a, &svc_b] {
+            let (p, _) = fetch(svc, url, &[]).await;
+            assert!(cache_status(&p).contains("hit"), "{}", cache_status(&p));
+        }
+    };
+    let purged_on_both = || async {
+        for (node, svc) in [(&a, &svc_a), (&b, &svc_b)] {
+            wait_until("the tagged response is gone", DELIVERY, || async {
+                !node.is_cached_locally(&format!("GET http://app.test/users/5/page"))
+                    && !cache_status(
+                        &fetch(svc, url, &[("cache-control", "only-if-cached")])
+                            .await
+                            .0,
+                    )
+                    .contains("hit")
+            })
+            .await;
+        }
+    };
+    assert_eq!(key, "users:5");
+
+    cache_both().await;
+    let foreign = support::connect(&db.url).await;
+    foreign
+        .execute(
+            &format!(
+                "UPDATE \"{}\".users SET name = 'Grace' WHERE id = 5",
+                db.schema
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    purged_on_both().await;
+
+    cache_both().await;
+    repo.save(&user(5, "Lovelace")).await.unwrap();
+    purged_on_both().await;
+}

@@ -87,6 +87,13 @@ pub(crate) fn quote_ident(name: &str) -> String {
     format!("\"{name}\"")
 }
 
+/// How the HTTP layer stores a response's surrogate keys (`Surrogate-Key`,
+/// `Cache-Tag`) as c3 tags: `http-tag:<tag>`. Adapters that invalidate an
+/// entity also invalidate `http-tag:<its cache key>`, so an HTTP response
+/// tagged with an entity's cache key (e.g. `users:42`) is purged by every
+/// write to that entity — through c3-sqlx or through its SQL trigger.
+pub const HTTP_TAG_PREFIX: &str = "http-tag:";
+
 #[cfg(test)]
 mod tests {
     use super::*;

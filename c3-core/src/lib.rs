@@ -117,7 +117,7 @@ pub use coherency::ListenerState;
 pub use error::{Error, ErrorKind, Result};
 pub use events::{Applied, AppliedObserver};
 pub use fill::Fill;
-pub use key::{KeyError, MAX_KEY_BYTES_LIMIT};
+pub use key::{HTTP_TAG_PREFIX, KeyError, MAX_KEY_BYTES_LIMIT};
 pub use loader::{LoadOptions, Loader};
 pub use protocol::ProtocolError;
 pub use stats::Stats;

@@ -34,7 +34,10 @@ impl Invalidation {
 
 /// Deletes `keys` (and every entry tagged with one of `tags`) from c3's L2
 /// and notifies every node — **as part of the transaction `executor` runs
-/// in**: it commits or rolls back with the caller's own writes.
+/// in**: it commits or rolls back with the caller's own writes. Cached HTTP
+/// responses whose surrogate keys name one of `keys` (e.g. `Surrogate-Key:
+/// users:42`) go too ([`HTTP_TAG_PREFIX`](c3_core::HTTP_TAG_PREFIX)); so do
+/// the repositories' `save`/`delete` and the installed trigger.
 ///
 /// ```no_run
 /// # async fn f(c3: c3_core::C3, pool: sqlx::PgPool) -> Result<(), c3_sqlx::Error> {
@@ -61,6 +64,14 @@ where
     for k in keys.iter().chain(tags) {
         c3.validate_key(k)?;
     }
+    // Each key is also an HTTP surrogate key: cached responses tagged with
+    // it go too (one too long to be a tag was never stored as one).
+    let mut all_tags: Vec<String> = tags.iter().map(|t| (*t).to_owned()).collect();
+    all_tags.extend(
+        keys.iter()
+            .map(|k| format!("{}{k}", c3_core::HTTP_TAG_PREFIX))
+            .filter(|t| c3.validate_key(t).is_ok()),
+    );
     let names = c3.sql_names();
     let sql = format!(
         "SELECT {}($1, $2::text[], $3::text[])",
@@ -70,7 +81,7 @@ where
     let version: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
         .bind(&names.channel)
         .bind(keys)
-        .bind(tags)
+        .bind(&all_tags)
         .fetch_one(executor)
         .await?;
     Ok(Invalidation {

@@ -42,7 +42,9 @@ BEGIN
     END IF;
     -- The keys are also tags: entries found by a secondary key are tagged
     -- with their row's key.
-    PERFORM {inv}('{channel}', ks, ks);
+    -- The keys are also HTTP surrogate keys: responses tagged with an
+    -- entity's key go too.
+    PERFORM {inv}('{channel}', ks, ks || ARRAY(SELECT '{http}' || k FROM unnest(ks) AS k));
     RETURN NULL;
 END
 $c3$;
@@ -50,6 +52,8 @@ CREATE OR REPLACE TRIGGER {TRIGGER} AFTER INSERT OR UPDATE OR DELETE ON {table}
     FOR EACH ROW EXECUTE FUNCTION {func}();",
         inv = names.invalidate_function,
         channel = names.channel,
+        // A constant of c3's: letters and a colon, no quote.
+        http = c3_core::HTTP_TAG_PREFIX,
         table = entity.table,
     )
 }

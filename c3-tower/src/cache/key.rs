@@ -15,7 +15,7 @@ use http::request::Parts;
 
 const KEY_PREFIX: &str = "http-cache:";
 const URI_TAG_PREFIX: &str = "http-uri:";
-const TAG_PREFIX: &str = "http-tag:";
+const TAG_PREFIX: &str = c3_core::HTTP_TAG_PREFIX;
 
 /// Scheme and authority of a request, normalised.
 #[derive(Debug, Clone, PartialEq, Eq)]
