@@ -411,7 +411,7 @@ async fn stale_while_revalidate_and_stale_if_error() {
     let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let f = failing.clone();
     let origin = Origin::new(move |parts, n| {
-        if parts.uri.path() == "/sie" && f.load(std::sync::atomic::Ordering::SeqCst) {
+        if parts.uri.path() != "/swr" && f.load(std::sync::atomic::Ordering::SeqCst) {
             let mut r = resp(&[], "down");
             *r.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
             return r;
@@ -425,11 +425,16 @@ async fn stale_while_revalidate_and_stale_if_error() {
                 &[("cache-control", "max-age=10, stale-if-error=60")],
                 format!("sie{n}"),
             ),
+            // A validator keeps the entry past its freshness (to revalidate
+            // it), so the cache does have a stale copy it must not serve.
             _ => resp(
-                &[(
-                    "cache-control",
-                    "max-age=10, must-revalidate, stale-if-error=60",
-                )],
+                &[
+                    (
+                        "cache-control",
+                        "max-age=10, must-revalidate, stale-if-error=60",
+                    ),
+                    ("etag", "\"mr\""),
+                ],
                 format!("mr{n}"),
             ),
         }
@@ -472,9 +477,12 @@ async fn stale_while_revalidate_and_stale_if_error() {
         "c3; fwd=stale; fwd-status=503; detail=stale-if-error"
     );
 
-    // must-revalidate forbids serving stale, whatever stale-if-error says.
-    let (_, body) = fetch(&svc, "http://app.test/mr", &[]).await;
-    assert_ne!(body, "mr2", "revalidated, not served stale");
+    // must-revalidate forbids serving stale, whatever stale-if-error says:
+    // with the origin failing, the stored "mr2" must not come back.
+    let (p, body) = fetch(&svc, "http://app.test/mr", &[]).await;
+    assert_eq!(p.status, 503, "the origin's error, not the stale copy");
+    assert_eq!(body, "down");
+    assert_eq!(cache_status(&p), "c3; fwd=stale; fwd-status=503");
 }
 
 #[tokio::test]

@@ -187,6 +187,7 @@ mod tests {
         (0..2000).map(|i| format!("item {i}")).collect()
     }
 
+    #[allow(unused_mut)] // without the optional codecs there is nothing to push
     fn codecs() -> Vec<Codec> {
         let mut v = vec![Codec::Json];
         #[cfg(feature = "msgpack")]
@@ -242,15 +243,27 @@ mod tests {
     }
 
     #[test]
+    #[cfg(all(feature = "msgpack", feature = "postcard"))]
     fn the_longest_prefix_picks_the_codec() {
+        // Three different codecs, so each answer says which rule won.
         let p = CodecPolicy {
             default: Codec::Json,
             prefixes: vec![
-                ("user:".into(), Codec::Json),
-                ("user:blob:".into(), Codec::Json),
+                ("user:".into(), Codec::MessagePack),
+                ("user:blob:".into(), Codec::Postcard),
             ],
         };
         assert_eq!(p.for_key("other"), Codec::Json);
-        assert_eq!(p.for_key("user:blob:1"), Codec::Json);
+        assert_eq!(p.for_key("user:1"), Codec::MessagePack);
+        assert_eq!(p.for_key("user:blob:1"), Codec::Postcard);
+        // The order of the rules does not matter.
+        let p = CodecPolicy {
+            default: Codec::Json,
+            prefixes: vec![
+                ("user:blob:".into(), Codec::Postcard),
+                ("user:".into(), Codec::MessagePack),
+            ],
+        };
+        assert_eq!(p.for_key("user:blob:1"), Codec::Postcard);
     }
 }
