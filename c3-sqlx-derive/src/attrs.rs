@@ -277,11 +277,27 @@ mod properties {
         }
 
         #[test]
-        fn accepted_identifiers_need_no_escaping(s in any::<String>()) {
-            if check_ident("table", &s, &lit(&s)).is_ok() {
-                prop_assert!(s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
-                prop_assert!(!s.contains('"') && !s.is_empty() && s.len() <= 63);
-            }
+        fn identifiers_from_the_safe_alphabet_are_accepted(s in "[A-Za-z_][A-Za-z0-9_]{0,62}") {
+            prop_assert!(check_ident("table", &s, &lit(&s)).is_ok(), "{s:?} refused");
+        }
+
+        #[test]
+        fn anything_that_would_need_escaping_is_refused(
+            head in "[A-Za-z_]{0,10}",
+            bad in prop::sample::select(vec!['"', '\'', ' ', '-', ';', '.', '\\', '\0', 'é', '\u{202e}']),
+            tail in "[A-Za-z0-9_]{0,10}",
+        ) {
+            let s = format!("{head}{bad}{tail}");
+            prop_assert!(check_ident("table", &s, &lit(&s)).is_err(), "{s:?} accepted");
+        }
+
+        #[test]
+        fn too_long_empty_or_digit_first_is_refused(len in 64usize..200, d in 0u32..10) {
+            let long = "a".repeat(len);
+            prop_assert!(check_ident("table", &long, &lit(&long)).is_err());
+            prop_assert!(check_ident("table", "", &lit("")).is_err());
+            let digit = format!("{d}abc");
+            prop_assert!(check_ident("table", &digit, &lit(&digit)).is_err());
         }
 
         #[test]
