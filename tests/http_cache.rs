@@ -230,6 +230,7 @@ async fn private_responses_are_never_shared() {
         _ => resp(&[("cache-control", "max-age=60")], format!("{n}")),
     });
     let svc = cached(&c3, &origin);
+    let writes_before = c3.stats().writes;
     for path in ["/no-store", "/private", "/cookie"] {
         let url = format!("http://app.test{path}");
         let (p1, b1) = fetch(&svc, &url, &[]).await;
@@ -276,6 +277,35 @@ async fn private_responses_are_never_shared() {
     )
     .await;
     assert!(!cache_status(&p).contains("stored"));
+
+    // Not the layer's word for it: the cache itself. A last storable
+    // response goes in after all the others had their chance to be stored;
+    // then only the two meant to be stored and it were written, and another
+    // replica holds none of the others.
+    let w = c3.stats().writes;
+    fetch(&svc, "http://app.test/barrier", &[]).await;
+    stored(&c3, w, 1).await;
+    assert_eq!(
+        c3.stats().writes,
+        writes_before + 3,
+        "only /plain, /public and /barrier were stored"
+    );
+    let b = db.node().await;
+    let svc_b = cached(&b, &origin);
+    for path in ["/no-store", "/private", "/cookie", "/other"] {
+        let (p, _) = fetch(
+            &svc_b,
+            &format!("http://app.test{path}"),
+            &[("cache-control", "only-if-cached")],
+        )
+        .await;
+        assert_eq!(
+            p.status,
+            504,
+            "{path} is in the shared cache: {}",
+            cache_status(&p)
+        );
+    }
 }
 
 #[tokio::test]
