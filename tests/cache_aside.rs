@@ -593,13 +593,18 @@ async fn a_caller_after_an_invalidation_does_not_join_an_older_load() {
     b.set("k", &"new".to_owned()).await.unwrap();
     support::received(&a, heard).await;
 
-    // Started after A applied B's write: must not wait for the old load.
-    let late = a
-        .get_or_load("k", &LoadOptions::new(), || async {
+    // Started after A applied B's write: must not wait for the old load
+    // (which is held until released below) — so a bug here is a timeout,
+    // not a hung test.
+    let late = tokio::time::timeout(
+        support::DELIVERY,
+        a.get_or_load("k", &LoadOptions::new(), || async {
             Ok::<_, std::io::Error>(Some("late load".to_owned()))
-        })
-        .await
-        .unwrap();
+        }),
+    )
+    .await
+    .expect("the late caller joined the held, older load")
+    .unwrap();
     assert_eq!(late.as_deref().map(String::as_str), Some("new"));
     release_tx.send(()).unwrap();
     let early = early.await.unwrap().unwrap();

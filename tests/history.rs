@@ -42,8 +42,9 @@ use support::{Rng, TestDb};
 
 const KEYS: usize = 8;
 
-/// One key's committed history: (version, value written or `None` for a delete).
-type Log = Vec<(u64, Option<u64>)>;
+/// One key's committed history: (version, value written or `None` for a
+/// delete, `History::clock` when the write began, and when it completed).
+type Log = Vec<(u64, Option<u64>, u64, u64)>;
 
 /// What a node has seen: per key, the highest version applied from
 /// notifications and the highest version of its own completed writes.
@@ -71,8 +72,9 @@ struct Read {
     key: usize,
     bound: u64,
     got: Option<u64>,
-    /// `History::clock` when the read started.
+    /// `History::clock` when the read started and when it returned.
     started: u64,
+    ended: u64,
 }
 
 struct History {
@@ -193,6 +195,7 @@ async fn worker(
                 })
                 .await
             };
+            let ended = history.clock.fetch_add(1, Ordering::SeqCst);
             match read {
                 Ok(got) => history.reads.lock().unwrap().push(Read {
                     node: node_ix,
@@ -202,6 +205,7 @@ async fn worker(
                     bound,
                     got: got.map(|v| *v),
                     started,
+                    ended,
                 }),
                 // A node cut off from PostgreSQL answers with errors, not data.
                 Err(e) if !writes => assert!(e.is_l2_unavailable() || e.is_timeout(), "{e}"),
@@ -209,6 +213,7 @@ async fn worker(
             }
         } else {
             let mut log = history.logs[k].lock().await;
+            let began = history.clock.fetch_add(1, Ordering::SeqCst);
             let value = if roll < 88 {
                 let v = history.next_value.fetch_add(1, Ordering::Relaxed);
                 history.source.lock().unwrap()[k] = Some(v);
@@ -220,11 +225,11 @@ async fn worker(
                 None
             };
             let version = committed_version(&db, &name).await;
+            let done = history.clock.fetch_add(1, Ordering::SeqCst);
             if let Some(v) = value {
-                let tick = history.clock.fetch_add(1, Ordering::SeqCst);
-                history.written_at.lock().unwrap().insert((k, v), tick);
+                history.written_at.lock().unwrap().insert((k, v), done);
             }
-            log.push((version, value));
+            log.push((version, value, began, done));
             let mut own = view.own.lock().unwrap();
             let e = own.entry(name).or_default();
             *e = (*e).max(version);
@@ -243,12 +248,12 @@ fn check(history: &History, logs: &[Log]) -> Vec<String> {
     let mut last_seen: HashMap<(usize, usize, usize), usize> = HashMap::new();
     for r in history.reads.lock().unwrap().iter() {
         // The implicit first entry: the key did not exist.
-        let mut log: Log = vec![(0, None)];
+        let mut log: Log = vec![(0, None, 0, 0)];
         log.extend(logs[r.key].iter().copied());
         // The newest logged write at or below the bound (entry 0 has version 0).
-        let floor = log.iter().rposition(|(v, _)| *v <= r.bound).unwrap_or(0);
+        let floor = log.iter().rposition(|e| e.0 <= r.bound).unwrap_or(0);
         match r.got {
-            Some(w) => match log.iter().position(|(_, v)| *v == Some(w)) {
+            Some(w) => match log.iter().position(|e| e.1 == Some(w)) {
                 None => anomalies.push(format!(
                     "node {} read h{} = {w}, never written",
                     r.node, r.key
@@ -259,7 +264,10 @@ fn check(history: &History, logs: &[Log]) -> Vec<String> {
                     r.op,
                     r.key,
                     r.bound,
-                    &log[at.saturating_sub(1)..(floor + 2).min(log.len())]
+                    log[at.saturating_sub(1)..(floor + 2).min(log.len())]
+                        .iter()
+                        .map(|e| (e.0, e.1))
+                        .collect::<Vec<_>>()
                 )),
                 Some(at) => {
                     let seen = last_seen.entry((r.node, r.task, r.key)).or_insert(0);
@@ -286,11 +294,23 @@ fn check(history: &History, logs: &[Log]) -> Vec<String> {
                 }
             },
             None => {
-                if !log[floor..].iter().any(|(_, v)| v.is_none()) {
-                    anomalies.push(format!(
-                        "node {} read h{} as absent after applying entry {floor}, and it was never deleted since",
-                        r.node, r.key
-                    ));
+                // Absent is right only if a delete at or after both floors
+                // (what the node had applied, what this task had seen) had
+                // begun before the read returned — a delete after it cannot
+                // explain it.
+                let seen = last_seen.entry((r.node, r.task, r.key)).or_insert(0);
+                let from = floor.max(*seen);
+                match (from..log.len()).find(|&i| log[i].1.is_none() && log[i].2 < r.ended) {
+                    None => anomalies.push(format!(
+                        "node {} task {} read h{} as absent, but no delete at or after entry {from} \
+                         had begun before the read returned",
+                        r.node, r.task, r.key
+                    )),
+                    // A delete that completed before the read began is now
+                    // this task's floor too (one still under way may have
+                    // reached only the source).
+                    Some(i) if log[i].3 < r.started => *seen = (*seen).max(i),
+                    Some(_) => {}
                 }
             }
         }
