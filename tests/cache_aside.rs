@@ -426,7 +426,27 @@ async fn loads_succeed_while_l2_is_down_and_l2_is_probed_again_later() {
 #[tokio::test]
 async fn a_load_that_raced_a_write_does_not_write_its_older_value_back() {
     let db = TestDb::new("load_race").await;
-    let (a, b) = (db.node().await, db.node().await);
+    // A's LISTEN connection goes through a proxy that holds B's
+    // notifications back while the loads run: A's own bookkeeping cannot
+    // refuse the write-back in time, so only L2's fence is tested.
+    let listen_link = support::proxy::FaultProxy::start(support::database_addr()).await;
+    let pool = deadpool_postgres::Pool::builder(deadpool_postgres::Manager::new(
+        db.url.parse::<tokio_postgres::Config>().unwrap(),
+        tokio_postgres::NoTls,
+    ))
+    .max_size(4)
+    .build()
+    .unwrap();
+    let a = db
+        .builder()
+        .pool(pool)
+        .postgres(&listen_link.url(&db.url))
+        .heartbeat(Duration::from_secs(60), Duration::from_secs(60))
+        .build()
+        .await
+        .unwrap();
+    let b = db.node().await;
+    listen_link.blackhole();
     let opts = LoadOptions::new();
     let stored = |key: &'static str| {
         let client = &db.client;
@@ -501,6 +521,7 @@ async fn a_load_that_raced_a_write_does_not_write_its_older_value_back() {
     .await
     .unwrap();
     assert_eq!(stored("cleared").await, None);
+    listen_link.forward();
 }
 
 /// A load whose read of L2 failed has no lease: nothing can tell whether the
