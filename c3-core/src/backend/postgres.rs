@@ -1006,6 +1006,12 @@ impl PgBackend {
             .filter_map(|(i, v)| v.map(|v| (i.clone(), v)))
             .unzip();
         if !kept.is_empty() {
+            // The bound was for deletions in progress only: a commit that
+            // notifies waits for PostgreSQL's one notification lock, and a
+            // busy cluster must not turn that wait into a failed fill.
+            tx.batch_execute("SET LOCAL lock_timeout TO DEFAULT")
+                .await
+                .map_err(pg)?;
             let payloads = crate::protocol::write_payloads(header, &kept, &versions);
             self.notify(Via::Tx(&tx), &payloads, "fill").await?;
         }
