@@ -430,17 +430,8 @@ async fn a_load_that_raced_a_write_does_not_write_its_older_value_back() {
     // notifications back while the loads run: A's own bookkeeping cannot
     // refuse the write-back in time, so only L2's fence is tested.
     let listen_link = support::proxy::FaultProxy::start(support::database_addr()).await;
-    let pool = deadpool_postgres::Pool::builder(deadpool_postgres::Manager::new(
-        db.url.parse::<tokio_postgres::Config>().unwrap(),
-        tokio_postgres::NoTls,
-    ))
-    .max_size(4)
-    .build()
-    .unwrap();
     let a = db
-        .builder()
-        .pool(pool)
-        .postgres(&listen_link.url(&db.url))
+        .split_builder(&db.url, &listen_link.url(&db.url))
         .heartbeat(Duration::from_secs(60), Duration::from_secs(60))
         .build()
         .await
@@ -537,19 +528,8 @@ async fn a_load_whose_l2_read_failed_never_writes_back() {
     // L2 can.
     let pool_link = support::proxy::FaultProxy::start(support::database_addr()).await;
     let listen_link = support::proxy::FaultProxy::start(support::database_addr()).await;
-    let cfg: tokio_postgres::Config = pool_link.url(&db.url).parse().unwrap();
-    let pool = deadpool_postgres::Pool::builder(deadpool_postgres::Manager::new(
-        cfg,
-        tokio_postgres::NoTls,
-    ))
-    .max_size(4)
-    .runtime(deadpool_postgres::Runtime::Tokio1)
-    .build()
-    .unwrap();
     let a = db
-        .builder()
-        .pool(pool)
-        .postgres(&listen_link.url(&db.url))
+        .split_builder(&pool_link.url(&db.url), &listen_link.url(&db.url))
         .heartbeat(Duration::from_secs(10), Duration::from_secs(10))
         .op_timeout(Duration::from_millis(300))
         .build()

@@ -185,17 +185,8 @@ async fn find_many_that_read_before_a_save_on_another_node_is_not_cached() {
     // L2 pool is direct. Long heartbeats: a held listener is only slow.
     let select_link = FaultProxy::start(support::database_addr()).await;
     let listen_link = FaultProxy::start(support::database_addr()).await;
-    let l2_pool = deadpool_postgres::Pool::builder(deadpool_postgres::Manager::new(
-        tokio_postgres::Config::from_str(&db.url).unwrap(),
-        tokio_postgres::NoTls,
-    ))
-    .max_size(4)
-    .build()
-    .unwrap();
     let b = db
-        .builder()
-        .pool(l2_pool)
-        .postgres(&listen_link.url(&db.url))
+        .split_builder(&db.url, &listen_link.url(&db.url))
         .heartbeat(Duration::from_secs(60), Duration::from_secs(60))
         .build()
         .await

@@ -106,6 +106,23 @@ impl TestDb {
             .pool_size(4)
     }
 
+    /// A builder for a node whose L2 pool goes to `pool_url` and whose LISTEN
+    /// connection goes to `listen_url` — e.g. each through a fault proxy of
+    /// its own, so one can be held while the other works.
+    pub fn split_builder(&self, pool_url: &str, listen_url: &str) -> C3Builder {
+        let pool = deadpool_postgres::Pool::builder(deadpool_postgres::Manager::new(
+            pool_url
+                .parse::<tokio_postgres::Config>()
+                .expect("pool URL"),
+            tokio_postgres::NoTls,
+        ))
+        .max_size(4)
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .build()
+        .expect("pool");
+        self.builder().pool(pool).postgres(listen_url)
+    }
+
     pub async fn node(&self) -> C3 {
         self.builder().build().await.expect("build node")
     }
