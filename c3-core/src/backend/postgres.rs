@@ -974,6 +974,13 @@ impl PgBackend {
             }
             return Err(pg(e));
         }
+        // The bound was for deletions in progress only: the rest of the
+        // transaction may wait as any write does — above all its commit,
+        // which waits for PostgreSQL's one notification lock; a busy cluster
+        // must not turn that wait into a failed fill.
+        tx.batch_execute("SET LOCAL lock_timeout TO DEFAULT")
+            .await
+            .map_err(pg)?;
         let c = Columns::of(items);
         let (tags, tag_keys) = tag_pairs(items);
         let rows = self
@@ -1006,12 +1013,6 @@ impl PgBackend {
             .filter_map(|(i, v)| v.map(|v| (i.clone(), v)))
             .unzip();
         if !kept.is_empty() {
-            // The bound was for deletions in progress only: a commit that
-            // notifies waits for PostgreSQL's one notification lock, and a
-            // busy cluster must not turn that wait into a failed fill.
-            tx.batch_execute("SET LOCAL lock_timeout TO DEFAULT")
-                .await
-                .map_err(pg)?;
             let payloads = crate::protocol::write_payloads(header, &kept, &versions);
             self.notify(Via::Tx(&tx), &payloads, "fill").await?;
         }
