@@ -331,3 +331,99 @@ async fn collapsed_requests_get_only_a_response_that_answers_them() {
     );
     assert_eq!(origin.gets(), 1, "collapsed");
 }
+
+/// Whether a backend working in this test's schema is waiting for a lock.
+async fn lock_wait_in(db: &TestDb) -> bool {
+    let row = db
+        .client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+             AND pid <> pg_backend_pid() AND strpos(query, $1) > 0",
+            &[&db.schema],
+        )
+        .await
+        .unwrap();
+    row.get::<_, i64>(0) > 0
+}
+
+/// Two fills of one tag's first entries (two replicas' first GETs of a URI):
+/// the second fill's record insert waits for the first fill's, which then
+/// commits. The second fill must still hold its deletion record locked, so
+/// that a tag invalidation starting before it commits waits for it — and
+/// then deletes what it stored. (Found by the differential HTTP test: with
+/// the record lock in the inserting statement, it locked nothing, the
+/// invalidation's DELETE ran before the fill committed and missed its row,
+/// and the older response stayed in L2 after the write.)
+#[tokio::test]
+async fn a_fill_that_waited_for_another_fills_record_still_holds_off_a_deletion() {
+    let db = TestDb::new("fence_record_race").await;
+    let a = db.node().await;
+    // B's L2 pool goes through a proxy that can hold its fill's result: the
+    // fill has run on the server, and not committed.
+    let link = FaultProxy::start(support::database_addr()).await;
+    let b = db
+        .split_builder(&link.url(&db.url), &db.url)
+        .build()
+        .await
+        .unwrap();
+    let records = format!("\"{}\".cache_data_deleted_tags", db.schema);
+    // The other fill is a bare transaction holding its record insert. The
+    // fill under test gives up after 100 ms of waiting for it (its lock
+    // timeout): if this test is too slow to release it in time, the moment
+    // is missed and the round is tried again.
+    for round in 0..10 {
+        let key = format!("raced-key-{round}");
+        let tag = format!("raced-tag-{round}");
+        let fill = b.begin_fill(&[&key]).await.unwrap();
+        let other = support::connect(&db.url).await;
+        other.batch_execute("BEGIN").await.unwrap();
+        other
+            .execute(
+                &format!("INSERT INTO {records} (tag, xid) VALUES ($1, '0')"),
+                &[&tag],
+            )
+            .await
+            .unwrap();
+        link.hold_replies(key.as_bytes());
+        let store = tokio::spawn({
+            let (key, tag) = (key.clone(), tag.clone());
+            async move { fill.store(&key, &"old".to_owned(), None, &[&tag]).await }
+        });
+        wait_until("the fill waits for the other's record", DELIVERY, || {
+            lock_wait_in(&db)
+        })
+        .await;
+        other.batch_execute("COMMIT").await.unwrap();
+        wait_until("the fill has run, or given up", DELIVERY, || async {
+            link.holds(key.as_bytes()) || store.is_finished()
+        })
+        .await;
+        if store.is_finished() {
+            link.forward();
+            assert!(!store.await.unwrap().unwrap(), "a fill that gave up");
+            continue;
+        }
+        // The fill has run and holds its row uncommitted. A write elsewhere
+        // invalidates the tag now: it must wait for the fill, then delete.
+        let invalidate = tokio::spawn({
+            let (a, tag) = (a.clone(), tag.clone());
+            async move { a.invalidate_tag(&tag).await }
+        });
+        wait_until(
+            "the invalidation waits for the fill, or is done",
+            DELIVERY,
+            || async { invalidate.is_finished() || lock_wait_in(&db).await },
+        )
+        .await;
+        link.forward();
+        assert!(store.await.unwrap().unwrap(), "the fill was stored");
+        invalidate.await.unwrap().unwrap();
+        assert_eq!(
+            db.row_version(&key).await,
+            None,
+            "the filled row outlived an invalidation that committed after it"
+        );
+        return;
+    }
+    panic!("in ten rounds, the fill never ran while the other record was held");
+}

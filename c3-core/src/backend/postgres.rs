@@ -74,6 +74,7 @@ struct Sql {
     invalidate_tag: Q,
     get_for_load: Q,
     fence: Q,
+    fill_records: Q,
     fill_lock: Q,
     fill: Q,
     record_deletes: Q,
@@ -365,18 +366,32 @@ FROM (SELECT pg_current_snapshot()::text AS snap) AS s LEFT JOIN {t} AS r ON r.k
             fence: Q::new("SELECT pg_current_snapshot()::text", &[]),
             // A fill's first statement (after `lock_timeout`): make sure a
             // deletion record exists for each of its keys and tags (xid 0:
-            // "never deleted", visible in every snapshot) and share-lock the
-            // existing ones. A deletion in progress holds its records, so
-            // this waits for it (and then the fill is refused by the check
-            // below); a deletion that starts later waits for the fill to
-            // commit, and then deletes what it stored.
-            fill_lock: Q::new(
+            // "never deleted", visible in every snapshot). Inserting one that
+            // another transaction is inserting or updating waits for it.
+            fill_records: Q::new(
                 format!(
                     "WITH k AS (INSERT INTO {deleted} (key, xid) SELECT DISTINCT n, '0'::xid8 FROM unnest($1::text[]) AS n \
-ON CONFLICT DO NOTHING), \
-t AS (INSERT INTO {deleted_tags} (tag, xid) SELECT DISTINCT n, '0'::xid8 FROM unnest($2::text[]) AS n \
 ON CONFLICT DO NOTHING) \
-SELECT (SELECT count(*) FROM (SELECT 1 FROM {deleted} WHERE key = ANY($1) FOR SHARE) AS a) \
+INSERT INTO {deleted_tags} (tag, xid) SELECT DISTINCT n, '0'::xid8 FROM unnest($2::text[]) AS n \
+ON CONFLICT DO NOTHING"
+                ),
+                &[Type::TEXT_ARRAY, Type::TEXT_ARRAY],
+            ),
+            // The second, a statement of its own: share-lock every record.
+            // Its own snapshot matters: a record another fill inserted while
+            // the first statement waited for it is invisible to that
+            // statement, and `FOR SHARE` there would lock nothing — a
+            // deletion could then run its DELETE before this fill commits
+            // and miss what it stores (the differential HTTP test's anomaly:
+            // two replicas' first fills of one URI tag). A deletion in
+            // progress holds its records, so this waits for it (and the fill
+            // is then refused by the check below); a deletion that starts
+            // later waits for the fill to commit, and then deletes what it
+            // stored. It counts what it locked: fewer than asked (a record
+            // swept meanwhile) and the fill stores nothing.
+            fill_lock: Q::new(
+                format!(
+                    "SELECT (SELECT count(*) FROM (SELECT 1 FROM {deleted} WHERE key = ANY($1) FOR SHARE) AS a) \
 + (SELECT count(*) FROM (SELECT 1 FROM {deleted_tags} WHERE tag = ANY($2) FOR SHARE) AS b)"
                 ),
                 &[Type::TEXT_ARRAY, Type::TEXT_ARRAY],
@@ -955,24 +970,43 @@ impl PgBackend {
         // A fill never waits long for a deletion in progress: after this
         // long it gives up and stores nothing.
         tx.batch_execute(FILL_LOCK_TIMEOUT).await.map_err(pg)?;
-        let keys: Vec<&str> = items.iter().map(|i| i.key.as_str()).collect();
-        let all_tags: Vec<&str> = items
+        let mut keys: Vec<&str> = items.iter().map(|i| i.key.as_str()).collect();
+        let mut all_tags: Vec<&str> = items
             .iter()
             .flat_map(|i| i.tags.iter().map(String::as_str))
             .collect();
-        // First statement: the deletion records (see `Sql::fill_lock`). The
-        // fill statement after it takes a newer snapshot, so it sees every
-        // deletion that committed while this one waited.
-        if let Err(e) = self
-            .rows(Via::Tx(&tx), &self.sql.fill_lock, &[&keys, &all_tags])
-            .await
-        {
-            if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) {
+        keys.sort_unstable();
+        keys.dedup();
+        all_tags.sort_unstable();
+        all_tags.dedup();
+        // The deletion records, then their share locks, in two statements
+        // (see `Sql::fill_lock` for why two); pipelined, so one round trip
+        // (`biased`: the first is sent first — were they swapped, the count
+        // below would refuse the fill, never store it unfenced). The fill
+        // statement after them takes a newer snapshot still, so it sees
+        // every deletion that committed while they waited.
+        let params: [&(dyn ToSql + Sync); 2] = [&keys, &all_tags];
+        let (records, locked) = tokio::join!(
+            biased;
+            self.rows(Via::Tx(&tx), &self.sql.fill_records, &params),
+            self.rows(Via::Tx(&tx), &self.sql.fill_lock, &params),
+        );
+        let locked = match records.and(locked) {
+            Ok(rows) => rows
+                .first()
+                .and_then(|r| r.try_get::<_, i64>(0).ok())
+                .unwrap_or(0),
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
                 // A deletion of one of these keys or tags is in progress:
                 // it may be of data this fill read before. Store nothing.
                 return Ok(vec![None; items.len()]);
             }
-            return Err(pg(e));
+            Err(e) => return Err(pg(e)),
+        };
+        if usize::try_from(locked).unwrap_or(0) < keys.len() + all_tags.len() {
+            // A record was swept between the two statements: a deletion
+            // starting now would not wait for this fill. Store nothing.
+            return Ok(vec![None; items.len()]);
         }
         // The bound was for deletions in progress only: the rest of the
         // transaction may wait as any write does — above all its commit,
