@@ -61,6 +61,7 @@ pub struct C3Builder {
     prepared_statements: bool,
     migrate: bool,
     start_degraded: bool,
+    warm_reconnect: bool,
     /// The first invalid setting, reported by `build`.
     pub(crate) error: Option<String>,
     pub(crate) l1_max_bytes: u64,
@@ -103,6 +104,7 @@ impl Default for C3Builder {
             prepared_statements: true,
             migrate: true,
             start_degraded: false,
+            warm_reconnect: false,
             error: None,
             l1_max_bytes: 64 * 1024 * 1024,
             l1: L1Settings::default(),
@@ -331,6 +333,24 @@ impl C3Builder {
     /// coherent with no restart. `c3::axum::health` reports 503 until then.
     pub fn start_degraded(mut self, on: bool) -> Self {
         self.start_degraded = on;
+        self
+    }
+
+    /// Whether a lost LISTEN connection keeps L1 (default `false`: it purges
+    /// L1, twice). With `true`, L1 is only bypassed while the node is not
+    /// listening; once LISTEN is back, the node asks the L2 table which keys
+    /// changed since the last snapshot it provably heard of — rows carry
+    /// their writer's transaction id, deletions are recorded — drops exactly
+    /// those and uses L1 again. It still purges when that cannot be proven:
+    /// a gap over 30 minutes, another cluster or timeline (failover), a
+    /// restart with an unlogged table, a clear, or a failed replay query.
+    ///
+    /// Turn it on only if **every invalidator goes through the table**: c3
+    /// nodes, the SQL invalidation function (c3-sqlx's `invalidate` and
+    /// triggers), or deletes that record themselves (PROTOCOL.md §4.1). A
+    /// bare `pg_notify` from a foreign client leaves nothing to replay.
+    pub fn warm_reconnect(mut self, on: bool) -> Self {
+        self.warm_reconnect = on;
         self
     }
 
@@ -692,6 +712,17 @@ impl C3Builder {
                         .connector(custom_tls, "the LISTEN connection")
                         .map_err(Error::config)?,
                     ssl_mode: listen_tls.mode,
+                    replay: self.warm_reconnect.then(|| crate::replay::Replay {
+                        sql: crate::backend::postgres::replay_sql(&self.schema, &self.table),
+                        table: format!(
+                            "{}.{}",
+                            crate::key::quote_ident(&self.schema),
+                            crate::key::quote_ident(&self.table)
+                        ),
+                        window: crate::replay::WINDOW,
+                        max_keys: 1_000_000,
+                        timeout: self.op_timeout,
+                    }),
                 };
                 let mut state = coherency.subscribe();
                 tasks.push(tokio::spawn(listener::run_postgres(

@@ -489,13 +489,42 @@ impl Coherency {
 
     /// Drops all of L1 and every fill in flight.
     pub(crate) fn purge(&self) {
+        self.void_fills(true);
+        Counters::inc(&self.counters.purges);
+    }
+
+    /// Voids every fill in flight (their tokens no longer match), and with
+    /// `clear` empties L1 too.
+    fn void_fills(&self, clear: bool) {
         // All stripe locks, in index order (so two purges cannot deadlock):
         // no fill can slip an entry in between the epoch bump and the clear.
         let guards: Vec<_> = (0..STRIPES).map(|i| self.lock(i)).collect();
         self.epoch.fetch_add(1, Ordering::AcqRel);
-        self.l1.invalidate_all();
+        if clear {
+            self.l1.invalidate_all();
+        }
         drop(guards);
-        Counters::inc(&self.counters.purges);
+    }
+
+    /// The listener lost its connection, and the change log will tell what
+    /// it missed (see `crate::replay`): stop using L1 and void the fills in
+    /// flight, but keep the entries for [`resume`](Self::resume).
+    pub(crate) fn suspend(&self, state: ListenerState) {
+        self.enabled.store(false, Ordering::Release);
+        self.void_fills(false);
+        self.state.send_replace(state);
+    }
+
+    /// LISTEN is back and the change log was replayed: drop the keys changed
+    /// while this node was not listening, void the fills in flight (they may
+    /// have read before a change it only learns of now), and use L1 again.
+    pub(crate) fn resume(&self, changed: &[String]) {
+        for key in changed {
+            self.apply_bare(key);
+        }
+        self.void_fills(false);
+        self.enabled.store(self.l1_configured, Ordering::Release);
+        self.state.send_replace(ListenerState::Listening);
     }
 
     /// The listener lost (or has not yet got) its connection: stop using L1.

@@ -101,6 +101,7 @@ mod loader;
 #[cfg(feature = "otlp")]
 pub mod otlp;
 mod protocol;
+mod replay;
 mod stats;
 mod telemetry;
 pub mod tls;

@@ -15,6 +15,9 @@
 //! On any loss L1 is purged and bypassed at once (a notification may already be
 //! missing: PostgreSQL queues nothing for a disconnected listener). After
 //! reconnecting and LISTENing again, L1 is purged once more before it is used.
+//! With warm reconnect on, L1 is only bypassed, and after reconnecting the
+//! change log tells which keys to drop (see [`crate::replay`]); each
+//! heartbeat's echo moves the mark that replay starts from.
 
 use std::future::poll_fn;
 use std::sync::Arc;
@@ -27,6 +30,7 @@ use tracing::{debug, warn};
 
 use crate::coherency::{Coherency, ListenerState};
 use crate::key::quote_ident;
+use crate::replay::{self, Decision, Mark, Replay};
 use crate::stats::Counters;
 
 /// Settings for the Postgres listener task.
@@ -42,6 +46,8 @@ pub(crate) struct ListenerSettings {
     /// How the LISTEN connection is secured (see `crate::tls`).
     pub(crate) tls: tokio_postgres_rustls::MakeRustlsConnect,
     pub(crate) ssl_mode: crate::tls::SslMode,
+    /// Warm reconnect, if on.
+    pub(crate) replay: Option<Replay>,
 }
 
 enum Event {
@@ -65,6 +71,9 @@ pub(crate) async fn run_postgres(
     let mut attempt: u32 = 0;
     let mut ever_connected = false;
     let mut rng = Jitter::new(&coherency.node_id);
+    // Warm reconnect: the snapshot whose every transaction this node has
+    // heard of (see `crate::replay`).
+    let mut mark: Option<Mark> = None;
     loop {
         if *shutdown.borrow() {
             break;
@@ -74,18 +83,38 @@ pub(crate) async fn run_postgres(
                 if ever_connected {
                     Counters::inc(&coherency.counters.reconnects);
                 }
-                ever_connected = true;
-                attempt = 0;
                 *coherency
                     .listener_problem
                     .lock()
                     .unwrap_or_else(|e| e.into_inner()) = None;
-                coherency.enable();
+                match &settings.replay {
+                    Some(r) => {
+                        mark = catch_up(&coherency, &client, r, mark.take(), ever_connected).await
+                    }
+                    None => coherency.enable(),
+                }
+                ever_connected = true;
+                attempt = 0;
                 debug!(target: "c3::listener", channel = %settings.channel, "listening");
-                let ended = session(&coherency, client, events, &settings, &mut shutdown).await;
-                coherency.disable(ListenerState::Reconnecting { attempt: 0 });
+                let ended = session(
+                    &coherency,
+                    client,
+                    events,
+                    &settings,
+                    &mut shutdown,
+                    &mut mark,
+                )
+                .await;
+                let state = ListenerState::Reconnecting { attempt: 0 };
+                match (&ended, &mark) {
+                    (Ended::Lost(_), Some(_)) => coherency.suspend(state),
+                    _ => coherency.disable(state),
+                }
                 match ended {
                     Ended::Shutdown => break,
+                    Ended::Lost(why) if mark.is_some() => {
+                        warn!(target: "c3::listener", reason = %why, "listener connection lost; L1 bypassed until LISTEN is back and the change log is replayed");
+                    }
                     Ended::Lost(why) => {
                         warn!(target: "c3::listener", reason = %why, "listener connection lost; L1 purged and bypassed until LISTEN is back");
                     }
@@ -108,6 +137,52 @@ pub(crate) async fn run_postgres(
         }
     }
     coherency.disable(ListenerState::Stopped);
+}
+
+/// Brings L1 back after (re)connecting, with warm reconnect on: replays the
+/// change log since `mark` and drops only what changed, or purges when the
+/// log cannot prove what was missed. Returns the next mark (`None` if the
+/// replay query failed: then the next reconnect purges).
+async fn catch_up(
+    coherency: &Coherency,
+    client: &tokio_postgres::Client,
+    replay: &Replay,
+    mark: Option<Mark>,
+    reconnecting: bool,
+) -> Option<Mark> {
+    let started = Instant::now();
+    let seen = match replay::observe(client, replay, mark.as_ref()).await {
+        Ok(seen) => seen,
+        Err(why) => {
+            coherency.enable();
+            if reconnecting {
+                Counters::inc(&coherency.counters.warm_reconnect_fallbacks);
+                warn!(target: "c3::listener", reason = %why, "could not replay the change log; L1 purged");
+            }
+            return None;
+        }
+    };
+    match replay::decide(mark.as_ref(), &seen, replay) {
+        Decision::Warm(changed) => {
+            coherency.resume(&changed);
+            Counters::inc(&coherency.counters.warm_reconnects);
+            coherency
+                .counters
+                .replayed_keys
+                .fetch_add(changed.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(target: "c3::listener", dropped = changed.len(),
+                kept = coherency.l1_size().0, took = ?started.elapsed(),
+                "LISTEN is back; dropped only what changed meanwhile");
+        }
+        Decision::Purge(why) => {
+            coherency.enable();
+            if reconnecting {
+                Counters::inc(&coherency.counters.warm_reconnect_fallbacks);
+                tracing::info!(target: "c3::listener", reason = why, "LISTEN is back; L1 purged (the change log cannot prove what was missed)");
+            }
+        }
+    }
+    Some(Mark::from_observed(&seen))
 }
 
 async fn connect(
@@ -223,11 +298,17 @@ async fn session(
     mut events: mpsc::Receiver<Event>,
     settings: &ListenerSettings,
     shutdown: &mut watch::Receiver<bool>,
+    mark: &mut Option<Mark>,
 ) -> Ended {
     let client = Arc::new(client);
     let mut nonce: u64 = 0;
     let mut awaiting: Option<(String, Instant)> = None;
     let mut next_beat = Instant::now() + settings.heartbeat_interval;
+    // Warm reconnect: each heartbeat's snapshot, and the last nonce echoed;
+    // when they are of the same heartbeat, its snapshot is the new mark.
+    let (snaps_tx, mut snaps) = mpsc::channel::<(String, String)>(4);
+    let mut snapshot: Option<(String, String)> = None;
+    let mut echoed: Option<String> = None;
     loop {
         let wake = awaiting
             .as_ref()
@@ -241,6 +322,7 @@ async fn session(
                         if awaiting.as_ref().is_some_and(|(p, _)| *p == payload) {
                             awaiting = None;
                         }
+                        echoed = Some(payload);
                     } else {
                         coherency.apply_payload(&payload);
                         // Data arriving proves the link is not half-open. A
@@ -257,6 +339,7 @@ async fn session(
                 }
                 None => return Ended::Lost("connection driver stopped".to_owned()),
             },
+            Some(snap) = snaps.recv() => snapshot = Some(snap),
             _ = sleep_until(wake) => {
                 if awaiting.is_some() {
                     return Ended::Lost(format!(
@@ -269,17 +352,39 @@ async fn session(
                 next_beat = Instant::now() + settings.heartbeat_interval;
                 // Sent from a separate task: awaiting the reply here would stop
                 // us draining `events`, which the reply may be queued behind.
+                // The snapshot is taken in the heartbeat's own transaction:
+                // every notifying transaction visible in it is delivered before
+                // the echo (see `crate::replay`).
                 let client = Arc::clone(&client);
                 let channel = settings.heartbeat_channel.clone();
+                let snaps_tx = snaps_tx.clone();
                 tokio::spawn(async move {
-                    let _ = client
-                        .execute("SELECT pg_notify($1, $2)", &[&channel, &payload])
-                        .await;
+                    let sent = client
+                        .query_one(HEARTBEAT, &[&channel, &payload])
+                        .await
+                        .and_then(|row| row.try_get::<_, String>(0));
+                    if let Ok(snap) = sent {
+                        let _ = snaps_tx.send((payload, snap)).await;
+                    }
                 });
             }
         }
+        if let (Some((n, snap)), Some(e)) = (&snapshot, &echoed)
+            && n == e
+        {
+            if let Some(m) = mark.as_mut() {
+                m.snapshot.clone_from(snap);
+                m.at = std::time::Instant::now();
+                Counters::inc(&coherency.counters.replay_marks);
+            }
+            snapshot = None;
+        }
     }
 }
+
+/// A heartbeat: a notification to this node alone, and the snapshot of its
+/// transaction (the mark it proves once echoed).
+const HEARTBEAT: &str = "SELECT pg_current_snapshot()::text, pg_notify($1, $2)";
 
 /// The in-memory backend's equivalent of the listener task.
 /// The caller subscribes (and enables L1) before spawning, so no message sent

@@ -84,6 +84,18 @@ counters! {
     purges,
     /// Times the listener connection was re-established after a loss.
     reconnects,
+    /// Reconnects that kept L1, dropping only what the change log showed had
+    /// changed (warm reconnect).
+    warm_reconnects,
+    /// Keys those reconnects dropped.
+    replayed_keys,
+    /// Heartbeat echoes that moved the warm-reconnect mark (every
+    /// transaction visible in a heartbeat's snapshot was heard before its
+    /// echo; a reconnect replays what came after the last mark).
+    replay_marks,
+    /// Reconnects with warm reconnect on that purged L1 all the same (the
+    /// log could not prove what was missed; the reason is logged).
+    warm_reconnect_fallbacks,
     /// L2 calls that failed or timed out.
     l2_errors,
     /// Times the L2 circuit breaker opened.

@@ -21,6 +21,8 @@ const HOLD_REPLIES: u8 = 3;
 
 pub struct FaultProxy {
     pub port: u16,
+    /// Where new connections go (`set_upstream`).
+    upstream: Arc<std::sync::Mutex<String>>,
     mode: Arc<AtomicU8>,
     latency_ms: Arc<AtomicU64>,
     /// Chunks from the server being held (`hold_replies`), their bytes, and
@@ -37,6 +39,8 @@ impl FaultProxy {
     /// Starts a proxy to `upstream` (host:port) on an ephemeral local port.
     pub async fn start(upstream: String) -> FaultProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let upstream = Arc::new(std::sync::Mutex::new(upstream));
+        let target = Arc::clone(&upstream);
         let port = listener.local_addr().unwrap().port();
         let mode = Arc::new(AtomicU8::new(FORWARD));
         let latency_ms = Arc::new(AtomicU64::new(0));
@@ -59,7 +63,8 @@ impl FaultProxy {
                     drop(client);
                     continue;
                 }
-                let Ok(server) = TcpStream::connect(&upstream).await else {
+                let to = target.lock().unwrap().clone();
+                let Ok(server) = TcpStream::connect(&to).await else {
                     continue;
                 };
                 let (m, l, h, rx) = (m.clone(), l.clone(), h.clone(), g.subscribe());
@@ -68,6 +73,7 @@ impl FaultProxy {
         });
         FaultProxy {
             port,
+            upstream,
             mode,
             latency_ms,
             held,
@@ -85,6 +91,12 @@ impl FaultProxy {
         let rest = &db_url[at..];
         let slash = rest.find('/').unwrap_or(rest.len());
         format!("{}127.0.0.1:{}{}", &db_url[..at], self.port, &rest[slash..])
+    }
+
+    /// Sends new connections to another server (host:port) — e.g. a
+    /// failover, as a client behind a fixed address sees it.
+    pub fn set_upstream(&self, upstream: String) {
+        *self.upstream.lock().unwrap() = upstream;
     }
 
     pub fn forward(&self) {

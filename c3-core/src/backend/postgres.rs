@@ -88,6 +88,28 @@ pub(crate) fn migration_sql(schema: &str, table: &str) -> String {
     Sql::new(schema, table).ddl
 }
 
+/// The change-log query a reconnecting node runs on its LISTEN connection
+/// (see `crate::replay`): in one statement, so one snapshot, the server's
+/// identity and every key changed by a transaction not visible in `$1` (the
+/// node's mark; NULL: identity only) — rows written (their `xid`) and
+/// deletions recorded (`''`: a clear) — at most `$2` of them. `$3` is the
+/// table's qualified name, for its persistence.
+pub(crate) fn replay_sql(schema: &str, table: &str) -> String {
+    let q = |name: &str| format!("{}.{}", quote_ident(schema), quote_ident(name));
+    let (t, deleted) = (q(table), q(&format!("{table}_deleted")));
+    format!(
+        "SELECT pg_current_snapshot()::text, \
+(SELECT system_identifier::text FROM pg_control_system()), \
+(SELECT timeline_id::text FROM pg_control_checkpoint()), \
+pg_postmaster_start_time()::text, \
+(SELECT relpersistence::text FROM pg_class WHERE oid = to_regclass($3)), \
+CASE WHEN $1::text IS NULL THEN NULL ELSE ARRAY(\
+SELECT key FROM {t} WHERE xid IS NOT NULL AND NOT pg_visible_in_snapshot(xid, $1::text::pg_snapshot) \
+UNION SELECT key FROM {deleted} WHERE NOT pg_visible_in_snapshot(xid, $1::text::pg_snapshot) \
+LIMIT $2) END"
+    )
+}
+
 /// The quoted, schema-qualified name of the SQL function that deletes keys
 /// (and tagged keys) and announces it, inside the caller's transaction.
 pub(crate) fn invalidate_function(schema: &str, table: &str) -> String {

@@ -1,0 +1,266 @@
+//! Warm reconnect: after a lost LISTEN connection, drop only what changed.
+//!
+//! PostgreSQL queues nothing for a listener that is not connected, so a node
+//! that lost its connection cannot know from notifications what it missed.
+//! The L2 table can tell it: every row carries the `xid8` of the transaction
+//! that wrote it, and every deletion is recorded with the deleting
+//! transaction's (the records fills already need, PROTOCOL.md §2 "Fills").
+//! What a node needs is a **mark**: a snapshot whose every transaction it has
+//! provably heard of. Then "what did I miss?" is one query: the keys of rows
+//! and deletion records written by transactions not visible in the mark.
+//!
+//! # The mark (PROTOCOL.md §4.1 has the argument in full)
+//!
+//! Each heartbeat is `SELECT pg_current_snapshot(), pg_notify(<own channel>,
+//! <nonce>)`: one transaction, whose snapshot `S` is taken before it commits.
+//! Every transaction visible in `S` committed before `S` was taken, so it
+//! queued its notifications before the heartbeat queued its own — and
+//! PostgreSQL delivers a listener's notifications in queue order. When the
+//! heartbeat's echo arrives, every notifying transaction visible in `S` has
+//! been delivered (or was accounted for when this session began): `S` is the
+//! new mark.
+//!
+//! # Replay
+//!
+//! While disconnected the node keeps L1's entries but does not use them (nor
+//! add to them), and voids every fill in flight. After LISTEN is back and its
+//! probe has echoed — so every transaction committing from now on will be
+//! delivered — one statement takes a snapshot `R` and lists the keys changed
+//! by transactions not visible in the mark. Those are dropped, and L1 is used
+//! again, with `R` as the next mark: what is visible in `R` was either heard
+//! before the loss, or replayed.
+//!
+//! When the log cannot prove it is complete, the node purges L1 as before:
+//! no mark yet, a gap longer than the window the deletion records are kept
+//! for, another cluster or timeline (a failover may have lost transactions
+//! this node heard of), a restarted server with an `UNLOGGED` table (a crash
+//! empties it, log included), a clear, more changes than are worth listing,
+//! or a replay query that failed. Notifications that leave nothing in the
+//! table (bare keys, `i` messages from foreign clients) cannot be replayed:
+//! warm reconnect is opt-in, for deployments whose every invalidator goes
+//! through the table or the invalidation function.
+
+use std::time::{Duration, Instant};
+
+/// How a node replays the change log, when warm reconnect is on.
+#[derive(Clone, Debug)]
+pub(crate) struct Replay {
+    /// The statement (see `backend::postgres::replay_sql`).
+    pub(crate) sql: String,
+    /// The table's qualified name, for its persistence.
+    pub(crate) table: String,
+    /// The longest gap replayed: well inside the deletion records' retention.
+    pub(crate) window: Duration,
+    /// More changed keys than this and a purge is cheaper than the list.
+    pub(crate) max_keys: usize,
+    /// Bound on the replay statement.
+    pub(crate) timeout: Duration,
+}
+
+/// How long deletion records are kept (the sweeper's retention, in
+/// `backend::postgres`), and the longest gap a node replays: half of it, so
+/// a transaction may stay open for up to half an hour between recording a
+/// deletion and committing without its record being swept before a replay.
+pub(crate) const WINDOW: Duration = Duration::from_secs(30 * 60);
+
+/// Who answered: a replay is only valid against the same history.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Server {
+    system: String,
+    timeline: String,
+    started: String,
+    unlogged: bool,
+}
+
+/// A snapshot whose every transaction this node has heard of, and when.
+#[derive(Clone, Debug)]
+pub(crate) struct Mark {
+    pub(crate) snapshot: String,
+    pub(crate) at: Instant,
+    pub(crate) server: Server,
+}
+
+/// What the replay statement saw.
+#[derive(Debug)]
+pub(crate) struct Observed {
+    pub(crate) snapshot: String,
+    pub(crate) server: Server,
+    /// Keys changed since the mark given (`None`: no mark was given).
+    pub(crate) changed: Option<Vec<String>>,
+}
+
+/// What to do with L1 after a reconnect.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Decision {
+    /// Drop these keys and use L1 again.
+    Warm(Vec<String>),
+    /// Drop all of L1, for this reason.
+    Purge(&'static str),
+}
+
+/// Runs the replay statement on the (new) LISTEN connection.
+pub(crate) async fn observe(
+    client: &tokio_postgres::Client,
+    replay: &Replay,
+    mark: Option<&Mark>,
+) -> Result<Observed, String> {
+    let limit = i64::try_from(replay.max_keys.saturating_add(1)).unwrap_or(i64::MAX);
+    let snapshot = mark.map(|m| m.snapshot.as_str());
+    let row = tokio::time::timeout(
+        replay.timeout,
+        client.query_one(&replay.sql, &[&snapshot, &limit, &replay.table]),
+    )
+    .await
+    .map_err(|_| format!("the replay query timed out after {:?}", replay.timeout))?
+    .map_err(|e| format!("the replay query failed: {e}"))?;
+    let text = |i: usize| -> Result<String, String> {
+        row.try_get::<_, Option<String>>(i)
+            .map_err(|e| format!("the replay query's column {i}: {e}"))
+            .map(Option::unwrap_or_default)
+    };
+    Ok(Observed {
+        snapshot: text(0)?,
+        server: Server {
+            system: text(1)?,
+            timeline: text(2)?,
+            started: text(3)?,
+            unlogged: text(4)? == "u",
+        },
+        changed: row
+            .try_get(5)
+            .map_err(|e| format!("the replay query's keys: {e}"))?,
+    })
+}
+
+/// Whether the log proves what this node missed since `mark`.
+pub(crate) fn decide(mark: Option<&Mark>, seen: &Observed, replay: &Replay) -> Decision {
+    let Some(mark) = mark else {
+        return Decision::Purge("no mark yet");
+    };
+    if mark.at.elapsed() > replay.window {
+        return Decision::Purge("disconnected longer than the change log's window");
+    }
+    if mark.server.system != seen.server.system || mark.server.timeline != seen.server.timeline {
+        return Decision::Purge("another cluster or timeline (a failover?)");
+    }
+    if seen.server.unlogged && mark.server.started != seen.server.started {
+        return Decision::Purge("the server restarted and the table is unlogged");
+    }
+    let Some(changed) = &seen.changed else {
+        return Decision::Purge("no change list");
+    };
+    if changed.len() > replay.max_keys {
+        return Decision::Purge("more changes than worth replaying");
+    }
+    if changed.iter().any(String::is_empty) {
+        return Decision::Purge("the cache was cleared");
+    }
+    Decision::Warm(changed.clone())
+}
+
+impl Mark {
+    /// The mark a replay (or the first connection) leaves: its own snapshot.
+    pub(crate) fn from_observed(seen: &Observed) -> Mark {
+        Mark {
+            snapshot: seen.snapshot.clone(),
+            at: Instant::now(),
+            server: seen.server.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(system: &str, timeline: &str, started: &str, unlogged: bool) -> Server {
+        Server {
+            system: system.into(),
+            timeline: timeline.into(),
+            started: started.into(),
+            unlogged,
+        }
+    }
+
+    fn replay() -> Replay {
+        Replay {
+            sql: String::new(),
+            table: String::new(),
+            window: Duration::from_secs(60),
+            max_keys: 3,
+            timeout: Duration::from_secs(1),
+        }
+    }
+
+    fn seen(server: Server, changed: &[&str]) -> Observed {
+        Observed {
+            snapshot: "10:10:".into(),
+            server,
+            changed: Some(changed.iter().map(|s| (*s).to_owned()).collect()),
+        }
+    }
+
+    fn mark(server: Server) -> Mark {
+        Mark {
+            snapshot: "5:5:".into(),
+            at: Instant::now(),
+            server,
+        }
+    }
+
+    #[test]
+    fn the_same_history_replays_exactly_the_changed_keys() {
+        let s = server("1", "1", "t0", false);
+        let d = decide(Some(&mark(s.clone())), &seen(s, &["a", "b"]), &replay());
+        assert_eq!(d, Decision::Warm(vec!["a".into(), "b".into()]));
+    }
+
+    #[test]
+    fn a_logged_table_survives_a_restart() {
+        let d = decide(
+            Some(&mark(server("1", "1", "t0", false))),
+            &seen(server("1", "1", "t1", false), &["a"]),
+            &replay(),
+        );
+        assert_eq!(d, Decision::Warm(vec!["a".into()]));
+    }
+
+    #[test]
+    fn whatever_the_log_cannot_prove_purges() {
+        let s = server("1", "1", "t0", false);
+        let r = replay();
+        let purged = |d: Decision| matches!(d, Decision::Purge(_));
+        assert!(purged(decide(None, &seen(s.clone(), &[]), &r)));
+        assert!(purged(decide(
+            Some(&mark(s.clone())),
+            &seen(server("2", "1", "t0", false), &[]),
+            &r
+        )));
+        assert!(purged(decide(
+            Some(&mark(s.clone())),
+            &seen(server("1", "2", "t0", false), &[]),
+            &r
+        )));
+        let unlogged = server("1", "1", "t0", true);
+        assert!(purged(decide(
+            Some(&mark(unlogged)),
+            &seen(server("1", "1", "t1", true), &[]),
+            &r
+        )));
+        assert!(purged(decide(
+            Some(&mark(s.clone())),
+            &seen(s.clone(), &["a", "b", "c", "d"]),
+            &r
+        )));
+        assert!(purged(decide(
+            Some(&mark(s.clone())),
+            &seen(s.clone(), &["a", ""]),
+            &r
+        )));
+        let mut old = mark(s.clone());
+        if let Some(at) = Instant::now().checked_sub(Duration::from_secs(61)) {
+            old.at = at;
+            assert!(purged(decide(Some(&old), &seen(s, &[]), &r)));
+        }
+    }
+}
