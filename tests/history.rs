@@ -24,10 +24,17 @@
 //! to the newest logged write at or below it — never a false anomaly, at
 //! worst a slightly lower floor.
 //!
+//! A node that lost its LISTEN connection must, once it listens again, have
+//! caught up: a read it starts then sees every write that had completed
+//! before the loss was noticed (by a purge, or — with warm reconnect — by
+//! replaying the change log). The test watches each node's listener state
+//! and raises that node's floor accordingly.
+//!
 //! Seeded and bounded: `C3_HISTORY_SECS` (default 3) and `C3_HISTORY_SEED`
 //! (default: random, printed) reproduce or lengthen a run. One variant runs
 //! a reading node behind a fault proxy that drops its connections again and
-//! again.
+//! again; another runs every node with warm reconnect, and alternates
+//! dropped and blackholed links with killed listener backends.
 
 mod support;
 
@@ -36,11 +43,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use c3::core::C3;
+use c3::core::{C3, ListenerState};
 use support::proxy::FaultProxy;
 use support::{Rng, TestDb};
 
+/// Keys: few, so operations overlap; more with warm reconnect, so that a key
+/// a replay failed to drop is not rewritten (and evicted) before it is read.
 const KEYS: usize = 8;
+const WARM_KEYS: usize = 64;
 
 /// One key's committed history: (version, value written or `None` for a
 /// delete, `History::clock` when the write began, and when it completed).
@@ -52,6 +62,9 @@ type Log = Vec<(u64, Option<u64>, u64, u64)>;
 struct NodeView {
     applied: Mutex<HashMap<String, u64>>,
     own: Mutex<HashMap<String, u64>>,
+    /// `History::clock` when the node last noticed a lost listener, set
+    /// once it listens again: every write completed before it is covered.
+    covered: AtomicU64,
 }
 
 impl NodeView {
@@ -75,6 +88,8 @@ struct Read {
     /// `History::clock` when the read started and when it returned.
     started: u64,
     ended: u64,
+    /// The node's `NodeView::covered` when the read started.
+    covered: u64,
 }
 
 struct History {
@@ -104,7 +119,26 @@ fn settings() -> (Duration, u64) {
     (Duration::from_secs(secs), seed)
 }
 
-async fn node_with_view(db: &TestDb, url: Option<&str>) -> (C3, Arc<NodeView>) {
+/// Records, in `view.covered`, when `node` noticed a lost listener — once
+/// it is listening again (see the module docs).
+fn watch_reconnects(node: &C3, view: Arc<NodeView>, history: Arc<History>) {
+    let mut rx = node.watch_listener();
+    tokio::spawn(async move {
+        let mut lost: Option<u64> = None;
+        while rx.changed().await.is_ok() {
+            let state = *rx.borrow_and_update();
+            if state == ListenerState::Listening {
+                if let Some(t) = lost.take() {
+                    view.covered.fetch_max(t, Ordering::SeqCst);
+                }
+            } else if lost.is_none() {
+                lost = Some(history.clock.fetch_add(1, Ordering::SeqCst));
+            }
+        }
+    });
+}
+
+async fn node_with_view(db: &TestDb, url: Option<&str>, warm: bool) -> (C3, Arc<NodeView>) {
     let view = Arc::new(NodeView::default());
     let sink = Arc::clone(&view);
     let mut b = db.builder().on_applied(move |n| {
@@ -115,8 +149,12 @@ async fn node_with_view(db: &TestDb, url: Option<&str>) -> (C3, Arc<NodeView>) {
         }
     });
     if let Some(url) = url {
-        b = b.postgres(url).op_timeout(Duration::from_millis(500));
+        b = b
+            .postgres(url)
+            .op_timeout(Duration::from_millis(500))
+            .connect_timeout(Duration::from_secs(1));
     }
+    b = b.warm_reconnect(warm);
     (b.build().await.expect("node"), view)
 }
 
@@ -164,11 +202,12 @@ async fn worker(
     let mut rng = Rng(seed);
     let mut ops = 0;
     while Instant::now() < until {
-        let k = rng.below(KEYS);
+        let k = rng.below(history.logs.len());
         let name = key(k);
         let roll = rng.below(100);
         if !writes || roll < 55 {
             let bound = view.bound(&name);
+            let covered = view.covered.load(Ordering::SeqCst);
             let started = history.clock.fetch_add(1, Ordering::SeqCst);
             let op = ["get", "get_or_load", "fill+get"][roll % 3];
             let read = if op == "get" {
@@ -206,6 +245,7 @@ async fn worker(
                     got: got.map(|v| *v),
                     started,
                     ended,
+                    covered,
                 }),
                 // A node cut off from PostgreSQL answers with errors, not data.
                 Err(e) if !writes => assert!(e.is_l2_unavailable() || e.is_timeout(), "{e}"),
@@ -250,8 +290,13 @@ fn check(history: &History, logs: &[Log]) -> Vec<String> {
         // The implicit first entry: the key did not exist.
         let mut log: Log = vec![(0, None, 0, 0)];
         log.extend(logs[r.key].iter().copied());
-        // The newest logged write at or below the bound (entry 0 has version 0).
-        let floor = log.iter().rposition(|e| e.0 <= r.bound).unwrap_or(0);
+        // The newest logged write at or below the bound (entry 0 has version
+        // 0), or completed before a lost listener the node has recovered from.
+        let floor = log
+            .iter()
+            .rposition(|e| e.0 <= r.bound)
+            .unwrap_or(0)
+            .max(log.iter().rposition(|e| e.3 < r.covered).unwrap_or(0));
         match r.got {
             Some(w) => match log.iter().position(|e| e.1 == Some(w)) {
                 None => anomalies.push(format!(
@@ -318,7 +363,7 @@ fn check(history: &History, logs: &[Log]) -> Vec<String> {
     anomalies
 }
 
-async fn run(name: &str, flapping: bool) {
+async fn run(name: &str, flapping: bool, warm: bool) {
     let (duration, seed) = settings();
     eprintln!("{name}: seed {seed}, {duration:?} (C3_HISTORY_SEED / C3_HISTORY_SECS)");
     let db = Arc::new(TestDb::new(name).await);
@@ -329,29 +374,50 @@ async fn run(name: &str, flapping: bool) {
         // In the flapping run, node 3 reaches PostgreSQL through the proxy
         // and only reads: its writes' outcomes would be unknowable.
         let url = (flapping && i == 3).then_some(proxied.as_str());
-        nodes.push(node_with_view(&db, url).await);
+        nodes.push(node_with_view(&db, url, warm).await);
     }
+    let keys = if warm { WARM_KEYS } else { KEYS };
     let history = Arc::new(History {
-        logs: (0..KEYS)
+        logs: (0..keys)
             .map(|_| tokio::sync::Mutex::new(Vec::new()))
             .collect(),
         reads: Mutex::new(Vec::new()),
-        source: Mutex::new(vec![None; KEYS]),
+        source: Mutex::new(vec![None; keys]),
         next_value: AtomicU64::new(1),
         clock: AtomicU64::new(0),
         written_at: Mutex::new(HashMap::new()),
     });
     let until = Instant::now() + duration;
     let stop = Arc::new(AtomicBool::new(false));
+    for (node, view) in &nodes {
+        watch_reconnects(node, Arc::clone(view), Arc::clone(&history));
+    }
     let flapper = flapping.then(|| {
         let stop = Arc::clone(&stop);
+        let (db, writers) = (
+            Arc::clone(&db),
+            nodes[..3]
+                .iter()
+                .map(|(n, _)| n.clone())
+                .collect::<Vec<_>>(),
+        );
         tokio::spawn(async move {
             let mut faults = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 tokio::time::sleep(Duration::from_millis(250)).await;
-                proxy.drop_all();
+                // With warm reconnect: also blackholes (a half-open link,
+                // found by the heartbeat) and killed listener backends of
+                // the writing nodes.
+                if warm && faults % 2 == 1 {
+                    proxy.blackhole();
+                    db.kill_listener(&writers[(faults as usize / 2) % writers.len()])
+                        .await;
+                    tokio::time::sleep(Duration::from_millis(1_200)).await;
+                } else {
+                    proxy.drop_all();
+                    tokio::time::sleep(Duration::from_millis(150)).await;
+                }
                 faults += 1;
-                tokio::time::sleep(Duration::from_millis(150)).await;
                 proxy.forward();
             }
             faults
@@ -404,6 +470,17 @@ async fn run(name: &str, flapping: bool) {
         anomalies.len(),
         &anomalies[..anomalies.len().min(10)]
     );
+    if warm {
+        let (kept, purged): (u64, u64) = nodes.iter().fold((0, 0), |(k, p), (n, _)| {
+            let s = n.stats();
+            (k + s.warm_reconnects, p + s.warm_reconnect_fallbacks)
+        });
+        eprintln!("{name}: {kept} warm reconnects, {purged} that purged");
+        assert!(
+            kept > 0,
+            "no reconnect was warm: the run tested nothing new"
+        );
+    }
     for (n, _) in nodes {
         n.shutdown().await;
     }
@@ -411,10 +488,15 @@ async fn run(name: &str, flapping: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_histories_have_no_stale_reads() {
-    run("history", false).await;
+    run("history", false, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn histories_stay_clean_while_a_node_link_flaps() {
-    run("history_flap", true).await;
+    run("history_flap", true, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn histories_stay_clean_with_warm_reconnects_through_drops_blackholes_and_kills() {
+    run("history_warm", true, true).await;
 }
