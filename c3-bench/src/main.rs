@@ -19,6 +19,8 @@
 //! * `loader` — `get_or_load` under a 100-way stampede and while the source is down.
 //! * `write` — `set` (upsert + notify) against the bare upsert; batching.
 //! * `memory` — bytes per L1 entry against moka alone.
+//! * `reconnect` — L2 reads after a lost LISTEN connection: warm reconnect
+//!   against the full purge.
 //! * `report` — machine facts, the Markdown report and the chart.
 //! * `stats`, `redis` — latency summaries; a minimal RESP client.
 
@@ -27,6 +29,7 @@ mod http;
 mod loader;
 mod memory;
 mod read;
+mod reconnect;
 mod redis;
 mod report;
 mod stats;
@@ -128,8 +131,11 @@ async fn run_one(env: &Env, section: &str) {
         "write" => serde_json::to_string_pretty(&write::run(env).await),
         "loader" => serde_json::to_string_pretty(&loader::run(env).await),
         "memory" => serde_json::to_string_pretty(&memory::run()),
+        "reconnect" => serde_json::to_string_pretty(&reconnect::run(env).await),
         other => {
-            eprintln!("unknown section {other:?}: read, http, coherency, loader, write, memory");
+            eprintln!(
+                "unknown section {other:?}: read, http, coherency, loader, write, memory, reconnect"
+            );
             std::process::exit(2);
         }
     };
@@ -184,6 +190,8 @@ fn main() {
         let loading = loader::run(&env).await;
         eprintln!("c3-bench: write cost");
         let write = write::run(&env).await;
+        eprintln!("c3-bench: reconnect");
+        let reconnect = reconnect::run(&env).await;
         eprintln!("c3-bench: memory");
         let memory = memory::run();
         reset_schema(&admin, true).await;
@@ -195,6 +203,7 @@ fn main() {
             coherency,
             loading,
             write,
+            reconnect,
             memory,
         }
     });

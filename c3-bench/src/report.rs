@@ -22,6 +22,7 @@ pub(crate) struct Report {
     pub(crate) coherency: Vec<Propagation>,
     pub(crate) loading: crate::loader::Loading,
     pub(crate) write: (Vec<WriteCost>, Batching),
+    pub(crate) reconnect: Vec<crate::reconnect::Outage>,
     pub(crate) memory: Memory,
 }
 
@@ -141,11 +142,19 @@ fn targets(r: &Report) -> Vec<(String, String, Option<bool>)> {
                 "propagation p99 ≤ {} ms at 1,000 writes/s with {n} listeners",
                 limit / 1000.0
             ),
+            // Met only at the rate asked: the writer must have achieved at
+            // least 95 % of it.
             p.map_or_else(
                 || "not run (--quick)".into(),
-                |p| format!("p99 {:.2} ms", p.p99_us / 1000.0),
+                |p| {
+                    format!(
+                        "p99 {:.2} ms at an achieved {:.0} writes/s",
+                        p.p99_us / 1000.0,
+                        p.achieved_rate
+                    )
+                },
             ),
-            p.map(|p| p.p99_us <= limit),
+            p.map(|p| p.p99_us <= limit && p.achieved_rate >= 950.0),
         ));
     }
     if let Some(w) = r.write.0.iter().find(|w| w.writers == 16) {
@@ -156,6 +165,39 @@ fn targets(r: &Report) -> Vec<(String, String, Option<bool>)> {
                 w.c3_set.ops_per_s, w.plain_upsert.ops_per_s, w.ratio
             ),
             Some(w.ratio >= 0.85),
+        ));
+    }
+    for w in &r.write.0 {
+        let x = w.c3_set_unlogged.ops_per_s / w.c3_set.ops_per_s.max(1e-9);
+        t.push((
+            format!(
+                "`set` on an unlogged table ≥ 3× a logged one at {} writers",
+                w.writers
+            ),
+            format!(
+                "{:.0} vs {:.0} writes/s: {x:.1}×",
+                w.c3_set_unlogged.ops_per_s, w.c3_set.ops_per_s
+            ),
+            Some(x >= 3.0),
+        ));
+    }
+    if let Some(w) = r.write.0.iter().find(|w| w.writers == 16) {
+        t.push((
+            "`set` on an unlogged table ≥ 0.5× Redis SET + PUBLISH at 16 writers".into(),
+            w.redis_set_publish.as_ref().map_or_else(
+                || "Redis not reachable".into(),
+                |redis| {
+                    format!(
+                        "{:.0} vs {:.0} writes/s: {:.2}×",
+                        w.c3_set_unlogged.ops_per_s,
+                        redis.ops_per_s,
+                        w.c3_set_unlogged.ops_per_s / redis.ops_per_s.max(1e-9)
+                    )
+                },
+            ),
+            w.redis_set_publish
+                .as_ref()
+                .map(|redis| w.c3_set_unlogged.ops_per_s >= 0.5 * redis.ops_per_s),
         ));
     }
     let stale: u64 = r.coherency.iter().filter_map(|p| p.stale_reads).sum();
@@ -271,18 +313,29 @@ fn markdown(r: &Report, took: Duration) -> String {
     );
     let _ = writeln!(
         md,
-        "\n## Write cost of coherency\n\n| writers | c3 `set` writes/s | plain upsert writes/s | ratio | set p99 µs | upsert p99 µs |\n|---|---|---|---|---|---|"
+        "\n## Write cost of coherency\n\n`set` is one statement: the upsert and its `pg_notify`. Unlogged: the same on a table \
+         created with `Durability::Unlogged`. Redis: `SET` and `PUBLISH` pipelined on one connection per writer.\n\n\
+         | writers | c3 `set` writes/s | c3 `set`, unlogged | plain upsert | Redis SET+PUBLISH | set/upsert | unlogged/logged | unlogged/Redis | set p99 µs | unlogged p99 µs |\n\
+         |---|---|---|---|---|---|---|---|---|---|"
     );
     for w in &r.write.0 {
+        let redis = w.redis_set_publish.as_ref();
         let _ = writeln!(
             md,
-            "| {} | {:.0} | {:.0} | {:.2} | {:.0} | {:.0} |",
+            "| {} | {:.0} | {:.0} | {:.0} | {} | {:.2} | {:.2} | {} | {:.0} | {:.0} |",
             w.writers,
             w.c3_set.ops_per_s,
+            w.c3_set_unlogged.ops_per_s,
             w.plain_upsert.ops_per_s,
+            redis.map_or_else(|| "n/a".into(), |r| format!("{:.0}", r.ops_per_s)),
             w.ratio,
+            w.c3_set_unlogged.ops_per_s / w.c3_set.ops_per_s.max(1e-9),
+            redis.map_or_else(
+                || "n/a".into(),
+                |r| format!("{:.2}", w.c3_set_unlogged.ops_per_s / r.ops_per_s.max(1e-9))
+            ),
             w.c3_set.p99_us,
-            w.plain_upsert.p99_us
+            w.c3_set_unlogged.p99_us
         );
     }
     let b = &r.write.1;
@@ -291,6 +344,28 @@ fn markdown(r: &Report, took: Duration) -> String {
         "\nBatching, one writer: {:.0} keys/s one per transaction, {:.0} keys/s {} per transaction (`set_many`).",
         b.single_keys_per_s, b.batched_keys_per_s, b.batch
     );
+    let _ = writeln!(
+        md,
+        "\n## After a lost LISTEN connection\n\nOne node with a full L1 loses its LISTEN backend (terminated; it reconnects \
+         after its backoff) while another node rewrites 1 % of the keys; two readers read random keys throughout. \
+         Counted from the moment the node listens again (`C3_WARM_RECONNECT`, see PROTOCOL.md §4.1).\n\n\
+         | mode | L1 entries | keys changed | outage ms | L1 entries kept | window s | L2 reads in the window | L1 hit ratio in the window |\n\
+         |---|---|---|---|---|---|---|---|"
+    );
+    for o in &r.reconnect {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {:.0} | {} | {:.1} | {} | {:.3} |",
+            o.mode,
+            o.entries,
+            o.changed,
+            o.outage_ms,
+            o.kept,
+            o.window_s,
+            o.l2_reads,
+            o.l1_hit_ratio
+        );
+    }
     let mem = &r.memory;
     let _ = writeln!(
         md,

@@ -1,7 +1,9 @@
 //! The write cost of coherency: `set` (upsert + `pg_notify` in one
 //! transaction) against the same upsert without the notification, at 1, 4
-//! and 16 concurrent writers; and what batching several keys in one
-//! transaction (`set_many`) buys.
+//! and 16 concurrent writers — with the L2 table logged (the default) and
+//! `UNLOGGED` (`Durability::Unlogged`) — and against Redis `SET` +
+//! `PUBLISH` (pipelined: one round trip, as c3's `set` is); and what
+//! batching several keys in one transaction (`set_many`) buys.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,7 +20,11 @@ use crate::{Env, Profile, SCHEMA};
 pub(crate) struct WriteCost {
     pub(crate) writers: usize,
     pub(crate) c3_set: Summary,
+    /// `set` with `Durability::Unlogged`.
+    pub(crate) c3_set_unlogged: Summary,
     pub(crate) plain_upsert: Summary,
+    /// Redis `SET` + `PUBLISH`, if Redis answered.
+    pub(crate) redis_set_publish: Option<Summary>,
     /// c3 `set` throughput over plain upsert throughput.
     pub(crate) ratio: f64,
 }
@@ -66,6 +72,29 @@ pub(crate) async fn run(env: &Env) -> (Vec<WriteCost>, Batching) {
         .await;
         c3.shutdown().await;
 
+        // The same, on a table of its own created UNLOGGED.
+        let unlogged = env
+            .node("c3_bench_write", 64 << 20)
+            .table("cache_unlogged")
+            .durability(c3::core::Durability::Unlogged)
+            .pool_size(w)
+            .build()
+            .await
+            .expect("node");
+        let (v, n) = (value.clone(), Arc::clone(&counter));
+        let cc = unlogged.clone();
+        let c3_set_unlogged = measure("c3 set, unlogged table", w, env.series, move |i| {
+            let (c3, v) = (cc.clone(), v.clone());
+            let k = n.fetch_add(1, Ordering::Relaxed) % 100;
+            async move {
+                c3.set(&format!("w{i}:{k}"), &v).await.expect("set");
+            }
+        })
+        .await;
+        unlogged.shutdown().await;
+
+        let redis_set_publish = redis_writes(env, w, &bytes, &counter).await;
+
         let mut clients = Vec::new();
         for _ in 0..w {
             let c = env.pg().await;
@@ -84,15 +113,62 @@ pub(crate) async fn run(env: &Env) -> (Vec<WriteCost>, Batching) {
         })
         .await;
         let ratio = c3_set.ops_per_s / plain_upsert.ops_per_s.max(1e-9);
-        eprintln!("  {w} writers: set/upsert = {ratio:.2}");
+        eprintln!(
+            "  {w} writers: set/upsert = {ratio:.2}, unlogged/logged = {:.2}",
+            c3_set_unlogged.ops_per_s / c3_set.ops_per_s.max(1e-9)
+        );
         costs.push(WriteCost {
             writers: w,
             c3_set,
+            c3_set_unlogged,
             plain_upsert,
+            redis_set_publish,
             ratio,
         });
     }
     (costs, batching(env, &value).await)
+}
+
+/// Redis `SET` + `PUBLISH` per write, both sent before either reply is
+/// read: one round trip, like c3's one-statement `set`. `None` if Redis does
+/// not answer.
+async fn redis_writes(
+    env: &Env,
+    writers: usize,
+    bytes: &[u8],
+    counter: &Arc<AtomicU64>,
+) -> Option<Summary> {
+    let mut conns = Vec::new();
+    for _ in 0..writers {
+        match crate::redis::Redis::connect(&env.redis).await {
+            Ok(c) => conns.push(Arc::new(tokio::sync::Mutex::new(c))),
+            Err(e) => {
+                eprintln!(
+                    "  Redis at {} does not answer ({e}): no Redis write baseline",
+                    env.redis
+                );
+                return None;
+            }
+        }
+    }
+    let (b, n) = (Arc::new(bytes.to_vec()), Arc::clone(counter));
+    Some(
+        measure("Redis SET + PUBLISH", writers, env.series, move |i| {
+            let (conn, b) = (Arc::clone(&conns[i]), Arc::clone(&b));
+            let k = n.fetch_add(1, Ordering::Relaxed) % 100;
+            async move {
+                let key = format!("c3bench:w{i}:{k}");
+                let mut r = conn.lock().await;
+                r.send(&[b"SET", key.as_bytes(), &b]).await.expect("SET");
+                r.send(&[b"PUBLISH", b"c3bench_writes", key.as_bytes()])
+                    .await
+                    .expect("PUBLISH");
+                r.reply().await.expect("SET reply");
+                r.reply().await.expect("PUBLISH reply");
+            }
+        })
+        .await,
+    )
 }
 
 async fn batching(env: &Env, value: &Profile) -> Batching {

@@ -62,6 +62,7 @@ pub struct C3Builder {
     migrate: bool,
     start_degraded: bool,
     warm_reconnect: bool,
+    durability: Durability,
     /// The first invalid setting, reported by `build`.
     pub(crate) error: Option<String>,
     pub(crate) l1_max_bytes: u64,
@@ -105,6 +106,7 @@ impl Default for C3Builder {
             migrate: true,
             start_degraded: false,
             warm_reconnect: false,
+            durability: Durability::Logged,
             error: None,
             l1_max_bytes: 64 * 1024 * 1024,
             l1: L1Settings::default(),
@@ -136,6 +138,21 @@ impl Default for C3Builder {
             codecs: crate::codec::CodecPolicy::default(),
         }
     }
+}
+
+/// How the L2 tables are stored (see [`C3Builder::durability`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Durability {
+    /// Ordinary tables: every committed cache write survives a crash, and
+    /// each commit waits for its WAL flush.
+    #[default]
+    Logged,
+    /// `UNLOGGED` tables: no WAL, so a cache write's commit does not wait
+    /// for the disk; a crash (or a failover: unlogged tables are not
+    /// replicated) empties the cache, and every node purges its L1 when it
+    /// reconnects. The version sequence stays logged.
+    Unlogged,
 }
 
 /// How L1 chooses what to evict when it is full.
@@ -217,6 +234,8 @@ impl C3Builder {
     /// | `c3.pushed_values.kept` | counter | `{value}` | |
     /// | `c3.purges` | counter | `{purge}` | |
     /// | `c3.listener.reconnects` | counter | `{reconnect}` | |
+    /// | `c3.listener.warm_reconnects` | counter | `{reconnect}` | `c3.outcome` = `kept` \| `purged` |
+    /// | `c3.listener.replayed_keys` | counter | `{key}` | |
     /// | `c3.notifications.malformed` | counter | `{message}` | |
     /// | `c3.l2.errors` | counter | `{call}` | |
     /// | `c3.breaker.transitions` | counter | `{transition}` | `c3.breaker` = `l2` \| `loader`, `c3.breaker.state` = `open` \| `closed` |
@@ -354,6 +373,24 @@ impl C3Builder {
         self
     }
 
+    /// How the L2 tables are stored (default [`Durability::Logged`]).
+    ///
+    /// [`Durability::Unlogged`] creates them `UNLOGGED` (and switches
+    /// existing ones, once, at migration): a cache write then writes no WAL
+    /// and its commit does not wait for the disk — several times the write
+    /// throughput (see docs/BENCHMARKS.md). The price: a PostgreSQL crash, or
+    /// a failover to a standby (unlogged tables are not replicated), empties
+    /// the cache. That is safe — every node's LISTEN connection breaks with
+    /// it, and a node purges L1 when it reconnects (also with warm reconnect,
+    /// which detects the restart), and a fill that began before the crash is
+    /// refused — but the cache is cold afterwards. Only c3's own tables are
+    /// affected: a transaction of yours that calls the invalidation function
+    /// commits as durably as before.
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
     /// The DDL `build()` runs for this builder's schema and table: for a DBA,
     /// `sqlx migrate`, Flyway or Atlas when the application may not run DDL
     /// (see [`migrate`](Self::migrate)). Idempotent.
@@ -367,6 +404,7 @@ impl C3Builder {
         Ok(crate::backend::postgres::migration_sql(
             &self.schema,
             &self.table,
+            self.durability,
         ))
     }
 
@@ -672,6 +710,7 @@ impl C3Builder {
                     pool_ssl,
                     !self.prepared_statements,
                     (&self.schema, &self.table, &self.channel),
+                    self.durability,
                 );
                 let step = SchemaStep {
                     migrate: self.migrate,

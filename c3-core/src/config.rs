@@ -6,6 +6,7 @@
 //! | `C3_DATABASE_URL` (else `DATABASE_URL`) | PostgreSQL for L2 and LISTEN; libpq's `sslmode`/`sslrootcert`/`sslcert`/`sslkey` (or `PGSSLMODE`…) decide TLS | `postgres://app@db/app?sslmode=verify-full` |
 //! | `C3_START_DEGRADED` | `true`: start before PostgreSQL answers (L1 off, L2 errors) and become coherent when it does | `true` |
 //! | `C3_WARM_RECONNECT` | `true`: after a lost LISTEN connection, drop only the keys the L2 change log shows changed (every invalidator must go through the table) | `true` |
+//! | `C3_DURABILITY` | `logged` (default) or `unlogged`: `UNLOGGED` L2 tables, fast writes, emptied by a crash | `unlogged` |
 //! | `C3_MIGRATE` | `false`: never run DDL; check the schema at start-up instead | `false` |
 //! | `C3_PREPARED_STATEMENTS` | `false` behind a transaction pooler without prepared-statement support (PgBouncer < 1.21) | `false` |
 //! | `C3_LISTEN_DATABASE_URL` | a different URL for the LISTEN connection only (the pool may go through a transaction pooler; LISTEN cannot) | `postgres://app@db-direct/app` |
@@ -124,6 +125,14 @@ fn apply(b: &mut C3Builder, get: &impl Fn(&str) -> Option<String>) -> Result<C3B
     }
     if let Some(v) = var("C3_MIGRATE") {
         out = out.migrate(boolean("C3_MIGRATE", &v)?);
+    }
+    if let Some(v) = var("C3_DURABILITY") {
+        let d = match v.trim().to_ascii_lowercase().as_str() {
+            "logged" => crate::builder::Durability::Logged,
+            "unlogged" => crate::builder::Durability::Unlogged,
+            _ => return Err(invalid("C3_DURABILITY", &v, "`logged` or `unlogged`")),
+        };
+        out = out.durability(d);
     }
     if let Some(v) = var("C3_WARM_RECONNECT") {
         out = out.warm_reconnect(boolean("C3_WARM_RECONNECT", &v)?);

@@ -110,7 +110,7 @@ pub use backend::memory::MemoryServer;
 pub use breaker::{BreakerConfig, BreakerState};
 #[cfg(feature = "test-util")]
 pub use builder::FillHook;
-pub use builder::{C3Builder, L1Eviction};
+pub use builder::{C3Builder, Durability, L1Eviction};
 pub use cache::{C3, SqlNames};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use codec::Codec;

@@ -213,6 +213,10 @@ impl Cluster {
     }
 
     fn pg_ctl(&self, action: &str) {
+        self.pg_ctl_mode(action, "fast");
+    }
+
+    fn pg_ctl_mode(&self, action: &str, mode: &str) {
         let opts = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1",
             self.port,
@@ -220,7 +224,7 @@ impl Cluster {
         );
         let log = self.dir.join("log").display().to_string();
         let data = self.data();
-        let mut args = vec!["-D", &data, "-l", &log, "-w", "-m", "fast", action];
+        let mut args = vec!["-D", &data, "-l", &log, "-w", "-m", mode, action];
         if action != "stop" {
             args.extend(["-o", &opts]);
         }
@@ -236,6 +240,14 @@ impl Cluster {
     }
 
     pub fn start_again(&self) {
+        self.pg_ctl("start");
+    }
+
+    /// A crash: `pg_ctl stop -m immediate` (no shutdown checkpoint; the
+    /// server recovers from WAL when it starts, and empties unlogged
+    /// tables), then a start on the same port.
+    pub fn crash(&self) {
+        self.pg_ctl_mode("stop", "immediate");
         self.pg_ctl("start");
     }
 

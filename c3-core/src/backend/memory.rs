@@ -123,6 +123,7 @@ impl MemoryBackend {
         let state = self.server.lock();
         let fence = super::Fence {
             snapshot: state.version.to_string(),
+            started: None,
         };
         (state.rows.get(key).filter(|r| live(r, now)).cloned(), fence)
     }
@@ -130,6 +131,7 @@ impl MemoryBackend {
     pub(crate) fn fence(&self) -> super::Fence {
         super::Fence {
             snapshot: self.server.lock().version.to_string(),
+            started: None,
         }
     }
 

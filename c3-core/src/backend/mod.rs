@@ -43,6 +43,8 @@ pub(crate) struct WriteItem {
 #[derive(Debug, Clone)]
 pub(crate) struct Fence {
     pub(crate) snapshot: String,
+    /// PostgreSQL: the server's start time when the fence was taken.
+    pub(crate) started: Option<String>,
 }
 
 pub(crate) enum Backend {

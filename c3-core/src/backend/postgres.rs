@@ -10,6 +10,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::types::{ToSql, Type};
 
 use super::{Row, WriteItem};
+use crate::builder::Durability;
 use crate::clock::to_micros;
 use crate::error::{Error, Result};
 use crate::key::quote_ident;
@@ -84,8 +85,8 @@ struct Sql {
 
 /// The DDL c3 runs at start-up for `schema`.`table` (idempotent), for a DBA
 /// or a migration tool when the application may not run DDL.
-pub(crate) fn migration_sql(schema: &str, table: &str) -> String {
-    Sql::new(schema, table).ddl
+pub(crate) fn migration_sql(schema: &str, table: &str, durability: Durability) -> String {
+    Sql::new(schema, table, durability).ddl
 }
 
 /// The change-log query a reconnecting node runs on its LISTEN connection
@@ -130,7 +131,7 @@ const FILL_LOCK_TIMEOUT: &str = "SET LOCAL lock_timeout = '100ms'";
 pub(crate) const NOTIFY: &str = "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p";
 
 impl Sql {
-    fn new(schema: &str, table: &str) -> Sql {
+    fn new(schema: &str, table: &str, durability: Durability) -> Sql {
         let t = format!("{}.{}", quote_ident(schema), quote_ident(table));
         let seq = format!(
             "{}.{}",
@@ -166,12 +167,40 @@ impl Sql {
         } else {
             format!("CREATE SCHEMA IF NOT EXISTS {};\n", quote_ident(schema))
         };
+        // Durability: new tables are created so; existing ones are switched
+        // (a rewrite under an exclusive lock, once). An unlogged table may
+        // reference a logged one but not the reverse, so the tags table goes
+        // unlogged first and logged last. The sequence stays logged in both
+        // modes: versions must never go backwards, not even after a crash.
+        let (unlogged, switch) = {
+            let (want, set, order) = match durability {
+                Durability::Logged => ("p", "LOGGED", [&t, &tags, &deleted, &deleted_tags]),
+                Durability::Unlogged => ("u", "UNLOGGED", [&tags, &t, &deleted, &deleted_tags]),
+            };
+            let alters: String = order
+                .iter()
+                .map(|r| {
+                    format!(
+                        "    IF (SELECT relpersistence FROM pg_class WHERE oid = '{r}'::regclass) <> '{want}' THEN\n\
+        ALTER TABLE {r} SET {set};\n    END IF;\n"
+                    )
+                })
+                .collect();
+            (
+                if durability == Durability::Unlogged {
+                    "UNLOGGED "
+                } else {
+                    ""
+                },
+                format!("DO $c3$\nBEGIN\n{alters}END\n$c3$;"),
+            )
+        };
         // The sequence name is embedded in a string literal for nextval(); the
         // identifiers were validated to [a-z0-9_], so no quote can appear in it.
         let ddl = format!(
             "{create_schema}\
 CREATE SEQUENCE IF NOT EXISTS {seq};
-CREATE TABLE IF NOT EXISTS {t} (
+CREATE {unlogged}TABLE IF NOT EXISTS {t} (
     key         text PRIMARY KEY,
     value       bytea NOT NULL,
     encoding    text NOT NULL DEFAULT 'json',
@@ -195,22 +224,23 @@ END
 $c3$;
 CREATE OR REPLACE TRIGGER {trigger} BEFORE INSERT OR UPDATE ON {t}
     FOR EACH ROW EXECUTE FUNCTION {func}();
-CREATE TABLE IF NOT EXISTS {tags} (
+CREATE {unlogged}TABLE IF NOT EXISTS {tags} (
     tag text NOT NULL,
     key text NOT NULL REFERENCES {t} (key) ON DELETE CASCADE,
     PRIMARY KEY (tag, key)
 );
 CREATE INDEX IF NOT EXISTS {tags_idx} ON {tags} (key);
-CREATE TABLE IF NOT EXISTS {deleted} (
+CREATE {unlogged}TABLE IF NOT EXISTS {deleted} (
     key text PRIMARY KEY,
     xid xid8 NOT NULL,
     at  timestamptz NOT NULL DEFAULT now()
 );
-CREATE TABLE IF NOT EXISTS {deleted_tags} (
+CREATE {unlogged}TABLE IF NOT EXISTS {deleted_tags} (
     tag text PRIMARY KEY,
     xid xid8 NOT NULL,
     at  timestamptz NOT NULL DEFAULT now()
 );
+{switch}
 CREATE OR REPLACE FUNCTION {inv}(channel text, keys text[], tags text[] DEFAULT '{{}}')
 RETURNS bigint LANGUAGE plpgsql AS $c3$
 DECLARE
@@ -380,12 +410,18 @@ ON CONFLICT (key) DO UPDATE SET xid = EXCLUDED.xid, at = now()"
             ),
             get_for_load: Q::new(
                 format!(
-                    "SELECT s.snap, r.value, r.encoding, r.version, r.expires_at, r.stale_until \
-FROM (SELECT pg_current_snapshot()::text AS snap) AS s LEFT JOIN {t} AS r ON r.key = $1"
+                    "SELECT s.snap, r.value, r.encoding, r.version, r.expires_at, r.stale_until, s.started \
+FROM (SELECT pg_current_snapshot()::text AS snap, pg_postmaster_start_time()::text AS started) AS s \
+LEFT JOIN {t} AS r ON r.key = $1"
                 ),
                 &[Type::TEXT],
             ),
-            fence: Q::new("SELECT pg_current_snapshot()::text", &[]),
+            // The fence: the snapshot, and the server's start time (a fill
+            // across a restart is refused: see `fill`).
+            fence: Q::new(
+                "SELECT pg_current_snapshot()::text, pg_postmaster_start_time()::text",
+                &[],
+            ),
             // A fill's first statement (after `lock_timeout`): make sure a
             // deletion record exists for each of its keys and tags (xid 0:
             // "never deleted", visible in every snapshot). Inserting one that
@@ -414,7 +450,8 @@ ON CONFLICT DO NOTHING"
             fill_lock: Q::new(
                 format!(
                     "SELECT (SELECT count(*) FROM (SELECT 1 FROM {deleted} WHERE key = ANY($1) FOR SHARE) AS a) \
-+ (SELECT count(*) FROM (SELECT 1 FROM {deleted_tags} WHERE tag = ANY($2) FOR SHARE) AS b)"
++ (SELECT count(*) FROM (SELECT 1 FROM {deleted_tags} WHERE tag = ANY($2) FOR SHARE) AS b), \
+pg_postmaster_start_time()::text"
                 ),
                 &[Type::TEXT_ARRAY, Type::TEXT_ARRAY],
             ),
@@ -548,6 +585,8 @@ pub(crate) struct PgBackend {
     ssl_mode: Option<crate::tls::SslMode>,
     /// Unnamed statements instead of cached prepared ones (see [`Q`]).
     unnamed: bool,
+    /// How the tables are stored; `verify` checks it.
+    durability: Durability,
 }
 
 /// Settings the pool is built with.
@@ -645,6 +684,7 @@ impl PgBackend {
         ssl_mode: Option<crate::tls::SslMode>,
         unnamed: bool,
         names: (&str, &str, &str),
+        durability: Durability,
     ) -> Self {
         let (schema, table, channel) = names;
         PgBackend {
@@ -652,7 +692,8 @@ impl PgBackend {
             owns_pool: ssl_mode.is_some(),
             ssl_mode,
             unnamed,
-            sql: Sql::new(schema, table),
+            sql: Sql::new(schema, table, durability),
+            durability,
             channel: channel.to_owned(),
             sweep_lock: format!("c3:sweep:{schema}.{table}"),
             load_lock: format!("c3:load:{schema}.{table}:"),
@@ -764,6 +805,34 @@ impl PgBackend {
                 functions[0]
             ));
         }
+        // Persistence: an unlogged table where `Logged` was asked would lose
+        // every entry in a crash the node does not expect; the reverse pays
+        // for durability it was told not to.
+        let (want, set) = match self.durability {
+            Durability::Logged => ("p", "LOGGED"),
+            Durability::Unlogged => ("u", "UNLOGGED"),
+        };
+        let tables: Vec<&str> = rel_names[..4].to_vec();
+        let persistence = Q::new(
+            "SELECT coalesce(array_agg(r), '{}') FROM unnest($1::text[]) AS r \
+             WHERE (SELECT relpersistence::text FROM pg_class WHERE oid = to_regclass(r)) <> $2",
+            &[Type::TEXT_ARRAY, Type::TEXT],
+        );
+        let wrong: Vec<String> = self
+            .one(
+                Via::Client(&client),
+                &persistence,
+                &[&tables, &want],
+                "verify",
+            )
+            .await?
+            .try_get(0)
+            .map_err(pg)?;
+        missing.extend(
+            wrong
+                .into_iter()
+                .map(|r| format!("ALTER TABLE {r} SET {set} (the durability asked for)")),
+        );
         Ok(missing)
     }
 
@@ -953,6 +1022,7 @@ impl PgBackend {
             .await?;
         let fence = super::Fence {
             snapshot: r.try_get(0).map_err(pg)?,
+            started: r.try_get(6).map_err(pg)?,
         };
         let version: Option<i64> = r.try_get(3).map_err(pg)?;
         if version.is_none() {
@@ -975,6 +1045,7 @@ impl PgBackend {
             .await?;
         Ok(super::Fence {
             snapshot: r.try_get(0).map_err(|e| Error::postgres("fence", e))?,
+            started: r.try_get(1).map_err(|e| Error::postgres("fence", e))?,
         })
     }
 
@@ -1013,11 +1084,13 @@ impl PgBackend {
             self.rows(Via::Tx(&tx), &self.sql.fill_records, &params),
             self.rows(Via::Tx(&tx), &self.sql.fill_lock, &params),
         );
-        let locked = match records.and(locked) {
-            Ok(rows) => rows
-                .first()
-                .and_then(|r| r.try_get::<_, i64>(0).ok())
-                .unwrap_or(0),
+        let (locked, started) = match records.and(locked) {
+            Ok(rows) => rows.first().map_or((0, None), |r| {
+                (
+                    r.try_get::<_, i64>(0).unwrap_or(0),
+                    r.try_get::<_, Option<String>>(1).ok().flatten(),
+                )
+            }),
             Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
                 // A deletion of one of these keys or tags is in progress:
                 // it may be of data this fill read before. Store nothing.
@@ -1028,6 +1101,13 @@ impl PgBackend {
         if usize::try_from(locked).unwrap_or(0) < keys.len() + all_tags.len() {
             // A record was swept between the two statements: a deletion
             // starting now would not wait for this fill. Store nothing.
+            return Ok(vec![None; items.len()]);
+        }
+        if fence.started.is_some() && started != fence.started {
+            // The server restarted since the fence: after a crash, unlogged
+            // tables come back empty, deletion records included, so a write
+            // that committed after the fence may have left no trace. Store
+            // nothing.
             return Ok(vec![None; items.len()]);
         }
         // The bound was for deletions in progress only: the rest of the

@@ -159,7 +159,7 @@ type Series = (&'static [(&'static str, &'static str)], Read);
 /// collects.
 pub(crate) fn observe(meter: &Meter, cache: &str, inner: &Arc<Inner>) {
     let cache = KeyValue::new("c3.cache", cache.to_owned());
-    let counters: [(&str, &str, &str, Vec<Series>); 13] = [
+    let counters: [(&str, &str, &str, Vec<Series>); 15] = [
         (
             "c3.hits",
             "{hit}",
@@ -233,6 +233,21 @@ pub(crate) fn observe(meter: &Meter, cache: &str, inner: &Arc<Inner>) {
             "{reconnect}",
             "Times the LISTEN connection was re-established after a loss.",
             vec![(&[], |s| s.reconnects)],
+        ),
+        (
+            "c3.listener.warm_reconnects",
+            "{reconnect}",
+            "Reconnects with warm reconnect on: L1 kept (only what changed dropped), or purged because the change log could not prove what was missed.",
+            vec![
+                (&[("c3.outcome", "kept")], |s| s.warm_reconnects),
+                (&[("c3.outcome", "purged")], |s| s.warm_reconnect_fallbacks),
+            ],
+        ),
+        (
+            "c3.listener.replayed_keys",
+            "{key}",
+            "Keys warm reconnects dropped because the change log showed them changed.",
+            vec![(&[], |s| s.replayed_keys)],
         ),
         (
             "c3.notifications.malformed",
