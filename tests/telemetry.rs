@@ -42,6 +42,24 @@ impl Traces {
     }
 
     /// The spans that ended since the last call.
+    /// Takes finished spans until one is named `name`.
+    async fn until(&self, name: &str) -> Vec<SpanData> {
+        let mut all = Vec::new();
+        let deadline = std::time::Instant::now() + support::DELIVERY;
+        loop {
+            all.extend(self.take());
+            if all.iter().any(|s| s.name == name) {
+                return all;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {name} span in {:#?}",
+                names(&all)
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
     fn take(&self) -> Vec<SpanData> {
         let spans = self.exporter.get_finished_spans().unwrap();
         self.exporter.reset();
@@ -54,6 +72,14 @@ fn attr(span: &SpanData, key: &str) -> Option<String> {
         .iter()
         .find(|kv| kv.key.as_str() == key)
         .map(|kv| kv.value.to_string())
+}
+
+/// An attribute with its type, as an OTLP backend receives it.
+fn typed(span: &SpanData, key: &str) -> Option<opentelemetry::Value> {
+    span.attributes
+        .iter()
+        .find(|kv| kv.key.as_str() == key)
+        .map(|kv| kv.value.clone())
 }
 
 fn named<'a>(all: &'a [SpanData], name: &str) -> &'a SpanData {
@@ -162,16 +188,33 @@ async fn the_http_layer_span_carries_http_attributes_the_cache_status_and_the_ca
     let w = c3.stats().writes;
     send(&svc, get("http://app.test/x").body(Body::empty()).unwrap()).await;
     stored(&c3, w, 1).await;
-    traces.take();
+    // The store ran after the response, in a task of its own: still in the
+    // request's trace, under its `c3.http` span, with the L2 call a CLIENT.
+    // (The request's span ends with the last of its children: wait for it.)
+    let all = traces.until("c3.http").await;
+    let first = named(&all, "c3.http");
+    let store = named(&all, "c3.http.store");
+    assert_eq!(store.parent_span_id, first.span_context.span_id());
+    let fill = named(&all, "c3.fill");
+    assert_eq!(fill.parent_span_id, store.span_context.span_id());
+    assert!(
+        all.iter()
+            .filter(|s| s.name == "c3.l2")
+            .all(|s| s.span_kind == opentelemetry::trace::SpanKind::Client
+                && s.span_context.trace_id() == first.span_context.trace_id()),
+        "{all:#?}"
+    );
     send(&svc, get("http://app.test/x").body(Body::empty()).unwrap()).await;
     let all = traces.take();
     let http = named(&all, "c3.http");
     assert_eq!(attr(http, "http.request.method").as_deref(), Some("GET"));
     assert_eq!(attr(http, "url.path").as_deref(), Some("/x"));
     assert_eq!(
-        attr(http, "http.response.status_code").as_deref(),
-        Some("200")
+        typed(http, "http.response.status_code"),
+        Some(opentelemetry::Value::I64(200)),
+        "an integer, as the semantic conventions say"
     );
+    assert_eq!(http.span_kind, opentelemetry::trace::SpanKind::Server);
     assert!(
         attr(http, "c3.cache_status")
             .unwrap()

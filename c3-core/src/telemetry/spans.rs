@@ -133,11 +133,13 @@ pub(crate) fn db_system(c3: &C3) -> &'static str {
     }
 }
 
-/// The child span of one L2 round trip.
+/// The child span of one L2 round trip: a database call, so of kind CLIENT
+/// (`otel.kind`, read by tracing-opentelemetry).
 pub(crate) fn l2_span(c3: &C3, op: &'static str) -> Span {
     tracing::info_span!(
         target: "c3",
         "c3.l2",
+        otel.kind = "client",
         db.system.name = db_system(c3),
         db.operation.name = op,
         db.collection.name = %c3.inner.sql_names.table,

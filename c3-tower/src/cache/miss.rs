@@ -273,7 +273,10 @@ where
     let shared = Arc::clone(&ctx.shared);
     let uri = ctx.uri.clone();
     let code = res_parts.status;
-    tokio::spawn(async move {
+    // The store outlives the response; its span stays in the request's
+    // trace, under the request's `c3.http` span (the current one here).
+    let span = tracing::info_span!(target: "c3::http", "c3.http.store");
+    let store = async move {
         let Ok(body) = done.await else {
             return; // not read to the end, or too large: nothing stored
         };
@@ -295,7 +298,8 @@ where
                 Collapsed::Forward
             });
         }
-    });
+    };
+    tokio::spawn(tracing::Instrument::instrument(store, span));
     res_parts.headers.remove(C3_CACHE_CONTROL);
     res_parts
         .headers

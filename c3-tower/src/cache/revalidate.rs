@@ -136,7 +136,9 @@ pub(crate) fn in_background<S, P, ReqBody, ResBody>(
         uri: ctx.uri.clone(),
     };
     let cond = conditional_request::<ReqBody>(&ctx.parts, &stored);
-    tokio::spawn(async move {
+    // In the trace of the request that found the response stale.
+    let span = tracing::info_span!(target: "c3::http", "c3.http.revalidate");
+    let revalidation = async move {
         let _guard = guard;
         let Ok(fill) = bg.c3().begin_fill(&[&key]).await else {
             return;
@@ -174,7 +176,8 @@ pub(crate) fn in_background<S, P, ReqBody, ResBody>(
                 }
             }
         }
-    });
+    };
+    tokio::spawn(tracing::Instrument::instrument(revalidation, span));
 }
 
 /// A GET for the stored response's URI carrying its validators.

@@ -6,11 +6,15 @@ use http::Request;
 use super::status::CACHE_STATUS;
 
 /// The layer's span for one request; the cache's own spans (`c3.get`,
-/// `c3.l2`, …) nest inside it.
+/// `c3.l2`, …) nest inside it, and so does the work a request leaves behind
+/// (`c3.http.store`, `c3.http.revalidate`). Of kind SERVER: it is the
+/// handling of an incoming request (`otel.kind`, read by
+/// tracing-opentelemetry).
 pub(crate) fn http_span<B>(req: &Request<B>) -> tracing::Span {
     tracing::info_span!(
         target: "c3::http",
         "c3.http",
+        otel.kind = "server",
         http.request.method = %req.method(),
         url.path = req.uri().path(),
         http.response.status_code = tracing::field::Empty,
@@ -47,7 +51,12 @@ pub(crate) async fn traced<B, E>(
     use tracing::Instrument;
     let r = flow.instrument(span.clone()).await;
     if let Ok(res) = &r {
-        span.record("http.response.status_code", res.status().as_u16());
+        // An integer, as the semantic conventions say: tracing-opentelemetry
+        // exports an i64 as one, but a u64 through `Debug`, as a string.
+        span.record(
+            "http.response.status_code",
+            i64::from(res.status().as_u16()),
+        );
         if let Some(v) = res
             .headers()
             .get_all(CACHE_STATUS)
