@@ -21,6 +21,7 @@ use crate::loader::{Absent, Flights, typed_value};
 use crate::protocol;
 use crate::stats::{Counters, Stats};
 use crate::telemetry;
+use crate::tier::Tier;
 use tracing::Instrument;
 
 /// The encoding of a cached "not found" (see `codec`).
@@ -333,12 +334,40 @@ impl C3 {
     where
         T: DeserializeOwned + Send + Sync + 'static,
     {
+        Ok(self.get_with_tier::<T>(key).await?.0)
+    }
+
+    /// [`get`](Self::get), and which tier answered — [`Tier::L1`] (no I/O)
+    /// or [`Tier::L2`] — found or not. One lookup: unlike asking
+    /// [`is_cached_locally`](Self::is_cached_locally) first, the tier
+    /// reported is the one that gave this answer.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), c3_core::Error> {
+    /// use c3_core::{C3, MemoryServer, Tier};
+    ///
+    /// let db = MemoryServer::new();
+    /// let (a, b) = (C3::builder().memory(&db).build().await?, C3::builder().memory(&db).build().await?);
+    /// a.set("k", &1u8).await?;
+    /// let (v, tier) = b.get_with_tier::<u8>("k").await?; // b reads L2, and keeps it
+    /// assert_eq!((v.as_deref(), tier), (Some(&1), Tier::L2));
+    /// assert_eq!(b.get_with_tier::<u8>("k").await?.1, Tier::L1);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As for [`get`](Self::get).
+    pub async fn get_with_tier<T>(&self, key: &str) -> Result<(Option<Arc<T>>, Tier)>
+    where
+        T: DeserializeOwned + Send + Sync + 'static,
+    {
         let mut op = telemetry::op!(self, "c3.get", Get, key, read);
         self.check_key(key)?;
         if let Some(v) = self.l1_get::<T>(key) {
             // Answered in memory: no child span, no I/O.
-            op.record(Some("l1"), if v.is_some() { "hit" } else { "miss" });
-            return Ok(v);
+            op.record(Some(Tier::L1), if v.is_some() { "hit" } else { "miss" });
+            return Ok((v, Tier::L1));
         }
         op.start_timer();
         let r = self
@@ -346,7 +375,7 @@ impl C3 {
             .instrument(op.span.clone())
             .await;
         op.record_result(&r);
-        r
+        Ok((r?, Tier::L2))
     }
 
     async fn get_from_l2<T>(&self, key: &str, op: &telemetry::Op<'_>) -> Result<Option<Arc<T>>>
@@ -363,11 +392,11 @@ impl C3 {
         }
         let Some(row) = row.filter(|r| r.fresh_until_us.is_none_or(|f| f > to_micros(now))) else {
             Counters::inc(&self.inner.counters.l2_misses);
-            op.record(Some("l2"), "miss");
+            op.record(Some(Tier::L2), "miss");
             return Ok(None);
         };
         Counters::inc(&self.inner.counters.l2_hits);
-        op.record(Some("l2"), "hit");
+        op.record(Some(Tier::L2), "hit");
         let (value, entry) = decode_row::<T>(key, row, to_micros(now))?;
         self.keep_read(key, token, entry);
         Ok(value)
@@ -470,10 +499,10 @@ impl C3 {
             }
         }
         if missing.is_empty() {
-            op.record(Some("l1"), "ok");
+            op.record(Some(Tier::L1), "ok");
             return Ok(out);
         }
-        op.record(Some("l2"), "ok");
+        op.record(Some(Tier::L2), "ok");
         let now = self.inner.clock.now();
         let miss_keys: Vec<&str> = missing.iter().map(|(_, k, _)| *k).collect();
         let rows = self

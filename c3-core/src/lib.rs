@@ -104,6 +104,7 @@ mod protocol;
 mod replay;
 mod stats;
 mod telemetry;
+mod tier;
 pub mod tls;
 
 pub use backend::memory::MemoryServer;
@@ -122,3 +123,4 @@ pub use key::{HTTP_TAG_PREFIX, KeyError, MAX_KEY_BYTES_LIMIT};
 pub use loader::{LoadOptions, Loader};
 pub use protocol::ProtocolError;
 pub use stats::Stats;
+pub use tier::Tier;

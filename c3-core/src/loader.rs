@@ -32,6 +32,7 @@ use crate::coherency::FillToken;
 use crate::error::{Error, Repr, Result};
 use crate::fill::Fill;
 use crate::stats::Counters;
+use crate::tier::Tier;
 
 /// Per-call settings for [`C3::get_or_load`]. Start from [`LoadOptions::new`].
 ///
@@ -149,25 +150,6 @@ pub trait Loader<T>: Send + Sync + 'static {
 
 /// Marker stored in L1 for a cached "not found".
 pub(crate) struct Absent;
-
-/// Which tier answered (for stats and spans).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Tier {
-    L2,
-    Source,
-    Stale,
-}
-
-impl Tier {
-    /// The `c3.tier` span attribute.
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Tier::L2 => "l2",
-            Tier::Source => "source",
-            Tier::Stale => "stale",
-        }
-    }
-}
 
 /// What a flight publishes to its waiters.
 enum Outcome<T> {
@@ -292,7 +274,7 @@ impl C3 {
                         op.span
                             .in_scope(|| self.start_flight(key, opts, loader, None, true));
                     }
-                    op.record(Some("l1"), if v.is_some() { "ok" } else { "miss" });
+                    op.record(Some(Tier::L1), if v.is_some() { "ok" } else { "miss" });
                     return Ok(v);
                 }
                 if e.stale_until_us > now {
@@ -315,7 +297,7 @@ impl C3 {
         };
         match outcome {
             Outcome::Value(v, tier) => {
-                op.record(Some(tier.as_str()), "ok");
+                op.record(Some(tier), "ok");
                 Ok(Some(v))
             }
             Outcome::Absent => {

@@ -20,6 +20,7 @@ use opentelemetry::metrics::{AsyncInstrument, Histogram, Meter};
 use crate::breaker::BreakerState;
 use crate::cache::Inner;
 use crate::stats::Stats;
+use crate::tier::Tier;
 
 /// The operations that get a `c3.operation.duration` measurement.
 #[derive(Debug, Clone, Copy)]
@@ -42,14 +43,22 @@ const OPS: [&str; 7] = [
     "invalidate",
     "fill",
 ];
-/// Index 0: no tier recorded (writes, misses that found nothing).
-const TIERS: [&str; 5] = ["", "l1", "l2", "source", "stale"];
+/// Index 0: no tier recorded (writes, misses that found nothing); then
+/// `Tier::ALL` in order (see `Tier::index`).
+const TIERS: [&str; 5] = [
+    "",
+    Tier::ALL[0].as_str(),
+    Tier::ALL[1].as_str(),
+    Tier::ALL[2].as_str(),
+    Tier::ALL[3].as_str(),
+];
+// The tier attribute values the hit/miss counters carry (constants, so
+// their attribute tables are `'static`).
+const TIER_L1: &str = Tier::L1.as_str();
+const TIER_L2: &str = Tier::L2.as_str();
+const TIER_STALE: &str = Tier::Stale.as_str();
 /// Index 0: the operation ended without recording an outcome (it was dropped).
 const OUTCOMES: [&str; 5] = ["cancelled", "hit", "miss", "ok", "error"];
-
-pub(crate) fn tier_index(tier: &str) -> u8 {
-    TIERS.iter().position(|t| *t == tier).unwrap_or(0) as u8
-}
 
 pub(crate) fn outcome_index(outcome: &str) -> u8 {
     OUTCOMES.iter().position(|o| *o == outcome).unwrap_or(0) as u8
@@ -165,9 +174,9 @@ pub(crate) fn observe(meter: &Meter, cache: &str, inner: &Arc<Inner>) {
             "{hit}",
             "Reads answered, by the tier that answered (stale: served under fail-safe).",
             vec![
-                (&[("c3.tier", "l1")], |s| s.l1_hits),
-                (&[("c3.tier", "l2")], |s| s.l2_hits),
-                (&[("c3.tier", "stale")], |s| s.stale_hits),
+                (&[("c3.tier", TIER_L1)], |s| s.l1_hits),
+                (&[("c3.tier", TIER_L2)], |s| s.l2_hits),
+                (&[("c3.tier", TIER_STALE)], |s| s.stale_hits),
             ],
         ),
         (
@@ -175,8 +184,8 @@ pub(crate) fn observe(meter: &Meter, cache: &str, inner: &Arc<Inner>) {
             "{miss}",
             "Reads that found nothing usable in a tier.",
             vec![
-                (&[("c3.tier", "l1")], |s| s.l1_misses),
-                (&[("c3.tier", "l2")], |s| s.l2_misses),
+                (&[("c3.tier", TIER_L1)], |s| s.l1_misses),
+                (&[("c3.tier", TIER_L2)], |s| s.l2_misses),
             ],
         ),
         (

@@ -18,8 +18,9 @@ use std::time::Instant;
 
 use tracing::Span;
 
-use super::metrics::{Metrics, OpKind, outcome_index, tier_index};
+use super::metrics::{Metrics, OpKind, outcome_index};
 use crate::cache::C3;
+use crate::tier::Tier;
 
 /// One cache operation in flight: its span, and its duration for the
 /// `c3.operation.duration` histogram, recorded when the operation ends
@@ -58,10 +59,10 @@ impl<'a> Op<'a> {
     }
 
     /// Records where an answer came from and how the operation ended.
-    pub(crate) fn record(&self, tier: Option<&'static str>, outcome: &'static str) {
+    pub(crate) fn record(&self, tier: Option<Tier>, outcome: &'static str) {
         if let Some(t) = tier {
-            self.span.record("c3.tier", t);
-            self.tier.store(tier_index(t), Ordering::Relaxed);
+            self.span.record("c3.tier", t.as_str());
+            self.tier.store(Tier::index(tier), Ordering::Relaxed);
         }
         self.span.record("c3.outcome", outcome);
         self.outcome

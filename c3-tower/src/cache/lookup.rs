@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use c3_core::Tier;
+
 use http::{HeaderMap, Request, Response};
 
 use super::body::C3Body;
@@ -137,17 +139,12 @@ where
 pub(crate) async fn find<P>(shared: &Shared<P>, uri: &RequestUri, headers: &HeaderMap) -> Found {
     let c3 = &shared.c3;
     let get = |key: String| async move {
-        let tier = if c3.is_cached_locally(&key) {
-            "l1"
-        } else {
-            "l2"
-        };
-        match c3.get::<Entry>(&key).await {
-            Ok(found) => (key, found, tier),
+        match c3.get_with_tier::<Entry>(&key).await {
+            Ok((found, tier)) => (key, found, tier.as_str()),
             Err(e) => {
                 // An unavailable or unreadable L2 is a miss, not an HTTP error.
                 tracing::debug!(target: "c3::http", error = %e, "cache lookup failed; treating as a miss");
-                (key, None, tier)
+                (key, None, Tier::L2.as_str())
             }
         }
     };
