@@ -1,6 +1,6 @@
 //! Warm reconnect against the full purge: a reading node with a large L1
-//! loses its LISTEN connection (its backend is terminated, and it waits
-//! about two seconds before reconnecting) while another node rewrites 1 % of
+//! loses its LISTEN connection for two seconds (its link is cut: open
+//! connections closed, new ones refused) while another node rewrites 1 % of
 //! the keys; two readers keep reading random keys throughout. Counted: L2
 //! reads in the seconds after the node listens again, and the share of reads
 //! L1 answered then.
@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use c3::core::ListenerState;
 use serde::Serialize;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 
 use crate::{Env, Profile};
 
@@ -20,7 +22,7 @@ pub(crate) struct Outage {
     pub(crate) mode: &'static str,
     pub(crate) entries: usize,
     pub(crate) changed: usize,
-    /// From the terminated backend to L1 in use again.
+    /// From the cut to L1 in use again.
     pub(crate) outage_ms: f64,
     /// L1 entries right after the node listened again.
     pub(crate) kept: u64,
@@ -51,11 +53,13 @@ fn key(i: usize) -> String {
 
 async fn outage(env: &Env, warm: bool, entries: usize, window: Duration) -> Outage {
     let channel = "c3_bench_reconnect";
+    let link = Link::start(&env.url).await;
     let node = env
         .node(channel, 512 << 20)
+        .listen_postgres(&link.url)
         .warm_reconnect(warm)
         .heartbeat(Duration::from_millis(200), Duration::from_millis(800))
-        .reconnect_backoff(Duration::from_secs(2), Duration::from_secs(2))
+        .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(200))
         .build()
         .await
         .expect("node");
@@ -94,26 +98,21 @@ async fn outage(env: &Env, warm: bool, entries: usize, window: Duration) -> Outa
         })
         .collect();
 
-    let admin = env.pg().await;
+    let mut state = node.watch_listener();
     let began = Instant::now();
-    admin
-        .execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
-            &[&format!("c3-listener {}", node.node_id())],
-        )
+    link.cut();
+    let _ = state
+        .wait_for(|s| *s != ListenerState::Listening)
         .await
-        .expect("terminate the listener");
+        .expect("listener state");
     let changed = entries / 100;
     let rewritten: Vec<(&str, Profile)> = keys[..changed]
         .iter()
         .map(|k| (k.as_str(), Profile::sample(u64::MAX)))
         .collect();
     writer.set_many(&rewritten).await.expect("rewrite");
-    let mut state = node.watch_listener();
-    let _ = state
-        .wait_for(|s| *s != ListenerState::Listening)
-        .await
-        .expect("listener state");
+    tokio::time::sleep_until((began + Duration::from_secs(2)).into()).await;
+    link.restore();
     let _ = state
         .wait_for(|s| *s == ListenerState::Listening)
         .await
@@ -147,5 +146,65 @@ async fn outage(env: &Env, warm: bool, entries: usize, window: Duration) -> Outa
         } else {
             l1 as f64 / reads as f64
         },
+    }
+}
+
+/// A TCP link to PostgreSQL for the LISTEN connection that can be cut:
+/// while cut, it closes its connections and refuses new ones.
+struct Link {
+    url: String,
+    down: Arc<AtomicBool>,
+    cuts: watch::Sender<u64>,
+}
+
+impl Link {
+    async fn start(db_url: &str) -> Link {
+        // postgres://user@host:port/db?…: the link replaces host:port.
+        let at = db_url
+            .rfind('@')
+            .map_or_else(|| db_url.find("//").map_or(0, |i| i + 2), |i| i + 1);
+        let rest = &db_url[at..];
+        let end = rest.find(['/', '?']).unwrap_or(rest.len());
+        let hostport = &rest[..end];
+        let upstream = if hostport.contains(':') {
+            hostport.to_owned()
+        } else {
+            format!("{hostport}:5432")
+        };
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the link");
+        let port = listener.local_addr().expect("link address").port();
+        let url = format!("{}127.0.0.1:{port}{}", &db_url[..at], &rest[end..]);
+        let down = Arc::new(AtomicBool::new(false));
+        let (cuts, _) = watch::channel(0u64);
+        let (d, c) = (Arc::clone(&down), cuts.clone());
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if d.load(Ordering::SeqCst) {
+                    continue; // refused: dropped at once
+                }
+                let (upstream, mut cut) = (upstream.clone(), c.subscribe());
+                tokio::spawn(async move {
+                    let Ok(mut server) = TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        Link { url, down, cuts }
+    }
+
+    fn cut(&self) {
+        self.down.store(true, Ordering::SeqCst);
+        self.cuts.send_modify(|n| *n += 1);
+    }
+
+    fn restore(&self) {
+        self.down.store(false, Ordering::SeqCst);
     }
 }
