@@ -195,3 +195,43 @@ async fn every_node_recovers_from_server_restarts_without_growing() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// A write the origin accepted, whose invalidation cannot be committed (the
+/// node's pool cannot reach PostgreSQL), is not reported as a success: other
+/// replicas may still serve the older response. Once L2 is reachable again,
+/// writes answer as the origin did.
+#[tokio::test]
+async fn a_write_whose_invalidation_cannot_commit_is_answered_503() {
+    use axum::body::Body;
+    use support::web::{VersionedOrigin, send};
+
+    let db = TestDb::new("invalidation_fails").await;
+    let link = FaultProxy::start(support::database_addr()).await;
+    let node = db
+        .split_builder(&link.url(&db.url), &db.url)
+        .op_timeout(Duration::from_millis(300))
+        .build()
+        .await
+        .unwrap();
+    let origin = VersionedOrigin::new("max-age=300");
+    let svc = origin.cached(&node);
+    let put = || {
+        http::Request::put("http://app.test/item")
+            .body(Body::empty())
+            .unwrap()
+    };
+
+    link.drop_all();
+    let (p, _) = send(&svc, put()).await;
+    assert_eq!(origin.version("/item"), 1, "the origin took the write");
+    assert_eq!(p.status, 503, "{:?}", p.headers);
+    let status = p.headers["cache-status"].to_str().unwrap().to_owned();
+    assert!(
+        status.contains("fwd-status=200") && status.contains("detail=invalidation-failed"),
+        "{status}"
+    );
+
+    link.forward();
+    let (p, _) = send(&svc, put()).await;
+    assert_eq!(p.status, 200);
+}
