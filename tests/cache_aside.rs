@@ -625,6 +625,48 @@ async fn a_caller_after_an_invalidation_does_not_join_an_older_load() {
     );
 }
 
+/// The singleflight's two fixes, held deterministically: with L1 off (so
+/// joining must be checked without it) and the node deaf to notifications
+/// (its LISTEN link blackholed), the only thing that tells it a newer value
+/// exists is its own L2 read. A caller after that read must not join the
+/// load that started before it.
+#[tokio::test]
+async fn a_version_read_from_l2_keeps_later_callers_off_an_older_load_even_with_l1_off() {
+    use support::proxy::FaultProxy;
+
+    let db = TestDb::new("read_known").await;
+    let listen = FaultProxy::start(support::database_addr()).await;
+    let a = db
+        .split_builder(&db.url, &listen.url(&db.url))
+        .heartbeat(Duration::from_secs(60), Duration::from_secs(60))
+        .l1_max_bytes(0)
+        .build()
+        .await
+        .unwrap();
+    let b = db.node().await;
+    let (early, release_tx) = held_load(&a, "k", "old").await;
+    listen.blackhole(); // A will not hear of B's write
+    b.set("k", &"new".to_owned()).await.unwrap();
+    assert_eq!(
+        a.get::<String>("k").await.unwrap().as_deref().map(String::as_str),
+        Some("new"),
+        "A reads B's write from L2"
+    );
+    let late = tokio::time::timeout(
+        support::DELIVERY,
+        a.get_or_load("k", &LoadOptions::new(), || async {
+            Ok::<_, std::io::Error>(Some("late load".to_owned()))
+        }),
+    )
+    .await
+    .expect("the late caller joined the held, older load")
+    .unwrap();
+    assert_eq!(late.as_deref().map(String::as_str), Some("new"));
+    release_tx.send(()).unwrap();
+    early.await.unwrap().unwrap();
+    listen.forward();
+}
+
 /// Starts `get_or_load(key)` on `node` with a loader that answers `value`
 /// only when released; returns once the loader is running.
 async fn held_load(
