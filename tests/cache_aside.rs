@@ -648,7 +648,11 @@ async fn a_version_read_from_l2_keeps_later_callers_off_an_older_load_even_with_
     listen.blackhole(); // A will not hear of B's write
     b.set("k", &"new".to_owned()).await.unwrap();
     assert_eq!(
-        a.get::<String>("k").await.unwrap().as_deref().map(String::as_str),
+        a.get::<String>("k")
+            .await
+            .unwrap()
+            .as_deref()
+            .map(String::as_str),
         Some("new"),
         "A reads B's write from L2"
     );
