@@ -221,31 +221,9 @@ impl C3Builder {
     /// the global meter provider's `c3` meter, as it is when `build` runs:
     /// install the application's provider first, or pass its meter here.
     ///
-    /// Instruments (every one carries `c3.cache`, the L2 table):
-    ///
-    /// | name | kind | unit | attributes |
-    /// |---|---|---|---|
-    /// | `c3.hits` | counter | `{hit}` | `c3.tier` = `l1` \| `l2` \| `stale` |
-    /// | `c3.misses` | counter | `{miss}` | `c3.tier` = `l1` \| `l2` |
-    /// | `c3.loads`, `c3.load.errors` | counter | `{call}` | |
-    /// | `c3.writes` | counter | `{write}` | |
-    /// | `c3.invalidations.sent` | counter | `{message}` | `c3.kind` = `key` \| `tag` \| `clear` |
-    /// | `c3.invalidations.received` | counter | `{message}` | `c3.kind` = `key` \| `clear` |
-    /// | `c3.pushed_values.kept` | counter | `{value}` | |
-    /// | `c3.purges` | counter | `{purge}` | |
-    /// | `c3.listener.reconnects` | counter | `{reconnect}` | |
-    /// | `c3.listener.warm_reconnects` | counter | `{reconnect}` | `c3.outcome` = `kept` \| `purged` |
-    /// | `c3.listener.replayed_keys` | counter | `{key}` | |
-    /// | `c3.notifications.malformed` | counter | `{message}` | |
-    /// | `c3.l2.errors` | counter | `{call}` | |
-    /// | `c3.breaker.transitions` | counter | `{transition}` | `c3.breaker` = `l2` \| `loader`, `c3.breaker.state` = `open` \| `closed` |
-    /// | `c3.operation.duration` | histogram | `s` | `c3.operation`, `c3.tier` (if any), `c3.outcome`; single-key L1 hits are counted, not timed |
-    /// | `c3.load.duration` | histogram | `s` | `c3.outcome` = `ok` \| `error` |
-    /// | `c3.invalidation.lag` | histogram | `s` | |
-    /// | `c3.l1.entries` | gauge | `{entry}` | |
-    /// | `c3.l1.size` | gauge | `By` | |
-    /// | `c3.listener.state` | gauge | `1` | `c3.listener.state` (1 for the current state) |
-    /// | `c3.breaker.state` | gauge | `1` | `c3.breaker` = `l2` \| `loader` (with `c3.source`), `c3.breaker.state` |
+    /// The instruments — names, kinds, units, attributes; every one carries
+    /// `c3.cache`, the L2 table — are listed once, in the README's "Observing
+    /// c3" table (and defined in `telemetry/metrics.rs`).
     pub fn meter(mut self, meter: opentelemetry::metrics::Meter) -> Self {
         self.meter = Some(meter);
         self
@@ -740,7 +718,7 @@ impl C3Builder {
                     .keepalives_idle(self.heartbeat_interval.max(Duration::from_secs(1)))
                     .tcp_user_timeout(self.heartbeat_interval + self.heartbeat_timeout);
                 let settings = ListenerSettings {
-                    heartbeat_channel: format!("{}_hb_{:016x}", self.channel, fnv(&node_id)),
+                    heartbeat_channel: format!("{}_hb_{:016x}", self.channel, crate::key::fnv1a(node_id.as_bytes())),
                     channel: self.channel.clone(),
                     connect_timeout: self.connect_timeout,
                     heartbeat_interval: self.heartbeat_interval,
@@ -931,14 +909,6 @@ async fn sweeper(
             }
         }
     }
-}
-
-fn fnv(s: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in s.bytes() {
-        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-    }
-    h
 }
 
 /// A node id unlikely to collide: process id, time and a per-process counter,

@@ -209,13 +209,7 @@ impl Coherency {
     }
 
     fn stripe_of(key: &str) -> usize {
-        // FNV-1a: cheap, stable, and good enough to spread keys over stripes.
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in key.bytes() {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        (h as usize) % STRIPES
+        (crate::key::fnv1a(key.as_bytes()) as usize) % STRIPES
     }
 
     fn lock(&self, i: usize) -> MutexGuard<'_, Stripe> {

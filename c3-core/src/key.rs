@@ -12,6 +12,17 @@ pub const MAX_KEY_BYTES_LIMIT: usize = 7000;
 /// with it, or a bare-key notification could be mistaken for a message.
 pub(crate) const RESERVED_PREFIX: &str = "c3|";
 
+/// FNV-1a: cheap, stable across processes and releases, and good enough to
+/// spread keys over stripes or to derive names from ids. Not for anything an
+/// attacker could exploit (no key, trivially collided).
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
 /// Why a key was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

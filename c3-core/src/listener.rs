@@ -419,11 +419,8 @@ struct Jitter(u64);
 
 impl Jitter {
     fn new(seed: &str) -> Self {
-        let mut h: u64 = 0x9e37_79b9_7f4a_7c15 ^ u64::from(std::process::id());
-        for b in seed.bytes() {
-            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
-        Jitter(h | 1)
+        // Never zero: xorshift would stay there.
+        Jitter((crate::key::fnv1a(seed.as_bytes()) ^ u64::from(std::process::id())) | 1)
     }
 
     fn next(&mut self) -> u64 {
