@@ -10,7 +10,10 @@
 //! Start it twice on two ports with the same `DATABASE_URL` (default: the
 //! local PostgreSQL) and the two replicas form one cache: a `GET` cached by
 //! one is served by both, and a `PUT`/`DELETE` on either invalidates the
-//! user's URI and the `users` list on both before it answers.
+//! user's URI and the `users` list on both before it answers. A write that
+//! does not come through the API — `psql`, another service, a migration —
+//! purges the same responses: a trigger on the users table invalidates
+//! their tags in the writing transaction.
 //!
 //! | route | |
 //! |---|---|
@@ -166,6 +169,9 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         .postgres(&url)
         .build()
         .await?;
+    install_purge_trigger(&db, c3.sql_names())
+        .await
+        .map_err(|e| format!("PostgreSQL at {}: {e}", common::redact(&url)))?;
 
     let app = App {
         db,
@@ -214,6 +220,47 @@ async fn create_table(db: &Pool) -> Result<(), Box<dyn std::error::Error>> {
         .await?;
     tx.batch_execute(&format!(
         "CREATE TABLE IF NOT EXISTS {TABLE} (id bigserial PRIMARY KEY, name text NOT NULL)"
+    ))
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// A trigger that purges the HTTP responses about a user — tagged
+/// `user:{id}` and `users` — whenever the users table changes, whoever
+/// writes it, through c3's invalidation function: in the writing
+/// transaction, on every replica. (c3-sqlx's `Repository::install_trigger`
+/// does the same for entity keys.)
+async fn install_purge_trigger(
+    db: &Pool,
+    names: &c3::core::SqlNames,
+) -> Result<(), Box<dyn std::error::Error>> {
+    // The channel is a validated identifier ([a-z0-9_]): safe in a literal.
+    let (function, channel, tag) = (
+        &names.invalidate_function,
+        &names.channel,
+        c3::core::HTTP_TAG_PREFIX,
+    );
+    let purge = |row: &str| {
+        format!(
+            "PERFORM {function}('{channel}', '{{}}'::text[], \
+             ARRAY['{tag}user:' || {row}.id, '{tag}users']);"
+        )
+    };
+    let (new, old) = (purge("NEW"), purge("OLD"));
+    let mut conn = db.get().await?;
+    let tx = conn.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&TABLE])
+        .await?;
+    tx.batch_execute(&format!(
+        "CREATE OR REPLACE FUNCTION {TABLE}_purge() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP <> 'DELETE' THEN {new} END IF;
+    IF TG_OP <> 'INSERT' THEN {old} END IF;
+    RETURN NULL;
+END $$;
+CREATE OR REPLACE TRIGGER {TABLE}_purge AFTER INSERT OR UPDATE OR DELETE ON {TABLE}
+    FOR EACH ROW EXECUTE FUNCTION {TABLE}_purge();"
     ))
     .await?;
     tx.commit().await?;

@@ -149,6 +149,32 @@ async fn two_axum_app_replicas_stay_coherent() {
         fetch(&client, &a).await.2.contains("Grace")
     })
     .await;
+
+    // A write that does not come through the API (psql, another service):
+    // once both replicas hold the response in L1, an UPDATE purges it on
+    // both, through the example's trigger.
+    for url in [&a, &b] {
+        wait_until("the replica serves user 1 from L1", DELIVERY, || async {
+            fetch(&client, url).await.1.contains("detail=l1")
+        })
+        .await;
+    }
+    connect(&db.url)
+        .await
+        .execute(
+            "UPDATE c3_example_users SET name = 'Hopper' WHERE id = 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    for url in [&a, &b] {
+        wait_until(
+            "the replica serves the name written by SQL",
+            DELIVERY,
+            || async { fetch(&client, url).await.2.contains("Hopper") },
+        )
+        .await;
+    }
 }
 
 #[tokio::test]

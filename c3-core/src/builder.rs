@@ -718,7 +718,11 @@ impl C3Builder {
                     .keepalives_idle(self.heartbeat_interval.max(Duration::from_secs(1)))
                     .tcp_user_timeout(self.heartbeat_interval + self.heartbeat_timeout);
                 let settings = ListenerSettings {
-                    heartbeat_channel: format!("{}_hb_{:016x}", self.channel, crate::key::fnv1a(node_id.as_bytes())),
+                    heartbeat_channel: format!(
+                        "{}_hb_{:016x}",
+                        self.channel,
+                        crate::key::fnv1a(node_id.as_bytes())
+                    ),
                     channel: self.channel.clone(),
                     connect_timeout: self.connect_timeout,
                     heartbeat_interval: self.heartbeat_interval,

@@ -81,8 +81,9 @@ pub struct SqlNames {
     /// `SELECT <function>($channel, $keys::text[], $tags::text[])` deletes
     /// the keys and every key tagged with one of the tags, and notifies every
     /// node — inside the caller's transaction, so it commits or rolls back
-    /// with the caller's own writes. It returns the version it published
-    /// (`NULL` when nothing matched).
+    /// with the caller's own writes. It returns the version it published —
+    /// `NULL` only when it names no key at all (no keys given, and no row
+    /// carries the tags); PROTOCOL.md §2 "Invalidating from SQL".
     pub invalidate_function: String,
 }
 
