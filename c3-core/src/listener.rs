@@ -79,7 +79,7 @@ pub(crate) async fn run_postgres(
             break;
         }
         match connect(&config, &settings).await {
-            Ok((client, events)) => {
+            Ok((client, mut events)) => {
                 if ever_connected {
                     Counters::inc(&coherency.counters.reconnects);
                 }
@@ -89,7 +89,8 @@ pub(crate) async fn run_postgres(
                     .unwrap_or_else(|e| e.into_inner()) = None;
                 match &settings.replay {
                     Some(r) => {
-                        mark = catch_up(&coherency, &client, r, mark.take(), ever_connected).await
+                        let link = (&client, &mut events, settings.heartbeat_channel.as_str());
+                        mark = catch_up(&coherency, link, r, mark.take(), ever_connected).await
                     }
                     None => coherency.enable(),
                 }
@@ -145,13 +146,40 @@ pub(crate) async fn run_postgres(
 /// replay query failed: then the next reconnect purges).
 async fn catch_up(
     coherency: &Coherency,
-    client: &tokio_postgres::Client,
+    (client, events, heartbeat_channel): (
+        &tokio_postgres::Client,
+        &mut mpsc::Receiver<Event>,
+        &str,
+    ),
     replay: &Replay,
     mark: Option<Mark>,
     reconnecting: bool,
 ) -> Option<Mark> {
     let started = Instant::now();
-    let seen = match replay::observe(client, replay, mark.as_ref()).await {
+    // Notifications keep arriving while the replay runs; they are applied as
+    // usual (L1 is not in use yet, but its versions must move). Left unread,
+    // a burst would fill the channel, the driver would stop reading the
+    // socket, and the replay's own answer would wait behind it.
+    let observed = {
+        let observe = replay::observe(client, replay, mark.as_ref());
+        tokio::pin!(observe);
+        loop {
+            tokio::select! {
+                r = &mut observe => break r,
+                ev = events.recv() => match ev {
+                    Some(Event::Notification { channel, payload }) => {
+                        if channel != heartbeat_channel {
+                            coherency.apply_payload(&payload);
+                        }
+                    }
+                    Some(Event::Closed(_)) | None => {
+                        break Err("the connection closed during the replay".to_owned());
+                    }
+                },
+            }
+        }
+    };
+    let seen = match observed {
         Ok(seen) => seen,
         Err(why) => {
             coherency.enable();
