@@ -15,19 +15,15 @@ use crate::breaker::{Breaker, BreakerConfig, Permit};
 use crate::builder::C3Builder;
 use crate::clock::{Clock, to_micros};
 use crate::coherency::{Coherency, Entry, ListenerState};
+use crate::entry::{State, decode_row, typed_value};
 use crate::error::{Repr, Result};
 use crate::key::validate_key;
-use crate::loader::{Absent, Flights, typed_value};
+use crate::loader::Flights;
 use crate::protocol;
 use crate::stats::{Counters, Stats};
 use crate::telemetry;
 use crate::tier::Tier;
 use tracing::Instrument;
-
-/// The encoding of a cached "not found" (see `codec`).
-pub(crate) use crate::codec::ABSENT as ENCODING_ABSENT;
-
-use crate::coherency::ENTRY_OVERHEAD;
 
 /// A coherent two-tier cache: L1 in this process, L2 in PostgreSQL (or a
 /// [`MemoryServer`](crate::MemoryServer)), kept consistent across nodes by
@@ -251,7 +247,7 @@ impl C3 {
         self.inner
             .coherency
             .peek(key)
-            .is_some_and(|e| e.fresh_until_us > now)
+            .is_some_and(|e| e.state(now) == State::Fresh)
     }
 
     pub(crate) fn now_us(&self) -> u64 {
@@ -391,7 +387,7 @@ impl C3 {
         if let Some(hook) = &self.inner.fill_hook {
             hook(key).await;
         }
-        let Some(row) = row.filter(|r| r.fresh_until_us.is_none_or(|f| f > to_micros(now))) else {
+        let Some(row) = row.filter(|r| r.state(to_micros(now)) == State::Fresh) else {
             Counters::inc(&self.inner.counters.l2_misses);
             op.record(Some(Tier::L2), "miss");
             return Ok(None);
@@ -425,7 +421,7 @@ impl C3 {
         T: DeserializeOwned + Send + Sync + 'static,
     {
         let e = self.inner.coherency.peek(key)?;
-        if e.fresh_until_us <= self.now_us() {
+        if e.state(self.now_us()) != State::Fresh {
             return None;
         }
         // A different type under the same key is treated as a miss; the L2
@@ -512,10 +508,7 @@ impl C3 {
         let mut rows: HashMap<String, Row> = rows.into_iter().collect();
         let now_us = to_micros(now);
         for (i, k, token) in missing {
-            match rows
-                .remove(k)
-                .filter(|r| r.fresh_until_us.is_none_or(|f| f > now_us))
-            {
+            match rows.remove(k).filter(|r| r.state(now_us) == State::Fresh) {
                 Some(row) => {
                     Counters::inc(&self.inner.counters.l2_hits);
                     let (value, entry) = decode_row::<T>(k, row, now_us)?;
@@ -922,38 +915,6 @@ impl C3 {
         self.inner.coherency.disable(ListenerState::Stopped);
         self.inner.backend.close();
     }
-}
-
-/// Decodes an L2 row into a `T` (`None` for a negative entry) and the L1
-/// entry that would hold it.
-pub(crate) fn decode_row<T>(key: &str, row: Row, now_us: u64) -> Result<(Option<Arc<T>>, Entry)>
-where
-    T: DeserializeOwned + Send + Sync + 'static,
-{
-    let (value, stored): (Option<Arc<T>>, Arc<dyn Any + Send + Sync>) = match row.encoding.as_str()
-    {
-        ENCODING_ABSENT => (None, Arc::new(Absent)),
-        encoding => {
-            let v: Arc<T> = Arc::new(crate::codec::decode(key, encoding, &row.value)?);
-            (Some(Arc::clone(&v)), v)
-        }
-    };
-    let fresh_until_us = row.fresh_until_us.unwrap_or(u64::MAX);
-    let stale_until_us = row
-        .stale_until_us
-        .unwrap_or(fresh_until_us)
-        .max(fresh_until_us);
-    let keep_for = (stale_until_us != u64::MAX)
-        .then(|| Duration::from_micros(stale_until_us.saturating_sub(now_us)));
-    let entry = Entry {
-        value: stored,
-        version: row.version,
-        fresh_until_us,
-        stale_until_us,
-        weight: u32::try_from(row.value.len() + ENTRY_OVERHEAD).unwrap_or(u32::MAX),
-        keep_for,
-    };
-    Ok((value, entry))
 }
 
 #[cfg(test)]

@@ -25,7 +25,6 @@
 //! Stripes (rather than one lock or one counter per key) bound memory; two keys
 //! sharing a stripe can only cost each other a dropped fill, never correctness.
 
-use std::any::Any;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -33,34 +32,16 @@ use std::time::{Duration, Instant};
 use moka::Expiry;
 use tokio::sync::watch;
 
+pub(crate) use crate::entry::{ENTRY_OVERHEAD, Entry};
 use crate::protocol::{Body, Notification};
 use crate::stats::Counters;
 
 const STRIPES: usize = 256;
 
-/// What L1 holds for one key: the decoded value, so a hit does no work.
-pub(crate) struct Entry {
-    pub(crate) value: Arc<dyn Any + Send + Sync>,
-    pub(crate) version: u64,
-    /// Wall-clock µs after which the entry is stale (`u64::MAX`: never).
-    pub(crate) fresh_until_us: u64,
-    /// Wall-clock µs after which the entry may not be served even as a
-    /// fail-safe fallback.
-    pub(crate) stale_until_us: u64,
-    /// Bytes charged against the L1 capacity.
-    pub(crate) weight: u32,
-    /// How long moka should keep the entry, computed when it was made.
-    pub(crate) keep_for: Option<Duration>,
-}
-
 /// A value pushed by a peer, kept as the JSON it arrived in: the receiver
 /// does not know its type until someone reads it (then it is decoded once
 /// and the entry replaced by the typed value).
 pub(crate) struct PushedJson(pub(crate) String);
-
-/// Bytes charged per L1 entry on top of its encoded value, for the entry
-/// struct, the `Arc`s and moka's bookkeeping.
-pub(crate) const ENTRY_OVERHEAD: usize = 96;
 
 /// The state of a node's LISTEN connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -32,9 +32,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::backend::{Fence, Row, WriteItem};
-use crate::cache::{C3, decode_row};
+use crate::cache::C3;
 use crate::clock::to_micros;
 use crate::coherency::FillToken;
+use crate::entry::decode_row;
 use crate::error::Result;
 use crate::stats::Counters;
 

@@ -89,6 +89,7 @@ mod codec;
 mod coherency;
 mod combiner;
 mod config;
+mod entry;
 mod error;
 mod events;
 mod fill;

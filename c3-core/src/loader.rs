@@ -26,9 +26,10 @@ use tokio::sync::watch;
 
 use crate::backend::{Fence, WriteItem};
 use crate::breaker::{Breaker, BreakerConfig, BreakerState, Permit};
-use crate::cache::{C3, ENCODING_ABSENT, decode_row};
+use crate::cache::C3;
 use crate::clock::to_micros;
 use crate::coherency::FillToken;
+use crate::entry::{ENCODING_ABSENT, State, decode_row};
 use crate::error::{Error, Repr, Result};
 use crate::fill::Fill;
 use crate::stats::Counters;
@@ -148,9 +149,6 @@ pub trait Loader<T>: Send + Sync + 'static {
     fn load(&self, key: &str) -> impl Future<Output = Result<Option<T>, Self::Error>> + Send;
 }
 
-/// Marker stored in L1 for a cached "not found".
-pub(crate) struct Absent;
-
 /// What a flight publishes to its waiters.
 enum Outcome<T> {
     Value(Arc<T>, Tier),
@@ -268,17 +266,19 @@ impl C3 {
         if let Some(e) = self.coherency().peek(key) {
             let typed = self.l1_value::<T>(key, &e);
             if let Some(v) = typed.clone() {
-                if e.fresh_until_us > now {
-                    Counters::inc(&self.counters().l1_hits);
-                    if self.refresh_due(e.fresh_until_us, now, opts) {
-                        op.span
-                            .in_scope(|| self.start_flight(key, opts, loader, None, true));
+                match e.state(now) {
+                    State::Fresh => {
+                        Counters::inc(&self.counters().l1_hits);
+                        if self.refresh_due(e.fresh_until_us, now, opts) {
+                            op.span
+                                .in_scope(|| self.start_flight(key, opts, loader, None, true));
+                        }
+                        op.record(Some(Tier::L1), if v.is_some() { "ok" } else { "miss" });
+                        return Ok(v);
                     }
-                    op.record(Some(Tier::L1), if v.is_some() { "ok" } else { "miss" });
-                    return Ok(v);
-                }
-                if e.stale_until_us > now {
-                    stale = Some(v);
+                    // The fail-safe fallback, should the load fail.
+                    State::Stale => stale = Some(v),
+                    State::Dead => {}
                 }
             }
         }
@@ -586,7 +586,7 @@ impl C3 {
             Counters::inc(&self.counters().l2_misses);
             return L2Read::Nothing;
         };
-        let fresh = row.fresh_until_us.is_none_or(|f| f > now_us);
+        let fresh = row.state(now_us) == State::Fresh;
         // A row that cannot be decoded as `T` is as good as missing here: the
         // loader will replace it.
         let Ok((value, entry)) = decode_row::<T>(key, row, now_us) else {
@@ -666,15 +666,4 @@ enum L2Read<T> {
     /// A row past its TTL but within its fail-safe window.
     Stale(Option<Arc<T>>),
     Nothing,
-}
-
-/// The value of an L1 entry as `Option<T>` (`Some(None)`: cached "not found");
-/// `None` if the entry holds another type.
-pub(crate) fn typed_value<T: Send + Sync + 'static>(
-    v: &Arc<dyn Any + Send + Sync>,
-) -> Option<Option<Arc<T>>> {
-    if v.is::<Absent>() {
-        return Some(None);
-    }
-    Arc::clone(v).downcast::<T>().ok().map(Some)
 }

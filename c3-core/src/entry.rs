@@ -1,0 +1,162 @@
+//! Cache entries: what L1 holds for a key, how an L2 row becomes one, and
+//! the one rule for where an entry (or a row) stands in time.
+//!
+//! An entry is **fresh** until its `fresh_until`; then **stale** — served
+//! only as a fail-safe fallback, when the source of truth is failing — until
+//! its `stale_until`; then **dead**: no read path serves it, and moka drops
+//! it (`keep_for`). A value replaced by a newer write is *superseded*, which
+//! is the coherency engine's business (versions), not this clock's.
+//!
+//! Every read path asks [`Entry::state`] or [`Row::state`]: `get`, `get_many`
+//! and `is_cached_locally` serve only `Fresh`; `get_or_load` serves `Fresh`,
+//! keeps `Stale` as its fail-safe fallback, and reloads otherwise.
+
+use std::any::Any;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+
+use crate::backend::Row;
+/// The encoding of a cached "not found" (see `codec`).
+pub(crate) use crate::codec::ABSENT as ENCODING_ABSENT;
+use crate::error::Result;
+
+/// Where an entry or a row stands at a given time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum State {
+    /// Within its TTL: any read may serve it.
+    Fresh,
+    /// Past its TTL, within its fail-safe window: only a fallback.
+    Stale,
+    /// Past both: nothing serves it.
+    Dead,
+}
+
+/// The rule, on wall-clock µs (`u64::MAX`: never).
+pub(crate) fn state(fresh_until_us: u64, stale_until_us: u64, now_us: u64) -> State {
+    if fresh_until_us > now_us {
+        State::Fresh
+    } else if stale_until_us > now_us {
+        State::Stale
+    } else {
+        State::Dead
+    }
+}
+
+/// What L1 holds for one key: the decoded value, so a hit does no work.
+pub(crate) struct Entry {
+    pub(crate) value: Arc<dyn Any + Send + Sync>,
+    pub(crate) version: u64,
+    /// Wall-clock µs after which the entry is stale (`u64::MAX`: never).
+    pub(crate) fresh_until_us: u64,
+    /// Wall-clock µs after which the entry may not be served even as a
+    /// fail-safe fallback.
+    pub(crate) stale_until_us: u64,
+    /// Bytes charged against the L1 capacity.
+    pub(crate) weight: u32,
+    /// How long moka should keep the entry, computed when it was made.
+    pub(crate) keep_for: Option<Duration>,
+}
+
+impl Entry {
+    /// Where this entry stands at `now_us` (see the module docs).
+    pub(crate) fn state(&self, now_us: u64) -> State {
+        state(self.fresh_until_us, self.stale_until_us, now_us)
+    }
+}
+
+impl Row {
+    /// The row's `fresh_until` and `stale_until` as an entry has them:
+    /// `None` is "never" and "as fresh", and the fail-safe window never
+    /// ends before freshness does.
+    pub(crate) fn until_us(&self) -> (u64, u64) {
+        let fresh = self.fresh_until_us.unwrap_or(u64::MAX);
+        let stale = self.stale_until_us.unwrap_or(fresh).max(fresh);
+        (fresh, stale)
+    }
+
+    /// Where this row stands at `now_us` (see the module docs).
+    pub(crate) fn state(&self, now_us: u64) -> State {
+        let (fresh, stale) = self.until_us();
+        state(fresh, stale, now_us)
+    }
+}
+
+/// Bytes charged per L1 entry on top of its encoded value, for the entry
+/// struct, the `Arc`s and moka's bookkeeping.
+pub(crate) const ENTRY_OVERHEAD: usize = 96;
+
+/// Marker stored in L1 for a cached "not found".
+pub(crate) struct Absent;
+
+/// The value of an L1 entry as `Option<T>` (`Some(None)`: cached "not found");
+/// `None` if the entry holds another type.
+pub(crate) fn typed_value<T: Send + Sync + 'static>(
+    v: &Arc<dyn Any + Send + Sync>,
+) -> Option<Option<Arc<T>>> {
+    if v.is::<Absent>() {
+        return Some(None);
+    }
+    Arc::clone(v).downcast::<T>().ok().map(Some)
+}
+
+/// Decodes an L2 row into a `T` (`None` for a negative entry) and the L1
+/// entry that would hold it.
+pub(crate) fn decode_row<T>(key: &str, row: Row, now_us: u64) -> Result<(Option<Arc<T>>, Entry)>
+where
+    T: DeserializeOwned + Send + Sync + 'static,
+{
+    let (value, stored): (Option<Arc<T>>, Arc<dyn Any + Send + Sync>) = match row.encoding.as_str()
+    {
+        ENCODING_ABSENT => (None, Arc::new(Absent)),
+        encoding => {
+            let v: Arc<T> = Arc::new(crate::codec::decode(key, encoding, &row.value)?);
+            (Some(Arc::clone(&v)), v)
+        }
+    };
+    let (fresh_until_us, stale_until_us) = row.until_us();
+    let keep_for = (stale_until_us != u64::MAX)
+        .then(|| Duration::from_micros(stale_until_us.saturating_sub(now_us)));
+    let entry = Entry {
+        value: stored,
+        version: row.version,
+        fresh_until_us,
+        stale_until_us,
+        weight: u32::try_from(row.value.len() + ENTRY_OVERHEAD).unwrap_or(u32::MAX),
+        keep_for,
+    };
+    Ok((value, entry))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fresh_then_stale_then_dead() {
+        assert_eq!(state(10, 20, 5), State::Fresh);
+        assert_eq!(state(10, 20, 10), State::Stale);
+        assert_eq!(state(10, 20, 20), State::Dead);
+        assert_eq!(state(u64::MAX, u64::MAX, u64::MAX - 1), State::Fresh);
+        let row = |fresh, stale| Row {
+            value: Vec::new(),
+            encoding: "json".into(),
+            version: 1,
+            fresh_until_us: fresh,
+            stale_until_us: stale,
+        };
+        assert_eq!(row(None, None).state(u64::MAX - 1), State::Fresh);
+        assert_eq!(
+            row(Some(10), None).state(10),
+            State::Dead,
+            "no window: as fresh"
+        );
+        assert_eq!(
+            row(Some(10), Some(5)).until_us(),
+            (10, 10),
+            "never shorter than fresh"
+        );
+        assert_eq!(row(Some(10), Some(30)).state(15), State::Stale);
+    }
+}
