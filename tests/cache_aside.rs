@@ -594,19 +594,11 @@ async fn a_caller_after_an_invalidation_does_not_join_an_older_load() {
     b.set("k", &"new".to_owned()).await.unwrap();
     support::received(&a, heard).await;
 
-    // Started after A applied B's write: must not wait for the old load
-    // (which is held until released below) — so a bug here is a timeout,
-    // not a hung test.
-    let late = tokio::time::timeout(
-        support::DELIVERY,
-        a.get_or_load("k", &LoadOptions::new(), || async {
-            Ok::<_, std::io::Error>(Some("late load".to_owned()))
-        }),
-    )
-    .await
-    .expect("the late caller joined the held, older load")
-    .unwrap();
-    assert_eq!(late.as_deref().map(String::as_str), Some("new"));
+    // Started after A applied B's write: must not wait for the old load.
+    assert_eq!(
+        late_caller(&a).await.as_deref().map(String::as_str),
+        Some("new")
+    );
     release_tx.send(()).unwrap();
     let early = early.await.unwrap().unwrap();
     assert_eq!(
@@ -615,11 +607,7 @@ async fn a_caller_after_an_invalidation_does_not_join_an_older_load() {
         "the first caller overlapped the write; its answer may be the old value"
     );
     assert_eq!(
-        a.get::<String>("k")
-            .await
-            .unwrap()
-            .as_deref()
-            .map(String::as_str),
+        read(&a, "k").await.as_deref(),
         Some("new"),
         "and the old load changed nothing"
     );
@@ -648,27 +636,37 @@ async fn a_version_read_from_l2_keeps_later_callers_off_an_older_load_even_with_
     listen.blackhole(); // A will not hear of B's write
     b.set("k", &"new".to_owned()).await.unwrap();
     assert_eq!(
-        a.get::<String>("k")
-            .await
-            .unwrap()
-            .as_deref()
-            .map(String::as_str),
+        read(&a, "k").await.as_deref(),
         Some("new"),
         "A reads B's write from L2"
     );
-    let late = tokio::time::timeout(
+    assert_eq!(
+        late_caller(&a).await.as_deref().map(String::as_str),
+        Some("new")
+    );
+    release_tx.send(()).unwrap();
+    early.await.unwrap().unwrap();
+    listen.forward();
+}
+
+/// `get(key)` as an owned string.
+async fn read(node: &c3::C3, key: &str) -> Option<String> {
+    node.get::<String>(key).await.unwrap().map(|v| (*v).clone())
+}
+
+/// `get_or_load("k")` by a caller that must not join the load held by
+/// `held_load` (which waits until released — so a bug here is a timeout,
+/// not a hung test).
+async fn late_caller(node: &c3::C3) -> Option<std::sync::Arc<String>> {
+    tokio::time::timeout(
         support::DELIVERY,
-        a.get_or_load("k", &LoadOptions::new(), || async {
+        node.get_or_load("k", &LoadOptions::new(), || async {
             Ok::<_, std::io::Error>(Some("late load".to_owned()))
         }),
     )
     .await
     .expect("the late caller joined the held, older load")
-    .unwrap();
-    assert_eq!(late.as_deref().map(String::as_str), Some("new"));
-    release_tx.send(()).unwrap();
-    early.await.unwrap().unwrap();
-    listen.forward();
+    .unwrap()
 }
 
 /// Starts `get_or_load(key)` on `node` with a loader that answers `value`

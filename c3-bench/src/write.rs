@@ -54,44 +54,15 @@ pub(crate) async fn run(env: &Env) -> (Vec<WriteCost>, Batching) {
     let writer_counts: &[usize] = if env.quick { &[1, 16] } else { &[1, 4, 16] };
     let mut costs = Vec::new();
     for &w in writer_counts {
-        let c3 = env
-            .node("c3_bench_write", 64 << 20)
-            .pool_size(w)
-            .build()
-            .await
-            .expect("node");
-        let (v, n) = (value.clone(), Arc::clone(&counter));
-        let cc = c3.clone();
-        let c3_set = measure("c3 set (upsert + notify)", w, env.series, move |i| {
-            let (c3, v) = (cc.clone(), v.clone());
-            let k = n.fetch_add(1, Ordering::Relaxed) % 100;
-            async move {
-                c3.set(&format!("w{i}:{k}"), &v).await.expect("set");
-            }
-        })
-        .await;
-        c3.shutdown().await;
-
+        let logged = env.node("c3_bench_write", 64 << 20);
+        let c3_set = c3_sets(logged, "c3 set (upsert + notify)", env, w, &value, &counter).await;
         // The same, on a table of its own created UNLOGGED.
         let unlogged = env
             .node("c3_bench_write", 64 << 20)
             .table("cache_unlogged")
-            .durability(c3::core::Durability::Unlogged)
-            .pool_size(w)
-            .build()
-            .await
-            .expect("node");
-        let (v, n) = (value.clone(), Arc::clone(&counter));
-        let cc = unlogged.clone();
-        let c3_set_unlogged = measure("c3 set, unlogged table", w, env.series, move |i| {
-            let (c3, v) = (cc.clone(), v.clone());
-            let k = n.fetch_add(1, Ordering::Relaxed) % 100;
-            async move {
-                c3.set(&format!("w{i}:{k}"), &v).await.expect("set");
-            }
-        })
-        .await;
-        unlogged.shutdown().await;
+            .durability(c3::core::Durability::Unlogged);
+        let c3_set_unlogged =
+            c3_sets(unlogged, "c3 set, unlogged table", env, w, &value, &counter).await;
 
         let redis_set_publish = redis_writes(env, w, &bytes, &counter).await;
 
@@ -127,6 +98,30 @@ pub(crate) async fn run(env: &Env) -> (Vec<WriteCost>, Batching) {
         });
     }
     (costs, batching(env, &value).await)
+}
+
+/// `set` throughput of a node built from `node` with `writers` pooled
+/// connections, each writer cycling over 100 keys of its own.
+async fn c3_sets(
+    node: c3::C3Builder,
+    name: &str,
+    env: &Env,
+    writers: usize,
+    value: &Profile,
+    counter: &Arc<AtomicU64>,
+) -> Summary {
+    let c3 = node.pool_size(writers).build().await.expect("node");
+    let (v, n, cc) = (value.clone(), Arc::clone(counter), c3.clone());
+    let summary = measure(name, writers, env.series, move |i| {
+        let (c3, v) = (cc.clone(), v.clone());
+        let k = n.fetch_add(1, Ordering::Relaxed) % 100;
+        async move {
+            c3.set(&format!("w{i}:{k}"), &v).await.expect("set");
+        }
+    })
+    .await;
+    c3.shutdown().await;
+    summary
 }
 
 /// Redis `SET` + `PUBLISH` per write, both sent before either reply is
