@@ -615,7 +615,7 @@ impl C3Builder {
     ///
     /// [`ErrorKind::Config`](crate::ErrorKind::Config) for invalid settings or no
     /// backend; a backend or timeout error if the table cannot be created.
-    pub async fn build(self) -> Result<C3> {
+    pub async fn build(mut self) -> Result<C3> {
         self.validate()?;
         let node_id = self.node_id.clone().unwrap_or_else(random_node_id);
         let counters = Arc::new(Counters::default());
@@ -641,7 +641,7 @@ impl C3Builder {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let mut tasks = Vec::new();
         let mut later: Option<SchemaStep> = None;
-        let backend = match self.source {
+        let backend = match std::mem::replace(&mut self.source, Source::Unset) {
             Source::Unset => {
                 return Err(Error::config(
                     "no backend: call .postgres(url), .pool(pool) or .memory(&server) — or set \
@@ -658,133 +658,11 @@ impl C3Builder {
                 )));
                 Backend::Memory(MemoryBackend::new(server))
             }
-            Source::Postgres(_) | Source::Pool(_) => {
-                let Some((mut listen_cfg, listen_tls)) = self.listener_config.clone() else {
-                    return Err(Error::config(
-                        "a pool was given but no URL for the LISTEN connection: also call .postgres(url)",
-                    ));
-                };
-                let custom_tls = self.tls_config.as_ref();
-                let (pool, pool_ssl) = match self.source {
-                    Source::Pool(pool) => (pool, None),
-                    Source::Postgres(parsed) => {
-                        let (mut cfg, tls) = *parsed;
-                        let app: String = format!("c3-pool {node_id}").chars().take(63).collect();
-                        cfg.application_name(&app);
-                        let connector = tls
-                            .connector(custom_tls, "the pool")
-                            .map_err(Error::config)?;
-                        let settings = PoolSettings {
-                            max_size: self.pool_size,
-                            wait_timeout: self.op_timeout,
-                            connect_timeout: self.connect_timeout,
-                        };
-                        (build_pool(cfg, connector, &settings)?, Some(tls.mode))
-                    }
-                    _ => unreachable!("matched above"),
-                };
-                let pg = PgBackend::new(
-                    pool,
-                    pool_ssl,
-                    !self.prepared_statements,
-                    (&self.schema, &self.table, &self.channel),
-                    self.durability,
-                );
-                let step = SchemaStep {
-                    migrate: self.migrate,
-                    schema: self.schema.clone(),
-                    table: self.table.clone(),
-                    timeout: self.connect_timeout + self.op_timeout,
-                    backoff: self.backoff,
-                };
-                let schema_ready = match step.once(&pg).await {
-                    Ok(()) => true,
-                    Err(e) if self.start_degraded && e.is_l2_unavailable() && !e.is_tls() => {
-                        tracing::warn!(target: "c3::start", error = %e,
-                            "PostgreSQL does not answer; starting degraded (L1 off, L2 errors) until it does");
-                        false
-                    }
-                    Err(e) => return Err(e),
-                };
-                // Keepalives and a user timeout make the kernel give up on a dead
-                // peer too; the heartbeat below is what bounds detection.
-                // The node id in the application name lets operators (and the
-                // fault tests) find a node's listener in pg_stat_activity.
-                let app: String = format!("c3-listener {node_id}").chars().take(63).collect();
-                listen_cfg
-                    .application_name(&app)
-                    .connect_timeout(self.connect_timeout)
-                    .keepalives(true)
-                    .keepalives_idle(self.heartbeat_interval.max(Duration::from_secs(1)))
-                    .tcp_user_timeout(self.heartbeat_interval + self.heartbeat_timeout);
-                let settings = ListenerSettings {
-                    heartbeat_channel: format!(
-                        "{}_hb_{:016x}",
-                        self.channel,
-                        crate::key::fnv1a(node_id.as_bytes())
-                    ),
-                    channel: self.channel.clone(),
-                    connect_timeout: self.connect_timeout,
-                    heartbeat_interval: self.heartbeat_interval,
-                    heartbeat_timeout: self.heartbeat_timeout,
-                    backoff_min: self.backoff.0,
-                    backoff_max: self.backoff.1,
-                    tls: listen_tls
-                        .connector(custom_tls, "the LISTEN connection")
-                        .map_err(Error::config)?,
-                    ssl_mode: listen_tls.mode,
-                    replay: self.warm_reconnect.then(|| crate::replay::Replay {
-                        sql: crate::backend::postgres::replay_sql(&self.schema, &self.table),
-                        table: format!(
-                            "{}.{}",
-                            crate::key::quote_ident(&self.schema),
-                            crate::key::quote_ident(&self.table)
-                        ),
-                        window: crate::replay::WINDOW,
-                        max_keys: 1_000_000,
-                        timeout: self.op_timeout,
-                    }),
-                };
-                let mut state = coherency.subscribe();
-                tasks.push(tokio::spawn(listener::run_postgres(
-                    Arc::clone(&coherency),
-                    listen_cfg,
-                    settings,
-                    shutdown_rx.clone(),
-                )));
-                // Connect, LISTEN, the probe's own connection, its echo. A
-                // listener that can never work (LISTEN through a transaction
-                // pooler) is a configuration error, reported at once; any
-                // other failure is an outage to ride out with L1 off.
-                let problem = || {
-                    coherency
-                        .listener_problem
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .clone()
-                };
-                let wait = if schema_ready {
-                    self.connect_timeout * 2 + listener::probe_wait(self.heartbeat_timeout)
-                } else {
-                    Duration::ZERO // degraded: the listener connects when it can
-                };
-                let _ = tokio::time::timeout(
-                    wait,
-                    state.wait_for(|s| {
-                        *s == ListenerState::Listening
-                            || problem().as_deref() == Some(listener::NO_ECHO)
-                    }),
-                )
-                .await;
-                if *state.borrow() != ListenerState::Listening
-                    && problem().as_deref() == Some(listener::NO_ECHO)
-                {
-                    let _ = shutdown_tx.send(true);
-                    return Err(Error::config(listener::NO_ECHO));
-                }
-                if !schema_ready {
-                    later = Some(step);
-                }
+            source @ (Source::Postgres(_) | Source::Pool(_)) => {
+                let (pg, step) = self
+                    .start_postgres(source, &node_id, &coherency, &shutdown_tx, &mut tasks)
+                    .await?;
+                later = step;
                 Backend::Postgres(Box::new(pg))
             }
         };
@@ -795,7 +673,7 @@ impl C3Builder {
             ));
         }
         if let Some(every) = self.sweep_interval {
-            tasks.push(tokio::spawn(sweeper(
+            tasks.push(tokio::spawn(crate::backend::sweeper(
                 Arc::clone(&backend),
                 Arc::clone(&self.clock),
                 every,
@@ -832,6 +710,144 @@ impl C3Builder {
         });
         crate::telemetry::metrics::observe(&meter, &c3.inner.sql_names.table, &c3.inner);
         Ok(c3)
+    }
+
+    /// Builds the pool (or takes the one given), checks or migrates the
+    /// schema, and starts the LISTEN task — waiting for it to listen, so a
+    /// listener that can never work is a configuration error now. Returns
+    /// the backend, and the schema step still to retry in the background
+    /// when PostgreSQL did not answer and `start_degraded` allowed that.
+    async fn start_postgres(
+        &self,
+        source: Source,
+        node_id: &str,
+        coherency: &Arc<Coherency>,
+        shutdown_tx: &watch::Sender<bool>,
+        tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+    ) -> Result<(PgBackend, Option<SchemaStep>)> {
+        let Some((mut listen_cfg, listen_tls)) = self.listener_config.clone() else {
+            return Err(Error::config(
+                "a pool was given but no URL for the LISTEN connection: also call .postgres(url)",
+            ));
+        };
+        let custom_tls = self.tls_config.as_ref();
+        let (pool, pool_ssl) = match source {
+            Source::Pool(pool) => (pool, None),
+            Source::Postgres(parsed) => {
+                let (mut cfg, tls) = *parsed;
+                let app: String = format!("c3-pool {node_id}").chars().take(63).collect();
+                cfg.application_name(&app);
+                let connector = tls
+                    .connector(custom_tls, "the pool")
+                    .map_err(Error::config)?;
+                let settings = PoolSettings {
+                    max_size: self.pool_size,
+                    wait_timeout: self.op_timeout,
+                    connect_timeout: self.connect_timeout,
+                };
+                (build_pool(cfg, connector, &settings)?, Some(tls.mode))
+            }
+            _ => unreachable!("matched above"),
+        };
+        let pg = PgBackend::new(
+            pool,
+            pool_ssl,
+            !self.prepared_statements,
+            (&self.schema, &self.table, &self.channel),
+            self.durability,
+        );
+        let step = SchemaStep {
+            migrate: self.migrate,
+            schema: self.schema.clone(),
+            table: self.table.clone(),
+            timeout: self.connect_timeout + self.op_timeout,
+            backoff: self.backoff,
+        };
+        let schema_ready = match step.once(&pg).await {
+            Ok(()) => true,
+            Err(e) if self.start_degraded && e.is_l2_unavailable() && !e.is_tls() => {
+                tracing::warn!(target: "c3::start", error = %e,
+                    "PostgreSQL does not answer; starting degraded (L1 off, L2 errors) until it does");
+                false
+            }
+            Err(e) => return Err(e),
+        };
+        // Keepalives and a user timeout make the kernel give up on a dead
+        // peer too; the heartbeat below is what bounds detection.
+        // The node id in the application name lets operators (and the
+        // fault tests) find a node's listener in pg_stat_activity.
+        let app: String = format!("c3-listener {node_id}").chars().take(63).collect();
+        listen_cfg
+            .application_name(&app)
+            .connect_timeout(self.connect_timeout)
+            .keepalives(true)
+            .keepalives_idle(self.heartbeat_interval.max(Duration::from_secs(1)))
+            .tcp_user_timeout(self.heartbeat_interval + self.heartbeat_timeout);
+        let settings = ListenerSettings {
+            heartbeat_channel: format!(
+                "{}_hb_{:016x}",
+                self.channel,
+                crate::key::fnv1a(node_id.as_bytes())
+            ),
+            channel: self.channel.clone(),
+            connect_timeout: self.connect_timeout,
+            heartbeat_interval: self.heartbeat_interval,
+            heartbeat_timeout: self.heartbeat_timeout,
+            backoff_min: self.backoff.0,
+            backoff_max: self.backoff.1,
+            tls: listen_tls
+                .connector(custom_tls, "the LISTEN connection")
+                .map_err(Error::config)?,
+            ssl_mode: listen_tls.mode,
+            replay: self.warm_reconnect.then(|| crate::replay::Replay {
+                sql: crate::backend::postgres::replay_sql(&self.schema, &self.table),
+                table: format!(
+                    "{}.{}",
+                    crate::key::quote_ident(&self.schema),
+                    crate::key::quote_ident(&self.table)
+                ),
+                window: crate::replay::WINDOW,
+                max_keys: 1_000_000,
+                timeout: self.op_timeout,
+            }),
+        };
+        let mut state = coherency.subscribe();
+        tasks.push(tokio::spawn(listener::run_postgres(
+            Arc::clone(coherency),
+            listen_cfg,
+            settings,
+            shutdown_tx.subscribe(),
+        )));
+        // Connect, LISTEN, the probe's own connection, its echo. A
+        // listener that can never work (LISTEN through a transaction
+        // pooler) is a configuration error, reported at once; any
+        // other failure is an outage to ride out with L1 off.
+        let problem = || {
+            coherency
+                .listener_problem
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+        };
+        let wait = if schema_ready {
+            self.connect_timeout * 2 + listener::probe_wait(self.heartbeat_timeout)
+        } else {
+            Duration::ZERO // degraded: the listener connects when it can
+        };
+        let _ = tokio::time::timeout(
+            wait,
+            state.wait_for(|s| {
+                *s == ListenerState::Listening || problem().as_deref() == Some(listener::NO_ECHO)
+            }),
+        )
+        .await;
+        if *state.borrow() != ListenerState::Listening
+            && problem().as_deref() == Some(listener::NO_ECHO)
+        {
+            let _ = shutdown_tx.send(true);
+            return Err(Error::config(listener::NO_ECHO));
+        }
+        Ok((pg, (!schema_ready).then_some(step)))
     }
 }
 
@@ -883,34 +899,6 @@ impl SchemaStep {
                 _ = shutdown.changed() => return,
             }
             delay = (delay * 2).min(self.backoff.1);
-        }
-    }
-}
-
-/// Deletes expired L2 rows now and then. Exists so that keys written once and
-/// never read again do not accumulate in the table forever.
-async fn sweeper(
-    backend: Arc<Backend>,
-    clock: Arc<dyn Clock>,
-    every: Duration,
-    batch: i64,
-    op_timeout: Duration,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            _ = shutdown.changed() => return,
-        }
-        let now = clock.now();
-        match bounded("sweep", op_timeout, backend.sweep(now, batch)).await {
-            Ok(n) if n > 0 => {
-                tracing::debug!(target: "c3::sweeper", deleted = n, "swept expired rows")
-            }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::debug!(target: "c3::sweeper", error = %e, "sweep failed; will retry")
-            }
         }
     }
 }

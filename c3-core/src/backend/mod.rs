@@ -7,8 +7,12 @@ pub(crate) mod memory;
 pub(crate) mod postgres;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use tokio::sync::watch;
+
+use crate::clock::Clock;
 use crate::error::{Error, Result};
 
 /// One L2 row as c3 reads it.
@@ -195,6 +199,34 @@ impl Backend {
         match self {
             Backend::Postgres(b) => b.sweep(now, batch).await,
             Backend::Memory(b) => Ok(b.sweep(now)),
+        }
+    }
+}
+
+/// Deletes expired L2 rows now and then. Exists so that keys written once and
+/// never read again do not accumulate in the table forever.
+pub(crate) async fn sweeper(
+    backend: Arc<Backend>,
+    clock: Arc<dyn Clock>,
+    every: Duration,
+    batch: i64,
+    op_timeout: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.changed() => return,
+        }
+        let now = clock.now();
+        match bounded("sweep", op_timeout, backend.sweep(now, batch)).await {
+            Ok(n) if n > 0 => {
+                tracing::debug!(target: "c3::sweeper", deleted = n, "swept expired rows")
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(target: "c3::sweeper", error = %e, "sweep failed; will retry")
+            }
         }
     }
 }
