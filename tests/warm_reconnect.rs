@@ -101,7 +101,12 @@ async fn outage(how: &str) {
     let before = node.stats();
     let began = tokio::time::Instant::now();
     match how {
-        "drop" => link.drop_all(),
+        // The server ends the listener's backend; the link refuses the
+        // reconnects until the outage is over.
+        "terminated" => {
+            link.refuse_new();
+            assert_eq!(db.kill_listener(&node).await, 1);
+        }
         _ => link.blackhole(),
     }
     wait_until("the node sees the loss", DELIVERY, || async {
@@ -151,8 +156,8 @@ async fn outage(how: &str) {
 }
 
 #[tokio::test]
-async fn a_closed_listener_link_drops_only_what_changed() {
-    outage("drop").await;
+async fn a_terminated_listener_backend_drops_only_what_changed() {
+    outage("terminated").await;
 }
 
 #[tokio::test]

@@ -126,6 +126,11 @@ impl FaultProxy {
         contains(&self.held_bytes.lock().unwrap(), needle)
     }
 
+    /// Refuses new connections until `forward()`, leaving current ones be.
+    pub fn refuse_new(&self) {
+        self.mode.store(DROP, Ordering::SeqCst);
+    }
+
     /// Closes all current connections and refuses new ones until `forward()`.
     pub fn drop_all(&self) {
         self.mode.store(DROP, Ordering::SeqCst);
