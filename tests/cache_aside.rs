@@ -430,12 +430,7 @@ async fn a_load_that_raced_a_write_does_not_write_its_older_value_back() {
     // notifications back while the loads run: A's own bookkeeping cannot
     // refuse the write-back in time, so only L2's fence is tested.
     let listen_link = support::proxy::FaultProxy::start(support::database_addr()).await;
-    let a = db
-        .split_builder(&db.url, &listen_link.url(&db.url))
-        .heartbeat(Duration::from_secs(60), Duration::from_secs(60))
-        .build()
-        .await
-        .unwrap();
+    let a = db.listening_through(&listen_link).build().await.unwrap();
     let b = db.node().await;
     listen_link.blackhole();
     let opts = LoadOptions::new();
@@ -625,8 +620,7 @@ async fn a_version_read_from_l2_keeps_later_callers_off_an_older_load_even_with_
     let db = TestDb::new("read_known").await;
     let listen = FaultProxy::start(support::database_addr()).await;
     let a = db
-        .split_builder(&db.url, &listen.url(&db.url))
-        .heartbeat(Duration::from_secs(60), Duration::from_secs(60))
+        .listening_through(&listen)
         .l1_max_bytes(0)
         .build()
         .await

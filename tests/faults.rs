@@ -208,7 +208,7 @@ async fn a_write_whose_invalidation_cannot_commit_is_answered_503() {
     let db = TestDb::new("invalidation_fails").await;
     let link = FaultProxy::start(support::database_addr()).await;
     let node = db
-        .split_builder(&link.url(&db.url), &db.url)
+        .pool_through(&link)
         .op_timeout(Duration::from_millis(300))
         .build()
         .await

@@ -185,12 +185,7 @@ async fn find_many_that_read_before_a_save_on_another_node_is_not_cached() {
     // L2 pool is direct. Long heartbeats: a held listener is only slow.
     let select_link = FaultProxy::start(support::database_addr()).await;
     let listen_link = FaultProxy::start(support::database_addr()).await;
-    let b = db
-        .split_builder(&db.url, &listen_link.url(&db.url))
-        .heartbeat(Duration::from_secs(60), Duration::from_secs(60))
-        .build()
-        .await
-        .unwrap();
+    let b = db.listening_through(&listen_link).build().await.unwrap();
     let select_pool = pool_for(select_link.url(&db.url)).await;
     let repo_b: Repository<User> = Repository::new(b.clone(), select_pool.clone());
 
@@ -361,11 +356,7 @@ async fn a_fill_that_waited_for_another_fills_record_still_holds_off_a_deletion(
     // B's L2 pool goes through a proxy that can hold its fill's result: the
     // fill has run on the server, and not committed.
     let link = FaultProxy::start(support::database_addr()).await;
-    let b = db
-        .split_builder(&link.url(&db.url), &db.url)
-        .build()
-        .await
-        .unwrap();
+    let b = db.pool_through(&link).build().await.unwrap();
     let records = format!("\"{}\".cache_data_deleted_tags", db.schema);
     // The other fill is a bare transaction holding its record insert. The
     // fill under test gives up after 100 ms of waiting for it (its lock

@@ -132,7 +132,7 @@ async fn bad_input_is_rejected_before_any_io() {
     let db = support::TestDb::new("before_io").await;
     let link = FaultProxy::start(support::database_addr()).await;
     let node = db
-        .split_builder(&link.url(&db.url), &db.url)
+        .pool_through(&link)
         .op_timeout(Duration::from_secs(5))
         .build()
         .await

@@ -123,6 +123,20 @@ impl TestDb {
         self.builder().pool(pool).postgres(listen_url)
     }
 
+    /// A builder whose L2 pool goes through `link` (a fault proxy); LISTEN
+    /// goes direct.
+    pub fn pool_through(&self, link: &proxy::FaultProxy) -> C3Builder {
+        self.split_builder(&link.url(&self.url), &self.url)
+    }
+
+    /// A builder whose LISTEN connection goes through `link`, with
+    /// heartbeats so long that a held link only makes the node slow to hear,
+    /// never a loss; the pool goes direct.
+    pub fn listening_through(&self, link: &proxy::FaultProxy) -> C3Builder {
+        self.split_builder(&self.url, &link.url(&self.url))
+            .heartbeat(Duration::from_secs(60), Duration::from_secs(60))
+    }
+
     pub async fn node(&self) -> C3 {
         self.builder().build().await.expect("build node")
     }
