@@ -111,11 +111,11 @@ fn http_caching(cache: c3::C3, token: String) -> Router {
 #[rustfmt::skip] // the README's layout, verbatim
 async fn repositories(cache: c3::C3, pool: sqlx::PgPool) -> Result<(), BoxError> {
     // README block: repositories
-    #[derive(Clone, sqlx::FromRow, serde::Serialize, serde::Deserialize, c3_sqlx::Cached)]
+    #[derive(Clone, sqlx::FromRow, serde::Serialize, serde::Deserialize, c3::sqlx::Cached)]
     #[c3(table = "users", key = "id", ttl = "10m", fail_safe = "1h")]
     struct User { id: i64, email: String, name: String }
 
-    let users = c3_sqlx::Repository::<User>::new(cache.clone(), pool.clone());
+    let users = c3::sqlx::Repository::<User>::new(cache.clone(), pool.clone());
     users.install_trigger().await?;          // psql, other services: every write invalidates
     let u = users.find(&42).await?;          // L1 → L2 → SELECT, one SELECT per node per miss
     users.save(&u.unwrap()).await?;          // upsert + invalidation in one transaction

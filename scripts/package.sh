@@ -5,5 +5,5 @@
 # `cargo package`, e.g. `scripts/package.sh --no-verify`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo package --workspace --exclude c3-bench "$@"
+cargo package --workspace --exclude c3-bench --exclude c3-getting-started "$@"
 RUSTDOCFLAGS=-Dwarnings cargo doc --workspace --no-deps

@@ -107,3 +107,39 @@ fn the_readmes_dependency_lines_match_the_workspace() {
         );
     }
 }
+
+/// The downstream crate `examples/getting-started` depends on exactly what the
+/// README lists (its `c3-cache` line adds only the `path` to this checkout), so
+/// the service built from the README is built from its dependency lines too.
+#[test]
+fn the_getting_started_crate_uses_the_readmes_dependency_lines() {
+    let readme = read("README.md");
+    let toml = blocks(&readme, "toml");
+    let listed: Vec<String> = toml
+        .iter()
+        .find(|b| b.iter().any(|l| l == "[dependencies]"))
+        .expect("a ```toml block with [dependencies] in README.md")
+        .iter()
+        .filter(|l| l.contains('='))
+        .map(|l| {
+            l.replace(
+                "c3-cache = \"0.1\"",
+                "c3-cache = { version = \"0.1\", path = \"../..\" }",
+            )
+        })
+        .map(|l| l.split(" #").next().unwrap_or("").trim().to_owned())
+        .collect();
+    let manifest = read("examples/getting-started/Cargo.toml");
+    let used: Vec<String> = manifest
+        .lines()
+        .skip_while(|l| *l != "[dependencies]")
+        .skip(1)
+        .take_while(|l| !l.starts_with('['))
+        .filter(|l| l.contains('='))
+        .map(|l| l.split(" #").next().unwrap_or("").trim().to_owned())
+        .collect();
+    assert_eq!(
+        used, listed,
+        "examples/getting-started/Cargo.toml vs README.md"
+    );
+}

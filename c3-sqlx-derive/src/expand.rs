@@ -140,7 +140,10 @@ pub(crate) fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
 
     let krate = match &a.krate {
         Some(path) => quote!(#path),
-        None => quote!(::c3_sqlx),
+        None => {
+            let path = crate::krate::default_path();
+            quote!(#path)
+        }
     };
     Ok(quote! {
         impl #impl_generics #krate::Cached for #name #ty_generics #where_clause {

@@ -1,13 +1,16 @@
 //! The `Cached` derive for [c3-sqlx](https://docs.rs/c3-sqlx). Use it through
-//! `c3_sqlx::Cached`; the generated code names only `::c3_sqlx::__private`.
+//! `c3_sqlx::Cached` (or `c3::sqlx::Cached`); the generated code names only
+//! c3-sqlx's `Cached`, `Entity` and `__private`.
 //!
 //! ## Layout
 //!
 //! * `attrs` — parsing `#[c3(...)]` and the fields' column names.
 //! * `expand` — the SQL and the `Cached` impl generated from them.
+//! * `krate` — where the generated code finds c3-sqlx.
 
 mod attrs;
 mod expand;
+mod krate;
 
 use proc_macro::TokenStream;
 
@@ -28,7 +31,7 @@ use proc_macro::TokenStream;
 /// | `ttl = "10m"` | freshness of cached rows (`ms`, `s`, `m`, `h`, `d`) |
 /// | `fail_safe = "1h"` | serve the last value this long past its TTL while the database fails |
 /// | `negative_ttl = "30s"` | cache "no such row" this long |
-/// | `crate = "c3::sqlx"` | where c3-sqlx is, when the code reaches it through the `c3` facade (default: `c3_sqlx`) |
+/// | `crate = "my_c3::sqlx"` | where c3-sqlx is (default: `::c3_sqlx` when it is a dependency, else `::c3::sqlx` through the facade; read from the crate's `Cargo.toml`) |
 /// | `save = "email, name"` | the columns `save` writes besides the key (default: all) |
 ///
 /// Column names are the field names, or `#[sqlx(rename = "...")]`.

@@ -54,7 +54,7 @@
 //! | `ttl = "10m"` | freshness (`ms`, `s`, `m`, `h`, `d`; default: the cache's TTL) |
 //! | `fail_safe = "1h"` | serve the last value this long past its TTL while the database fails |
 //! | `negative_ttl = "30s"` | cache "no such row" this long |
-//! | `crate = "c3::sqlx"` | where c3-sqlx is, when the code reaches it through the `c3` facade (default: `c3_sqlx`) |
+//! | `crate = "my_c3::sqlx"` | where c3-sqlx is (default: `::c3_sqlx` when it is a dependency, else `::c3::sqlx` through the facade; read from the crate's `Cargo.toml`) |
 //! | `save = "email, name"` | the columns `save` writes besides the key (default: all) |
 //!
 //! Columns are the field names (or `#[sqlx(rename = "...")]`); every name is
