@@ -112,7 +112,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         match (flag.as_str(), args.next()) {
             ("--listen", Some(addr)) => listen = addr,
             _ => {
-                return Err(format!("usage: c3-getting-started [--listen ADDR]; got {flag}").into());
+                return Err(
+                    format!("usage: c3-getting-started [--listen ADDR]; got {flag}").into(),
+                );
             }
         }
     }
