@@ -76,31 +76,112 @@ async fn unreachable_postgres_fails_fast_with_a_clear_error() {
     assert!(started.elapsed() < Duration::from_secs(10), "no hang");
 }
 
+/// Every operation that talks to L2 is bounded by the operation timeout:
+/// with PostgreSQL silent (a blackholed link, so nothing ever answers and no
+/// connection error arrives either), each one returns — a timeout error, or
+/// for the degrading operations (fills, `get_or_load`) their documented
+/// fallback — within a few timeouts. The calls run one after another, so a
+/// single unbounded call shows as the one that overran its own deadline.
 #[tokio::test]
-async fn l2_calls_time_out_instead_of_hanging_when_postgres_goes_silent() {
+async fn every_l2_call_times_out_instead_of_hanging_when_postgres_goes_silent() {
     let db = TestDb::new("silent_pg").await;
     let proxy = support::proxy::FaultProxy::start(support::database_addr()).await;
     let url = proxy.url(&support::database_url());
+    let timeout = Duration::from_millis(400);
     let a = db
         .builder()
         .postgres(&url)
-        .op_timeout(Duration::from_millis(500))
+        .op_timeout(timeout)
+        // The breaker would turn later calls into CircuitOpen without any
+        // I/O; this test is about the calls that do reach the silent server.
+        .l2_breaker(c3::core::BreakerConfig::new(1_000, Duration::from_secs(60)))
         .build()
         .await
         .unwrap();
     a.set("k", &1).await.unwrap();
+    let fenced = a.begin_fill(&["f"]).await.unwrap();
+    assert!(fenced.is_fenced());
     proxy.blackhole();
-    for op in 0..3 {
+
+    // Each call gets a deadline of its own: an unbounded one fails here
+    // rather than hanging the suite.
+    let bound = timeout * 5;
+    async fn within<T>(op: &str, bound: Duration, fut: impl Future<Output = T>) -> T {
         let started = Instant::now();
-        let err = match op {
-            0 => a.set("k", &2).await.unwrap_err(),
-            1 => a.delete("other").await.unwrap_err(),
-            _ => a.get::<i32>("never-cached").await.unwrap_err(),
-        };
-        assert!(err.is_timeout(), "{err:?}");
-        assert!(started.elapsed() < Duration::from_secs(3));
+        let r = tokio::time::timeout(bound * 4, fut)
+            .await
+            .unwrap_or_else(|_| panic!("{op} hung with PostgreSQL silent"));
+        assert!(
+            started.elapsed() < bound,
+            "{op} took {:?}",
+            started.elapsed()
+        );
+        r
     }
-    assert!(a.stats().l2_errors >= 3);
+    fn timed_out<T: std::fmt::Debug>(op: &str, r: c3::core::Result<T>) {
+        let err = r.expect_err(op);
+        assert!(err.is_timeout(), "{op}: {err:?}");
+    }
+    timed_out(
+        "get",
+        within("get", bound, a.get::<i32>("never-cached")).await,
+    );
+    timed_out(
+        "get_many",
+        within("get_many", bound, a.get_many::<i32>(&["m1", "m2"])).await,
+    );
+    timed_out("set", within("set", bound, a.set("k", &2)).await);
+    timed_out(
+        "set_tagged",
+        within("set_tagged", bound, a.set_tagged("t", &2, None, &["tag"])).await,
+    );
+    timed_out(
+        "set_many",
+        within("set_many", bound, a.set_many(&[("s1", 1), ("s2", 2)])).await,
+    );
+    timed_out("delete", within("delete", bound, a.delete("other")).await);
+    timed_out(
+        "delete_many",
+        within("delete_many", bound, a.delete_many(&["d1", "d2"])).await,
+    );
+    timed_out(
+        "invalidate",
+        within("invalidate", bound, a.invalidate("i")).await,
+    );
+    timed_out(
+        "invalidate_many",
+        within("invalidate_many", bound, a.invalidate_many(&["i1", "i2"])).await,
+    );
+    timed_out(
+        "invalidate_tag",
+        within("invalidate_tag", bound, a.invalidate_tag("tag")).await,
+    );
+    timed_out("clear", within("clear", bound, a.clear()).await);
+
+    // Fills degrade instead of failing: the fence cannot be taken (the fill
+    // keeps values in L1 only), and a store under an earlier fence is not
+    // cached in L2.
+    let unfenced = within("begin_fill", bound, a.begin_fill(&["g"]))
+        .await
+        .unwrap();
+    assert!(!unfenced.is_fenced());
+    let stored = within("fill.store", bound, fenced.store("f", &1, None, &[]))
+        .await
+        .unwrap();
+    assert!(!stored, "nothing reaches a silent L2");
+    // get_or_load: the L2 read and the write-back are bounded; the loader answers.
+    let opts = c3::core::LoadOptions::new();
+    let loaded = within(
+        "get_or_load",
+        bound * 2,
+        a.get_or_load("loaded", &opts, || async {
+            Ok::<_, std::io::Error>(Some(7))
+        }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(loaded.as_deref(), Some(&7));
+    assert!(a.stats().l2_errors >= 11, "{:?}", a.stats());
 }
 
 #[tokio::test]

@@ -358,7 +358,7 @@ impl Coherency {
     /// is already known (a late push never overwrites a newer value) or the
     /// value has already expired.
     fn keep_pushed(&self, p: &crate::protocol::Pushed) {
-        if !self.l1_configured || !self.l1_enabled() {
+        if !self.l1_configured {
             return;
         }
         let now_us = crate::clock::to_micros(self.clock.now());
@@ -375,8 +375,13 @@ impl Coherency {
             weight: u32::try_from(p.json.len() + ENTRY_OVERHEAD).unwrap_or(u32::MAX),
             keep_for,
         };
+        // `enabled` is read under the stripe lock, as in `fill_up_to`: a
+        // purge takes every stripe lock after clearing it, so no push can
+        // land in L1 behind a disable.
         let s = self.lock(Self::stripe_of(&p.key));
-        if s.max_version > p.version || self.l1.get(&p.key).is_some_and(|e| e.version >= p.version)
+        if !self.l1_enabled()
+            || s.max_version > p.version
+            || self.l1.get(&p.key).is_some_and(|e| e.version >= p.version)
         {
             return;
         }
@@ -611,6 +616,26 @@ mod tests {
         c.enable();
         assert!(c.peek("k").is_none());
         assert_eq!(c.state(), ListenerState::Listening);
+    }
+
+    /// The second purge: whatever reached L1 while the node was not
+    /// listening is gone once it listens again. A direct insert stands for a
+    /// writer that passed its `enabled` check just before `disable` (the
+    /// paths that insert check it under their stripe lock, which `purge`
+    /// also takes, but the rule must not depend on each of them getting it
+    /// right): it may hold a value an invalidation missed during the outage.
+    #[test]
+    fn listening_again_purges_what_reached_l1_meanwhile() {
+        let c = engine();
+        c.disable(ListenerState::Reconnecting { attempt: 0 });
+        c.l1.insert("k".into(), Arc::new(entry(3)));
+        let purges = c.counters.purges.load(Ordering::Relaxed);
+        c.enable();
+        assert!(
+            c.peek("k").is_none(),
+            "an entry from the outage survived enable()"
+        );
+        assert_eq!(c.counters.purges.load(Ordering::Relaxed), purges + 1);
     }
 
     #[test]
