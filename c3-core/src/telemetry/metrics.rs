@@ -379,15 +379,7 @@ pub(crate) fn observe(meter: &Meter, cache: &str, inner: &Arc<Inner>) {
             }
             // Loader breakers come and go with their sources: their
             // attribute sets are built here, at collection time only.
-            let loaders = inner
-                .flights
-                .loader_breakers
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .iter()
-                .map(|(source, b)| (Arc::clone(source), b.state()))
-                .collect::<Vec<_>>();
-            for (source, now) in loaders {
+            for (source, now) in inner.flights.breaker_states() {
                 for (st, attrs) in &states {
                     let mut attrs = attrs.clone();
                     attrs[1] = KeyValue::new("c3.breaker", "loader");
