@@ -639,49 +639,9 @@ impl C3Builder {
         coherency.observer = self.on_applied.clone();
         let coherency = Arc::new(coherency);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let mut tasks = Vec::new();
-        let mut later: Option<SchemaStep> = None;
-        let backend = match std::mem::replace(&mut self.source, Source::Unset) {
-            Source::Unset => {
-                return Err(Error::config(
-                    "no backend: call .postgres(url), .pool(pool) or .memory(&server) — or set \
-                     C3_DATABASE_URL (else DATABASE_URL) and use C3Builder::from_env()",
-                ));
-            }
-            Source::Memory(server) => {
-                let rx = server.subscribe();
-                coherency.enable();
-                tasks.push(tokio::spawn(listener::run_memory(
-                    Arc::clone(&coherency),
-                    rx,
-                    shutdown_rx.clone(),
-                )));
-                Backend::Memory(MemoryBackend::new(server))
-            }
-            source @ (Source::Postgres(_) | Source::Pool(_)) => {
-                let (pg, step) = self
-                    .start_postgres(source, &node_id, &coherency, &shutdown_tx, &mut tasks)
-                    .await?;
-                later = step;
-                Backend::Postgres(Box::new(pg))
-            }
-        };
-        let backend = Arc::new(backend);
-        if let Some(later) = later {
-            tasks.push(tokio::spawn(
-                later.retry(Arc::clone(&backend), shutdown_rx.clone()),
-            ));
-        }
-        if let Some(every) = self.sweep_interval {
-            tasks.push(tokio::spawn(crate::backend::sweeper(
-                Arc::clone(&backend),
-                Arc::clone(&self.clock),
-                every,
-                self.sweep_batch,
-                self.op_timeout,
-                shutdown_rx,
-            )));
-        }
+        let (backend, tasks) = self
+            .start_backend(&node_id, &coherency, &shutdown_tx, shutdown_rx)
+            .await?;
         let c3 = C3::from_inner(Inner {
             coherency,
             metrics,
@@ -712,6 +672,63 @@ impl C3Builder {
         Ok(c3)
     }
 
+    /// Starts L2 — the in-process server, or PostgreSQL through
+    /// [`start_postgres`](Self::start_postgres) — with the tasks that serve
+    /// it: the listener, the schema step a degraded start still owes, and
+    /// the sweeper beside the backend's sweep.
+    async fn start_backend(
+        &mut self,
+        node_id: &str,
+        coherency: &Arc<Coherency>,
+        shutdown_tx: &watch::Sender<bool>,
+        shutdown_rx: watch::Receiver<bool>,
+    ) -> Result<(Arc<Backend>, Vec<tokio::task::JoinHandle<()>>)> {
+        let mut tasks = Vec::new();
+        let mut later: Option<SchemaStep> = None;
+        let backend = match std::mem::replace(&mut self.source, Source::Unset) {
+            Source::Unset => {
+                return Err(Error::config(
+                    "no backend: call .postgres(url), .pool(pool) or .memory(&server) — or set \
+                     C3_DATABASE_URL (else DATABASE_URL) and use C3Builder::from_env()",
+                ));
+            }
+            Source::Memory(server) => {
+                let rx = server.subscribe();
+                coherency.enable();
+                tasks.push(tokio::spawn(listener::run_memory(
+                    Arc::clone(coherency),
+                    rx,
+                    shutdown_rx.clone(),
+                )));
+                Backend::Memory(MemoryBackend::new(server))
+            }
+            source @ (Source::Postgres(_) | Source::Pool(_)) => {
+                let (pg, step) = self
+                    .start_postgres(source, node_id, coherency, shutdown_tx, &mut tasks)
+                    .await?;
+                later = step;
+                Backend::Postgres(Box::new(pg))
+            }
+        };
+        let backend = Arc::new(backend);
+        if let Some(later) = later {
+            tasks.push(tokio::spawn(
+                later.retry(Arc::clone(&backend), shutdown_rx.clone()),
+            ));
+        }
+        if let Some(every) = self.sweep_interval {
+            tasks.push(tokio::spawn(crate::backend::sweeper(
+                Arc::clone(&backend),
+                Arc::clone(&self.clock),
+                every,
+                self.sweep_batch,
+                self.op_timeout,
+                shutdown_rx,
+            )));
+        }
+        Ok((backend, tasks))
+    }
+
     /// Builds the pool (or takes the one given), checks or migrates the
     /// schema, and starts the LISTEN task — waiting for it to listen, so a
     /// listener that can never work is a configuration error now. Returns
@@ -730,25 +747,7 @@ impl C3Builder {
                 "a pool was given but no URL for the LISTEN connection: also call .postgres(url)",
             ));
         };
-        let custom_tls = self.tls_config.as_ref();
-        let (pool, pool_ssl) = match source {
-            Source::Pool(pool) => (pool, None),
-            Source::Postgres(parsed) => {
-                let (mut cfg, tls) = *parsed;
-                let app: String = format!("c3-pool {node_id}").chars().take(63).collect();
-                cfg.application_name(&app);
-                let connector = tls
-                    .connector(custom_tls, "the pool")
-                    .map_err(Error::config)?;
-                let settings = PoolSettings {
-                    max_size: self.pool_size,
-                    wait_timeout: self.op_timeout,
-                    connect_timeout: self.connect_timeout,
-                };
-                (build_pool(cfg, connector, &settings)?, Some(tls.mode))
-            }
-            _ => unreachable!("matched above"),
-        };
+        let (pool, pool_ssl) = self.pool_for(source, node_id)?;
         let pg = PgBackend::new(
             pool,
             pool_ssl,
@@ -772,6 +771,54 @@ impl C3Builder {
             }
             Err(e) => return Err(e),
         };
+        let settings = self.listener_settings(node_id, &mut listen_cfg, &listen_tls)?;
+        let state = coherency.subscribe();
+        tasks.push(tokio::spawn(listener::run_postgres(
+            Arc::clone(coherency),
+            listen_cfg,
+            settings,
+            shutdown_tx.subscribe(),
+        )));
+        if schema_ready {
+            self.wait_listening(coherency, shutdown_tx, state).await?;
+        }
+        Ok((pg, (!schema_ready).then_some(step)))
+    }
+
+    /// The pool: the one given, or one built from the URL (its TLS, its
+    /// application name carrying the node id).
+    fn pool_for(
+        &self,
+        source: Source,
+        node_id: &str,
+    ) -> Result<(deadpool_postgres::Pool, Option<crate::tls::SslMode>)> {
+        match source {
+            Source::Pool(pool) => Ok((pool, None)),
+            Source::Postgres(parsed) => {
+                let (mut cfg, tls) = *parsed;
+                let app: String = format!("c3-pool {node_id}").chars().take(63).collect();
+                cfg.application_name(&app);
+                let connector = tls
+                    .connector(self.tls_config.as_ref(), "the pool")
+                    .map_err(Error::config)?;
+                let settings = PoolSettings {
+                    max_size: self.pool_size,
+                    wait_timeout: self.op_timeout,
+                    connect_timeout: self.connect_timeout,
+                };
+                Ok((build_pool(cfg, connector, &settings)?, Some(tls.mode)))
+            }
+            _ => unreachable!("only PostgreSQL sources reach here"),
+        }
+    }
+
+    /// The LISTEN connection's settings (and its connection options).
+    fn listener_settings(
+        &self,
+        node_id: &str,
+        listen_cfg: &mut tokio_postgres::Config,
+        listen_tls: &crate::tls::TlsSettings,
+    ) -> Result<ListenerSettings> {
         // Keepalives and a user timeout make the kernel give up on a dead
         // peer too; the heartbeat below is what bounds detection.
         // The node id in the application name lets operators (and the
@@ -783,7 +830,7 @@ impl C3Builder {
             .keepalives(true)
             .keepalives_idle(self.heartbeat_interval.max(Duration::from_secs(1)))
             .tcp_user_timeout(self.heartbeat_interval + self.heartbeat_timeout);
-        let settings = ListenerSettings {
+        Ok(ListenerSettings {
             heartbeat_channel: format!(
                 "{}_hb_{:016x}",
                 self.channel,
@@ -796,7 +843,7 @@ impl C3Builder {
             backoff_min: self.backoff.0,
             backoff_max: self.backoff.1,
             tls: listen_tls
-                .connector(custom_tls, "the LISTEN connection")
+                .connector(self.tls_config.as_ref(), "the LISTEN connection")
                 .map_err(Error::config)?,
             ssl_mode: listen_tls.mode,
             replay: self.warm_reconnect.then(|| crate::replay::Replay {
@@ -810,18 +857,20 @@ impl C3Builder {
                 max_keys: 1_000_000,
                 timeout: self.op_timeout,
             }),
-        };
-        let mut state = coherency.subscribe();
-        tasks.push(tokio::spawn(listener::run_postgres(
-            Arc::clone(coherency),
-            listen_cfg,
-            settings,
-            shutdown_tx.subscribe(),
-        )));
-        // Connect, LISTEN, the probe's own connection, its echo. A
-        // listener that can never work (LISTEN through a transaction
-        // pooler) is a configuration error, reported at once; any
-        // other failure is an outage to ride out with L1 off.
+        })
+    }
+
+    /// Waits (bounded) for the listener to be in effect: connect, LISTEN,
+    /// the probe's own connection, its echo. A listener that can never work
+    /// (LISTEN through a transaction pooler) is a configuration error,
+    /// reported at once; any other failure is an outage to ride out with L1
+    /// off.
+    async fn wait_listening(
+        &self,
+        coherency: &Coherency,
+        shutdown_tx: &watch::Sender<bool>,
+        mut state: watch::Receiver<ListenerState>,
+    ) -> Result<()> {
         let problem = || {
             coherency
                 .listener_problem
@@ -829,11 +878,7 @@ impl C3Builder {
                 .unwrap_or_else(|e| e.into_inner())
                 .clone()
         };
-        let wait = if schema_ready {
-            self.connect_timeout * 2 + listener::probe_wait(self.heartbeat_timeout)
-        } else {
-            Duration::ZERO // degraded: the listener connects when it can
-        };
+        let wait = self.connect_timeout * 2 + listener::probe_wait(self.heartbeat_timeout);
         let _ = tokio::time::timeout(
             wait,
             state.wait_for(|s| {
@@ -847,7 +892,7 @@ impl C3Builder {
             let _ = shutdown_tx.send(true);
             return Err(Error::config(listener::NO_ECHO));
         }
-        Ok((pg, (!schema_ready).then_some(step)))
+        Ok(())
     }
 }
 
