@@ -211,36 +211,8 @@ impl Fill {
         T: DeserializeOwned + Send + Sync + 'static,
     {
         let c3 = &self.c3;
-        let tokens: Vec<Option<FillToken>> = items
-            .iter()
-            .map(|i| match self.tokens.get(&i.key) {
-                Some(t) => *t,
-                None => c3.coherency().begin_fill(&i.key),
-            })
-            .collect();
-        // An invalidation this node applied since the fence may be one L2
-        // cannot show (a bare notification): such an item is not cached.
-        let valid: Vec<bool> = items
-            .iter()
-            .zip(&tokens)
-            .map(|(i, t)| t.is_none_or(|t| c3.coherency().token_valid(&i.key, t)))
-            .collect();
         let mut flags = vec![false; items.len()];
-        let mut slots = Vec::with_capacity(items.len());
-        let (items, tokens): (Vec<WriteItem>, Vec<Option<FillToken>>) = items
-            .into_iter()
-            .zip(tokens)
-            .zip(&valid)
-            .enumerate()
-            .filter_map(|(slot, ((i, t), valid))| {
-                if !valid {
-                    Counters::inc(&c3.counters().fills_dropped);
-                    return None;
-                }
-                slots.push(slot);
-                Some((i, t))
-            })
-            .unzip();
+        let (items, tokens, slots) = self.still_valid(items);
         if items.is_empty() {
             return flags;
         }
@@ -250,20 +222,7 @@ impl Fill {
             }
             return flags;
         };
-        let header = c3.header('k');
-        let op = crate::telemetry::op!(c3, "c3.fill", Fill, items.first().map_or("", |i| &i.key));
-        let stored = tracing::Instrument::instrument(
-            c3.l2("fill", c3.backend().fill(&items, &header, fence)),
-            op.span.clone(),
-        )
-        .await;
-        op.record(
-            None,
-            match &stored {
-                Ok(_) => "ok",
-                Err(_) => "error",
-            },
-        );
+        let stored = self.store_in_l2(&items, fence).await;
         let versions = match stored {
             Ok(v) => v,
             Err(e) => {
@@ -295,6 +254,68 @@ impl Fill {
             tracing::debug!(target: "c3::fill", error = %e, "a stored fill could not be decoded for L1");
         }
         flags
+    }
+
+    /// The items nothing has invalidated on this node since the fill began
+    /// (an invalidation it applied may be one L2 cannot show, a bare
+    /// notification), with their tokens and their places in the caller's list.
+    fn still_valid(
+        &self,
+        items: Vec<WriteItem>,
+    ) -> (Vec<WriteItem>, Vec<Option<FillToken>>, Vec<usize>) {
+        let c3 = &self.c3;
+        let tokens: Vec<Option<FillToken>> = items
+            .iter()
+            .map(|i| match self.tokens.get(&i.key) {
+                Some(t) => *t,
+                None => c3.coherency().begin_fill(&i.key),
+            })
+            .collect();
+        let valid: Vec<bool> = items
+            .iter()
+            .zip(&tokens)
+            .map(|(i, t)| t.is_none_or(|t| c3.coherency().token_valid(&i.key, t)))
+            .collect();
+        let mut slots = Vec::with_capacity(items.len());
+        let (items, tokens): (Vec<WriteItem>, Vec<Option<FillToken>>) = items
+            .into_iter()
+            .zip(tokens)
+            .zip(&valid)
+            .enumerate()
+            .filter_map(|(slot, ((i, t), valid))| {
+                if !valid {
+                    Counters::inc(&c3.counters().fills_dropped);
+                    return None;
+                }
+                slots.push(slot);
+                Some((i, t))
+            })
+            .unzip();
+        (items, tokens, slots)
+    }
+
+    /// The fenced store in L2, in its own span.
+    async fn store_in_l2(
+        &self,
+        items: &[WriteItem],
+        fence: &Fence,
+    ) -> crate::error::Result<Vec<Option<u64>>> {
+        let c3 = &self.c3;
+        let header = c3.header('k');
+        let op = crate::telemetry::op!(c3, "c3.fill", Fill, items.first().map_or("", |i| &i.key));
+        let stored = tracing::Instrument::instrument(
+            c3.l2("fill", c3.backend().fill(items, &header, fence)),
+            op.span.clone(),
+        )
+        .await;
+        op.record(
+            None,
+            match &stored {
+                Ok(_) => "ok",
+                Err(_) => "error",
+            },
+        );
+        stored
     }
 
     /// Wraps a fence taken by a read that also returned a row (the loader's

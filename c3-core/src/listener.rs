@@ -217,7 +217,7 @@ async fn connect(
     config: &tokio_postgres::Config,
     settings: &ListenerSettings,
 ) -> Result<(tokio_postgres::Client, mpsc::Receiver<Event>), String> {
-    let (client, mut connection) = tokio::time::timeout(
+    let (client, connection) = tokio::time::timeout(
         settings.connect_timeout,
         config.connect(settings.tls.clone()),
     )
@@ -231,32 +231,7 @@ async fn connect(
     // and PostgreSQL buffers for us, instead of this process growing without
     // bound during a notification flood.
     let (tx, mut rx) = mpsc::channel(1024);
-    tokio::spawn(async move {
-        // The Connection future's own poll() discards notifications, so the
-        // connection is driven message by message here.
-        loop {
-            match poll_fn(|cx| connection.poll_message(cx)).await {
-                Some(Ok(AsyncMessage::Notification(n))) => {
-                    let ev = Event::Notification {
-                        channel: n.channel().to_owned(),
-                        payload: n.payload().to_owned(),
-                    };
-                    if tx.send(ev).await.is_err() {
-                        return;
-                    }
-                }
-                Some(Ok(_)) => {}
-                Some(Err(e)) => {
-                    let _ = tx.send(Event::Closed(Some(e))).await;
-                    return;
-                }
-                None => {
-                    let _ = tx.send(Event::Closed(None)).await;
-                    return;
-                }
-            }
-        }
-    });
+    tokio::spawn(drive(connection, tx));
     let listen = format!(
         "LISTEN {}; LISTEN {}",
         quote_ident(&settings.channel),
@@ -266,12 +241,21 @@ async fn connect(
         .await
         .map_err(|_| "LISTEN timed out".to_owned())?
         .map_err(|e| format!("LISTEN failed: {e}"))?;
-    // Prove the connection receives notifications before anything relies on
-    // it: a transaction pooler accepts LISTEN and then never delivers. The
-    // probe is sent from a second, short-lived session — through a pooler it
-    // could otherwise land on the very server session that ran LISTEN and
-    // be delivered by chance. What arrives before the echo is dropped: L1 is
-    // off until this connection is accepted, and is purged when it comes on.
+    prove_delivery(config, settings, &mut rx).await?;
+    Ok((client, rx))
+}
+
+/// Proves the connection receives notifications before anything relies
+/// on it: a transaction pooler accepts LISTEN and then never delivers. The
+/// probe is sent from a second, short-lived session — through a pooler it
+/// could otherwise land on the very server session that ran LISTEN and
+/// be delivered by chance. What arrives before the echo is dropped: L1 is
+/// off until this connection is accepted, and is purged when it comes on.
+async fn prove_delivery(
+    config: &tokio_postgres::Config,
+    settings: &ListenerSettings,
+    rx: &mut mpsc::Receiver<Event>,
+) -> Result<(), String> {
     let send_probe = async {
         let (prober, conn) = config
             .connect(settings.tls.clone())
@@ -307,8 +291,40 @@ async fn connect(
         .await
         .map_err(|_| "the probe connection timed out".to_owned())??;
     match tokio::time::timeout(probe_wait(settings.heartbeat_timeout), echoed).await {
-        Ok(true) => Ok((client, rx)),
+        Ok(true) => Ok(()),
         _ => Err(NO_ECHO.to_owned()),
+    }
+}
+
+/// Drives the LISTEN connection, forwarding its notifications and its end.
+/// The `Connection` future's own `poll()` discards notifications, so the
+/// connection is driven message by message here.
+async fn drive<S, T>(mut connection: tokio_postgres::Connection<S, T>, tx: mpsc::Sender<Event>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        match poll_fn(|cx| connection.poll_message(cx)).await {
+            Some(Ok(AsyncMessage::Notification(n))) => {
+                let ev = Event::Notification {
+                    channel: n.channel().to_owned(),
+                    payload: n.payload().to_owned(),
+                };
+                if tx.send(ev).await.is_err() {
+                    return;
+                }
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => {
+                let _ = tx.send(Event::Closed(Some(e))).await;
+                return;
+            }
+            None => {
+                let _ = tx.send(Event::Closed(None)).await;
+                return;
+            }
+        }
     }
 }
 
@@ -378,25 +394,10 @@ async fn session(
                 let payload = nonce.to_string();
                 awaiting = Some((payload.clone(), Instant::now() + settings.heartbeat_timeout));
                 next_beat = Instant::now() + settings.heartbeat_interval;
-                // Sent from a separate task: awaiting the reply here would stop
-                // us draining `events`, which the reply may be queued behind.
-                // The snapshot is taken in the heartbeat's own transaction:
-                // every notifying transaction visible in it is delivered before
-                // the echo (see `crate::replay`).
-                let client = Arc::clone(&client);
-                let channel = settings.heartbeat_channel.clone();
-                let snaps_tx = snaps_tx.clone();
-                tokio::spawn(async move {
-                    let sent = client
-                        .query_one(HEARTBEAT, &[&channel, &payload])
-                        .await
-                        .and_then(|row| row.try_get::<_, String>(0));
-                    if let Ok(snap) = sent {
-                        let _ = snaps_tx.send((payload, snap)).await;
-                    }
-                });
+                send_heartbeat(&client, &settings.heartbeat_channel, payload, &snaps_tx);
             }
         }
+        // The snapshot of the heartbeat last echoed is the new mark.
         if let (Some((n, snap)), Some(e)) = (&snapshot, &echoed)
             && n == e
         {
@@ -408,6 +409,29 @@ async fn session(
             snapshot = None;
         }
     }
+}
+
+/// Sends a heartbeat from a separate task: awaiting the reply in the session
+/// would stop it draining its events, which the reply may be queued behind.
+/// The snapshot is taken in the heartbeat's own transaction: every notifying
+/// transaction visible in it is delivered before the echo (see
+/// `crate::replay`).
+fn send_heartbeat(
+    client: &Arc<tokio_postgres::Client>,
+    channel: &str,
+    payload: String,
+    snaps: &mpsc::Sender<(String, String)>,
+) {
+    let (client, channel, snaps) = (Arc::clone(client), channel.to_owned(), snaps.clone());
+    tokio::spawn(async move {
+        let sent = client
+            .query_one(HEARTBEAT, &[&channel, &payload])
+            .await
+            .and_then(|row| row.try_get::<_, String>(0));
+        if let Ok(snap) = sent {
+            let _ = snaps.send((payload, snap)).await;
+        }
+    });
 }
 
 /// A heartbeat: a notification to this node alone, and the snapshot of its

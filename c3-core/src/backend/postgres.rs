@@ -805,14 +805,22 @@ impl PgBackend {
                 functions[0]
             ));
         }
-        // Persistence: an unlogged table where `Logged` was asked would lose
-        // every entry in a crash the node does not expect; the reverse pays
-        // for durability it was told not to.
+        missing.extend(self.wrong_persistence(&client, &rel_names[..4]).await?);
+        Ok(missing)
+    }
+
+    /// Persistence: an unlogged table where `Logged` was asked would lose
+    /// every entry in a crash the node does not expect; the reverse pays
+    /// for durability it was told not to.
+    async fn wrong_persistence(
+        &self,
+        client: &deadpool_postgres::Object,
+        tables: &[&str],
+    ) -> Result<Vec<String>> {
         let (want, set) = match self.durability {
             Durability::Logged => ("p", "LOGGED"),
             Durability::Unlogged => ("u", "UNLOGGED"),
         };
-        let tables: Vec<&str> = rel_names[..4].to_vec();
         let persistence = Q::new(
             "SELECT coalesce(array_agg(r), '{}') FROM unnest($1::text[]) AS r \
              WHERE (SELECT relpersistence::text FROM pg_class WHERE oid = to_regclass(r)) <> $2",
@@ -820,20 +828,18 @@ impl PgBackend {
         );
         let wrong: Vec<String> = self
             .one(
-                Via::Client(&client),
+                Via::Client(client),
                 &persistence,
                 &[&tables, &want],
                 "verify",
             )
             .await?
             .try_get(0)
-            .map_err(pg)?;
-        missing.extend(
-            wrong
-                .into_iter()
-                .map(|r| format!("ALTER TABLE {r} SET {set} (the durability asked for)")),
-        );
-        Ok(missing)
+            .map_err(|e| Error::postgres("verify", e))?;
+        Ok(wrong
+            .into_iter()
+            .map(|r| format!("ALTER TABLE {r} SET {set} (the durability asked for)"))
+            .collect())
     }
 
     /// Creates or upgrades the schema; safe to run from many nodes at once.
@@ -1063,51 +1069,7 @@ impl PgBackend {
         // A fill never waits long for a deletion in progress: after this
         // long it gives up and stores nothing.
         tx.batch_execute(FILL_LOCK_TIMEOUT).await.map_err(pg)?;
-        let mut keys: Vec<&str> = items.iter().map(|i| i.key.as_str()).collect();
-        let mut all_tags: Vec<&str> = items
-            .iter()
-            .flat_map(|i| i.tags.iter().map(String::as_str))
-            .collect();
-        keys.sort_unstable();
-        keys.dedup();
-        all_tags.sort_unstable();
-        all_tags.dedup();
-        // The deletion records, then their share locks, in two statements
-        // (see `Sql::fill_lock` for why two); pipelined, so one round trip
-        // (`biased`: the first is sent first — were they swapped, the count
-        // below would refuse the fill, never store it unfenced). The fill
-        // statement after them takes a newer snapshot still, so it sees
-        // every deletion that committed while they waited.
-        let params: [&(dyn ToSql + Sync); 2] = [&keys, &all_tags];
-        let (records, locked) = tokio::join!(
-            biased;
-            self.rows(Via::Tx(&tx), &self.sql.fill_records, &params),
-            self.rows(Via::Tx(&tx), &self.sql.fill_lock, &params),
-        );
-        let (locked, started) = match records.and(locked) {
-            Ok(rows) => rows.first().map_or((0, None), |r| {
-                (
-                    r.try_get::<_, i64>(0).unwrap_or(0),
-                    r.try_get::<_, Option<String>>(1).ok().flatten(),
-                )
-            }),
-            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
-                // A deletion of one of these keys or tags is in progress:
-                // it may be of data this fill read before. Store nothing.
-                return Ok(vec![None; items.len()]);
-            }
-            Err(e) => return Err(pg(e)),
-        };
-        if usize::try_from(locked).unwrap_or(0) < keys.len() + all_tags.len() {
-            // A record was swept between the two statements: a deletion
-            // starting now would not wait for this fill. Store nothing.
-            return Ok(vec![None; items.len()]);
-        }
-        if fence.started.is_some() && started != fence.started {
-            // The server restarted since the fence: after a crash, unlogged
-            // tables come back empty, deletion records included, so a write
-            // that committed after the fence may have left no trace. Store
-            // nothing.
+        if !self.fence_holds(&tx, items, fence).await? {
             return Ok(vec![None; items.len()]);
         }
         // The bound was for deletions in progress only: the rest of the
@@ -1154,6 +1116,65 @@ impl PgBackend {
         }
         tx.commit().await.map_err(pg)?;
         Ok(stored)
+    }
+
+    /// A fill's first step: lock the deletion records of its keys and tags
+    /// (a deletion in progress refuses the fill; one starting later waits
+    /// for it) and check the fence still holds. `false`: store nothing.
+    async fn fence_holds(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        items: &[WriteItem],
+        fence: &super::Fence,
+    ) -> Result<bool> {
+        let mut keys: Vec<&str> = items.iter().map(|i| i.key.as_str()).collect();
+        let mut all_tags: Vec<&str> = items
+            .iter()
+            .flat_map(|i| i.tags.iter().map(String::as_str))
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        all_tags.sort_unstable();
+        all_tags.dedup();
+        // The deletion records, then their share locks, in two statements
+        // (see `Sql::fill_lock` for why two); pipelined, so one round trip
+        // (`biased`: the first is sent first — were they swapped, the count
+        // below would refuse the fill, never store it unfenced). The fill
+        // statement after them takes a newer snapshot still, so it sees
+        // every deletion that committed while they waited.
+        let params: [&(dyn ToSql + Sync); 2] = [&keys, &all_tags];
+        let (records, locked) = tokio::join!(
+            biased;
+            self.rows(Via::Tx(tx), &self.sql.fill_records, &params),
+            self.rows(Via::Tx(tx), &self.sql.fill_lock, &params),
+        );
+        let (locked, started) = match records.and(locked) {
+            Ok(rows) => rows.first().map_or((0, None), |r| {
+                (
+                    r.try_get::<_, i64>(0).unwrap_or(0),
+                    r.try_get::<_, Option<String>>(1).ok().flatten(),
+                )
+            }),
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
+                // A deletion of one of these keys or tags is in progress:
+                // it may be of data this fill read before. Store nothing.
+                return Ok(false);
+            }
+            Err(e) => return Err(Error::postgres("fill", e)),
+        };
+        if usize::try_from(locked).unwrap_or(0) < keys.len() + all_tags.len() {
+            // A record was swept between the two statements: a deletion
+            // starting now would not wait for this fill. Store nothing.
+            return Ok(false);
+        }
+        if fence.started.is_some() && started != fence.started {
+            // The server restarted since the fence: after a crash, unlogged
+            // tables come back empty, deletion records included, so a write
+            // that committed after the fence may have left no trace. Store
+            // nothing.
+            return Ok(false);
+        }
+        Ok(true)
     }
 
     /// Records the deletion of `keys`, of the keys tagged `tags` and of
