@@ -6,17 +6,18 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::backend::Durability;
 use crate::backend::memory::{MemoryBackend, MemoryServer};
 use crate::backend::postgres::{PgBackend, PoolSettings, build_pool};
 use crate::backend::{Backend, bounded};
 use crate::breaker::{Breaker, BreakerConfig};
 use crate::cache::{C3, Inner, Limits, SqlNames};
 use crate::clock::{Clock, SystemClock};
-use crate::coherency::{Coherency, ListenerState};
+use crate::coherency::{Coherency, L1Eviction, L1Settings, ListenerState};
 use crate::error::{Error, Result};
 use crate::key::{MAX_KEY_BYTES_LIMIT, validate_ident};
 use crate::listener::{self, ListenerSettings};
-use crate::loader::Flights;
+use crate::loader::flights::Flights;
 use crate::protocol::valid_node_id;
 use crate::stats::Counters;
 
@@ -138,43 +139,6 @@ impl Default for C3Builder {
             codecs: crate::codec::CodecPolicy::default(),
         }
     }
-}
-
-/// How the L2 tables are stored (see [`C3Builder::durability`]).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Durability {
-    /// Ordinary tables: every committed cache write survives a crash, and
-    /// each commit waits for its WAL flush.
-    #[default]
-    Logged,
-    /// `UNLOGGED` tables: no WAL, so a cache write's commit does not wait
-    /// for the disk; a crash (or a failover: unlogged tables are not
-    /// replicated) empties the cache, and every node purges its L1 when it
-    /// reconnects. The version sequence stays logged.
-    Unlogged,
-}
-
-/// How L1 chooses what to evict when it is full.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum L1Eviction {
-    /// Admission by frequency (TinyLFU) with LRU eviction: keeps the hot set
-    /// under scans. The default.
-    #[default]
-    TinyLfu,
-    /// Plain least-recently-used: every new entry is admitted.
-    Lru,
-}
-
-/// L1 policies beyond capacity.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct L1Settings {
-    pub(crate) eviction: L1Eviction,
-    /// Longest life of an L1 copy, whatever the entry's TTL.
-    pub(crate) ttl: Option<Duration>,
-    /// Drop copies not read for this long.
-    pub(crate) time_to_idle: Option<Duration>,
 }
 
 impl C3Builder {

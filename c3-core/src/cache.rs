@@ -10,15 +10,16 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::backend::{Backend, Row, WriteItem, bounded};
+use crate::backend::{Backend, bounded};
 use crate::breaker::{Breaker, BreakerConfig, Permit};
 use crate::builder::C3Builder;
 use crate::clock::{Clock, to_micros};
 use crate::coherency::{Coherency, Entry, ListenerState};
+use crate::entry::{Row, WriteItem};
 use crate::entry::{State, decode_row, typed_value};
 use crate::error::{Repr, Result};
 use crate::key::validate_key;
-use crate::loader::Flights;
+use crate::loader::flights::Flights;
 use crate::protocol;
 use crate::stats::{Counters, Stats};
 use crate::telemetry;
@@ -122,6 +123,28 @@ impl Drop for Inner {
         // The tasks hold only the parts they need, never `Inner`, so this runs
         // when the last handle goes and is what stops them.
         self.shutdown.send_replace(true);
+    }
+}
+
+impl telemetry::metrics::Observed for Inner {
+    fn counters(&self) -> Stats {
+        self.counters.snapshot()
+    }
+
+    fn l1_size(&self) -> (u64, u64) {
+        self.coherency.l1_size()
+    }
+
+    fn listener_state(&self) -> &'static str {
+        self.coherency.state().as_str()
+    }
+
+    fn l2_breaker(&self) -> crate::BreakerState {
+        self.l2_breaker.state()
+    }
+
+    fn loader_breakers(&self) -> Vec<(Arc<str>, crate::BreakerState)> {
+        self.flights.breaker_states()
     }
 }
 
@@ -293,7 +316,11 @@ impl C3 {
             return Err(Repr::CircuitOpen.into());
         }
         let r = bounded(op, self.inner.limits.op_timeout, fut)
-            .instrument(telemetry::l2_span(self, op))
+            .instrument(telemetry::l2_span(
+                &self.inner.backend,
+                &self.inner.sql_names.table,
+                op,
+            ))
             .await;
         match &r {
             Ok(_) => {

@@ -129,6 +129,28 @@ impl Expiry<String, Arc<Entry>> for EntryExpiry {
     }
 }
 
+/// How L1 chooses what to evict when it is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum L1Eviction {
+    /// Admission by frequency (TinyLFU) with LRU eviction: keeps the hot set
+    /// under scans. The default.
+    #[default]
+    TinyLfu,
+    /// Plain least-recently-used: every new entry is admitted.
+    Lru,
+}
+
+/// L1 policies beyond capacity.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct L1Settings {
+    pub(crate) eviction: L1Eviction,
+    /// Longest life of an L1 copy, whatever the entry's TTL.
+    pub(crate) ttl: Option<Duration>,
+    /// Drop copies not read for this long.
+    pub(crate) time_to_idle: Option<Duration>,
+}
+
 pub(crate) struct Coherency {
     l1: moka::sync::Cache<String, Arc<Entry>>,
     stripes: Box<[Mutex<Stripe>]>,
@@ -151,7 +173,7 @@ pub(crate) struct Coherency {
 impl Coherency {
     pub(crate) fn new(
         l1_max_bytes: u64,
-        settings: crate::builder::L1Settings,
+        settings: L1Settings,
         node_id: String,
         counters: Arc<Counters>,
         metrics: Arc<crate::telemetry::Metrics>,
@@ -164,8 +186,8 @@ impl Coherency {
                     .saturating_add(u32::try_from(k.len()).unwrap_or(u32::MAX))
             })
             .eviction_policy(match settings.eviction {
-                crate::builder::L1Eviction::TinyLfu => moka::policy::EvictionPolicy::tiny_lfu(),
-                crate::builder::L1Eviction::Lru => moka::policy::EvictionPolicy::lru(),
+                L1Eviction::TinyLfu => moka::policy::EvictionPolicy::tiny_lfu(),
+                L1Eviction::Lru => moka::policy::EvictionPolicy::lru(),
             })
             .expire_after(EntryExpiry { cap: settings.ttl });
         if let Some(idle) = settings.time_to_idle {

@@ -27,7 +27,8 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{Notify, oneshot};
 
-use crate::backend::{Backend, WriteItem};
+use crate::backend::Backend;
+use crate::entry::WriteItem;
 use crate::error::{Error, Repr, Result};
 
 /// Flush tasks allowed at once: one committing while the next batch forms.

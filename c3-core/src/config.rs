@@ -27,7 +27,8 @@
 
 use std::time::Duration;
 
-use crate::builder::{C3Builder, L1Eviction};
+use crate::L1Eviction;
+use crate::builder::C3Builder;
 use crate::error::Error;
 
 /// Parses `500ms`, `30s`, `5m`, `2h`, `1d`.
@@ -128,8 +129,8 @@ fn apply(b: &mut C3Builder, get: &impl Fn(&str) -> Option<String>) -> Result<C3B
     }
     if let Some(v) = var("C3_DURABILITY") {
         let d = match v.trim().to_ascii_lowercase().as_str() {
-            "logged" => crate::builder::Durability::Logged,
-            "unlogged" => crate::builder::Durability::Unlogged,
+            "logged" => crate::Durability::Logged,
+            "unlogged" => crate::Durability::Unlogged,
             _ => return Err(invalid("C3_DURABILITY", &v, "`logged` or `unlogged`")),
         };
         out = out.durability(d);

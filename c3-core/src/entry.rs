@@ -1,5 +1,6 @@
-//! Cache entries: what L1 holds for a key, how an L2 row becomes one, and
-//! the one rule for where an entry (or a row) stands in time.
+//! Cache entries: what L1 holds for a key, the rows L2 holds and is written,
+//! how a row becomes an entry, and the one rule for where an entry (or a row)
+//! stands in time.
 //!
 //! An entry is **fresh** until its `fresh_until`; then **stale** — served
 //! only as a fail-safe fallback, when the source of truth is failing — until
@@ -13,14 +14,39 @@
 
 use std::any::Any;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde::de::DeserializeOwned;
 
-use crate::backend::Row;
 /// The encoding of a cached "not found" (see `codec`).
 pub(crate) use crate::codec::ABSENT as ENCODING_ABSENT;
 use crate::error::Result;
+
+/// One L2 row as c3 reads it.
+#[derive(Debug, Clone)]
+pub(crate) struct Row {
+    pub(crate) value: Vec<u8>,
+    pub(crate) encoding: String,
+    pub(crate) version: u64,
+    /// Fresh until this wall-clock time (µs since epoch); `None`: forever.
+    pub(crate) fresh_until_us: Option<u64>,
+    /// Servable as a fail-safe fallback until this time; `None`: same as fresh.
+    pub(crate) stale_until_us: Option<u64>,
+}
+
+/// One row to upsert.
+#[derive(Debug, Clone)]
+pub(crate) struct WriteItem {
+    pub(crate) key: String,
+    pub(crate) value: Vec<u8>,
+    pub(crate) encoding: &'static str,
+    pub(crate) fresh_until: Option<SystemTime>,
+    pub(crate) stale_until: Option<SystemTime>,
+    /// Tags to (re)attach to the entry; empty leaves existing tags alone.
+    pub(crate) tags: Vec<String>,
+    /// Send the value itself to the other nodes (value push), if it fits.
+    pub(crate) push: bool,
+}
 
 /// Where an entry or a row stands at a given time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

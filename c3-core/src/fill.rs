@@ -31,11 +31,12 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::backend::{Fence, Row, WriteItem};
+use crate::backend::Fence;
 use crate::cache::C3;
 use crate::clock::to_micros;
 use crate::coherency::FillToken;
 use crate::entry::decode_row;
+use crate::entry::{Row, WriteItem};
 use crate::error::Result;
 use crate::stats::Counters;
 

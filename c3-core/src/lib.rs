@@ -108,14 +108,16 @@ mod telemetry;
 mod tier;
 pub mod tls;
 
+pub use backend::Durability;
 pub use backend::memory::MemoryServer;
 pub use breaker::{BreakerConfig, BreakerState};
+pub use builder::C3Builder;
 #[cfg(feature = "test-util")]
 pub use builder::FillHook;
-pub use builder::{C3Builder, Durability, L1Eviction};
 pub use cache::{C3, SqlNames};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use codec::Codec;
+pub use coherency::L1Eviction;
 pub use coherency::ListenerState;
 pub use error::{Error, ErrorKind, Result};
 pub use events::{Applied, AppliedObserver};

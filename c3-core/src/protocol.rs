@@ -204,7 +204,7 @@ fn parse_pushed(line: &str, json: &str) -> Option<Pushed> {
 /// (packed) for the rest. `header` is the `k` header of the write.
 pub(crate) fn write_payloads(
     header: &str,
-    items: &[crate::backend::WriteItem],
+    items: &[crate::entry::WriteItem],
     versions: &[u64],
 ) -> Vec<String> {
     let mut lines = Vec::new();
@@ -219,7 +219,7 @@ pub(crate) fn write_payloads(
     out
 }
 
-fn push_message(header: &str, item: &crate::backend::WriteItem, version: u64) -> Option<String> {
+fn push_message(header: &str, item: &crate::entry::WriteItem, version: u64) -> Option<String> {
     if !item.push || item.encoding != crate::codec::JSON {
         return None;
     }
@@ -289,8 +289,8 @@ pub(crate) fn pack(header: &str, lines: impl IntoIterator<Item = String>) -> Vec
 mod tests {
     use super::*;
 
-    fn item(key: &str, json: &str, push: bool) -> crate::backend::WriteItem {
-        crate::backend::WriteItem {
+    fn item(key: &str, json: &str, push: bool) -> crate::entry::WriteItem {
+        crate::entry::WriteItem {
             key: key.into(),
             value: json.as_bytes().to_vec(),
             encoding: crate::codec::JSON,

@@ -12,8 +12,8 @@ use std::time::SystemTime;
 
 use tokio::sync::broadcast;
 
-use super::{Row, WriteItem};
 use crate::clock::to_micros;
+use crate::entry::{Row, WriteItem};
 
 /// How many notifications a slow node may fall behind before it is treated
 /// like a node that lost its connection (and purges L1).

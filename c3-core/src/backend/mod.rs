@@ -13,32 +13,22 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 
 use crate::clock::Clock;
+use crate::entry::{Row, WriteItem};
 use crate::error::{Error, Result};
 
-/// One L2 row as c3 reads it.
-#[derive(Debug, Clone)]
-pub(crate) struct Row {
-    pub(crate) value: Vec<u8>,
-    pub(crate) encoding: String,
-    pub(crate) version: u64,
-    /// Fresh until this wall-clock time (µs since epoch); `None`: forever.
-    pub(crate) fresh_until_us: Option<u64>,
-    /// Servable as a fail-safe fallback until this time; `None`: same as fresh.
-    pub(crate) stale_until_us: Option<u64>,
-}
-
-/// One row to upsert.
-#[derive(Debug, Clone)]
-pub(crate) struct WriteItem {
-    pub(crate) key: String,
-    pub(crate) value: Vec<u8>,
-    pub(crate) encoding: &'static str,
-    pub(crate) fresh_until: Option<SystemTime>,
-    pub(crate) stale_until: Option<SystemTime>,
-    /// Tags to (re)attach to the entry; empty leaves existing tags alone.
-    pub(crate) tags: Vec<String>,
-    /// Send the value itself to the other nodes (value push), if it fits.
-    pub(crate) push: bool,
+/// How the L2 tables are stored (see [`C3Builder::durability`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Durability {
+    /// Ordinary tables: every committed cache write survives a crash, and
+    /// each commit waits for its WAL flush.
+    #[default]
+    Logged,
+    /// `UNLOGGED` tables: no WAL, so a cache write's commit does not wait
+    /// for the disk; a crash (or a failover: unlogged tables are not
+    /// replicated) empties the cache, and every node purges its L1 when it
+    /// reconnects. The version sequence stays logged.
+    Unlogged,
 }
 
 /// What a fill must present to be stored: the snapshot L2 had just before

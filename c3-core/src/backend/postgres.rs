@@ -9,9 +9,9 @@ use std::time::{Duration, SystemTime};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::types::{ToSql, Type};
 
-use super::{Row, WriteItem};
-use crate::builder::Durability;
+use super::Durability;
 use crate::clock::to_micros;
+use crate::entry::{Row, WriteItem};
 use crate::error::{Error, Result};
 use crate::key::quote_ident;
 

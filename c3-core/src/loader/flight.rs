@@ -3,6 +3,7 @@
 //! what it returned through a fill. Runs in its own task (see the module
 //! docs of `crate::loader`) and publishes at least once.
 
+use std::any::Any;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -10,20 +11,87 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
-use super::{LoadOptions, Outcome};
+use super::LoadOptions;
+use super::flights::{Joined, Outcome, Slot};
+use crate::backend::Fence;
 use crate::backend::postgres::LoadLock;
-use crate::backend::{Fence, WriteItem};
 use crate::breaker::{Breaker, Permit};
 use crate::cache::C3;
 use crate::clock::to_micros;
 use crate::coherency::FillToken;
+use crate::entry::WriteItem;
 use crate::entry::{ENCODING_ABSENT, State, decode_row};
 use crate::error::{Error, Repr};
 use crate::fill::Fill;
 use crate::stats::Counters;
 use crate::tier::Tier;
 
-pub(super) struct Flight<'a, T> {
+/// Joins the flight for `key` or starts one in its own task. `refresh` skips
+/// L1/L2 and reloads from the source; `stale` is the fail-safe fallback the
+/// caller already holds.
+pub(super) fn join_or_start<T, F, Fut, E>(
+    c3: &C3,
+    key: &str,
+    opts: &LoadOptions,
+    loader: F,
+    stale: Option<Option<Arc<T>>>,
+    refresh: bool,
+) -> Slot<T>
+where
+    T: Serialize + DeserializeOwned + Send + Sync + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<Option<T>, E>> + Send + 'static,
+    E: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+{
+    // A flight that started before this node applied an invalidation of the
+    // key, completed a write to it or read a newer version of it may answer
+    // with the value from before: a caller arriving now must not join it, or
+    // it could read older data than it (or another task of this node) has
+    // already seen. It starts a flight of its own, which later callers join
+    // instead. This holds while L1 is off too.
+    let coherency = c3.coherency();
+    let (tx, rx, marker) = match c3.flights().join_or_register::<T>(
+        key,
+        |token| coherency.join_valid(token),
+        || coherency.join_token(key),
+    ) {
+        Joined::Existing(rx) => return rx,
+        Joined::New(tx, rx, marker) => (tx, rx, marker),
+    };
+    let guard = FlightGuard {
+        c3: c3.clone(),
+        key: key.to_owned(),
+        marker,
+    };
+    let c3 = c3.clone();
+    let key = key.to_owned();
+    let opts = opts.clone();
+    // The flight's L2 and source spans belong to the call that started it.
+    let flight = async move {
+        let _guard = guard;
+        Flight::new(&c3, &key, &opts, stale, &tx)
+            .run(loader, refresh)
+            .await;
+    };
+    tokio::spawn(tracing::Instrument::in_current_span(flight));
+    rx
+}
+
+/// Removes a finished flight from the registry, also if its task panicked.
+struct FlightGuard {
+    c3: C3,
+    key: String,
+    marker: Arc<dyn Any + Send + Sync>,
+}
+
+impl Drop for FlightGuard {
+    fn drop(&mut self) {
+        self.c3.flights().finished(&self.key, &self.marker);
+    }
+}
+
+/// One flight's state as it goes through the steps.
+struct Flight<'a, T> {
     c3: &'a C3,
     key: &'a str,
     opts: &'a LoadOptions,
@@ -50,7 +118,7 @@ impl<'a, T> Flight<'a, T>
 where
     T: Serialize + DeserializeOwned + Send + Sync + 'static,
 {
-    pub(super) fn new(
+    fn new(
         c3: &'a C3,
         key: &'a str,
         opts: &'a LoadOptions,
@@ -70,7 +138,7 @@ where
 
     /// The whole flight. `refresh` (an eager refresh) needs no answer from
     /// L2, only the fence for the write-back, and takes no cluster lock.
-    pub(super) async fn run<F, Fut, E>(mut self, loader: F, refresh: bool)
+    async fn run<F, Fut, E>(mut self, loader: F, refresh: bool)
     where
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Result<Option<T>, E>> + Send + 'static,

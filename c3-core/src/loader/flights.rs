@@ -3,18 +3,31 @@
 
 use std::any::Any;
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::{Arc, Mutex};
 
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
-use super::flight::Flight;
-use super::{LoadOptions, Outcome};
 use crate::breaker::{Breaker, BreakerConfig, BreakerState};
-use crate::cache::C3;
 use crate::coherency::FillToken;
+use crate::error::Error;
+use crate::tier::Tier;
+
+/// What a flight publishes to its waiters.
+pub(super) enum Outcome<T> {
+    Value(Arc<T>, Tier),
+    Absent,
+    Failed(Arc<Error>),
+}
+
+impl<T> Clone for Outcome<T> {
+    fn clone(&self) -> Self {
+        match self {
+            Outcome::Value(v, t) => Outcome::Value(Arc::clone(v), *t),
+            Outcome::Absent => Outcome::Absent,
+            Outcome::Failed(e) => Outcome::Failed(Arc::clone(e)),
+        }
+    }
+}
 
 /// What a waiter holds: the flight's outcome, once published.
 pub(super) type Slot<T> = watch::Receiver<Option<Outcome<T>>>;
@@ -43,6 +56,42 @@ impl Flights {
         )
     }
 
+    /// The slot of `key`'s flight if the caller may join it (`joinable` says
+    /// whether its start token is still valid); else registers a new flight
+    /// — unless a live flight of another type for the key keeps its place,
+    /// then the new one runs unregistered rather than wait on a value it
+    /// could not use. One lock for the check and the registration, so two
+    /// callers cannot both start a flight a third would then miss.
+    pub(super) fn join_or_register<T: Send + Sync + 'static>(
+        &self,
+        key: &str,
+        joinable: impl Fn(FillToken) -> bool,
+        token: impl FnOnce() -> FillToken,
+    ) -> Joined<T> {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let existing_joinable = map.get(key).map(|(_, t)| joinable(*t));
+        if existing_joinable == Some(true)
+            && let Some((existing, _)) = map.get(key)
+            && let Some(rx) = existing.downcast_ref::<Slot<T>>()
+        {
+            return Joined::Existing(rx.clone());
+        }
+        let (tx, rx) = watch::channel(None);
+        let marker: Arc<dyn Any + Send + Sync> = Arc::new(rx.clone());
+        if existing_joinable != Some(true) {
+            map.insert(key.to_owned(), (Arc::clone(&marker), token()));
+        }
+        Joined::New(tx, rx, marker)
+    }
+
+    /// Removes `key`'s flight if it is still the one `marker` registered.
+    pub(super) fn finished(&self, key: &str, marker: &Arc<dyn Any + Send + Sync>) {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if map.get(key).is_some_and(|(m, _)| Arc::ptr_eq(m, marker)) {
+            map.remove(key);
+        }
+    }
+
     /// Every source's breaker state, for the metrics.
     pub(crate) fn breaker_states(&self) -> Vec<(Arc<str>, BreakerState)> {
         self.breakers
@@ -63,87 +112,13 @@ impl Flights {
     }
 }
 
-/// Joins the flight for `key` or starts one in its own task. `refresh` skips
-/// L1/L2 and reloads from the source; `stale` is the fail-safe fallback the
-/// caller already holds.
-pub(super) fn join_or_start<T, F, Fut, E>(
-    c3: &C3,
-    key: &str,
-    opts: &LoadOptions,
-    loader: F,
-    stale: Option<Option<Arc<T>>>,
-    refresh: bool,
-) -> Slot<T>
-where
-    T: Serialize + DeserializeOwned + Send + Sync + 'static,
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: Future<Output = Result<Option<T>, E>> + Send + 'static,
-    E: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
-{
-    let mut map = c3.flights().map.lock().unwrap_or_else(|e| e.into_inner());
-    // A flight that started before this node applied an invalidation of the
-    // key, completed a write to it or read a newer version of it may answer
-    // with the value from before: a caller arriving now must not join it, or
-    // it could read older data than it (or another task of this node) has
-    // already seen. It starts a flight of its own, which later callers join
-    // instead. This holds while L1 is off too.
-    let existing_joinable = map
-        .get(key)
-        .map(|(_, token)| c3.coherency().join_valid(*token));
-    if existing_joinable == Some(true)
-        && let Some((existing, _)) = map.get(key)
-        && let Some(rx) = existing.downcast_ref::<Slot<T>>()
-    {
-        return rx.clone();
-    }
-    let (tx, rx) = watch::channel(None);
-    // A live flight of another type for this key keeps its slot; this one
-    // runs unregistered rather than wait on a value it could not use.
-    let marker: Arc<dyn Any + Send + Sync> = Arc::new(rx.clone());
-    if existing_joinable != Some(true) {
-        let token = c3.coherency().join_token(key);
-        map.insert(key.to_owned(), (Arc::clone(&marker), token));
-    }
-    drop(map);
-    let guard = FlightGuard {
-        c3: c3.clone(),
-        key: key.to_owned(),
-        marker,
-    };
-    let c3 = c3.clone();
-    let key = key.to_owned();
-    let opts = opts.clone();
-    // The flight's L2 and source spans belong to the call that started it.
-    let flight = async move {
-        let _guard = guard;
-        Flight::new(&c3, &key, &opts, stale, &tx)
-            .run(loader, refresh)
-            .await;
-    };
-    tokio::spawn(tracing::Instrument::in_current_span(flight));
-    rx
-}
-
-/// Removes a finished flight from the map, also if its task panicked.
-struct FlightGuard {
-    c3: C3,
-    key: String,
-    marker: Arc<dyn Any + Send + Sync>,
-}
-
-impl Drop for FlightGuard {
-    fn drop(&mut self) {
-        let mut map = self
-            .c3
-            .flights()
-            .map
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if map
-            .get(&self.key)
-            .is_some_and(|(m, _)| Arc::ptr_eq(m, &self.marker))
-        {
-            map.remove(&self.key);
-        }
-    }
+/// What [`Flights::join_or_register`] decided: join this flight, or run a new
+/// one publishing on the sender (its marker identifies it in the map).
+pub(super) enum Joined<T> {
+    Existing(Slot<T>),
+    New(
+        watch::Sender<Option<Outcome<T>>>,
+        Slot<T>,
+        Arc<dyn Any + Send + Sync>,
+    ),
 }

@@ -15,7 +15,9 @@
 //! refresh can run with nobody waiting at all.
 
 mod flight;
-mod flights;
+pub(crate) mod flights;
+
+use flights::Outcome;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -30,8 +32,6 @@ use crate::entry::State;
 use crate::error::{Error, Repr, Result};
 use crate::stats::Counters;
 use crate::tier::Tier;
-
-pub(crate) use flights::Flights;
 
 /// Per-call settings for [`C3::get_or_load`]. Start from [`LoadOptions::new`].
 ///
@@ -147,23 +147,6 @@ pub trait Loader<T>: Send + Sync + 'static {
     fn load(&self, key: &str) -> impl Future<Output = Result<Option<T>, Self::Error>> + Send;
 }
 
-/// What a flight publishes to its waiters.
-enum Outcome<T> {
-    Value(Arc<T>, Tier),
-    Absent,
-    Failed(Arc<Error>),
-}
-
-impl<T> Clone for Outcome<T> {
-    fn clone(&self) -> Self {
-        match self {
-            Outcome::Value(v, t) => Outcome::Value(Arc::clone(v), *t),
-            Outcome::Absent => Outcome::Absent,
-            Outcome::Failed(e) => Outcome::Failed(Arc::clone(e)),
-        }
-    }
-}
-
 impl C3 {
     /// Reads `key` through the cache, calling `loader` on a miss.
     ///
@@ -231,7 +214,7 @@ impl C3 {
                         Counters::inc(&self.counters().l1_hits);
                         if self.refresh_due(e.fresh_until_us, now, opts) {
                             op.span.in_scope(|| {
-                                flights::join_or_start(self, key, opts, loader, None, true)
+                                flight::join_or_start(self, key, opts, loader, None, true)
                             });
                         }
                         op.record(Some(Tier::L1), if v.is_some() { "ok" } else { "miss" });
@@ -247,7 +230,7 @@ impl C3 {
         op.start_timer();
         let mut rx = op
             .span
-            .in_scope(|| flights::join_or_start(self, key, opts, loader, stale, false));
+            .in_scope(|| flight::join_or_start(self, key, opts, loader, stale, false));
         let waited =
             tracing::Instrument::instrument(rx.wait_for(Option::is_some), op.span.clone()).await;
         let outcome = match waited {

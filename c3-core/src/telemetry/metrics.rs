@@ -18,7 +18,6 @@ use opentelemetry::KeyValue;
 use opentelemetry::metrics::{AsyncInstrument, Histogram, Meter};
 
 use crate::breaker::BreakerState;
-use crate::cache::Inner;
 use crate::stats::Stats;
 use crate::tier::Tier;
 
@@ -158,6 +157,21 @@ impl Metrics {
     }
 }
 
+/// What the counters and gauges read from a live node. The node's shared
+/// state implements it (in `cache.rs`), so telemetry depends on nothing of
+/// the cache's.
+pub(crate) trait Observed: Send + Sync + 'static {
+    /// The counters' current values.
+    fn counters(&self) -> Stats;
+    /// L1's entries and weighted bytes.
+    fn l1_size(&self) -> (u64, u64);
+    /// The listener's state, as `c3.listener.state` names it.
+    fn listener_state(&self) -> &'static str;
+    fn l2_breaker(&self) -> BreakerState;
+    /// Each loader source's breaker.
+    fn loader_breakers(&self) -> Vec<(Arc<str>, BreakerState)>;
+}
+
 /// How a series reads its value from a snapshot.
 type Read = fn(&Stats) -> u64;
 
@@ -166,7 +180,7 @@ type Series = (&'static [(&'static str, &'static str)], Read);
 
 /// Registers the counters and gauges that read `inner` when the meter
 /// collects.
-pub(crate) fn observe(meter: &Meter, cache: &str, inner: &Arc<Inner>) {
+pub(crate) fn observe<I: Observed>(meter: &Meter, cache: &str, inner: &Arc<I>) {
     let cache = KeyValue::new("c3.cache", cache.to_owned());
     let counters: [(&str, &str, &str, Vec<Series>); 15] = [
         (
@@ -305,7 +319,7 @@ pub(crate) fn observe(meter: &Meter, cache: &str, inner: &Arc<Inner>) {
             .with_description(description)
             .with_callback(move |obs: &dyn AsyncInstrument<u64>| {
                 let Some(inner) = weak.upgrade() else { return };
-                let stats = inner.counters.snapshot();
+                let stats = inner.counters();
                 for (attrs, read) in &series {
                     obs.observe(read(&stats), attrs);
                 }
@@ -321,7 +335,7 @@ pub(crate) fn observe(meter: &Meter, cache: &str, inner: &Arc<Inner>) {
         "{entry}",
         "Entries in L1 (approximate).",
         move |inner, obs| {
-            obs.observe(inner.coherency.l1_size().0, &entries);
+            obs.observe(inner.l1_size().0, &entries);
         },
     );
     gauge(
@@ -331,7 +345,7 @@ pub(crate) fn observe(meter: &Meter, cache: &str, inner: &Arc<Inner>) {
         "By",
         "Weighted size of L1 in bytes (approximate).",
         move |inner, obs| {
-            obs.observe(inner.coherency.l1_size().1, &bytes);
+            obs.observe(inner.l1_size().1, &bytes);
         },
     );
 
@@ -346,7 +360,7 @@ pub(crate) fn observe(meter: &Meter, cache: &str, inner: &Arc<Inner>) {
         "1",
         "1 for the LISTEN connection's current state, 0 for the others; L1 is used only while listening.",
         move |inner, obs| {
-            let now = inner.coherency.state().as_str();
+            let now = inner.listener_state();
             for (name, attrs) in &states {
                 obs.observe(u64::from(*name == now), attrs);
             }
@@ -373,13 +387,13 @@ pub(crate) fn observe(meter: &Meter, cache: &str, inner: &Arc<Inner>) {
         "1",
         "1 for each circuit breaker's current state (L2, and one per loader source), 0 for the others.",
         move |inner, obs| {
-            let now = inner.l2_breaker.state();
+            let now = inner.l2_breaker();
             for (st, attrs) in &states {
                 obs.observe(u64::from(*st == now), attrs);
             }
             // Loader breakers come and go with their sources: their
             // attribute sets are built here, at collection time only.
-            for (source, now) in inner.flights.breaker_states() {
+            for (source, now) in inner.loader_breakers() {
                 for (st, attrs) in &states {
                     let mut attrs = attrs.clone();
                     attrs[1] = KeyValue::new("c3.breaker", "loader");
@@ -392,15 +406,15 @@ pub(crate) fn observe(meter: &Meter, cache: &str, inner: &Arc<Inner>) {
 }
 
 /// Registers a gauge whose callback reads the cache while it lives.
-fn gauge(
+fn gauge<I: Observed>(
     meter: &Meter,
-    inner: &Arc<Inner>,
+    inner: &Arc<I>,
     name: &'static str,
     unit: &'static str,
     description: &'static str,
-    observe: impl Fn(&Inner, &dyn AsyncInstrument<u64>) + Send + Sync + 'static,
+    observe: impl Fn(&I, &dyn AsyncInstrument<u64>) + Send + Sync + 'static,
 ) {
-    let weak: Weak<Inner> = Arc::downgrade(inner);
+    let weak: Weak<I> = Arc::downgrade(inner);
     meter
         .u64_observable_gauge(name)
         .with_unit(unit)

@@ -19,7 +19,6 @@ use std::time::Instant;
 use tracing::Span;
 
 use super::metrics::{Metrics, OpKind, outcome_index};
-use crate::cache::C3;
 use crate::tier::Tier;
 
 /// One cache operation in flight: its span, and its duration for the
@@ -42,10 +41,10 @@ pub(crate) struct Op<'a> {
 }
 
 impl<'a> Op<'a> {
-    pub(crate) fn new(c3: &'a C3, span: Span, kind: OpKind, timed: bool) -> Self {
+    pub(crate) fn new(metrics: &'a Metrics, span: Span, kind: OpKind, timed: bool) -> Self {
         Op {
             span,
-            metrics: &c3.inner.metrics,
+            metrics,
             kind,
             start: timed.then(Instant::now),
             tier: AtomicU8::new(0),
@@ -117,7 +116,7 @@ macro_rules! op {
             span.record("c3.key", $key);
         }
         $crate::telemetry::Op::new(
-            &$c3,
+            &$c3.inner.metrics,
             span,
             $crate::telemetry::metrics::OpKind::$kind,
             $timed,
@@ -127,8 +126,8 @@ macro_rules! op {
 pub(crate) use op;
 
 /// Which system L2 is, for `db.system.name`.
-pub(crate) fn db_system(c3: &C3) -> &'static str {
-    match *c3.inner.backend {
+pub(crate) fn db_system(backend: &crate::backend::Backend) -> &'static str {
+    match backend {
         crate::backend::Backend::Postgres(_) => "postgresql",
         crate::backend::Backend::Memory(_) => "c3-memory",
     }
@@ -136,13 +135,13 @@ pub(crate) fn db_system(c3: &C3) -> &'static str {
 
 /// The child span of one L2 round trip: a database call, so of kind CLIENT
 /// (`otel.kind`, read by tracing-opentelemetry).
-pub(crate) fn l2_span(c3: &C3, op: &'static str) -> Span {
+pub(crate) fn l2_span(backend: &crate::backend::Backend, table: &str, op: &'static str) -> Span {
     tracing::info_span!(
         target: "c3",
         "c3.l2",
         otel.kind = "client",
-        db.system.name = db_system(c3),
+        db.system.name = db_system(backend),
         db.operation.name = op,
-        db.collection.name = %c3.inner.sql_names.table,
+        db.collection.name = %table,
     )
 }
