@@ -11,9 +11,11 @@ pub mod pgbouncer;
 pub mod proxy;
 pub mod web;
 
+pub use web::{DELIVERY, wait_until};
+
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use c3::core::{C3, C3Builder};
 
@@ -233,29 +235,6 @@ where
     .join();
 }
 
-/// Polls `cond` until it is true, failing the test after `within`.
-pub async fn wait_until<F, Fut>(what: &str, within: Duration, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        // A condition that hangs must not outlive the deadline either.
-        let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, cond()).await {
-            Ok(true) => return,
-            Ok(false) => {}
-            Err(_) => panic!("timed out after {within:?} waiting for: {what} (the check hung)"),
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {within:?} waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 /// Waits until `node` has applied more invalidations from other nodes than
 /// `before` (a value of `node.stats().invalidations_received`).
 pub async fn received(node: &C3, before: u64) {
@@ -264,9 +243,6 @@ pub async fn received(node: &C3, before: u64) {
     })
     .await;
 }
-
-/// Standard deadline for "a notification lands".
-pub const DELIVERY: Duration = Duration::from_secs(10);
 
 /// splitmix64: small, seedable, good enough to pick operations in
 /// randomized tests.
