@@ -196,3 +196,76 @@ impl Drop for Slot<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(key: &str) -> WriteItem {
+        WriteItem {
+            key: key.to_owned(),
+            value: Vec::new(),
+            encoding: crate::codec::JSON,
+            fresh_until: None,
+            stale_until: None,
+            tags: Vec::new(),
+            push: false,
+        }
+    }
+
+    /// A combiner with these writes queued (each a list of keys) and one
+    /// flusher running.
+    fn queued(writes: &[Vec<String>]) -> Combiner {
+        let c = Combiner::default();
+        {
+            let mut q = c.queue.lock().unwrap();
+            q.flushers = 1;
+            for keys in writes {
+                q.pending.push_back(Pending {
+                    items: keys.iter().map(|k| item(k)).collect(),
+                    header: String::new(),
+                    done: oneshot::channel().0,
+                });
+            }
+        }
+        c
+    }
+
+    fn keys(batch: &[Pending]) -> Vec<&str> {
+        batch
+            .iter()
+            .flat_map(|p| p.items.iter().map(|i| i.key.as_str()))
+            .collect()
+    }
+
+    fn w(keys: &[&str]) -> Vec<String> {
+        keys.iter().map(|k| (*k).to_owned()).collect()
+    }
+
+    #[test]
+    fn a_batch_takes_writes_in_order_and_stops_before_a_repeated_key() {
+        let c = queued(&[w(&["a"]), w(&["b", "c"]), w(&["a"]), w(&["d"])]);
+        assert_eq!(keys(&c.take().unwrap()), ["a", "b", "c"]);
+        // The repeated key starts the next batch; order is kept.
+        assert_eq!(keys(&c.take().unwrap()), ["a", "d"]);
+        assert!(c.take().is_none());
+        assert_eq!(c.queue.lock().unwrap().flushers, 0, "the slot is released");
+    }
+
+    #[test]
+    fn a_batch_stops_before_overflowing_but_always_takes_one_write() {
+        let big: Vec<String> = (0..MAX_BATCH + 10).map(|i| format!("big{i}")).collect();
+        let almost: Vec<String> = (0..MAX_BATCH - 1).map(|i| format!("k{i}")).collect();
+        let c = queued(&[big, almost, w(&["x"]), w(&["y"])]);
+        // One write larger than a batch still goes, alone.
+        assert_eq!(c.take().unwrap().len(), 1);
+        // MAX_BATCH - 1 rows and one more fill a batch exactly.
+        let batch = c.take().unwrap();
+        assert_eq!(
+            batch.iter().map(|p| p.items.len()).sum::<usize>(),
+            MAX_BATCH
+        );
+        assert_eq!(keys(&c.take().unwrap()), ["y"]);
+        assert!(c.take().is_none());
+    }
+}
