@@ -80,16 +80,16 @@ fn header_date(h: &HeaderMap, name: http::header::HeaderName) -> Option<Result<u
     )
 }
 
-/// Decides whether `res`, received for `req`, may be stored, and how.
-/// `Err` carries the reason it may not (for logs and tests).
-pub(crate) fn decide(
+/// The refusals of RFC 9111 §3 (and a shared cache's duties): what may
+/// never be stored, whatever its freshness. Returns the response's `Vary`
+/// names and whether it may answer requests with credentials.
+fn may_store(
     req: &request::Parts,
     req_dirs: &Directives,
     res: &response::Parts,
+    d: &Directives,
     cfg: &Config,
-    request_time: SystemTime,
-    response_time: SystemTime,
-) -> Result<Storage, &'static str> {
+) -> Result<(Vec<String>, bool), &'static str> {
     if req.method != Method::GET {
         return Err("method");
     }
@@ -102,7 +102,6 @@ pub(crate) fn decide(
     {
         return Err("status");
     }
-    let d = response_directives(&res.headers);
     if d.malformed {
         return Err("malformed cache-control");
     }
@@ -120,13 +119,19 @@ pub(crate) fn decide(
     if req.headers.contains_key(AUTHORIZATION) && !auth_ok {
         return Err("authorization");
     }
+    Ok((vary, auth_ok))
+}
 
-    let response_s = secs_since_epoch(response_time);
-    let date = match header_date(&res.headers, DATE) {
-        Some(Ok(d)) => d,
-        _ => response_s,
-    };
-    let lifetime = if let Some(s) = d.s_maxage.or(d.max_age) {
+/// The freshness lifetime in seconds (RFC 9111 §4.2.1): `s-maxage`, else
+/// `max-age`, else `Expires` − `Date`, else — when allowed — a tenth of the
+/// time since `Last-Modified` (at most a day).
+fn freshness_lifetime(
+    res: &response::Parts,
+    d: &Directives,
+    cfg: &Config,
+    date: u64,
+) -> Option<u64> {
+    if let Some(s) = d.s_maxage.or(d.max_age) {
         Some(s)
     } else if let Some(expires) = header_date(&res.headers, EXPIRES) {
         // An invalid Expires (e.g. "0") means "already expired".
@@ -138,7 +143,28 @@ pub(crate) fn decide(
         }
     } else {
         None
+    }
+}
+
+/// Decides whether `res`, received for `req`, may be stored, and how.
+/// `Err` carries the reason it may not (for logs and tests).
+pub(crate) fn decide(
+    req: &request::Parts,
+    req_dirs: &Directives,
+    res: &response::Parts,
+    cfg: &Config,
+    request_time: SystemTime,
+    response_time: SystemTime,
+) -> Result<Storage, &'static str> {
+    let d = response_directives(&res.headers);
+    let (vary, auth_ok) = may_store(req, req_dirs, res, &d, cfg)?;
+
+    let response_s = secs_since_epoch(response_time);
+    let date = match header_date(&res.headers, DATE) {
+        Some(Ok(d)) => d,
+        _ => response_s,
     };
+    let lifetime = freshness_lifetime(res, &d, cfg, date);
     let has_validators = res.headers.contains_key(ETAG) || res.headers.contains_key(LAST_MODIFIED);
     let lifetime = match lifetime {
         Some(l) => l,
@@ -292,6 +318,10 @@ mod tests {
             .unwrap_err(),
             "set-cookie"
         );
+    }
+
+    #[test]
+    fn requests_with_credentials_or_other_methods() {
         let authed = || get().header("authorization", "Bearer t");
         assert_eq!(
             check(

@@ -236,31 +236,8 @@ where
     let response_time = c3.now();
     let (mut res_parts, body) = res.into_parts();
     let decision = target.ok_or("no key").and_then(|(key, fill)| {
-        let storage = freshness::decide(
-            &ctx.parts,
-            &super::context::request_directives(&ctx.parts.headers),
-            &res_parts,
-            config,
-            request_time,
-            response_time,
-        )?;
-        let too_big = body
-            .size_hint()
-            .exact()
-            .is_some_and(|n| n > config.max_body_bytes as u64);
-        if too_big {
-            return Err("body too large");
-        }
-        // The key chosen before the response arrived is the primary one; a
-        // response that varies goes under its variant key instead.
-        let selected = selection(&storage.vary, &ctx.parts.headers).ok_or("vary key")?;
-        let key = if storage.vary.is_empty() {
-            key
-        } else {
-            Some(variant_key(&ctx.uri.primary_key(), &selected))
-                .filter(|k| k.len() <= c3.max_key_bytes())
-                .ok_or("vary key")?
-        };
+        let (key, storage, selected) =
+            storable(ctx, key, &res_parts, &body, request_time, response_time)?;
         Ok((key, fill, storage, selected))
     });
     let Ok((key, fill, storage, selected)) = decision else {
@@ -305,6 +282,51 @@ where
         .headers
         .append(CACHE_STATUS, status.stored().header_value());
     Response::from_parts(res_parts, C3Body::capturing(body, capture))
+}
+
+/// Whether the response may be stored and under which key: RFC 9111's
+/// rules (`freshness::decide`), the body limit, and the variant key when it
+/// varies. Returns the key, how to store, and the request's values of the
+/// `Vary` headers.
+fn storable<P, B>(
+    ctx: &Ctx<P>,
+    key: String,
+    res_parts: &http::response::Parts,
+    body: &B,
+    request_time: SystemTime,
+    response_time: SystemTime,
+) -> Result<(String, Storage, String), &'static str>
+where
+    P: Policy,
+    B: Body,
+{
+    let (c3, config) = (ctx.c3(), &ctx.shared.config);
+    let storage = freshness::decide(
+        &ctx.parts,
+        &super::context::request_directives(&ctx.parts.headers),
+        res_parts,
+        config,
+        request_time,
+        response_time,
+    )?;
+    let too_big = body
+        .size_hint()
+        .exact()
+        .is_some_and(|n| n > config.max_body_bytes as u64);
+    if too_big {
+        return Err("body too large");
+    }
+    // The key chosen before the response arrived is the primary one; a
+    // response that varies goes under its variant key instead.
+    let selected = selection(&storage.vary, &ctx.parts.headers).ok_or("vary key")?;
+    let key = if storage.vary.is_empty() {
+        key
+    } else {
+        Some(variant_key(&ctx.uri.primary_key(), &selected))
+            .filter(|k| k.len() <= c3.max_key_bytes())
+            .ok_or("vary key")?
+    };
+    Ok((key, storage, selected))
 }
 
 /// The response headers worth storing: no hop-by-hop fields (also those

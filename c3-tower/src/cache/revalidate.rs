@@ -49,47 +49,17 @@ where
     let stale = |detail| CacheStatus::fwd(Fwd::Stale).detail(detail);
     match inner.call(cond).await {
         Ok(res) if res.status() == StatusCode::NOT_MODIFIED => {
-            let status = CacheStatus::fwd(Fwd::Stale).fwd_status(304);
             let (res_parts, _) = res.into_parts();
-            let Some((updated, storage)) = refreshed(
-                ctx.c3(),
-                &ctx.shared.config,
-                &ctx.parts,
+            Ok(not_modified(
+                ctx,
                 &stored,
+                key,
+                age,
+                fill.as_deref(),
                 &res_parts,
                 request_time,
-            ) else {
-                return Ok(serve(&stored, &ctx.parts, age, status));
-            };
-            let updated = Arc::new(updated);
-            if let Some(fill) = &fill {
-                store_entry(
-                    &ctx.shared,
-                    fill,
-                    &ctx.uri,
-                    key,
-                    &storage,
-                    Arc::clone(&updated),
-                )
-                .await;
-            }
-            // Validated just now, so it answers even if already stale again —
-            // but only a request it may answer at all (its Vary selection,
-            // credentials).
-            match reuse::decide(&updated, &ctx.parts, &ctx.dirs, ctx.now_us()) {
-                Reuse::Never(_) => Ok(serve(
-                    &stored,
-                    &ctx.parts,
-                    age,
-                    status.detail("not-updated"),
-                )),
-                _ => Ok(serve(
-                    &updated,
-                    &ctx.parts,
-                    updated.age(ctx.now_us()),
-                    status,
-                )),
-            }
+            )
+            .await)
         }
         Ok(res) if res.status().is_server_error() && stale_if_error => Ok(serve(
             &stored,
@@ -110,6 +80,54 @@ where
         }
         Err(_) if stale_if_error => Ok(serve(&stored, &ctx.parts, age, stale("stale-if-error"))),
         Err(e) => Err(e),
+    }
+}
+
+/// The origin answered the revalidation with 304: update the stored
+/// response's headers and freshness, store it through the fill, and answer
+/// from it.
+async fn not_modified<P, ResBody>(
+    ctx: &Ctx<P>,
+    stored: &Arc<StoredResponse>,
+    key: String,
+    age: u64,
+    fill: Option<&c3_core::Fill>,
+    res_parts: &http::response::Parts,
+    request_time: std::time::SystemTime,
+) -> Response<C3Body<ResBody>>
+where
+    P: Policy,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+{
+    let status = CacheStatus::fwd(Fwd::Stale).fwd_status(304);
+    let Some((updated, storage)) = refreshed(
+        ctx.c3(),
+        &ctx.shared.config,
+        &ctx.parts,
+        stored,
+        res_parts,
+        request_time,
+    ) else {
+        return serve(stored, &ctx.parts, age, status);
+    };
+    let updated = Arc::new(updated);
+    if let Some(fill) = fill {
+        store_entry(
+            &ctx.shared,
+            fill,
+            &ctx.uri,
+            key,
+            &storage,
+            Arc::clone(&updated),
+        )
+        .await;
+    }
+    // Validated just now, so it answers even if already stale again —
+    // but only a request it may answer at all (its Vary selection,
+    // credentials).
+    match reuse::decide(&updated, &ctx.parts, &ctx.dirs, ctx.now_us()) {
+        Reuse::Never(_) => serve(stored, &ctx.parts, age, status.detail("not-updated")),
+        _ => serve(&updated, &ctx.parts, updated.age(ctx.now_us()), status),
     }
 }
 
