@@ -124,32 +124,15 @@ pub(crate) fn parse(payload: &str) -> Result<Notification, ProtocolError> {
         t => Some(t.parse::<u64>().map_err(|_| ProtocolError::BadHeader)?),
     };
     let body = match op {
-        "k" => {
-            let mut entries = Vec::new();
-            for (i, line) in lines.enumerate() {
-                let bad = || ProtocolError::BadLine { line: i + 1 };
-                let (v, key) = line.split_once(' ').ok_or_else(bad)?;
-                let v = v.parse::<u64>().map_err(|_| bad())?;
-                validate_key(key, MAX_KEY_BYTES_LIMIT).map_err(|_| bad())?;
-                entries.push((v, key.to_owned()));
-            }
-            if entries.is_empty() {
-                return Err(ProtocolError::BadLine { line: 1 });
-            }
-            Body::Written(entries)
-        }
-        "i" => {
-            let mut keys = Vec::new();
-            for (i, line) in lines.enumerate() {
-                validate_key(line, MAX_KEY_BYTES_LIMIT)
-                    .map_err(|_| ProtocolError::BadLine { line: i + 1 })?;
-                keys.push(line.to_owned());
-            }
-            if keys.is_empty() {
-                return Err(ProtocolError::BadLine { line: 1 });
-            }
-            Body::Invalidate(keys)
-        }
+        "k" => Body::Written(body_lines(lines, |line| {
+            let (v, key) = line.split_once(' ')?;
+            validate_key(key, MAX_KEY_BYTES_LIMIT).ok()?;
+            Some((v.parse::<u64>().ok()?, key.to_owned()))
+        })?),
+        "i" => Body::Invalidate(body_lines(lines, |line| {
+            validate_key(line, MAX_KEY_BYTES_LIMIT).ok()?;
+            Some(line.to_owned())
+        })?),
         "v" => {
             // Two lines after the header: everything after the second one is
             // the value, whatever it contains.
@@ -174,6 +157,22 @@ pub(crate) fn parse(payload: &str) -> Result<Notification, ProtocolError> {
         sent_at_us,
         body,
     })
+}
+
+/// The lines after the header, each read by `read`; at least one, and the
+/// first that cannot be read is the error.
+fn body_lines<'a, T>(
+    lines: impl Iterator<Item = &'a str>,
+    read: impl Fn(&'a str) -> Option<T>,
+) -> Result<Vec<T>, ProtocolError> {
+    let mut out = Vec::new();
+    for (i, line) in lines.enumerate() {
+        out.push(read(line).ok_or(ProtocolError::BadLine { line: i + 1 })?);
+    }
+    if out.is_empty() {
+        return Err(ProtocolError::BadLine { line: 1 });
+    }
+    Ok(out)
 }
 
 /// `<version> <fresh-until-µs|-> <stale-until-µs|-> <key>` and the JSON.
