@@ -88,59 +88,71 @@ fn list(lit: &LitStr) -> Vec<String> {
         .collect()
 }
 
-pub(crate) fn parse(input: &DeriveInput) -> syn::Result<(Attrs, Vec<Column>)> {
-    let mut table = None;
-    let mut schema = None;
-    let mut key = None;
-    let mut namespace = None;
-    let mut ttl = None;
-    let mut fail_safe = None;
-    let mut negative_ttl = None;
-    let mut save = None;
-    let mut krate = None;
-    let mut seen: Option<&syn::Attribute> = None;
-    for attr in input.attrs.iter().filter(|a| a.path().is_ident("c3")) {
-        seen = Some(attr);
+/// `#[c3(...)]` as written, before the required parts are checked.
+#[derive(Default)]
+struct Raw {
+    table: Option<Located<String>>,
+    schema: Option<Located<String>>,
+    key: Option<Located<Vec<String>>>,
+    namespace: Option<Located<String>>,
+    ttl: Option<Duration>,
+    fail_safe: Option<Duration>,
+    negative_ttl: Option<Duration>,
+    save: Option<Located<Vec<String>>>,
+    krate: Option<syn::Path>,
+}
+
+impl Raw {
+    /// Reads one `#[c3(...)]` attribute; a later value replaces an earlier one.
+    fn read(&mut self, attr: &syn::Attribute) -> syn::Result<()> {
         attr.parse_nested_meta(|meta| {
             let lit: LitStr = meta.value()?.parse()?;
             let text = |lit: &LitStr| Located {
                 value: lit.value(),
                 lit: lit.clone(),
             };
-            if meta.path.is_ident("table") {
-                table = Some(text(&lit));
-            } else if meta.path.is_ident("schema") {
-                schema = Some(text(&lit));
-            } else if meta.path.is_ident("key") {
-                key = Some(Located {
-                    value: list(&lit),
-                    lit,
-                });
-            } else if meta.path.is_ident("namespace") {
-                namespace = Some(text(&lit));
-            } else if meta.path.is_ident("ttl") {
-                ttl = Some(parse_duration(&lit)?);
-            } else if meta.path.is_ident("fail_safe") {
-                fail_safe = Some(parse_duration(&lit)?);
-            } else if meta.path.is_ident("negative_ttl") {
-                negative_ttl = Some(parse_duration(&lit)?);
-            } else if meta.path.is_ident("crate") {
+            let names = |lit: LitStr| Located {
+                value: list(&lit),
+                lit,
+            };
+            let p = &meta.path;
+            if p.is_ident("table") {
+                self.table = Some(text(&lit));
+            } else if p.is_ident("schema") {
+                self.schema = Some(text(&lit));
+            } else if p.is_ident("key") {
+                self.key = Some(names(lit));
+            } else if p.is_ident("namespace") {
+                self.namespace = Some(text(&lit));
+            } else if p.is_ident("ttl") {
+                self.ttl = Some(parse_duration(&lit)?);
+            } else if p.is_ident("fail_safe") {
+                self.fail_safe = Some(parse_duration(&lit)?);
+            } else if p.is_ident("negative_ttl") {
+                self.negative_ttl = Some(parse_duration(&lit)?);
+            } else if p.is_ident("crate") {
                 let mut path: syn::Path = lit.parse()?;
                 // Always from the root, wherever the derive is used.
                 path.leading_colon = Some(Default::default());
-                krate = Some(path);
-            } else if meta.path.is_ident("save") {
-                save = Some(Located {
-                    value: list(&lit),
-                    lit,
-                });
+                self.krate = Some(path);
+            } else if p.is_ident("save") {
+                self.save = Some(names(lit));
             } else {
                 return Err(meta.error(
                     "unknown c3 attribute; expected one of: table, schema, key, namespace, ttl, fail_safe, negative_ttl, save, crate",
                 ));
             }
             Ok(())
-        })?;
+        })
+    }
+}
+
+pub(crate) fn parse(input: &DeriveInput) -> syn::Result<(Attrs, Vec<Column>)> {
+    let mut raw = Raw::default();
+    let mut seen: Option<&syn::Attribute> = None;
+    for attr in input.attrs.iter().filter(|a| a.path().is_ident("c3")) {
+        seen = Some(attr);
+        raw.read(attr)?;
     }
     let Some(here) = seen else {
         return Err(syn::Error::new(
@@ -148,13 +160,13 @@ pub(crate) fn parse(input: &DeriveInput) -> syn::Result<(Attrs, Vec<Column>)> {
             "missing #[c3(table = \"...\", key = \"...\")] on a Cached struct",
         ));
     };
-    let table = table.ok_or_else(|| {
+    let table = raw.table.ok_or_else(|| {
         syn::Error::new_spanned(
             here,
             "missing `table` in #[c3(...)]: e.g. #[c3(table = \"users\", key = \"id\")]",
         )
     })?;
-    let key = key.ok_or_else(|| {
+    let key = raw.key.ok_or_else(|| {
         syn::Error::new_spanned(
             here,
             "missing `key` in #[c3(...)]: name the key column(s), e.g. key = \"id\"",
@@ -164,10 +176,10 @@ pub(crate) fn parse(input: &DeriveInput) -> syn::Result<(Attrs, Vec<Column>)> {
         return Err(syn::Error::new(key.lit.span(), "`key` names no column"));
     }
     check_ident("table", &table.value, &table.lit)?;
-    if let Some(s) = &schema {
+    if let Some(s) = &raw.schema {
         check_ident("schema", &s.value, &s.lit)?;
     }
-    if let Some(ns) = &namespace
+    if let Some(ns) = &raw.namespace
         && (ns.value.is_empty() || ns.value.chars().any(char::is_control))
     {
         return Err(syn::Error::new(
@@ -176,35 +188,40 @@ pub(crate) fn parse(input: &DeriveInput) -> syn::Result<(Attrs, Vec<Column>)> {
         ));
     }
     let columns = columns(input)?;
-    let known = |name: &str| columns.iter().any(|c| c.name == name);
-    for lists in [Some(&key), save.as_ref()].into_iter().flatten() {
-        for name in &lists.value {
-            if !known(name) {
-                let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
-                return Err(syn::Error::new(
-                    lists.lit.span(),
-                    format!(
-                        "unknown column {name:?}; the struct's columns are: {}",
-                        names.join(", ")
-                    ),
-                ));
-            }
-        }
+    for named in [Some(&key), raw.save.as_ref()].into_iter().flatten() {
+        known_columns(named, &columns)?;
     }
     Ok((
         Attrs {
             table,
-            schema,
+            schema: raw.schema,
             key,
-            namespace,
-            ttl,
-            fail_safe,
-            negative_ttl,
-            save,
-            krate,
+            namespace: raw.namespace,
+            ttl: raw.ttl,
+            fail_safe: raw.fail_safe,
+            negative_ttl: raw.negative_ttl,
+            save: raw.save,
+            krate: raw.krate,
         },
         columns,
     ))
+}
+
+/// Every name in `named` is one of the struct's columns.
+fn known_columns(named: &Located<Vec<String>>, columns: &[Column]) -> syn::Result<()> {
+    for name in &named.value {
+        if !columns.iter().any(|c| c.name == *name) {
+            let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
+            return Err(syn::Error::new(
+                named.lit.span(),
+                format!(
+                    "unknown column {name:?}; the struct's columns are: {}",
+                    names.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn columns(input: &DeriveInput) -> syn::Result<Vec<Column>> {

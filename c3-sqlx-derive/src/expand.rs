@@ -23,113 +23,27 @@ fn duration(d: Option<std::time::Duration>) -> TokenStream {
 
 pub(crate) fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
     let (a, columns) = attrs::parse(input)?;
-    let find = |name: &str| -> &Column {
-        columns
-            .iter()
-            .find(|c| c.name == name)
-            .expect("checked by attrs::parse")
-    };
-    let keys: Vec<&Column> = a.key.value.iter().map(|k| find(k)).collect();
-    let saved: Vec<&Column> = match &a.save {
-        Some(list) => list
-            .value
-            .iter()
-            .filter(|c| !a.key.value.contains(c))
-            .map(|c| find(c))
-            .collect(),
-        None => columns
-            .iter()
-            .filter(|c| !a.key.value.contains(&c.name))
-            .collect(),
-    };
-
-    let table = match &a.schema {
-        Some(s) => format!("{}.{}", q(&s.value), q(&a.table.value)),
-        None => q(&a.table.value),
-    };
-    let namespace = a
-        .namespace
-        .as_ref()
-        .map_or_else(|| a.table.value.clone(), |n| n.value.clone());
-    let all_cols: Vec<String> = columns.iter().map(|c| q(&c.name)).collect();
-    let select = format!("SELECT {} FROM {table}", all_cols.join(", "));
-    let by_key: Vec<String> = keys
-        .iter()
-        .enumerate()
-        .map(|(i, c)| format!("{} = ${}", q(&c.name), i + 1))
-        .collect();
-    let select_by_key = format!("{select} WHERE {}", by_key.join(" AND "));
-    let select_by_keys = if keys.len() == 1 {
-        format!("{select} WHERE {} = ANY($1)", q(&keys[0].name))
-    } else {
-        let tuple: Vec<String> = keys.iter().map(|c| q(&c.name)).collect();
-        let params: Vec<String> = (1..=keys.len()).map(|i| format!("${i}")).collect();
-        format!(
-            "{select} WHERE ({}) IN (SELECT * FROM unnest({}))",
-            tuple.join(", "),
-            params.join(", ")
-        )
-    };
+    let (keys, saved) = key_and_saved(&a, &columns);
+    let Sql {
+        table,
+        namespace,
+        select_by_key,
+        select_by_keys,
+        upsert,
+        delete,
+        trigger_key,
+    } = sql(&a, &columns, &keys, &saved);
     let written: Vec<&Column> = keys.iter().chain(saved.iter()).copied().collect();
-    let insert_cols: Vec<String> = written.iter().map(|c| q(&c.name)).collect();
-    let params: Vec<String> = (1..=written.len()).map(|i| format!("${i}")).collect();
-    let conflict: Vec<String> = keys.iter().map(|c| q(&c.name)).collect();
-    let on_conflict = if saved.is_empty() {
-        "DO NOTHING".to_owned()
-    } else {
-        let sets: Vec<String> = saved
-            .iter()
-            .map(|c| format!("{0} = EXCLUDED.{0}", q(&c.name)))
-            .collect();
-        format!("DO UPDATE SET {}", sets.join(", "))
-    };
-    let upsert = format!(
-        "INSERT INTO {table} ({}) VALUES ({}) ON CONFLICT ({}) {on_conflict}",
-        insert_cols.join(", "),
-        params.join(", "),
-        conflict.join(", ")
-    );
-    let delete = format!("DELETE FROM {table} WHERE {}", by_key.join(" AND "));
-    // The cache key in SQL, for triggers: `$ROW` stands for OLD or NEW. The
-    // escaping matches `c3_sqlx::key_part` exactly.
-    let parts: Vec<String> = keys
-        .iter()
-        .map(|c| {
-            format!(
-                "replace(replace(($ROW.{})::text, '%', '%25'), ':', '%3A')",
-                q(&c.name)
-            )
-        })
-        .collect();
-    let trigger_key = format!(
-        "'{}:' || {}",
-        namespace.replace('\'', "''"),
-        parts.join(" || ':' || ")
-    );
 
     let name = &input.ident;
     let (impl_generics, ty_generics, where_clause) = input.generics.split_for_impl();
-    let key_tys: Vec<&syn::Type> = keys.iter().map(|c| &c.ty).collect();
-    let key_idents: Vec<&syn::Ident> = keys.iter().map(|c| &c.ident).collect();
-    let (key_ty, key_expr, key_parts, bind_key, bind_keys) = if keys.len() == 1 {
-        let (ty, id) = (key_tys[0], key_idents[0]);
-        (
-            quote!(#ty),
-            quote!(::core::clone::Clone::clone(&self.#id)),
-            quote!(::std::vec![::std::string::ToString::to_string(key)]),
-            quote!(q.bind(::core::clone::Clone::clone(key))),
-            quote!(q.bind(<[#ty]>::to_vec(keys))),
-        )
-    } else {
-        let idx: Vec<syn::Index> = (0..keys.len()).map(syn::Index::from).collect();
-        (
-            quote!((#(#key_tys,)*)),
-            quote!((#(::core::clone::Clone::clone(&self.#key_idents),)*)),
-            quote!(::std::vec![#(::std::string::ToString::to_string(&key.#idx)),*]),
-            quote!(q #(.bind(::core::clone::Clone::clone(&key.#idx)))*),
-            quote!(q #(.bind(keys.iter().map(|k| ::core::clone::Clone::clone(&k.#idx)).collect::<::std::vec::Vec<#key_tys>>()))*),
-        )
-    };
+    let KeyCode {
+        ty: key_ty,
+        expr: key_expr,
+        parts: key_parts,
+        bind: bind_key,
+        bind_many: bind_keys,
+    } = key_code(&keys);
     let written_idents: Vec<&syn::Ident> = written.iter().map(|c| &c.ident).collect();
     let key_cols: Vec<&str> = keys.iter().map(|c| c.name.as_str()).collect();
     let (ttl, fail_safe, negative_ttl) = (
@@ -195,4 +109,160 @@ pub(crate) fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
             }
         }
     })
+}
+
+/// The entity's SQL, fixed at compile time.
+struct Sql {
+    table: String,
+    namespace: String,
+    select_by_key: String,
+    select_by_keys: String,
+    upsert: String,
+    delete: String,
+    /// The cache key as a SQL expression over `$ROW`, for triggers.
+    trigger_key: String,
+}
+
+fn sql(a: &attrs::Attrs, columns: &[Column], keys: &[&Column], saved: &[&Column]) -> Sql {
+    let table = match &a.schema {
+        Some(s) => format!("{}.{}", q(&s.value), q(&a.table.value)),
+        None => q(&a.table.value),
+    };
+    let namespace = a
+        .namespace
+        .as_ref()
+        .map_or_else(|| a.table.value.clone(), |n| n.value.clone());
+    let all_cols: Vec<String> = columns.iter().map(|c| q(&c.name)).collect();
+    let select = format!("SELECT {} FROM {table}", all_cols.join(", "));
+    let by_key: Vec<String> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("{} = ${}", q(&c.name), i + 1))
+        .collect();
+    let select_by_key = format!("{select} WHERE {}", by_key.join(" AND "));
+    let select_by_keys = if keys.len() == 1 {
+        format!("{select} WHERE {} = ANY($1)", q(&keys[0].name))
+    } else {
+        let tuple: Vec<String> = keys.iter().map(|c| q(&c.name)).collect();
+        let params: Vec<String> = (1..=keys.len()).map(|i| format!("${i}")).collect();
+        format!(
+            "{select} WHERE ({}) IN (SELECT * FROM unnest({}))",
+            tuple.join(", "),
+            params.join(", ")
+        )
+    };
+    let written: Vec<&Column> = keys.iter().chain(saved.iter()).copied().collect();
+    let insert_cols: Vec<String> = written.iter().map(|c| q(&c.name)).collect();
+    let params: Vec<String> = (1..=written.len()).map(|i| format!("${i}")).collect();
+    let conflict: Vec<String> = keys.iter().map(|c| q(&c.name)).collect();
+    let on_conflict = if saved.is_empty() {
+        "DO NOTHING".to_owned()
+    } else {
+        let sets: Vec<String> = saved
+            .iter()
+            .map(|c| format!("{0} = EXCLUDED.{0}", q(&c.name)))
+            .collect();
+        format!("DO UPDATE SET {}", sets.join(", "))
+    };
+    let upsert = format!(
+        "INSERT INTO {table} ({}) VALUES ({}) ON CONFLICT ({}) {on_conflict}",
+        insert_cols.join(", "),
+        params.join(", "),
+        conflict.join(", ")
+    );
+    let delete = format!("DELETE FROM {table} WHERE {}", by_key.join(" AND "));
+    // The cache key in SQL, for triggers: `$ROW` stands for OLD or NEW. The
+    // escaping matches `c3_sqlx::key_part` exactly.
+    let parts: Vec<String> = keys
+        .iter()
+        .map(|c| {
+            format!(
+                "replace(replace(($ROW.{})::text, '%', '%25'), ':', '%3A')",
+                q(&c.name)
+            )
+        })
+        .collect();
+    let trigger_key = format!(
+        "'{}:' || {}",
+        namespace.replace('\'', "''"),
+        parts.join(" || ':' || ")
+    );
+
+    Sql {
+        table,
+        namespace,
+        select_by_key,
+        select_by_keys,
+        upsert,
+        delete,
+        trigger_key,
+    }
+}
+
+/// The generated code that handles the key: its type, how to read it from
+/// `self`, its parts for the cache key, and how to bind one or many.
+struct KeyCode {
+    ty: TokenStream,
+    expr: TokenStream,
+    parts: TokenStream,
+    bind: TokenStream,
+    bind_many: TokenStream,
+}
+
+fn key_code(keys: &[&Column]) -> KeyCode {
+    let key_tys: Vec<&syn::Type> = keys.iter().map(|c| &c.ty).collect();
+    let key_idents: Vec<&syn::Ident> = keys.iter().map(|c| &c.ident).collect();
+    let (ty, expr, parts, bind, bind_many) = if keys.len() == 1 {
+        let (ty, id) = (key_tys[0], key_idents[0]);
+        (
+            quote!(#ty),
+            quote!(::core::clone::Clone::clone(&self.#id)),
+            quote!(::std::vec![::std::string::ToString::to_string(key)]),
+            quote!(q.bind(::core::clone::Clone::clone(key))),
+            quote!(q.bind(<[#ty]>::to_vec(keys))),
+        )
+    } else {
+        let idx: Vec<syn::Index> = (0..keys.len()).map(syn::Index::from).collect();
+        (
+            quote!((#(#key_tys,)*)),
+            quote!((#(::core::clone::Clone::clone(&self.#key_idents),)*)),
+            quote!(::std::vec![#(::std::string::ToString::to_string(&key.#idx)),*]),
+            quote!(q #(.bind(::core::clone::Clone::clone(&key.#idx)))*),
+            quote!(q #(.bind(keys.iter().map(|k| ::core::clone::Clone::clone(&k.#idx)).collect::<::std::vec::Vec<#key_tys>>()))*),
+        )
+    };
+    KeyCode {
+        ty,
+        expr,
+        parts,
+        bind,
+        bind_many,
+    }
+}
+
+/// The key columns, in the key's order, and the other columns `save` writes.
+fn key_and_saved<'c>(
+    a: &attrs::Attrs,
+    columns: &'c [Column],
+) -> (Vec<&'c Column>, Vec<&'c Column>) {
+    let find = |name: &str| -> &Column {
+        columns
+            .iter()
+            .find(|c| c.name == name)
+            .expect("checked by attrs::parse")
+    };
+    let keys: Vec<&Column> = a.key.value.iter().map(|k| find(k)).collect();
+    let saved: Vec<&Column> = match &a.save {
+        Some(list) => list
+            .value
+            .iter()
+            .filter(|c| !a.key.value.contains(c))
+            .map(|c| find(c))
+            .collect(),
+        None => columns
+            .iter()
+            .filter(|c| !a.key.value.contains(&c.name))
+            .collect(),
+    };
+    (keys, saved)
 }
