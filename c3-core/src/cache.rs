@@ -23,7 +23,7 @@ use crate::loader::flights::Flights;
 use crate::protocol;
 use crate::stats::{Counters, Stats};
 use crate::telemetry;
-use crate::tier::Tier;
+use crate::tier::{Outcome, Tier};
 use tracing::Instrument;
 
 /// A coherent two-tier cache: L1 in this process, L2 in PostgreSQL (or a
@@ -390,7 +390,14 @@ impl C3 {
         self.check_key(key)?;
         if let Some(v) = self.l1_get::<T>(key) {
             // Answered in memory: no child span, no I/O.
-            op.record(Some(Tier::L1), if v.is_some() { "hit" } else { "miss" });
+            op.record(
+                Some(Tier::L1),
+                if v.is_some() {
+                    Outcome::Hit
+                } else {
+                    Outcome::Miss
+                },
+            );
             return Ok((v, Tier::L1));
         }
         op.start_timer();
@@ -416,11 +423,11 @@ impl C3 {
         }
         let Some(row) = row.filter(|r| r.state(to_micros(now)) == State::Fresh) else {
             Counters::inc(&self.inner.counters.l2_misses);
-            op.record(Some(Tier::L2), "miss");
+            op.record(Some(Tier::L2), Outcome::Miss);
             return Ok(None);
         };
         Counters::inc(&self.inner.counters.l2_hits);
-        op.record(Some(Tier::L2), "hit");
+        op.record(Some(Tier::L2), Outcome::Hit);
         let (value, entry) = decode_row::<T>(key, row, to_micros(now))?;
         self.keep_read(key, token, entry);
         Ok(value)
@@ -523,10 +530,10 @@ impl C3 {
             }
         }
         if missing.is_empty() {
-            op.record(Some(Tier::L1), "ok");
+            op.record(Some(Tier::L1), Outcome::Ok);
             return Ok(out);
         }
-        op.record(Some(Tier::L2), "ok");
+        op.record(Some(Tier::L2), Outcome::Ok);
         let now = self.inner.clock.now();
         let miss_keys: Vec<&str> = missing.iter().map(|(_, k, _)| *k).collect();
         let rows = self

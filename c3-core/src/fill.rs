@@ -309,13 +309,7 @@ impl Fill {
             op.span.clone(),
         )
         .await;
-        op.record(
-            None,
-            match &stored {
-                Ok(_) => "ok",
-                Err(_) => "error",
-            },
-        );
+        op.record(None, crate::tier::Outcome::of(&stored));
         stored
     }
 

@@ -1,6 +1,6 @@
-//! Where an answer came from: one vocabulary for read results
-//! ([`C3::get_with_tier`](crate::C3::get_with_tier)), spans (`c3.tier`) and
-//! metrics (the `c3.tier` attribute).
+//! Where an answer came from and how an operation ended: one vocabulary for
+//! read results ([`C3::get_with_tier`](crate::C3::get_with_tier)), spans
+//! (`c3.tier`, `c3.outcome`) and metrics (the same attributes).
 
 /// The tier that answered a read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -46,6 +46,55 @@ impl std::fmt::Display for Tier {
     }
 }
 
+/// How a cache operation ended (`c3.outcome` on spans and metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Dropped before it ended (the default until something is recorded).
+    Cancelled,
+    /// A read that found a value.
+    Hit,
+    /// A read that found nothing.
+    Miss,
+    /// A write, or a load, that succeeded.
+    Ok,
+    Error,
+}
+
+impl Outcome {
+    /// Every outcome, in the order of their metric attribute indexes.
+    pub(crate) const ALL: [Outcome; 5] = [
+        Outcome::Cancelled,
+        Outcome::Hit,
+        Outcome::Miss,
+        Outcome::Ok,
+        Outcome::Error,
+    ];
+
+    pub(crate) const fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Cancelled => "cancelled",
+            Outcome::Hit => "hit",
+            Outcome::Miss => "miss",
+            Outcome::Ok => "ok",
+            Outcome::Error => "error",
+        }
+    }
+
+    /// Index in metric attribute tables.
+    pub(crate) const fn index(self) -> u8 {
+        self as u8
+    }
+
+    /// `Ok` or `Error`, from a result.
+    pub(crate) fn of<T, E>(r: &Result<T, E>) -> Outcome {
+        if r.is_ok() {
+            Outcome::Ok
+        } else {
+            Outcome::Error
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -56,5 +105,8 @@ mod tests {
             assert_eq!(usize::from(Tier::index(Some(*t))), i + 1, "{t}");
         }
         assert_eq!(Tier::index(None), 0);
+        for (i, o) in Outcome::ALL.iter().enumerate() {
+            assert_eq!(usize::from(o.index()), i, "{}", o.as_str());
+        }
     }
 }

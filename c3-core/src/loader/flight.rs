@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
 use super::LoadOptions;
-use super::flights::{Joined, Outcome, Slot};
+use super::flights::{Answer, Joined, Slot};
 use crate::backend::Fence;
 use crate::backend::postgres::LoadLock;
 use crate::breaker::{Breaker, Permit};
@@ -95,7 +95,7 @@ struct Flight<'a, T> {
     c3: &'a C3,
     key: &'a str,
     opts: &'a LoadOptions,
-    tx: &'a watch::Sender<Option<Outcome<T>>>,
+    tx: &'a watch::Sender<Option<Answer<T>>>,
     /// The fail-safe fallback: a value past its TTL but within its window,
     /// from the caller's L1 or from this flight's L2 read.
     stale: Option<Option<Arc<T>>>,
@@ -123,7 +123,7 @@ where
         key: &'a str,
         opts: &'a LoadOptions,
         stale: Option<Option<Arc<T>>>,
-        tx: &'a watch::Sender<Option<Outcome<T>>>,
+        tx: &'a watch::Sender<Option<Answer<T>>>,
     ) -> Self {
         Flight {
             c3,
@@ -174,18 +174,18 @@ where
         }
         // After a soft-timeout answer, a failed load changes nothing; a
         // successful one has refreshed the cache and is published for late joiners.
-        if !answered || matches!(outcome, Outcome::Value(_, Tier::Source) | Outcome::Absent) {
+        if !answered || matches!(outcome, Answer::Value(_, Tier::Source) | Answer::Absent) {
             self.publish(outcome);
         }
     }
 
-    fn publish(&self, outcome: Outcome<T>) {
+    fn publish(&self, outcome: Answer<T>) {
         self.tx.send_replace(Some(outcome));
     }
 
     /// L2 first: a fresh row answers the flight; a row in its fail-safe
     /// window becomes the fallback.
-    async fn read_before_load(&mut self, refresh: bool) -> Option<Outcome<T>> {
+    async fn read_before_load(&mut self, refresh: bool) -> Option<Answer<T>> {
         if refresh {
             if let Ok((_, f)) = self
                 .c3
@@ -212,7 +212,7 @@ where
     /// With [`LoadOptions::cluster_lock`], waits for the other nodes' load of
     /// the key. `Err` carries the answer when whoever held the lock before
     /// has loaded it meanwhile.
-    async fn cluster_lock(&mut self) -> Result<Option<LoadLock>, Outcome<T>> {
+    async fn cluster_lock(&mut self) -> Result<Option<LoadLock>, Answer<T>> {
         let Some(wait) = self.opts.cluster_wait else {
             return Ok(None);
         };
@@ -284,14 +284,14 @@ where
 
     /// The fail-safe answer to a failed or refused load: the fallback if
     /// there is one, else the error.
-    fn answer_stale(&self, error: Error) -> Outcome<T> {
+    fn answer_stale(&self, error: Error) -> Answer<T> {
         match &self.stale {
             Some(v) => {
                 Counters::inc(&self.c3.counters().stale_hits);
                 v.clone()
-                    .map_or(Outcome::Absent, |v| Outcome::Value(v, Tier::Stale))
+                    .map_or(Answer::Absent, |v| Answer::Value(v, Tier::Stale))
             }
-            None => Outcome::Failed(Arc::new(error)),
+            None => Answer::Failed(Arc::new(error)),
         }
     }
 
@@ -326,18 +326,16 @@ where
 
     /// Stores a loaded value (or a negative entry) through the load's fill
     /// (see `crate::fill`), and returns the outcome for the waiters.
-    async fn store_loaded(&mut self, value: Option<T>) -> Outcome<T> {
+    async fn store_loaded(&mut self, value: Option<T>) -> Answer<T> {
         let (c3, key, opts) = (self.c3, self.key, self.opts);
         let answer = |value: Option<T>| {
-            value.map_or(Outcome::Absent, |v| {
-                Outcome::Value(Arc::new(v), Tier::Source)
-            })
+            value.map_or(Answer::Absent, |v| Answer::Value(Arc::new(v), Tier::Source))
         };
         let ttl = match &value {
             Some(_) => opts.ttl.unwrap_or(c3.default_ttl()),
             None => match opts.negative_ttl {
                 Some(t) => Some(t),
-                None => return Outcome::Absent,
+                None => return Answer::Absent,
             },
         };
         let (bytes, encoding) = match &value {
@@ -375,6 +373,6 @@ where
     }
 }
 
-fn from_l2<T>(v: Option<Arc<T>>) -> Outcome<T> {
-    v.map_or(Outcome::Absent, |v| Outcome::Value(v, Tier::L2))
+fn from_l2<T>(v: Option<Arc<T>>) -> Answer<T> {
+    v.map_or(Answer::Absent, |v| Answer::Value(v, Tier::L2))
 }

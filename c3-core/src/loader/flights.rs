@@ -13,24 +13,24 @@ use crate::error::Error;
 use crate::tier::Tier;
 
 /// What a flight publishes to its waiters.
-pub(super) enum Outcome<T> {
+pub(super) enum Answer<T> {
     Value(Arc<T>, Tier),
     Absent,
     Failed(Arc<Error>),
 }
 
-impl<T> Clone for Outcome<T> {
+impl<T> Clone for Answer<T> {
     fn clone(&self) -> Self {
         match self {
-            Outcome::Value(v, t) => Outcome::Value(Arc::clone(v), *t),
-            Outcome::Absent => Outcome::Absent,
-            Outcome::Failed(e) => Outcome::Failed(Arc::clone(e)),
+            Answer::Value(v, t) => Answer::Value(Arc::clone(v), *t),
+            Answer::Absent => Answer::Absent,
+            Answer::Failed(e) => Answer::Failed(Arc::clone(e)),
         }
     }
 }
 
 /// What a waiter holds: the flight's outcome, once published.
-pub(super) type Slot<T> = watch::Receiver<Option<Outcome<T>>>;
+pub(super) type Slot<T> = watch::Receiver<Option<Answer<T>>>;
 
 /// In-flight loads of this node, by key, and the breaker of each source.
 #[derive(Default)]
@@ -117,7 +117,7 @@ impl Flights {
 pub(super) enum Joined<T> {
     Existing(Slot<T>),
     New(
-        watch::Sender<Option<Outcome<T>>>,
+        watch::Sender<Option<Answer<T>>>,
         Slot<T>,
         Arc<dyn Any + Send + Sync>,
     ),

@@ -17,7 +17,7 @@
 mod flight;
 pub(crate) mod flights;
 
-use flights::Outcome;
+use flights::Answer;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -31,7 +31,7 @@ use crate::cache::C3;
 use crate::entry::State;
 use crate::error::{Error, Repr, Result};
 use crate::stats::Counters;
-use crate::tier::Tier;
+use crate::tier::{Outcome, Tier};
 
 /// Per-call settings for [`C3::get_or_load`]. Start from [`LoadOptions::new`].
 ///
@@ -217,7 +217,14 @@ impl C3 {
                                 flight::join_or_start(self, key, opts, loader, None, true)
                             });
                         }
-                        op.record(Some(Tier::L1), if v.is_some() { "ok" } else { "miss" });
+                        op.record(
+                            Some(Tier::L1),
+                            if v.is_some() {
+                                Outcome::Ok
+                            } else {
+                                Outcome::Miss
+                            },
+                        );
                         return Ok(v);
                     }
                     // The fail-safe fallback, should the load fail.
@@ -235,21 +242,21 @@ impl C3 {
             tracing::Instrument::instrument(rx.wait_for(Option::is_some), op.span.clone()).await;
         let outcome = match waited {
             Ok(o) => o.clone().expect("waited for Some"),
-            Err(_) => Outcome::Failed(Arc::new(Error::loader(
+            Err(_) => Answer::Failed(Arc::new(Error::loader(
                 "the load task stopped unexpectedly",
             ))),
         };
         match outcome {
-            Outcome::Value(v, tier) => {
-                op.record(Some(tier), "ok");
+            Answer::Value(v, tier) => {
+                op.record(Some(tier), Outcome::Ok);
                 Ok(Some(v))
             }
-            Outcome::Absent => {
-                op.record(None, "miss");
+            Answer::Absent => {
+                op.record(None, Outcome::Miss);
                 Ok(None)
             }
-            Outcome::Failed(e) => {
-                op.record(None, "error");
+            Answer::Failed(e) => {
+                op.record(None, Outcome::Error);
                 Err(Repr::Shared(e).into())
             }
         }

@@ -19,7 +19,7 @@ use opentelemetry::metrics::{AsyncInstrument, Histogram, Meter};
 
 use crate::breaker::BreakerState;
 use crate::stats::Stats;
-use crate::tier::Tier;
+use crate::tier::{Outcome, Tier};
 
 /// The operations that get a `c3.operation.duration` measurement.
 #[derive(Debug, Clone, Copy)]
@@ -56,12 +56,6 @@ const TIERS: [&str; 5] = [
 const TIER_L1: &str = Tier::L1.as_str();
 const TIER_L2: &str = Tier::L2.as_str();
 const TIER_STALE: &str = Tier::Stale.as_str();
-/// Index 0: the operation ended without recording an outcome (it was dropped).
-const OUTCOMES: [&str; 5] = ["cancelled", "hit", "miss", "ok", "error"];
-
-pub(crate) fn outcome_index(outcome: &str) -> u8 {
-    OUTCOMES.iter().position(|o| *o == outcome).unwrap_or(0) as u8
-}
 
 /// The histograms, with every attribute set they can be recorded with.
 pub(crate) struct Metrics {
@@ -93,10 +87,10 @@ fn duration_buckets() -> Vec<f64> {
 impl Metrics {
     pub(crate) fn new(meter: &Meter, cache: &str) -> Metrics {
         let cache = KeyValue::new("c3.cache", cache.to_owned());
-        let mut operation_attrs = Vec::with_capacity(OPS.len() * TIERS.len() * OUTCOMES.len());
+        let mut operation_attrs = Vec::with_capacity(OPS.len() * TIERS.len() * Outcome::ALL.len());
         for op in OPS {
             for tier in TIERS {
-                for outcome in OUTCOMES {
+                for outcome in Outcome::ALL.map(Outcome::as_str) {
                     let mut a = vec![
                         cache.clone(),
                         KeyValue::new("c3.operation", op),
@@ -140,8 +134,8 @@ impl Metrics {
     }
 
     pub(crate) fn operation(&self, op: OpKind, tier: u8, outcome: u8, took: Duration) {
-        let i =
-            (op as usize * TIERS.len() + usize::from(tier)) * OUTCOMES.len() + usize::from(outcome);
+        let i = (op as usize * TIERS.len() + usize::from(tier)) * Outcome::ALL.len()
+            + usize::from(outcome);
         if let Some(attrs) = self.operation_attrs.get(i) {
             self.operation.record(took.as_secs_f64(), attrs);
         }

@@ -18,8 +18,8 @@ use std::time::Instant;
 
 use tracing::Span;
 
-use super::metrics::{Metrics, OpKind, outcome_index};
-use crate::tier::Tier;
+use super::metrics::{Metrics, OpKind};
+use crate::tier::{Outcome, Tier};
 
 /// One cache operation in flight: its span, and its duration for the
 /// `c3.operation.duration` histogram, recorded when the operation ends
@@ -58,26 +58,25 @@ impl<'a> Op<'a> {
     }
 
     /// Records where an answer came from and how the operation ended.
-    pub(crate) fn record(&self, tier: Option<Tier>, outcome: &'static str) {
+    pub(crate) fn record(&self, tier: Option<Tier>, outcome: Outcome) {
         if let Some(t) = tier {
             self.span.record("c3.tier", t.as_str());
             self.tier.store(Tier::index(tier), Ordering::Relaxed);
         }
-        self.span.record("c3.outcome", outcome);
-        self.outcome
-            .store(outcome_index(outcome), Ordering::Relaxed);
+        self.span.record("c3.outcome", outcome.as_str());
+        self.outcome.store(outcome.index(), Ordering::Relaxed);
     }
 
     /// Marks a failed operation; a successful one keeps what it recorded.
     pub(crate) fn record_result<T>(&self, r: &crate::Result<T>) {
         if r.is_err() {
-            self.record(None, "error");
+            self.record(None, Outcome::Error);
         }
     }
 
     /// Records `ok` or `error` with no tier (writes).
     pub(crate) fn record_done<T>(&self, r: &crate::Result<T>) {
-        self.record(None, if r.is_ok() { "ok" } else { "error" });
+        self.record(None, Outcome::of(r));
     }
 }
 
