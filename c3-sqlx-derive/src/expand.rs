@@ -24,15 +24,7 @@ fn duration(d: Option<std::time::Duration>) -> TokenStream {
 pub(crate) fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
     let (a, columns) = attrs::parse(input)?;
     let (keys, saved) = key_and_saved(&a, &columns);
-    let Sql {
-        table,
-        namespace,
-        select_by_key,
-        select_by_keys,
-        upsert,
-        delete,
-        trigger_key,
-    } = sql(&a, &columns, &keys, &saved);
+    let sql = sql(&a, &columns, &keys, &saved);
     let written: Vec<&Column> = keys.iter().chain(saved.iter()).copied().collect();
 
     let name = &input.ident;
@@ -45,12 +37,6 @@ pub(crate) fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
         bind_many: bind_keys,
     } = key_code(&keys);
     let written_idents: Vec<&syn::Ident> = written.iter().map(|c| &c.ident).collect();
-    let key_cols: Vec<&str> = keys.iter().map(|c| c.name.as_str()).collect();
-    let (ttl, fail_safe, negative_ttl) = (
-        duration(a.ttl),
-        duration(a.fail_safe),
-        duration(a.negative_ttl),
-    );
 
     let krate = match &a.krate {
         Some(path) => quote!(#path),
@@ -59,25 +45,12 @@ pub(crate) fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
             quote!(#path)
         }
     };
+    let entity_sql = sql.tokens(&krate, &a, &keys);
     Ok(quote! {
         impl #impl_generics #krate::Cached for #name #ty_generics #where_clause {
             type Key = #key_ty;
 
-            const ENTITY: #krate::Entity = #krate::__private::entity(
-                #krate::__private::EntitySql {
-                    namespace: #namespace,
-                    table: #table,
-                    key_columns: &[#(#key_cols),*],
-                    select_by_key: #select_by_key,
-                    select_by_keys: #select_by_keys,
-                    upsert: #upsert,
-                    delete: #delete,
-                    trigger_key: #trigger_key,
-                    ttl: #ttl,
-                    fail_safe: #fail_safe,
-                    negative_ttl: #negative_ttl,
-                },
-            );
+            const ENTITY: #krate::Entity = #krate::__private::entity(#entity_sql);
 
             fn key(&self) -> Self::Key {
                 #key_expr
@@ -196,6 +169,42 @@ fn sql(a: &attrs::Attrs, columns: &[Column], keys: &[&Column], saved: &[&Column]
         upsert,
         delete,
         trigger_key,
+    }
+}
+
+impl Sql {
+    /// The `EntitySql` value the generated impl hands to c3-sqlx.
+    fn tokens(&self, krate: &TokenStream, a: &attrs::Attrs, keys: &[&Column]) -> TokenStream {
+        let Sql {
+            table,
+            namespace,
+            select_by_key,
+            select_by_keys,
+            upsert,
+            delete,
+            trigger_key,
+        } = self;
+        let key_cols: Vec<&str> = keys.iter().map(|c| c.name.as_str()).collect();
+        let (ttl, fail_safe, negative_ttl) = (
+            duration(a.ttl),
+            duration(a.fail_safe),
+            duration(a.negative_ttl),
+        );
+        quote! {
+            #krate::__private::EntitySql {
+                namespace: #namespace,
+                table: #table,
+                key_columns: &[#(#key_cols),*],
+                select_by_key: #select_by_key,
+                select_by_keys: #select_by_keys,
+                upsert: #upsert,
+                delete: #delete,
+                trigger_key: #trigger_key,
+                ttl: #ttl,
+                fail_safe: #fail_safe,
+                negative_ttl: #negative_ttl,
+            }
+        }
     }
 }
 

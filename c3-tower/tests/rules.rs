@@ -11,20 +11,14 @@ use std::time::Duration;
 use c3_core::{Clock, ManualClock, MemoryServer};
 use c3_tower::C3CacheLayer;
 use support::origin::{DELIVERY, Origin, cache_status, cached, fetch, get, resp, send, stored};
-use support::{C3, ReqBody, node};
+use support::{ReqBody, clocked, node};
 
 const URL: &str = "http://app.test/item";
 
 #[tokio::test]
 async fn fresh_responses_are_served_from_the_cache_until_they_expire() {
-    let server = MemoryServer::new();
     let clock = ManualClock::new();
-    let c3 = C3::builder()
-        .memory(&server)
-        .clock(clock.clone())
-        .build()
-        .await
-        .unwrap();
+    let c3 = clocked(&clock).await;
     let origin = Origin::new(|_, n| resp(&[("cache-control", "max-age=60")], format!("v{n}")));
     let svc = cached(&c3, &origin);
 
@@ -65,14 +59,8 @@ async fn fresh_responses_are_served_from_the_cache_until_they_expire() {
 
 #[tokio::test]
 async fn age_expires_s_maxage_and_targeted_headers_set_freshness() {
-    let server = MemoryServer::new();
     let clock = ManualClock::new();
-    let c3 = C3::builder()
-        .memory(&server)
-        .clock(clock.clone())
-        .build()
-        .await
-        .unwrap();
+    let c3 = clocked(&clock).await;
     let now = httpdate::fmt_http_date(clock.now());
     let expires = httpdate::fmt_http_date(clock.now() + Duration::from_secs(30));
     let (now2, expires2) = (now.clone(), expires.clone());
@@ -397,14 +385,8 @@ async fn conditional_requests_get_304_from_the_cache() {
 
 #[tokio::test]
 async fn stale_entries_are_revalidated_with_validators_and_updated_by_304() {
-    let server = MemoryServer::new();
     let clock = ManualClock::new();
-    let c3 = C3::builder()
-        .memory(&server)
-        .clock(clock.clone())
-        .build()
-        .await
-        .unwrap();
+    let c3 = clocked(&clock).await;
     let origin = Origin::new(|parts, n| {
         if n > 0
             && parts
@@ -458,14 +440,8 @@ async fn stale_entries_are_revalidated_with_validators_and_updated_by_304() {
 
 #[tokio::test]
 async fn stale_while_revalidate_and_stale_if_error() {
-    let server = MemoryServer::new();
     let clock = ManualClock::new();
-    let c3 = C3::builder()
-        .memory(&server)
-        .clock(clock.clone())
-        .build()
-        .await
-        .unwrap();
+    let c3 = clocked(&clock).await;
     let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let f = failing.clone();
     let origin = Origin::new(move |parts, n| {

@@ -16,3 +16,13 @@ pub type ReqBody = http_body_util::Full<bytes::Bytes>;
 pub async fn node(server: &c3_core::MemoryServer) -> C3 {
     C3::builder().memory(server).build().await.unwrap()
 }
+
+/// A node on an in-process L2 of its own whose clock is `clock`.
+pub async fn clocked(clock: &c3_core::ManualClock) -> C3 {
+    C3::builder()
+        .memory(&c3_core::MemoryServer::new())
+        .clock(clock.clone())
+        .build()
+        .await
+        .unwrap()
+}
