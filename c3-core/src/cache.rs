@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use crate::backend::{Backend, bounded};
 use crate::breaker::{Breaker, BreakerConfig, Permit};
 use crate::builder::C3Builder;
-use crate::clock::{Clock, to_micros};
+use crate::clock::{Clock, unix_micros};
 use crate::coherency::{Coherency, Entry, ListenerState};
 use crate::entry::{Row, WriteItem};
 use crate::entry::{State, decode_row, typed_value};
@@ -274,7 +274,7 @@ impl C3 {
     }
 
     pub(crate) fn now_us(&self) -> u64 {
-        to_micros(self.inner.clock.now())
+        unix_micros(self.inner.clock.now())
     }
 
     fn check_open(&self) -> Result<()> {
@@ -421,14 +421,14 @@ impl C3 {
         if let Some(hook) = &self.inner.fill_hook {
             hook(key).await;
         }
-        let Some(row) = row.filter(|r| r.state(to_micros(now)) == State::Fresh) else {
+        let Some(row) = row.filter(|r| r.state(unix_micros(now)) == State::Fresh) else {
             Counters::inc(&self.inner.counters.l2_misses);
             op.record(Some(Tier::L2), Outcome::Miss);
             return Ok(None);
         };
         Counters::inc(&self.inner.counters.l2_hits);
         op.record(Some(Tier::L2), Outcome::Hit);
-        let (value, entry) = decode_row::<T>(key, row, to_micros(now))?;
+        let (value, entry) = decode_row::<T>(key, row, unix_micros(now))?;
         self.keep_read(key, token, entry);
         Ok(value)
     }
@@ -540,7 +540,7 @@ impl C3 {
             .l2("get_many", self.inner.backend.get_many(&miss_keys, now))
             .await?;
         let mut rows: HashMap<String, Row> = rows.into_iter().collect();
-        let now_us = to_micros(now);
+        let now_us = unix_micros(now);
         for (i, k, token) in missing {
             match rows.remove(k).filter(|r| r.state(now_us) == State::Fresh) {
                 Some(row) => {
@@ -805,8 +805,8 @@ impl C3 {
                 value: item.value,
                 encoding: item.encoding.to_owned(),
                 version,
-                fresh_until_us: item.fresh_until.map(to_micros),
-                stale_until_us: item.stale_until.map(to_micros),
+                fresh_until_us: item.fresh_until.map(unix_micros),
+                stale_until_us: item.stale_until.map(unix_micros),
             };
             // Round-trip through the encoding so L1 holds what peers will read.
             let (_, entry) = decode_row::<T>(&key, row, now_us)?;

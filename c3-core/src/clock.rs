@@ -36,7 +36,7 @@ impl ManualClock {
     #[must_use]
     pub fn new() -> Self {
         ManualClock {
-            micros: Arc::new(AtomicU64::new(to_micros(SystemTime::now()))),
+            micros: Arc::new(AtomicU64::new(unix_micros(SystemTime::now()))),
         }
     }
 
@@ -59,9 +59,11 @@ impl Clock for ManualClock {
     }
 }
 
-/// Microseconds since the Unix epoch, saturating at zero for earlier times.
-pub(crate) fn to_micros(t: SystemTime) -> u64 {
+/// Microseconds since the Unix epoch: the unit of every time c3 stores and
+/// sends (rows' `expires_at`, pushed values; see PROTOCOL.md). Saturates at
+/// zero for earlier times and at `u64::MAX` far in the future.
+#[must_use]
+pub fn unix_micros(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }

@@ -348,7 +348,7 @@ impl Coherency {
                 &self.counters.key_invalidations_received
             });
             let lag = n.sent_at_us.and_then(|sent| {
-                let now = crate::clock::to_micros(std::time::SystemTime::now());
+                let now = crate::clock::unix_micros(std::time::SystemTime::now());
                 now.checked_sub(sent).map(std::time::Duration::from_micros)
             });
             if let Some(lag) = lag {
@@ -383,7 +383,7 @@ impl Coherency {
         if !self.l1_configured {
             return;
         }
-        let now_us = crate::clock::to_micros(self.clock.now());
+        let now_us = crate::clock::unix_micros(self.clock.now());
         if p.stale_until_us <= now_us {
             return;
         }

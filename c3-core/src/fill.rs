@@ -33,7 +33,7 @@ use serde::de::DeserializeOwned;
 
 use crate::backend::Fence;
 use crate::cache::C3;
-use crate::clock::to_micros;
+use crate::clock::unix_micros;
 use crate::coherency::FillToken;
 use crate::entry::decode_row;
 use crate::entry::{Row, WriteItem};
@@ -349,8 +349,8 @@ where
         value: item.value,
         encoding: item.encoding.to_owned(),
         version: 0,
-        fresh_until_us: item.fresh_until.map(to_micros),
-        stale_until_us: item.stale_until.map(to_micros),
+        fresh_until_us: item.fresh_until.map(unix_micros),
+        stale_until_us: item.stale_until.map(unix_micros),
     };
     if let Ok((_, entry)) = decode_row::<T>(&item.key, row, c3.now_us()) {
         c3.coherency().fill(&item.key, token, entry);

@@ -115,7 +115,7 @@ pub use builder::C3Builder;
 #[cfg(feature = "test-util")]
 pub use builder::FillHook;
 pub use cache::{C3, SqlNames};
-pub use clock::{Clock, ManualClock, SystemClock};
+pub use clock::{Clock, ManualClock, SystemClock, unix_micros};
 pub use codec::Codec;
 pub use coherency::L1Eviction;
 pub use coherency::ListenerState;

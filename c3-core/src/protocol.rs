@@ -231,7 +231,7 @@ fn push_message(header: &str, item: &crate::entry::WriteItem, version: u64) -> O
     let micros = |t: Option<std::time::SystemTime>| {
         t.map_or_else(
             || "-".to_owned(),
-            |t| crate::clock::to_micros(t).to_string(),
+            |t| crate::clock::unix_micros(t).to_string(),
         )
     };
     let fresh = micros(item.fresh_until);

@@ -12,7 +12,7 @@ use std::time::SystemTime;
 
 use tokio::sync::broadcast;
 
-use crate::clock::to_micros;
+use crate::clock::unix_micros;
 use crate::entry::{Row, WriteItem};
 
 /// How many notifications a slow node may fall behind before it is treated
@@ -107,7 +107,7 @@ impl MemoryBackend {
     }
 
     pub(crate) fn get(&self, key: &str, now: SystemTime) -> Option<Row> {
-        let now = to_micros(now);
+        let now = unix_micros(now);
         self.server
             .lock()
             .rows
@@ -119,7 +119,7 @@ impl MemoryBackend {
     /// The memory server is one process under one lock: the version counter
     /// is the snapshot.
     pub(crate) fn get_for_load(&self, key: &str, now: SystemTime) -> (Option<Row>, super::Fence) {
-        let now = to_micros(now);
+        let now = unix_micros(now);
         let state = self.server.lock();
         let fence = super::Fence {
             snapshot: state.version.to_string(),
@@ -178,7 +178,7 @@ impl MemoryBackend {
     }
 
     pub(crate) fn get_many(&self, keys: &[&str], now: SystemTime) -> Vec<(String, Row)> {
-        let now = to_micros(now);
+        let now = unix_micros(now);
         let state = self.server.lock();
         keys.iter()
             .filter_map(|k| {
@@ -209,8 +209,8 @@ impl MemoryBackend {
                     value: item.value.clone(),
                     encoding: item.encoding.to_owned(),
                     version,
-                    fresh_until_us: item.fresh_until.map(to_micros),
-                    stale_until_us: item.stale_until.map(to_micros),
+                    fresh_until_us: item.fresh_until.map(unix_micros),
+                    stale_until_us: item.stale_until.map(unix_micros),
                 },
             );
             versions.push(version);
@@ -290,7 +290,7 @@ impl MemoryBackend {
     }
 
     pub(crate) fn sweep(&self, now: SystemTime) -> u64 {
-        let now = to_micros(now);
+        let now = unix_micros(now);
         let mut state = self.server.lock();
         let before = state.rows.len();
         state.rows.retain(|_, r| live(r, now));

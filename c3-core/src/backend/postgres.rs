@@ -10,7 +10,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::types::{ToSql, Type};
 
 use super::Durability;
-use crate::clock::to_micros;
+use crate::clock::unix_micros;
 use crate::entry::{Row, WriteItem};
 use crate::error::{Error, Result};
 use crate::key::quote_ident;
@@ -651,7 +651,7 @@ impl Drop for LoadLock {
 }
 
 fn time_us(t: Option<SystemTime>) -> Option<u64> {
-    t.map(to_micros)
+    t.map(unix_micros)
 }
 
 fn row_from(r: &tokio_postgres::Row, offset: usize) -> Result<Row> {
@@ -1035,7 +1035,7 @@ impl PgBackend {
             return Ok((None, fence));
         }
         let row = row_from(&r, 1)?;
-        let now_us = crate::clock::to_micros(now);
+        let now_us = crate::clock::unix_micros(now);
         let live = row
             .stale_until_us
             .or(row.fresh_until_us)

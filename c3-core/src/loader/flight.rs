@@ -17,7 +17,7 @@ use crate::backend::Fence;
 use crate::backend::postgres::LoadLock;
 use crate::breaker::{Breaker, Permit};
 use crate::cache::C3;
-use crate::clock::to_micros;
+use crate::clock::unix_micros;
 use crate::coherency::FillToken;
 use crate::entry::WriteItem;
 use crate::entry::{ENCODING_ABSENT, State, decode_row};
@@ -300,7 +300,7 @@ where
     async fn read_l2(&mut self, token: Option<FillToken>) -> L2Read<T> {
         let (c3, key) = (self.c3, self.key);
         let now = c3.now();
-        let now_us = to_micros(now);
+        let now_us = unix_micros(now);
         let Ok((row, f)) = c3.l2("get", c3.backend().get_for_load(key, now)).await else {
             return L2Read::Nothing;
         };

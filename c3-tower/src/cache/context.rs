@@ -36,7 +36,7 @@ impl<P> Ctx<P> {
     }
 
     pub(crate) fn now_us(&self) -> u64 {
-        super::freshness::micros(self.c3().now())
+        c3_core::unix_micros(self.c3().now())
     }
 }
 

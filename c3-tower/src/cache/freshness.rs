@@ -59,12 +59,6 @@ pub(crate) fn age_value(h: &HeaderMap) -> u64 {
     first.parse::<u64>().map_or(1 << 31, |a| a.min(1 << 31))
 }
 
-/// µs since the Unix epoch (0 before it).
-pub(crate) fn micros(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
-}
-
 pub(crate) fn secs_since_epoch(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }

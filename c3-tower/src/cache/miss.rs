@@ -39,7 +39,7 @@ use tower_service::Service;
 use super::body::{C3Body, Capture};
 use super::cache_control::C3_CACHE_CONTROL;
 use super::context::{Ctx, forwarded};
-use super::freshness::{self, Storage, micros};
+use super::freshness::{self, Storage};
 use super::key::{RequestUri, selection, user_tag, variant_key};
 use super::lookup::{Found, find};
 use super::policy::Policy;
@@ -48,6 +48,7 @@ use super::serve::serve;
 use super::service::Shared;
 use super::status::{CACHE_STATUS, CacheStatus, Fwd};
 use super::stored::{Entry, StoredResponse};
+use c3_core::unix_micros;
 
 /// Hop-by-hop headers: never stored, never replayed (RFC 9110 §7.6.1).
 pub(crate) const HOP_BY_HOP: [&str; 8] = [
@@ -261,7 +262,7 @@ where
             code,
             stored_headers,
             body,
-            micros(response_time),
+            unix_micros(response_time),
             &storage,
             selected,
         ));

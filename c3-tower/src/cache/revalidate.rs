@@ -19,13 +19,14 @@ use tower_service::Service;
 use super::body::C3Body;
 use super::cache_control::Directives;
 use super::context::{CacheBody, Ctx, RequestBody, Upstream, call_ready};
-use super::freshness::{self, Storage, micros};
+use super::freshness::{self, Storage};
 use super::miss::{HOP_BY_HOP, LeaderGuard, get_parts, store_entry, store_response};
 use super::policy::Policy;
 use super::reuse::{self, Reuse};
 use super::serve::serve;
 use super::status::{CacheStatus, Fwd};
 use super::stored::StoredResponse;
+use c3_core::unix_micros;
 
 /// Revalidates `stored` (under `key`, `age` seconds old) before answering.
 pub(crate) async fn revalidate<S, P, ReqBody, ResBody>(
@@ -268,7 +269,7 @@ fn refreshed(
             stored.status,
             headers,
             stored.body.clone(),
-            micros(response_time),
+            unix_micros(response_time),
             &storage,
             stored.selected.clone(),
         ),
