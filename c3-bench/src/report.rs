@@ -133,10 +133,16 @@ fn targets(r: &Report) -> Vec<(String, String, Option<bool>)> {
         ));
     }
     for (n, limit) in [(8, 3000.0), (32, 5000.0)] {
-        let p = r
-            .coherency
-            .iter()
-            .find(|p| p.system.starts_with("c3") && p.listeners == n && p.target_rate == "1000/s");
+        // The series that drove the rate asked, if one did (several writers
+        // where one could not); else the single writer's.
+        let runs = || {
+            r.coherency.iter().filter(|p| {
+                p.system.starts_with("c3") && p.listeners == n && p.target_rate == "1000/s"
+            })
+        };
+        let p = runs()
+            .find(|p| p.achieved_rate >= 950.0)
+            .or_else(|| runs().next());
         t.push((
             format!(
                 "propagation p99 ≤ {} ms at 1,000 writes/s with {n} listeners",
@@ -148,9 +154,11 @@ fn targets(r: &Report) -> Vec<(String, String, Option<bool>)> {
                 || "not run (--quick)".into(),
                 |p| {
                     format!(
-                        "p99 {:.2} ms at an achieved {:.0} writes/s",
+                        "p99 {:.2} ms at an achieved {:.0} writes/s ({} writer{})",
                         p.p99_us / 1000.0,
-                        p.achieved_rate
+                        p.achieved_rate,
+                        p.writers,
+                        if p.writers == 1 { "" } else { "s" }
                     )
                 },
             ),
@@ -273,8 +281,9 @@ fn markdown(r: &Report, took: Duration) -> String {
         md,
         "\n## Invalidation propagation\n\nFrom the writer issuing a write (so including its commit) to the listener \
          applying it; the last lag column counts from the writer seeing its commit acknowledged instead. \
-         A single sequential writer; `max` is as fast as it can commit.\n\n\
-         | system | listeners | target | achieved/s | deliveries | lost | p50 µs | p99 µs | max µs | p99 after ack µs | stale reads |\n|---|---|---|---|---|---|---|---|---|---|---|"
+         One writer, or several on the writer node where one could not drive the rate asked (their writes \
+         share commits and notifications); `max` is as fast as they can commit.\n\n\
+         | system | listeners | writers | target | achieved/s | deliveries | lost | p50 µs | p99 µs | max µs | p99 after ack µs | stale reads |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for p in &r.coherency {
         let stale = match (p.stale_reads, p.reads_checked) {
@@ -283,9 +292,10 @@ fn markdown(r: &Report, took: Duration) -> String {
         };
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {:.0} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {stale} |",
+            "| {} | {} | {} | {} | {:.0} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {stale} |",
             p.system,
             p.listeners,
+            p.writers,
             p.target_rate,
             p.achieved_rate,
             p.deliveries,
