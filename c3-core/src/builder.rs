@@ -15,9 +15,9 @@ use crate::cache::{C3, Inner, Limits, SqlNames};
 use crate::clock::{Clock, SystemClock};
 use crate::coherency::{Coherency, L1Eviction, L1Settings, ListenerState};
 use crate::error::{Error, Result};
+use crate::flights::Flights;
 use crate::key::{MAX_KEY_BYTES_LIMIT, validate_ident};
 use crate::listener::{self, ListenerSettings};
-use crate::loader::flights::Flights;
 use crate::protocol::valid_node_id;
 use crate::stats::Counters;
 

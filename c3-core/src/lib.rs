@@ -93,6 +93,7 @@ mod entry;
 mod error;
 mod events;
 mod fill;
+mod flights;
 #[cfg(fuzzing)]
 #[doc(hidden)]
 pub mod fuzzing;

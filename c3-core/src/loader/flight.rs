@@ -12,7 +12,6 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
 use super::LoadOptions;
-use super::flights::{Answer, Joined, Slot};
 use crate::backend::Fence;
 use crate::backend::postgres::LoadLock;
 use crate::breaker::{Breaker, Permit};
@@ -23,6 +22,7 @@ use crate::entry::WriteItem;
 use crate::entry::{ENCODING_ABSENT, State, decode_row};
 use crate::error::{Error, Repr};
 use crate::fill::Fill;
+use crate::flights::{Answer, Joined, Slot};
 use crate::stats::Counters;
 use crate::tier::Tier;
 

@@ -15,9 +15,7 @@
 //! refresh can run with nobody waiting at all.
 
 mod flight;
-pub(crate) mod flights;
-
-use flights::Answer;
+use crate::flights::Answer;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -1,5 +1,7 @@
-//! The node's registry of loads in flight and of the loaders' circuit
-//! breakers: who joins which load, and when a caller must start its own.
+//! The loader's registry (see `crate::loader`): this node's loads in flight
+//! and the loaders' circuit breakers — who joins which load, and when a
+//! caller must start its own. Apart from the loader so that the node's state
+//! can own it without importing the loader (which works on that state).
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -13,7 +15,7 @@ use crate::error::Error;
 use crate::tier::Tier;
 
 /// What a flight publishes to its waiters.
-pub(super) enum Answer<T> {
+pub(crate) enum Answer<T> {
     Value(Arc<T>, Tier),
     Absent,
     Failed(Arc<Error>),
@@ -30,7 +32,7 @@ impl<T> Clone for Answer<T> {
 }
 
 /// What a waiter holds: the flight's outcome, once published.
-pub(super) type Slot<T> = watch::Receiver<Option<Answer<T>>>;
+pub(crate) type Slot<T> = watch::Receiver<Option<Answer<T>>>;
 
 /// In-flight loads of this node, by key, and the breaker of each source.
 #[derive(Default)]
@@ -46,7 +48,7 @@ type Registered = (Arc<dyn Any + Send + Sync>, FillToken);
 
 impl Flights {
     /// The breaker for `source`, created with `config` on first use.
-    pub(super) fn breaker(&self, source: &Arc<str>, config: BreakerConfig) -> Arc<Breaker> {
+    pub(crate) fn breaker(&self, source: &Arc<str>, config: BreakerConfig) -> Arc<Breaker> {
         Arc::clone(
             self.breakers
                 .lock()
@@ -62,7 +64,7 @@ impl Flights {
     /// then the new one runs unregistered rather than wait on a value it
     /// could not use. One lock for the check and the registration, so two
     /// callers cannot both start a flight a third would then miss.
-    pub(super) fn join_or_register<T: Send + Sync + 'static>(
+    pub(crate) fn join_or_register<T: Send + Sync + 'static>(
         &self,
         key: &str,
         joinable: impl Fn(FillToken) -> bool,
@@ -85,7 +87,7 @@ impl Flights {
     }
 
     /// Removes `key`'s flight if it is still the one `marker` registered.
-    pub(super) fn finished(&self, key: &str, marker: &Arc<dyn Any + Send + Sync>) {
+    pub(crate) fn finished(&self, key: &str, marker: &Arc<dyn Any + Send + Sync>) {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         if map.get(key).is_some_and(|(m, _)| Arc::ptr_eq(m, marker)) {
             map.remove(key);
@@ -103,7 +105,7 @@ impl Flights {
     }
 
     /// The state of `source`'s breaker (`Closed` if it has never been used).
-    pub(super) fn breaker_state(&self, source: &str) -> BreakerState {
+    pub(crate) fn breaker_state(&self, source: &str) -> BreakerState {
         self.breakers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -114,7 +116,7 @@ impl Flights {
 
 /// What [`Flights::join_or_register`] decided: join this flight, or run a new
 /// one publishing on the sender (its marker identifies it in the map).
-pub(super) enum Joined<T> {
+pub(crate) enum Joined<T> {
     Existing(Slot<T>),
     New(
         watch::Sender<Option<Answer<T>>>,
