@@ -147,16 +147,7 @@ impl VersionedOrigin {
         body
     }
 
-    pub fn service(
-        &self,
-    ) -> impl Service<
-        Request<Body>,
-        Response = Response<Full<Bytes>>,
-        Error = Infallible,
-        Future: Send,
-    > + Clone
-    + Send
-    + 'static {
+    pub fn service(&self) -> impl OriginService {
         let o = self.clone();
         tower::service_fn(move |req: Request<Body>| {
             let o = o.clone();

@@ -77,16 +77,7 @@ impl Origin {
         self.seen.lock().unwrap()[n].clone()
     }
 
-    pub fn service(
-        &self,
-    ) -> impl Service<
-        Request<ReqBody>,
-        Response = Response<Full<Bytes>>,
-        Error = Infallible,
-        Future: Send,
-    > + Clone
-    + Send
-    + 'static {
+    pub fn service(&self) -> impl OriginService {
         let o = self.clone();
         tower::service_fn(move |req: Request<ReqBody>| {
             let (parts, _) = req.into_parts();
@@ -96,6 +87,27 @@ impl Origin {
             async move { Ok::<_, Infallible>(res) }
         })
     }
+}
+
+/// What a test origin is: a cloneable service answering whole bodies.
+pub trait OriginService:
+    Service<Request<ReqBody>, Response = Response<Full<Bytes>>, Error = Infallible, Future: Send>
+    + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S> OriginService for S where
+    S: Service<
+            Request<ReqBody>,
+            Response = Response<Full<Bytes>>,
+            Error = Infallible,
+            Future: Send,
+        > + Clone
+        + Send
+        + 'static
+{
 }
 
 /// A response builder shortcut: status 200, the given headers and body.
