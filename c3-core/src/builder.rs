@@ -761,7 +761,15 @@ impl C3Builder {
             Source::Postgres(parsed) => {
                 let (mut cfg, tls) = *parsed;
                 let app: String = format!("c3-pool {node_id}").chars().take(63).collect();
-                cfg.application_name(&app);
+                // A request stuck in a dead link must not reach the server
+                // long after its caller was told it failed: the kernel
+                // aborts a connection whose data stays unacknowledged this
+                // long (PROTOCOL.md §2, "Bounded transactions"), and
+                // keepalives find a silent peer between operations.
+                cfg.application_name(&app)
+                    .keepalives(true)
+                    .keepalives_idle(self.heartbeat_interval.max(Duration::from_secs(1)))
+                    .tcp_user_timeout((self.op_timeout / 2).max(Duration::from_secs(1)));
                 let connector = tls
                     .connector(self.tls_config.as_ref(), "the pool")
                     .map_err(Error::config)?;

@@ -489,6 +489,14 @@ impl Coherency {
         self.l1.invalidate(key);
     }
 
+    /// The highest version this node has applied, committed or read.
+    pub(crate) fn highest_version(&self) -> u64 {
+        (0..STRIPES)
+            .map(|i| self.lock(i).max_version)
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Drops all of L1 and every fill in flight.
     pub(crate) fn purge(&self) {
         self.void_fills(true);

@@ -26,6 +26,7 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{Notify, oneshot};
+use tokio::time::Instant;
 
 use crate::backend::Backend;
 use crate::entry::WriteItem;
@@ -40,6 +41,8 @@ const MAX_BATCH: usize = 256;
 struct Pending {
     items: Vec<WriteItem>,
     header: String,
+    /// When this write's caller stops waiting (its L2 deadline).
+    deadline: Instant,
     done: oneshot::Sender<Result<Vec<u64>>>,
 }
 
@@ -66,11 +69,15 @@ impl Combiner {
         header: String,
     ) -> Result<Vec<u64>> {
         let (done, rx) = oneshot::channel();
+        // Called under `C3::l2`, whose deadline is in scope.
+        let deadline = crate::backend::deadline()
+            .unwrap_or_else(|| Instant::now() + std::time::Duration::from_secs(60));
         let start = {
             let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
             q.pending.push_back(Pending {
                 items,
                 header,
+                deadline,
                 done,
             });
             let start = q.flushers < FLUSHERS;
@@ -153,9 +160,21 @@ impl Combiner {
             held: true,
         };
         while let Some(batch) = self.take_or_release(&mut guard) {
+            // A write whose caller has gone (cancelled, or past its
+            // deadline: told "timed out") is not sent: it must never commit
+            // after its caller was told it failed.
+            let now = Instant::now();
+            let batch = still_awaited(batch, now);
+            let Some(deadline) = batch.iter().map(|p| p.deadline).min() else {
+                continue;
+            };
             let header = batch.last().map(|p| p.header.clone()).unwrap_or_default();
             let items: Vec<WriteItem> = batch.iter().flat_map(|p| p.items.clone()).collect();
-            match backend.set(&items, &header).await {
+            // The batch runs under its earliest caller's deadline: it
+            // commits before every one of its callers stops waiting, or
+            // never (see `backend::postgres::begin_sql`).
+            let set = backend.set(&items, &header);
+            match crate::backend::bounded_until("set", deadline, deadline - now, set).await {
                 Ok(versions) => {
                     let mut rest = versions.as_slice();
                     for p in batch {
@@ -173,6 +192,14 @@ impl Combiner {
             }
         }
     }
+}
+
+/// The writes of `batch` whose callers still wait for them at `now`.
+fn still_awaited(batch: Vec<Pending>, now: Instant) -> Vec<Pending> {
+    batch
+        .into_iter()
+        .filter(|p| !p.done.is_closed() && p.deadline > now)
+        .collect()
 }
 
 /// A flusher's slot in the queue's count, released on drop if still held.
@@ -224,6 +251,7 @@ mod tests {
                 q.pending.push_back(Pending {
                     items: keys.iter().map(|k| item(k)).collect(),
                     header: String::new(),
+                    deadline: Instant::now() + std::time::Duration::from_secs(60),
                     done: oneshot::channel().0,
                 });
             }
@@ -250,6 +278,28 @@ mod tests {
         assert_eq!(keys(&c.take().unwrap()), ["a", "d"]);
         assert!(c.take().is_none());
         assert_eq!(c.queue.lock().unwrap().flushers, 0, "the slot is released");
+    }
+
+    #[test]
+    fn writes_whose_callers_have_gone_are_not_sent() {
+        let now = Instant::now();
+        let pending = |key: &str, deadline: Instant| {
+            let (done, rx) = oneshot::channel();
+            let p = Pending {
+                items: vec![item(key)],
+                header: String::new(),
+                deadline,
+                done,
+            };
+            (p, rx)
+        };
+        let later = now + std::time::Duration::from_secs(1);
+        let (waiting, _rx1) = pending("waiting", later);
+        let (cancelled, rx2) = pending("cancelled", later);
+        drop(rx2);
+        let (expired, _rx3) = pending("expired", now);
+        let kept = still_awaited(vec![waiting, cancelled, expired], now);
+        assert_eq!(keys(&kept), ["waiting"]);
     }
 
     #[test]

@@ -117,6 +117,21 @@ pub(crate) enum Repr {
     Shared(std::sync::Arc<Error>),
 }
 
+/// Whether PostgreSQL ended a statement for one of the bounds c3 sets on
+/// its transactions: `statement_timeout` (57014), `lock_timeout` (55P03),
+/// `idle_in_transaction_session_timeout` (25P03).
+fn server_timeout(e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    e.code().is_some_and(|c| {
+        [
+            SqlState::QUERY_CANCELED,
+            SqlState::LOCK_NOT_AVAILABLE,
+            SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT,
+        ]
+        .contains(c)
+    })
+}
+
 impl Error {
     pub(crate) fn new(repr: Repr) -> Self {
         Error(Box::new(repr))
@@ -166,6 +181,9 @@ impl Error {
             | Repr::DecodeWith { .. } => ErrorKind::Decode,
             Repr::EncodeWith { .. } => ErrorKind::Encode,
             Repr::Timeout { .. } => ErrorKind::Timeout,
+            // The server's own bound on a c3 transaction fired (they sit
+            // below the caller's deadline): to the caller, a timeout.
+            Repr::Postgres { source, .. } if server_timeout(source) => ErrorKind::Timeout,
             Repr::Postgres { .. } | Repr::Pool { .. } | Repr::Unexpected { .. } => {
                 ErrorKind::Backend
             }

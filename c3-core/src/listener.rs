@@ -190,7 +190,7 @@ async fn catch_up(
             return None;
         }
     };
-    match replay::decide(mark.as_ref(), &seen, replay) {
+    match replay::decide(mark.as_ref(), &seen, replay, coherency.highest_version()) {
         Decision::Warm(changed) => {
             coherency.resume(&changed);
             Counters::inc(&coherency.counters.warm_reconnects);

@@ -87,6 +87,8 @@ pub(crate) struct Observed {
     pub(crate) server: Server,
     /// Keys changed since the mark given (`None`: no mark was given).
     pub(crate) changed: Option<Vec<String>>,
+    /// The version sequence's last value.
+    pub(crate) sequence: u64,
 }
 
 /// What to do with L1 after a reconnect.
@@ -129,11 +131,18 @@ pub(crate) async fn observe(
         changed: row
             .try_get(5)
             .map_err(|e| format!("the replay query's keys: {e}"))?,
+        sequence: text(6)?.parse().unwrap_or(0),
     })
 }
 
-/// Whether the log proves what this node missed since `mark`.
-pub(crate) fn decide(mark: Option<&Mark>, seen: &Observed, replay: &Replay) -> Decision {
+/// Whether the log proves what this node missed since `mark`; `highest`
+/// is the highest version this node has applied.
+pub(crate) fn decide(
+    mark: Option<&Mark>,
+    seen: &Observed,
+    replay: &Replay,
+    highest: u64,
+) -> Decision {
     let Some(mark) = mark else {
         return Decision::Purge("no mark yet");
     };
@@ -142,6 +151,12 @@ pub(crate) fn decide(mark: Option<&Mark>, seen: &Observed, replay: &Replay) -> D
     }
     if mark.server.system != seen.server.system || mark.server.timeline != seen.server.timeline {
         return Decision::Purge("another cluster or timeline (a failover?)");
+    }
+    if seen.sequence < highest {
+        // The server hands out versions this node has already seen: it
+        // lost commits this node heard of (a failover with asynchronous
+        // replication). Later writes would look older than L1's copies.
+        return Decision::Purge("the version sequence is behind this node (another history)");
     }
     if seen.server.unlogged && mark.server.started != seen.server.started {
         return Decision::Purge("the server restarted and the table is unlogged");
@@ -197,7 +212,24 @@ mod tests {
             snapshot: "10:10:".into(),
             server,
             changed: Some(changed.iter().map(|s| (*s).to_owned()).collect()),
+            sequence: 100,
         }
+    }
+
+    /// `decide` for a node whose highest version seen is 100.
+    fn dec(mark: Option<&Mark>, seen: &Observed, replay: &Replay) -> Decision {
+        decide(mark, seen, replay, 100)
+    }
+
+    #[test]
+    fn a_sequence_behind_what_the_node_has_seen_purges() {
+        let s = server("1", "1", "t0", false);
+        let mut behind = seen(s.clone(), &["a"]);
+        behind.sequence = 99;
+        assert!(matches!(
+            dec(Some(&mark(s)), &behind, &replay()),
+            Decision::Purge(_)
+        ));
     }
 
     fn mark(server: Server) -> Mark {
@@ -211,13 +243,13 @@ mod tests {
     #[test]
     fn the_same_history_replays_exactly_the_changed_keys() {
         let s = server("1", "1", "t0", false);
-        let d = decide(Some(&mark(s.clone())), &seen(s, &["a", "b"]), &replay());
+        let d = dec(Some(&mark(s.clone())), &seen(s, &["a", "b"]), &replay());
         assert_eq!(d, Decision::Warm(vec!["a".into(), "b".into()]));
     }
 
     #[test]
     fn a_logged_table_survives_a_restart() {
-        let d = decide(
+        let d = dec(
             Some(&mark(server("1", "1", "t0", false))),
             &seen(server("1", "1", "t1", false), &["a"]),
             &replay(),
@@ -230,29 +262,29 @@ mod tests {
         let s = server("1", "1", "t0", false);
         let r = replay();
         let purged = |d: Decision| matches!(d, Decision::Purge(_));
-        assert!(purged(decide(None, &seen(s.clone(), &[]), &r)));
-        assert!(purged(decide(
+        assert!(purged(dec(None, &seen(s.clone(), &[]), &r)));
+        assert!(purged(dec(
             Some(&mark(s.clone())),
             &seen(server("2", "1", "t0", false), &[]),
             &r
         )));
-        assert!(purged(decide(
+        assert!(purged(dec(
             Some(&mark(s.clone())),
             &seen(server("1", "2", "t0", false), &[]),
             &r
         )));
         let unlogged = server("1", "1", "t0", true);
-        assert!(purged(decide(
+        assert!(purged(dec(
             Some(&mark(unlogged)),
             &seen(server("1", "1", "t1", true), &[]),
             &r
         )));
-        assert!(purged(decide(
+        assert!(purged(dec(
             Some(&mark(s.clone())),
             &seen(s.clone(), &["a", "b", "c", "d"]),
             &r
         )));
-        assert!(purged(decide(
+        assert!(purged(dec(
             Some(&mark(s.clone())),
             &seen(s.clone(), &["a", ""]),
             &r
@@ -260,7 +292,7 @@ mod tests {
         let mut old = mark(s.clone());
         if let Some(at) = Instant::now().checked_sub(Duration::from_secs(61)) {
             old.at = at;
-            assert!(purged(decide(Some(&old), &seen(s, &[]), &r)));
+            assert!(purged(dec(Some(&old), &seen(s, &[]), &r)));
         }
     }
 }

@@ -7,6 +7,11 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The invalidation function needs each statement to see what committed
+/// before it (PROTOCOL.md, "Isolation"); say so whatever the database's or
+/// role's default isolation is.
+const BEGIN: &str = "BEGIN ISOLATION LEVEL READ COMMITTED";
+
 use c3_core::{C3, LoadOptions};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -241,7 +246,7 @@ impl<T: Cached> Repository<T> {
     pub async fn save(&self, value: &T) -> Result<(), Error> {
         let ck = T::cache_key(&value.key());
         self.c3.validate_key(&ck)?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with(BEGIN).await?;
         value
             .bind_save(sqlx::query(T::ENTITY.upsert))
             .execute(&mut *tx)
@@ -261,7 +266,7 @@ impl<T: Cached> Repository<T> {
     pub async fn delete(&self, key: &T::Key) -> Result<bool, Error> {
         let ck = T::cache_key(key);
         self.c3.validate_key(&ck)?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with(BEGIN).await?;
         let n = T::bind_key(sqlx::query(T::ENTITY.delete), key)
             .execute(&mut *tx)
             .await?

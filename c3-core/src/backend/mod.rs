@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::clock::Clock;
 use crate::entry::{Row, WriteItem};
@@ -46,13 +47,39 @@ pub(crate) enum Backend {
     Memory(memory::MemoryBackend),
 }
 
+tokio::task_local! {
+    /// When the caller of the L2 operation running in this task stops
+    /// waiting. Set in one place, [`bounded_until`], which every L2 call
+    /// passes; the PostgreSQL backend derives the server's own bounds from
+    /// it, so that nothing it sends can commit after the caller was told
+    /// the operation failed (PROTOCOL.md §2, "Bounded transactions").
+    static DEADLINE: Instant;
+}
+
+/// The deadline of the L2 operation running in this task, if any.
+pub(crate) fn deadline() -> Option<Instant> {
+    DEADLINE.try_with(|d| *d).ok()
+}
+
 /// Bounds an L2 call so a dead or blackholed server yields a typed error, not a hang.
 pub(crate) async fn bounded<T>(
     op: &'static str,
     after: Duration,
     fut: impl Future<Output = Result<T>>,
 ) -> Result<T> {
-    match tokio::time::timeout(after, fut).await {
+    bounded_until(op, Instant::now() + after, after, fut).await
+}
+
+/// [`bounded`] with the deadline given: the caller is told "timed out"
+/// (`after` is what the message reports) at `deadline`, and the call runs
+/// with that deadline in scope.
+pub(crate) async fn bounded_until<T>(
+    op: &'static str,
+    deadline: Instant,
+    after: Duration,
+    fut: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    match tokio::time::timeout_at(deadline, DEADLINE.scope(deadline, fut)).await {
         Ok(r) => r,
         Err(_) => Err(Error::timeout(op, after)),
     }

@@ -48,11 +48,115 @@ static TRY_ADVISORY_XACT_LOCK: std::sync::LazyLock<Q> = std::sync::LazyLock::new
     )
 });
 
-/// A pooled connection, or a transaction on one: where a statement runs.
-#[derive(Clone, Copy)]
-enum Via<'a> {
-    Client(&'a deadpool_postgres::Object),
-    Tx(&'a deadpool_postgres::Transaction<'a>),
+/// The least time an operation must have left for c3 to send anything:
+/// below it, the server's bounds could not sit below the caller's deadline.
+const LEAST_LEFT: Duration = Duration::from_millis(3);
+
+/// How long a transaction may take when no deadline is in scope (only
+/// start-up's schema step, which runs its own timeout).
+const NO_DEADLINE: Duration = Duration::from_secs(60);
+
+/// The time the running L2 operation has left (see `backend::deadline`);
+/// an error, and nothing sent, when it has none.
+fn time_left(op: &'static str) -> Result<Duration> {
+    let Some(deadline) = super::deadline() else {
+        return Ok(NO_DEADLINE);
+    };
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    if left < LEAST_LEFT {
+        return Err(Error::timeout(op, left));
+    }
+    Ok(left)
+}
+
+fn millis(d: Duration) -> u128 {
+    d.as_millis().max(1)
+}
+
+/// The server-side bounds of one c3 transaction (PROTOCOL.md §2, "Bounded
+/// transactions"). A transaction begun at `t` with `left` to its caller's
+/// deadline runs every statement — its lock waits included — for at most
+/// `left / 3`, and is ended by the server if it sits idle (its client
+/// frozen or gone) for `left / 3`. A transaction sent in one round trip
+/// (statements then COMMIT, pipelined) therefore commits by `t + 2·left/3`
+/// or never; one of several round trips re-bounds its COMMIT to half the
+/// time left when it sends it (`commit_sql`), and sends none when no time
+/// is left. The caller is told "timed out" at its deadline: by then the
+/// transaction has committed, or it never will.
+///
+/// Isolation is explicit: every "a later statement sees what committed
+/// meanwhile" step of the protocol needs READ COMMITTED, whatever the
+/// database's or role's `default_transaction_isolation` says.
+fn begin_sql(op: &'static str, lock_wait: Option<Duration>) -> Result<String> {
+    let each = time_left(op)? / 3;
+    let lock = lock_wait.map_or(each, |l| l.min(each));
+    Ok(format!(
+        "BEGIN ISOLATION LEVEL READ COMMITTED; \
+SET LOCAL statement_timeout = '{}ms'; SET LOCAL lock_timeout = '{}ms'; \
+SET LOCAL idle_in_transaction_session_timeout = '{}ms'",
+        millis(each),
+        millis(lock),
+        millis(each)
+    ))
+}
+
+/// The COMMIT of a transaction of several round trips, bounded by the time
+/// its caller has left now; an error (and no COMMIT: the session is then
+/// closed, which rolls the transaction back) when none is left.
+fn commit_sql(op: &'static str) -> Result<String> {
+    let left = time_left(op)?;
+    Ok(format!(
+        "SET LOCAL statement_timeout = '{}ms'; COMMIT",
+        millis(left / 2)
+    ))
+}
+
+/// One operation's pooled connection.
+///
+/// It goes back to the pool only through [`done`](Self::done). Dropped
+/// before that — the caller timed out or was cancelled while a statement
+/// ran, or a statement failed mid-transaction — it is detached from the
+/// pool and closed: a connection with a request in flight must not serve
+/// anyone else, and closing is how c3 cancels what its caller left
+/// running (the server rolls back a transaction whose client is gone when
+/// it next reads from it, or when the transaction's own bounds fire,
+/// whichever comes first).
+struct Session {
+    conn: Option<deadpool_postgres::Object>,
+}
+
+impl Session {
+    /// The operation is over and the connection is idle, outside any
+    /// transaction: it may serve the next one.
+    fn done(mut self) {
+        drop(self.conn.take());
+    }
+}
+
+impl std::ops::Deref for Session {
+    type Target = deadpool_postgres::Object;
+
+    fn deref(&self) -> &Self::Target {
+        self.conn.as_ref().expect("present until done or drop")
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            // Detached, the client is dropped here, and with it the task
+            // driving its socket: the connection closes now.
+            drop(deadpool_postgres::Object::take(conn));
+        }
+    }
+}
+
+/// A statement ready to send: prepared on this session already (so that
+/// sending it takes no round trip of its own and pipelined statements go
+/// out in the order given), or unnamed (see [`Q`]).
+struct Ready<'a> {
+    q: &'a Q,
+    stmt: Option<tokio_postgres::Statement>,
 }
 
 /// `pg_notify` for each payload.
@@ -69,6 +173,7 @@ struct Sql {
     set_many_notify: Q,
     delete: Q,
     clear: String,
+    sweep_record: Q,
     sweep: Q,
     tags_replace: Q,
     tags_insert: Q,
@@ -95,19 +200,27 @@ pub(crate) fn migration_sql(schema: &str, table: &str, durability: Durability) -
 /// node's mark; NULL: identity only) — rows written (their `xid`) and
 /// deletions recorded (`''`: a clear) — at most `$2` of them. `$3` is the
 /// table's qualified name, for its persistence.
+///
+/// The timeline is the live one — the first eight hex digits of the name
+/// of the WAL segment being written — not `pg_control_checkpoint()`'s,
+/// which keeps the old timeline until the first checkpoint after a
+/// promotion. The version sequence's last value comes last: below a
+/// version this node has seen, it is another history.
 pub(crate) fn replay_sql(schema: &str, table: &str) -> String {
     let q = |name: &str| format!("{}.{}", quote_ident(schema), quote_ident(name));
     let (t, deleted) = (q(table), q(&format!("{table}_deleted")));
+    let seq = q(&format!("{table}_version_seq"));
     format!(
         "SELECT pg_current_snapshot()::text, \
 (SELECT system_identifier::text FROM pg_control_system()), \
-(SELECT timeline_id::text FROM pg_control_checkpoint()), \
+substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8), \
 pg_postmaster_start_time()::text, \
 (SELECT relpersistence::text FROM pg_class WHERE oid = to_regclass($3)), \
 CASE WHEN $1::text IS NULL THEN NULL ELSE ARRAY(\
 SELECT key FROM {t} WHERE xid IS NOT NULL AND NOT pg_visible_in_snapshot(xid, $1::text::pg_snapshot) \
 UNION SELECT key FROM {deleted} WHERE NOT pg_visible_in_snapshot(xid, $1::text::pg_snapshot) \
-LIMIT $2) END"
+LIMIT $2) END, \
+coalesce(pg_sequence_last_value(to_regclass('{seq}')), 0)::text"
     )
 }
 
@@ -126,7 +239,7 @@ const SHORT_KEY: usize = 200;
 
 /// How long a fill waits for a deletion of its keys or tags in progress
 /// before giving up (and storing nothing).
-const FILL_LOCK_TIMEOUT: &str = "SET LOCAL lock_timeout = '100ms'";
+const FILL_LOCK_WAIT: Duration = Duration::from_millis(100);
 
 pub(crate) const NOTIFY: &str = "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p";
 
@@ -245,30 +358,54 @@ CREATE OR REPLACE FUNCTION {inv}(channel text, keys text[], tags text[] DEFAULT 
 RETURNS bigint LANGUAGE plpgsql AS $c3$
 DECLARE
     ks text[];
+    gone text[];
     v bigint;
     head text := 'c3|1|-|' || floor(extract(epoch FROM clock_timestamp()) * 1000000)::bigint || '|';
     msg text;
     k text;
     line text;
 BEGIN
+    -- Each step below must see what committed while the one before waited:
+    -- READ COMMITTED. On one snapshot for the whole transaction (REPEATABLE
+    -- READ, SERIALIZABLE) the DELETE would miss a row a fill committed
+    -- meanwhile and leave an old value in L2 — refuse instead.
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'c3: {inv} must run in a READ COMMITTED transaction, not %',
+            current_setting('transaction_isolation')
+            USING ERRCODE = '25000',
+                  HINT = 'Begin the writing transaction with BEGIN ISOLATION LEVEL READ COMMITTED (docs/PROTOCOL.md, section Isolation).';
+    END IF;
+    -- 1. The tags' records, in a statement of their own: this waits for
+    --    every fill carrying one of them that is in progress, and makes
+    --    fills that start later wait for us (PROTOCOL.md, Fills).
+    INSERT INTO {deleted_tags} (tag, xid, at)
+        SELECT x, pg_current_xact_id(), clock_timestamp()
+        FROM (SELECT DISTINCT unnest(coalesce(tags, '{{}}'))) AS u (x) WHERE x IS NOT NULL
+        ON CONFLICT (tag) DO UPDATE SET xid = EXCLUDED.xid, at = EXCLUDED.at;
+    -- 2. Only now resolve the tags to keys: this statement sees the rows
+    --    those fills committed while step 1 waited for them.
     SELECT coalesce(array_agg(DISTINCT x), '{{}}') INTO ks FROM (
         SELECT unnest(coalesce(keys, '{{}}')) AS x
         UNION SELECT key FROM {tags} WHERE tag = ANY(coalesce(tags, '{{}}'))) AS s
     WHERE x IS NOT NULL;
-    -- Deletion records first: this waits for fills of these keys and tags
-    -- in progress, and makes fills that start later wait for us (see
-    -- PROTOCOL.md, Fills); the DELETE below then sees every fill that
-    -- committed before.
-    INSERT INTO {deleted_tags} (tag, xid)
-        SELECT DISTINCT x, pg_current_xact_id() FROM unnest(coalesce(tags, '{{}}')) AS x WHERE x IS NOT NULL
-        ON CONFLICT (tag) DO UPDATE SET xid = EXCLUDED.xid, at = now();
-    INSERT INTO {deleted} (key, xid) SELECT unnest(ks), pg_current_xact_id()
-        ON CONFLICT (key) DO UPDATE SET xid = EXCLUDED.xid, at = now();
+    -- 3. The keys' records: waits for fills of these keys in progress.
+    INSERT INTO {deleted} (key, xid, at) SELECT unnest(ks), pg_current_xact_id(), clock_timestamp()
+        ON CONFLICT (key) DO UPDATE SET xid = EXCLUDED.xid, at = EXCLUDED.at;
+    -- 4. Delete (a later statement: it sees every fill that committed while
+    --    3 waited) the keys and whatever carries the tags now, and record
+    --    what it removed: a key a writer tagged after step 2 is recorded
+    --    too. The version is drawn after the rows are locked.
+    WITH d AS (DELETE FROM {t} WHERE key = ANY(ks)
+                   OR key IN (SELECT key FROM {tags} WHERE tag = ANY(coalesce(tags, '{{}}')))
+               RETURNING key),
+         r AS (INSERT INTO {deleted} (key, xid, at)
+               SELECT key, pg_current_xact_id(), clock_timestamp() FROM d
+               ON CONFLICT (key) DO UPDATE SET xid = EXCLUDED.xid, at = EXCLUDED.at)
+        SELECT coalesce(array_agg(key), '{{}}'), nextval('{seq}') INTO gone, v FROM d;
+    SELECT coalesce(array_agg(DISTINCT x), '{{}}') INTO ks FROM unnest(ks || gone) AS x;
     IF cardinality(ks) = 0 THEN
         RETURN NULL;
     END IF;
-    WITH d AS (DELETE FROM {t} WHERE key = ANY(ks) RETURNING 1)
-        SELECT nextval('{seq}') INTO v FROM (SELECT count(*) FROM d) AS x;
     msg := head || 'k';
     FOREACH k IN ARRAY ks LOOP
         IF k = '' OR octet_length(k) > 7000 OR left(k, 3) = 'c3|' OR k ~ '[\\x01-\\x1f\\x7f-\\x9f]' THEN
@@ -387,16 +524,16 @@ SELECT nextval('{seq}') FROM (SELECT count(*) FROM d) AS x"
             // transaction cannot write its older value back (see `fill`).
             record_deletes: Q::new(
                 format!(
-                    "INSERT INTO {deleted} (key, xid) SELECT DISTINCT k, pg_current_xact_id() FROM \
-(SELECT unnest($1::text[]) UNION ALL SELECT key FROM {tags} WHERE tag = ANY($2::text[])) AS u (k) \
-ON CONFLICT (key) DO UPDATE SET xid = EXCLUDED.xid, at = now()"
+                    "INSERT INTO {deleted} (key, xid, at) SELECT k, pg_current_xact_id(), clock_timestamp() FROM \
+(SELECT unnest($1::text[]) UNION SELECT key FROM {tags} WHERE tag = ANY($2::text[])) AS u (k) \
+ON CONFLICT (key) DO UPDATE SET xid = EXCLUDED.xid, at = EXCLUDED.at"
                 ),
                 &[Type::TEXT_ARRAY, Type::TEXT_ARRAY],
             ),
             record_tag_deletes: Q::new(
                 format!(
-                    "INSERT INTO {deleted_tags} (tag, xid) SELECT DISTINCT t, pg_current_xact_id() FROM \
-unnest($1::text[]) AS t ON CONFLICT (tag) DO UPDATE SET xid = EXCLUDED.xid, at = now()"
+                    "INSERT INTO {deleted_tags} (tag, xid, at) SELECT t, pg_current_xact_id(), clock_timestamp() FROM \
+(SELECT DISTINCT unnest($1::text[])) AS u (t) ON CONFLICT (tag) DO UPDATE SET xid = EXCLUDED.xid, at = EXCLUDED.at"
                 ),
                 &[Type::TEXT_ARRAY],
             ),
@@ -405,8 +542,8 @@ unnest($1::text[]) AS t ON CONFLICT (tag) DO UPDATE SET xid = EXCLUDED.xid, at =
             // off new ones until the clear commits.
             clear: format!(
                 "LOCK TABLE {t} IN SHARE ROW EXCLUSIVE MODE; DELETE FROM {t}; \
-INSERT INTO {deleted} (key, xid) VALUES ('', pg_current_xact_id()) \
-ON CONFLICT (key) DO UPDATE SET xid = EXCLUDED.xid, at = now()"
+INSERT INTO {deleted} (key, xid, at) VALUES ('', pg_current_xact_id(), clock_timestamp()) \
+ON CONFLICT (key) DO UPDATE SET xid = EXCLUDED.xid, at = EXCLUDED.at"
             ),
             get_for_load: Q::new(
                 format!(
@@ -506,20 +643,37 @@ ON CONFLICT DO NOTHING"
             ),
             // The tag rows go with their cache rows (ON DELETE CASCADE). The
             // version is drawn after the delete, as for a plain delete.
-            // After `record_tag_deletes` and `record_deletes` (see there).
+            // After `record_tag_deletes` and `record_deletes` (see there);
+            // what it deletes it records again, from its own RETURNING: a
+            // key a writer tagged after `record_deletes` ran is deleted here
+            // and must not go unrecorded (a replay would miss it).
             invalidate_tag: Q::new(
                 format!(
-                    "WITH d AS (DELETE FROM {t} WHERE key IN (SELECT key FROM {tags} WHERE tag = $1) RETURNING key) \
+                    "WITH d AS (DELETE FROM {t} WHERE key IN (SELECT key FROM {tags} WHERE tag = $1) RETURNING key), \
+r AS (INSERT INTO {deleted} (key, xid, at) SELECT key, pg_current_xact_id(), clock_timestamp() FROM d \
+ON CONFLICT (key) DO UPDATE SET xid = EXCLUDED.xid, at = EXCLUDED.at) \
 SELECT coalesce(array_agg(key), '{{}}'), nextval('{seq}') FROM d"
                 ),
                 &[Type::TEXT],
             ),
-            sweep: Q::new(
+            // Expiry is a deletion: the sweeper records the keys it is about
+            // to remove first (a statement of its own, as every deleter),
+            // then removes those still expired. A key refreshed in between
+            // keeps its row and a record it did not need: a fill fenced
+            // before is refused, a replay drops it — never a wrong answer.
+            sweep_record: Q::new(
                 format!(
-                    "DELETE FROM {t} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {t} \
-WHERE coalesce(stale_until, expires_at) < $1 LIMIT $2)) RETURNING 1"
+                    "INSERT INTO {deleted} (key, xid, at) SELECT key, pg_current_xact_id(), clock_timestamp() \
+FROM {t} WHERE coalesce(stale_until, expires_at) < $1 LIMIT $2 \
+ON CONFLICT (key) DO UPDATE SET xid = EXCLUDED.xid, at = EXCLUDED.at RETURNING key"
                 ),
                 &[Type::TIMESTAMPTZ, Type::INT8],
+            ),
+            sweep: Q::new(
+                format!(
+                    "DELETE FROM {t} WHERE key = ANY($1) AND coalesce(stale_until, expires_at) < $2 RETURNING 1"
+                ),
+                &[Type::TEXT_ARRAY, Type::TIMESTAMPTZ],
             ),
         }
     }
@@ -621,31 +775,21 @@ pub(crate) fn build_pool(
 /// A held cross-node load lock: an open transaction on a pooled connection.
 ///
 /// Released by [`release`](Self::release) (commit). If dropped instead (the
-/// load was cancelled or panicked) the connection is detached from the pool
-/// and closed, which ends the transaction and frees the lock — it must never
-/// go back to the pool mid-transaction.
+/// load was cancelled or panicked) its session closes the connection, which
+/// ends the transaction and frees the lock — it must never go back to the
+/// pool mid-transaction.
 pub(crate) struct LoadLock {
-    client: Option<deadpool_postgres::Object>,
+    session: Session,
 }
 
 impl LoadLock {
-    fn client(&self) -> &deadpool_postgres::Object {
-        self.client.as_ref().expect("present until release or drop")
+    fn holding(session: Session) -> Self {
+        LoadLock { session }
     }
 
-    pub(crate) async fn release(mut self) {
-        if let Some(client) = self.client.take()
-            && client.batch_execute("COMMIT").await.is_err()
-        {
-            drop(deadpool_postgres::Object::take(client));
-        }
-    }
-}
-
-impl Drop for LoadLock {
-    fn drop(&mut self) {
-        if let Some(client) = self.client.take() {
-            drop(deadpool_postgres::Object::take(client));
+    pub(crate) async fn release(self) {
+        if self.session.batch_execute("COMMIT").await.is_ok() {
+            self.session.done();
         }
     }
 }
@@ -708,8 +852,9 @@ impl PgBackend {
         }
     }
 
-    async fn client(&self, op: &'static str) -> Result<deadpool_postgres::Object> {
-        self.pool.get().await.map_err(|e| {
+    /// A pooled connection for one operation (see [`Session`]).
+    async fn session(&self, op: &'static str) -> Result<Session> {
+        let conn = self.pool.get().await.map_err(|e| {
             let tls = self
                 .ssl_mode
                 .and_then(|mode| crate::tls::describe("the pool connection", mode, &e));
@@ -728,13 +873,14 @@ impl PgBackend {
                 )),
                 None => Error::pool(op, e),
             }
-        })
+        })?;
+        Ok(Session { conn: Some(conn) })
     }
 
     /// Checks, without changing anything, that every object c3 needs exists
     /// with the expected shape; returns what is missing or outdated.
     pub(crate) async fn verify(&self, schema: &str, table: &str) -> Result<Vec<String>> {
-        let client = self.client("verify").await?;
+        let s = self.session("verify").await?;
         let q = |n: &str| format!("{}.{}", quote_ident(schema), quote_ident(n));
         let t = q(table);
         let mut missing = Vec::new();
@@ -767,7 +913,7 @@ impl PgBackend {
         let trigger = format!("{table}_bump_version");
         let row = self
             .one(
-                Via::Client(&client),
+                &s,
                 &check,
                 &[&rel_names, &functions.to_vec(), &t, &trigger, &functions[0]],
                 "verify",
@@ -805,18 +951,15 @@ impl PgBackend {
                 functions[0]
             ));
         }
-        missing.extend(self.wrong_persistence(&client, &rel_names[..4]).await?);
+        missing.extend(self.wrong_persistence(&s, &rel_names[..4]).await?);
+        s.done();
         Ok(missing)
     }
 
     /// Persistence: an unlogged table where `Logged` was asked would lose
     /// every entry in a crash the node does not expect; the reverse pays
     /// for durability it was told not to.
-    async fn wrong_persistence(
-        &self,
-        client: &deadpool_postgres::Object,
-        tables: &[&str],
-    ) -> Result<Vec<String>> {
+    async fn wrong_persistence(&self, s: &Session, tables: &[&str]) -> Result<Vec<String>> {
         let (want, set) = match self.durability {
             Durability::Logged => ("p", "LOGGED"),
             Durability::Unlogged => ("u", "UNLOGGED"),
@@ -827,12 +970,7 @@ impl PgBackend {
             &[Type::TEXT_ARRAY, Type::TEXT],
         );
         let wrong: Vec<String> = self
-            .one(
-                Via::Client(client),
-                &persistence,
-                &[&tables, &want],
-                "verify",
-            )
+            .one(s, &persistence, &[&tables, &want], "verify")
             .await?
             .try_get(0)
             .map_err(|e| Error::postgres("verify", e))?;
@@ -844,78 +982,141 @@ impl PgBackend {
 
     /// Creates or upgrades the schema; safe to run from many nodes at once.
     pub(crate) async fn migrate(&self) -> Result<()> {
-        let mut client = self.client("migrate").await?;
-        let tx = client
-            .transaction()
-            .await
-            .map_err(|e| Error::postgres("migrate", e))?;
+        let pg = |e| Error::postgres("migrate", e);
+        let s = self.session("migrate").await?;
         // `IF NOT EXISTS` on objects that exist says so in a NOTICE each;
         // an idempotent migration at every start should not log eight lines.
-        tx.batch_execute("SET LOCAL client_min_messages = warning")
+        s.batch_execute(
+            "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL client_min_messages = warning",
+        )
+        .await
+        .map_err(pg)?;
+        self.rows(&s, &ADVISORY_XACT_LOCK, &[&MIGRATE_LOCK])
             .await
-            .map_err(|e| Error::postgres("migrate", e))?;
-        self.rows(Via::Tx(&tx), &ADVISORY_XACT_LOCK, &[&MIGRATE_LOCK])
-            .await
-            .map_err(|e| Error::postgres("migrate", e))?;
-        tx.batch_execute(&self.sql.ddl)
-            .await
-            .map_err(|e| Error::postgres("migrate", e))?;
-        tx.commit().await.map_err(|e| Error::postgres("migrate", e))
+            .map_err(pg)?;
+        s.batch_execute(&self.sql.ddl).await.map_err(pg)?;
+        s.batch_execute("COMMIT").await.map_err(pg)?;
+        s.done();
+        Ok(())
     }
 
-    /// Runs `q` on a pooled connection or a transaction on one, prepared
-    /// and cached per connection, or unnamed (see [`Q`]).
+    /// Prepares `q` on `s` (cached per connection), unless statements are
+    /// unnamed (see [`Q`]). Pipelined statements must be ready first: a
+    /// statement still being prepared would be sent after the ones polled
+    /// behind it.
+    async fn ready<'q>(
+        &self,
+        s: &Session,
+        q: &'q Q,
+    ) -> std::result::Result<Ready<'q>, tokio_postgres::Error> {
+        let stmt = if self.unnamed {
+            None
+        } else {
+            Some(s.prepare_cached(&q.sql).await?)
+        };
+        Ok(Ready { q, stmt })
+    }
+
+    /// Sends a ready statement; its request leaves on the first poll.
+    async fn run(
+        &self,
+        s: &Session,
+        r: &Ready<'_>,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> std::result::Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
+        match &r.stmt {
+            Some(stmt) => s.query(stmt, params).await,
+            None => {
+                let typed: Vec<(&(dyn ToSql + Sync), Type)> = params
+                    .iter()
+                    .copied()
+                    .zip(r.q.types.iter().cloned())
+                    .collect();
+                s.query_typed(&r.q.sql, &typed).await
+            }
+        }
+    }
+
+    /// Runs `q` on `s`, outside any pipeline.
     async fn rows(
         &self,
-        via: Via<'_>,
+        s: &Session,
         q: &Q,
         params: &[&(dyn ToSql + Sync)],
     ) -> std::result::Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
-        if self.unnamed {
-            let typed: Vec<(&(dyn ToSql + Sync), Type)> = params
-                .iter()
-                .copied()
-                .zip(q.types.iter().cloned())
-                .collect();
-            return match via {
-                Via::Client(c) => c.query_typed(&q.sql, &typed).await,
-                Via::Tx(t) => t.query_typed(&q.sql, &typed).await,
-            };
-        }
-        match via {
-            Via::Client(c) => {
-                let stmt = c.prepare_cached(&q.sql).await?;
-                c.query(&stmt, params).await
-            }
-            Via::Tx(t) => {
-                let stmt = t.prepare_cached(&q.sql).await?;
-                t.query(&stmt, params).await
-            }
-        }
+        let r = self.ready(s, q).await?;
+        self.run(s, &r, params).await
     }
 
     /// [`rows`](Self::rows) for a statement that returns exactly one row.
     async fn one(
         &self,
-        via: Via<'_>,
+        s: &Session,
         q: &Q,
         params: &[&(dyn ToSql + Sync)],
         op: &'static str,
     ) -> Result<tokio_postgres::Row> {
-        self.rows(via, q, params)
-            .await
-            .map_err(|e| Error::postgres(op, e))?
-            .into_iter()
-            .next()
-            .ok_or_else(|| Error::unexpected(op, "no row where one was expected"))
+        first(
+            self.rows(s, q, params)
+                .await
+                .map_err(|e| Error::postgres(op, e))?,
+            op,
+        )
+    }
+
+    /// One transaction in one round trip: the bounds, `q`, COMMIT, sent
+    /// together (see [`begin_sql`]). Returns `q`'s rows.
+    async fn one_trip(
+        &self,
+        s: &Session,
+        q: &Q,
+        params: &[&(dyn ToSql + Sync)],
+        op: &'static str,
+    ) -> Result<Vec<tokio_postgres::Row>> {
+        let pg = |e| Error::postgres(op, e);
+        let begin = begin_sql(op, None)?;
+        let r = self.ready(s, q).await.map_err(pg)?;
+        // `biased`: polled, hence sent, in this order. Should the statement
+        // fail, the COMMIT behind it answers ROLLBACK.
+        let (b, rows, c) = tokio::join!(
+            biased;
+            s.batch_execute(&begin),
+            self.run(s, &r, params),
+            s.batch_execute("COMMIT"),
+        );
+        b.map_err(pg)?;
+        let rows = rows.map_err(pg)?;
+        c.map_err(pg)?;
+        Ok(rows)
+    }
+
+    /// The last round trip of a transaction: its notifications (if any)
+    /// and its COMMIT, bounded by the time left (see [`commit_sql`]).
+    async fn notify_and_commit(
+        &self,
+        s: &Session,
+        payloads: &[String],
+        op: &'static str,
+    ) -> Result<()> {
+        let pg = |e| Error::postgres(op, e);
+        let commit = commit_sql(op)?;
+        if payloads.is_empty() {
+            return s.batch_execute(&commit).await.map_err(pg);
+        }
+        let r = self.ready(s, &NOTIFY_Q).await.map_err(pg)?;
+        let params: [&(dyn ToSql + Sync); 2] = [&self.channel, &payloads];
+        let (n, c) = tokio::join!(biased; self.run(s, &r, &params), s.batch_execute(&commit));
+        n.map_err(pg)?;
+        c.map_err(pg)
     }
 
     pub(crate) async fn get(&self, key: &str, now: SystemTime) -> Result<Option<Row>> {
-        let client = self.client("get").await?;
+        let s = self.session("get").await?;
         let rows = self
-            .rows(Via::Client(&client), &self.sql.get, &[&key, &now])
+            .rows(&s, &self.sql.get, &[&key, &now])
             .await
             .map_err(|e| Error::postgres("get", e))?;
+        s.done();
         rows.first().map(|r| row_from(r, 0)).transpose()
     }
 
@@ -924,11 +1125,12 @@ impl PgBackend {
         keys: &[&str],
         now: SystemTime,
     ) -> Result<Vec<(String, Row)>> {
-        let client = self.client("get_many").await?;
+        let s = self.session("get_many").await?;
         let rows = self
-            .rows(Via::Client(&client), &self.sql.get_many, &[&keys, &now])
+            .rows(&s, &self.sql.get_many, &[&keys, &now])
             .await
             .map_err(|e| Error::postgres("get_many", e))?;
+        s.done();
         rows.iter()
             .map(|r| {
                 let key: String = r.try_get(0).map_err(|e| Error::postgres("get_many", e))?;
@@ -954,50 +1156,47 @@ impl PgBackend {
         {
             return self.set_many_notify(items, header).await;
         }
-        let mut client = self.client("set_many").await?;
-        let pg = |e| Error::postgres("set_many", e);
-        let tx = client.transaction().await.map_err(pg)?;
+        let op = "set_many";
+        let pg = |e| Error::postgres(op, e);
+        let s = self.session(op).await?;
+        let begin = begin_sql(op, None)?;
+        let upsert = self.ready(&s, &self.sql.set_many).await.map_err(pg)?;
         let c = Columns::of(items);
-        let keys = &c.keys;
-        let rows = self
-            .rows(
-                Via::Tx(&tx),
-                &self.sql.set_many,
-                &[&c.keys, &c.values, &c.encodings, &c.fresh, &c.stale],
-            )
-            .await
-            .map_err(pg)?;
-        let versions = versions_of(items, &rows, "set_many")?;
+        let params: [&(dyn ToSql + Sync); 5] =
+            [&c.keys, &c.values, &c.encodings, &c.fresh, &c.stale];
+        let (b, rows) =
+            tokio::join!(biased; s.batch_execute(&begin), self.run(&s, &upsert, &params));
+        b.map_err(pg)?;
+        let versions = versions_of(items, &rows.map_err(pg)?, op)?;
         if items.iter().any(|i| !i.tags.is_empty()) {
             // A write replaces the entry's tags along with its value.
-            self.rows(Via::Tx(&tx), &self.sql.tags_replace, &[&keys])
-                .await
-                .map_err(pg)?;
             let (tags, tag_keys) = tag_pairs(items);
-            self.rows(Via::Tx(&tx), &self.sql.tags_insert, &[&tags, &tag_keys])
-                .await
-                .map_err(pg)?;
+            let (replace, insert) = (
+                self.ready(&s, &self.sql.tags_replace).await.map_err(pg)?,
+                self.ready(&s, &self.sql.tags_insert).await.map_err(pg)?,
+            );
+            let (by_key, pairs): ([&(dyn ToSql + Sync); 1], [&(dyn ToSql + Sync); 2]) =
+                ([&c.keys], [&tags, &tag_keys]);
+            let (r, i) = tokio::join!(
+                biased;
+                self.run(&s, &replace, &by_key),
+                self.run(&s, &insert, &pairs),
+            );
+            r.map_err(pg)?;
+            i.map_err(pg)?;
         }
         let payloads = crate::protocol::write_payloads(header, items, &versions);
-        self.notify(Via::Tx(&tx), &payloads, "set_many").await?;
-        tx.commit().await.map_err(pg)?;
+        self.notify_and_commit(&s, &payloads, op).await?;
+        s.done();
         Ok(versions)
     }
 
-    /// Sends `payloads` on the channel (within `via`'s transaction, if any).
-    async fn notify(&self, via: Via<'_>, payloads: &[String], op: &'static str) -> Result<()> {
-        self.rows(via, &NOTIFY_Q, &[&self.channel, &payloads])
-            .await
-            .map_err(|e| Error::postgres(op, e))?;
-        Ok(())
-    }
-
     async fn set_many_notify(&self, items: &[WriteItem], header: &str) -> Result<Vec<u64>> {
-        let client = self.client("set_many").await?;
+        let s = self.session("set_many").await?;
         let c = Columns::of(items);
         let rows = self
-            .rows(
-                Via::Client(&client),
+            .one_trip(
+                &s,
                 &self.sql.set_many_notify,
                 &[
                     &c.keys,
@@ -1008,9 +1207,10 @@ impl PgBackend {
                     &self.channel,
                     &header,
                 ],
+                "set_many",
             )
-            .await
-            .map_err(|e| Error::postgres("set_many", e))?;
+            .await?;
+        s.done();
         versions_of(items, &rows, "set_many")
     }
 
@@ -1021,11 +1221,10 @@ impl PgBackend {
         key: &str,
         now: SystemTime,
     ) -> Result<(Option<Row>, super::Fence)> {
-        let client = self.client("get").await?;
+        let s = self.session("get").await?;
         let pg = |e| Error::postgres("get", e);
-        let r = self
-            .one(Via::Client(&client), &self.sql.get_for_load, &[&key], "get")
-            .await?;
+        let r = self.one(&s, &self.sql.get_for_load, &[&key], "get").await?;
+        s.done();
         let fence = super::Fence {
             snapshot: r.try_get(0).map_err(pg)?,
             started: r.try_get(6).map_err(pg)?,
@@ -1045,10 +1244,9 @@ impl PgBackend {
 
     /// Takes a fence: the snapshot of the moment before a source is read.
     pub(crate) async fn fence(&self) -> Result<super::Fence> {
-        let client = self.client("fence").await?;
-        let r = self
-            .one(Via::Client(&client), &self.sql.fence, &[], "fence")
-            .await?;
+        let s = self.session("fence").await?;
+        let r = self.one(&s, &self.sql.fence, &[], "fence").await?;
+        s.done();
         Ok(super::Fence {
             snapshot: r.try_get(0).map_err(|e| Error::postgres("fence", e))?,
             started: r.try_get(1).map_err(|e| Error::postgres("fence", e))?,
@@ -1057,47 +1255,52 @@ impl PgBackend {
 
     /// Stores fills through `fence` (see `Sql::fill`); one slot per item:
     /// its new version, or `None` where the fence refused it.
+    ///
+    /// Three round trips: the bounds with statements 1 and 2 (the records
+    /// and their share locks, waiting at most [`FILL_LOCK_WAIT`] for a
+    /// deletion in progress); statement 3 (the fenced upsert, which takes
+    /// the rows' locks — as late as the argument allows); the notification
+    /// with the COMMIT. Nothing in it waits longer than the bounds of
+    /// [`begin_sql`], so a fill whose node froze mid-transaction holds its
+    /// locks at most a third of its caller's time.
     pub(crate) async fn fill(
         &self,
         items: &[WriteItem],
         header: &str,
         fence: &super::Fence,
     ) -> Result<Vec<Option<u64>>> {
-        let mut client = self.client("fill").await?;
+        let s = self.session("fill").await?;
         let pg = |e| Error::postgres("fill", e);
-        let tx = client.transaction().await.map_err(pg)?;
-        // A fill never waits long for a deletion in progress: after this
-        // long it gives up and stores nothing.
-        tx.batch_execute(FILL_LOCK_TIMEOUT).await.map_err(pg)?;
-        if !self.fence_holds(&tx, items, fence).await? {
+        let upsert = self.ready(&s, &self.sql.fill).await.map_err(pg)?;
+        if !self.fence_holds(&s, items, fence).await? {
+            // Refused: end the transaction (its records stay as they were).
+            s.batch_execute("ROLLBACK").await.map_err(pg)?;
+            s.done();
             return Ok(vec![None; items.len()]);
         }
-        // The bound was for deletions in progress only: the rest of the
-        // transaction may wait as any write does — above all its commit,
-        // which waits for PostgreSQL's one notification lock; a busy cluster
-        // must not turn that wait into a failed fill.
-        tx.batch_execute("SET LOCAL lock_timeout TO DEFAULT")
-            .await
-            .map_err(pg)?;
         let c = Columns::of(items);
         let (tags, tag_keys) = tag_pairs(items);
-        let rows = self
-            .rows(
-                Via::Tx(&tx),
-                &self.sql.fill,
-                &[
-                    &c.keys,
-                    &c.values,
-                    &c.encodings,
-                    &c.fresh,
-                    &c.stale,
-                    &fence.snapshot,
-                    &tags,
-                    &tag_keys,
-                ],
-            )
-            .await
-            .map_err(pg)?;
+        // The short wait was for deletions in progress only; the upsert may
+        // wait for a writer of the same row as any write does, within the
+        // transaction's bound.
+        let relock = format!(
+            "SET LOCAL lock_timeout = '{}ms'",
+            millis(time_left("fill")? / 3)
+        );
+        let params: [&(dyn ToSql + Sync); 8] = [
+            &c.keys,
+            &c.values,
+            &c.encodings,
+            &c.fresh,
+            &c.stale,
+            &fence.snapshot,
+            &tags,
+            &tag_keys,
+        ];
+        let (l, rows) =
+            tokio::join!(biased; s.batch_execute(&relock), self.run(&s, &upsert, &params));
+        l.map_err(pg)?;
+        let rows = rows.map_err(pg)?;
         let mut by_key = std::collections::HashMap::with_capacity(rows.len());
         for r in &rows {
             let k: String = r.try_get(0).map_err(pg)?;
@@ -1110,23 +1313,27 @@ impl PgBackend {
             .zip(&stored)
             .filter_map(|(i, v)| v.map(|v| (i.clone(), v)))
             .unzip();
-        if !kept.is_empty() {
-            let payloads = crate::protocol::write_payloads(header, &kept, &versions);
-            self.notify(Via::Tx(&tx), &payloads, "fill").await?;
-        }
-        tx.commit().await.map_err(pg)?;
+        let payloads = if kept.is_empty() {
+            Vec::new()
+        } else {
+            crate::protocol::write_payloads(header, &kept, &versions)
+        };
+        self.notify_and_commit(&s, &payloads, "fill").await?;
+        s.done();
         Ok(stored)
     }
 
-    /// A fill's first step: lock the deletion records of its keys and tags
-    /// (a deletion in progress refuses the fill; one starting later waits
-    /// for it) and check the fence still holds. `false`: store nothing.
+    /// A fill's first step: begin, then lock the deletion records of its
+    /// keys and tags (a deletion in progress refuses the fill; one starting
+    /// later waits for it) and check the fence still holds. `false`: store
+    /// nothing (the transaction is still open).
     async fn fence_holds(
         &self,
-        tx: &deadpool_postgres::Transaction<'_>,
+        s: &Session,
         items: &[WriteItem],
         fence: &super::Fence,
     ) -> Result<bool> {
+        let pg = |e| Error::postgres("fill", e);
         let mut keys: Vec<&str> = items.iter().map(|i| i.key.as_str()).collect();
         let mut all_tags: Vec<&str> = items
             .iter()
@@ -1136,18 +1343,24 @@ impl PgBackend {
         keys.dedup();
         all_tags.sort_unstable();
         all_tags.dedup();
-        // The deletion records, then their share locks, in two statements
-        // (see `Sql::fill_lock` for why two); pipelined, so one round trip
-        // (`biased`: the first is sent first — were they swapped, the count
-        // below would refuse the fill, never store it unfenced). The fill
-        // statement after them takes a newer snapshot still, so it sees
-        // every deletion that committed while they waited.
-        let params: [&(dyn ToSql + Sync); 2] = [&keys, &all_tags];
-        let (records, locked) = tokio::join!(
-            biased;
-            self.rows(Via::Tx(tx), &self.sql.fill_records, &params),
-            self.rows(Via::Tx(tx), &self.sql.fill_lock, &params),
+        let begin = begin_sql("fill", Some(FILL_LOCK_WAIT))?;
+        let (records, lock) = (
+            self.ready(s, &self.sql.fill_records).await.map_err(pg)?,
+            self.ready(s, &self.sql.fill_lock).await.map_err(pg)?,
         );
+        // The deletion records, then their share locks, in two statements
+        // (see `Sql::fill_lock` for why two), pipelined behind the bounds:
+        // one round trip. The fill statement after them takes a newer
+        // snapshot still, so it sees every deletion that committed while
+        // they waited.
+        let params: [&(dyn ToSql + Sync); 2] = [&keys, &all_tags];
+        let (b, records, locked) = tokio::join!(
+            biased;
+            s.batch_execute(&begin),
+            self.run(s, &records, &params),
+            self.run(s, &lock, &params),
+        );
+        b.map_err(pg)?;
         let (locked, started) = match records.and(locked) {
             Ok(rows) => rows.first().map_or((0, None), |r| {
                 (
@@ -1160,7 +1373,7 @@ impl PgBackend {
                 // it may be of data this fill read before. Store nothing.
                 return Ok(false);
             }
-            Err(e) => return Err(Error::postgres("fill", e)),
+            Err(e) => return Err(pg(e)),
         };
         if usize::try_from(locked).unwrap_or(0) < keys.len() + all_tags.len() {
             // A record was swept between the two statements: a deletion
@@ -1177,30 +1390,8 @@ impl PgBackend {
         Ok(true)
     }
 
-    /// Records the deletion of `keys`, of the keys tagged `tags` and of
-    /// `tags` themselves, as a deleting transaction's first statements (see
-    /// `Sql::record_deletes`).
-    async fn record_deletes(
-        &self,
-        tx: &deadpool_postgres::Transaction<'_>,
-        keys: &[&str],
-        tags: &[&str],
-        op: &'static str,
-    ) -> Result<()> {
-        let pg = |e| Error::postgres(op, e);
-        if !tags.is_empty() {
-            self.rows(Via::Tx(tx), &self.sql.record_tag_deletes, &[&tags])
-                .await
-                .map_err(pg)?;
-        }
-        self.rows(Via::Tx(tx), &self.sql.record_deletes, &[&keys, &tags])
-            .await
-            .map_err(pg)?;
-        Ok(())
-    }
-
     async fn set_one(&self, item: &WriteItem, header: &str) -> Result<u64> {
-        let client = self.client("set").await?;
+        let s = self.session("set").await?;
         let params: [&(dyn ToSql + Sync); 7] = [
             &item.key,
             &item.value,
@@ -1210,98 +1401,152 @@ impl PgBackend {
             &self.channel,
             &header,
         ];
-        let row = self
-            .one(Via::Client(&client), &self.sql.set_one, &params, "set")
-            .await?;
-        let v: i64 = row.try_get(0).map_err(|e| Error::postgres("set", e))?;
+        let rows = self.one_trip(&s, &self.sql.set_one, &params, "set").await?;
+        s.done();
+        let v: i64 = first(rows, "set")?
+            .try_get(0)
+            .map_err(|e| Error::postgres("set", e))?;
         Ok(u64::try_from(v).unwrap_or(0))
     }
 
+    /// Deletes `keys`: records them (a statement of its own, so it waits for
+    /// fills of them in progress), deletes them and draws the version in a
+    /// later one — the bounds and both pipelined — then notifies and
+    /// commits.
     pub(crate) async fn delete(&self, keys: &[&str], header: &str) -> Result<u64> {
-        let mut client = self.client("delete").await?;
-        let pg = |e| Error::postgres("delete", e);
-        let tx = client.transaction().await.map_err(pg)?;
-        self.record_deletes(&tx, keys, &[], "delete").await?;
-        let row = self
-            .one(Via::Tx(&tx), &self.sql.delete, &[&keys], "delete")
-            .await?;
-        let v: i64 = row.try_get(0).map_err(pg)?;
+        let op = "delete";
+        let pg = |e| Error::postgres(op, e);
+        let s = self.session(op).await?;
+        let begin = begin_sql(op, None)?;
+        let (record, delete) = (
+            self.ready(&s, &self.sql.record_deletes).await.map_err(pg)?,
+            self.ready(&s, &self.sql.delete).await.map_err(pg)?,
+        );
+        let no_tags: &[&str] = &[];
+        let (both, just_keys): ([&(dyn ToSql + Sync); 2], [&(dyn ToSql + Sync); 1]) =
+            ([&keys, &no_tags], [&keys]);
+        let (b, r, d) = tokio::join!(
+            biased;
+            s.batch_execute(&begin),
+            self.run(&s, &record, &both),
+            self.run(&s, &delete, &just_keys),
+        );
+        b.map_err(pg)?;
+        r.map_err(pg)?;
+        let v: i64 = first(d.map_err(pg)?, op)?.try_get(0).map_err(pg)?;
         let version = u64::try_from(v).unwrap_or(0);
         let payloads = crate::protocol::pack(header, keys.iter().map(|k| format!("{version} {k}")));
-        self.notify(Via::Tx(&tx), &payloads, "delete").await?;
-        tx.commit().await.map_err(pg)?;
+        self.notify_and_commit(&s, &payloads, op).await?;
+        s.done();
         Ok(version)
     }
 
     /// Deletes every entry tagged `tag`, publishing one version for all of
     /// them; returns the keys deleted and that version.
+    ///
+    /// In this order, each a statement of its own (pipelined): the tag's
+    /// record (waits for fills carrying the tag), the records of the keys
+    /// tagged now (waits for fills of those keys), then the DELETE, which
+    /// records every key it removes from its own `RETURNING` — a key a
+    /// writer tagged after the second statement is deleted *and* recorded.
     pub(crate) async fn invalidate_tag(
         &self,
         tag: &str,
         header: &str,
     ) -> Result<(Vec<String>, u64)> {
-        let mut client = self.client("invalidate_tag").await?;
-        let pg = |e| Error::postgres("invalidate_tag", e);
-        let tx = client.transaction().await.map_err(pg)?;
-        self.record_deletes(&tx, &[], &[tag], "invalidate_tag")
-            .await?;
-        let row = self
-            .one(
-                Via::Tx(&tx),
-                &self.sql.invalidate_tag,
-                &[&tag],
-                "invalidate_tag",
-            )
-            .await?;
+        let op = "invalidate_tag";
+        let pg = |e| Error::postgres(op, e);
+        let s = self.session(op).await?;
+        let begin = begin_sql(op, None)?;
+        let (record_tag, record_keys, delete) = (
+            self.ready(&s, &self.sql.record_tag_deletes)
+                .await
+                .map_err(pg)?,
+            self.ready(&s, &self.sql.record_deletes).await.map_err(pg)?,
+            self.ready(&s, &self.sql.invalidate_tag).await.map_err(pg)?,
+        );
+        let (tags, no_keys): (&[&str], &[&str]) = (&[tag], &[]);
+        let (p_tag, p_keys, p_delete): (
+            [&(dyn ToSql + Sync); 1],
+            [&(dyn ToSql + Sync); 2],
+            [&(dyn ToSql + Sync); 1],
+        ) = ([&tags], [&no_keys, &tags], [&tag]);
+        let (b, rt, rk, d) = tokio::join!(
+            biased;
+            s.batch_execute(&begin),
+            self.run(&s, &record_tag, &p_tag),
+            self.run(&s, &record_keys, &p_keys),
+            self.run(&s, &delete, &p_delete),
+        );
+        b.map_err(pg)?;
+        rt.map_err(pg)?;
+        rk.map_err(pg)?;
+        let row = first(d.map_err(pg)?, op)?;
         let keys: Vec<String> = row.try_get(0).map_err(pg)?;
         let v: i64 = row.try_get(1).map_err(pg)?;
         let version = u64::try_from(v).unwrap_or(0);
         let payloads = crate::protocol::pack(header, keys.iter().map(|k| format!("{version} {k}")));
-        if !payloads.is_empty() {
-            self.notify(Via::Tx(&tx), &payloads, "invalidate_tag")
-                .await?;
-        }
-        tx.commit().await.map_err(pg)?;
+        self.notify_and_commit(&s, &payloads, op).await?;
+        s.done();
         Ok((keys, version))
     }
 
     pub(crate) async fn publish(&self, payloads: &[String]) -> Result<()> {
-        let client = self.client("publish").await?;
-        self.notify(Via::Client(&client), payloads, "publish").await
+        let s = self.session("publish").await?;
+        let pg = |e| Error::postgres("publish", e);
+        self.rows(&s, &NOTIFY_Q, &[&self.channel, &payloads])
+            .await
+            .map_err(pg)?;
+        s.done();
+        Ok(())
     }
 
+    /// Deletes every row and records the clear (see `Sql::clear`), and
+    /// announces it: one round trip.
     pub(crate) async fn clear(&self, payload: &str) -> Result<()> {
-        let mut client = self.client("clear").await?;
-        let pg = |e| Error::postgres("clear", e);
-        let tx = client.transaction().await.map_err(pg)?;
-        tx.batch_execute(&self.sql.clear).await.map_err(pg)?;
-        self.notify(Via::Tx(&tx), &[payload.to_owned()], "clear")
-            .await?;
-        tx.commit().await.map_err(pg)
+        let op = "clear";
+        let pg = |e| Error::postgres(op, e);
+        let s = self.session(op).await?;
+        let begin = begin_sql(op, None)?;
+        let notify = self.ready(&s, &NOTIFY_Q).await.map_err(pg)?;
+        let payloads = [payload.to_owned()];
+        let params: [&(dyn ToSql + Sync); 2] = [&self.channel, &payloads.as_slice()];
+        let (b, c, n, done) = tokio::join!(
+            biased;
+            s.batch_execute(&begin),
+            s.batch_execute(&self.sql.clear),
+            self.run(&s, &notify, &params),
+            s.batch_execute("COMMIT"),
+        );
+        b.map_err(pg)?;
+        c.map_err(pg)?;
+        n.map_err(pg)?;
+        done.map_err(pg)?;
+        s.done();
+        Ok(())
     }
 
     /// Takes a transaction-scoped advisory lock on `key`, waiting at most
     /// `wait`. `Ok(None)` means the wait ran out: the caller loads by itself.
     pub(crate) async fn load_lock(&self, key: &str, wait: Duration) -> Result<Option<LoadLock>> {
-        let client = self.client("load_lock").await?;
+        let s = self.session("load_lock").await?;
         let pg = |e| Error::postgres("load_lock", e);
-        let ms = wait.as_millis().clamp(1, i32::MAX as u128);
+        let ms = millis(wait);
         // SET LOCAL cannot take a parameter; `ms` is an integer we formatted.
-        client
-            .batch_execute(&format!("BEGIN; SET LOCAL lock_timeout = '{ms}ms'"))
-            .await
-            .map_err(pg)?;
-        let lock = LoadLock {
-            client: Some(client),
-        };
+        // The transaction holds only the advisory lock, for as long as the
+        // load runs; it writes nothing.
+        s.batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL lock_timeout = '{ms}ms'"
+        ))
+        .await
+        .map_err(pg)?;
         let name = format!("{}{key}", self.load_lock);
-        let got = self
-            .rows(Via::Client(lock.client()), &ADVISORY_XACT_LOCK, &[&name])
-            .await;
+        let got = self.rows(&s, &ADVISORY_XACT_LOCK, &[&name]).await;
         match got {
-            Ok(_) => Ok(Some(lock)),
+            Ok(_) => Ok(Some(LoadLock::holding(s))),
             Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
-                lock.release().await;
+                s.batch_execute("ROLLBACK").await.map_err(pg)?;
+                s.done();
                 Ok(None)
             }
             Err(e) => Err(pg(e)),
@@ -1310,40 +1555,68 @@ impl PgBackend {
 
     /// Deletes expired rows in batches, on one node at a time: the advisory
     /// lock is *tried*, so other nodes skip this round instead of queueing.
+    ///
+    /// Expiry is a deletion like any other: each batch first records the
+    /// keys it is about to remove (waiting for fills of them in progress),
+    /// then deletes those of them still expired. A node that missed a
+    /// short-lived write while disconnected finds its key in the records at
+    /// replay, and a fill fenced before that write is refused after the
+    /// sweep as before it.
     pub(crate) async fn sweep(&self, now: SystemTime, batch: i64) -> Result<u64> {
-        let mut client = self.client("sweep").await?;
-        let pg = |e| Error::postgres("sweep", e);
-        let tx = client.transaction().await.map_err(pg)?;
-        let got: bool = self
-            .one(
-                Via::Tx(&tx),
-                &TRY_ADVISORY_XACT_LOCK,
-                &[&self.sweep_lock],
-                "sweep",
-            )
-            .await?
-            .try_get(0)
-            .map_err(pg)?;
+        let op = "sweep";
+        let pg = |e| Error::postgres(op, e);
+        let s = self.session(op).await?;
+        let begin = begin_sql(op, None)?;
+        let lock = self.ready(&s, &TRY_ADVISORY_XACT_LOCK).await.map_err(pg)?;
+        let name: [&(dyn ToSql + Sync); 1] = [&self.sweep_lock];
+        let (b, got) = tokio::join!(
+            biased;
+            s.batch_execute(&begin),
+            self.run(&s, &lock, &name),
+        );
+        b.map_err(pg)?;
+        let got: bool = first(got.map_err(pg)?, op)?.try_get(0).map_err(pg)?;
         let mut total = 0;
         if got {
-            tx.batch_execute(&self.sql.sweep_deleted)
-                .await
-                .map_err(pg)?;
-            // Bounded number of batches per round keeps each transaction short.
+            s.batch_execute(&self.sql.sweep_deleted).await.map_err(pg)?;
+            let (record, delete) = (
+                self.ready(&s, &self.sql.sweep_record).await.map_err(pg)?,
+                self.ready(&s, &self.sql.sweep).await.map_err(pg)?,
+            );
+            // A bounded number of batches per round keeps the transaction
+            // short.
             for _ in 0..10 {
+                let keys: Vec<String> = self
+                    .run(&s, &record, &[&now, &batch])
+                    .await
+                    .map_err(pg)?
+                    .iter()
+                    .map(|r| r.try_get(0))
+                    .collect::<std::result::Result<_, _>>()
+                    .map_err(pg)?;
+                if keys.is_empty() {
+                    break;
+                }
                 // RETURNING 1 per row: the count of deleted rows.
-                let n = self
-                    .rows(Via::Tx(&tx), &self.sql.sweep, &[&now, &batch])
+                total += self
+                    .run(&s, &delete, &[&keys, &now])
                     .await
                     .map_err(pg)?
                     .len() as u64;
-                total += n;
-                if n < batch as u64 {
+                if (keys.len() as i64) < batch {
                     break;
                 }
             }
         }
-        tx.commit().await.map_err(pg)?;
+        s.batch_execute(&commit_sql(op)?).await.map_err(pg)?;
+        s.done();
         Ok(total)
     }
+}
+
+/// The one row a statement returns.
+fn first(rows: Vec<tokio_postgres::Row>, op: &'static str) -> Result<tokio_postgres::Row> {
+    rows.into_iter()
+        .next()
+        .ok_or_else(|| Error::unexpected(op, "no row where one was expected"))
 }
