@@ -256,3 +256,94 @@ async fn another_cluster_behind_the_same_address_purges_l1() {
     assert_eq!(cached(&node, (0..100).map(key)), 0);
     assert_eq!(node.get::<u64>(&key(1)).await.unwrap(), None);
 }
+
+/// A real failover: a streaming standby (asynchronous) misses the last
+/// commit, the primary stops at once, the standby is promoted and the node
+/// reconnects to it behind the same address. The promoted server's history
+/// lacks a write this node heard of — and, until its first checkpoint,
+/// `pg_control_checkpoint()` still shows the old timeline. The node must
+/// see the new timeline and purge, not keep the lost write in L1.
+#[tokio::test]
+async fn a_promoted_standby_that_lost_commits_purges_l1() {
+    let primary = Cluster::start("promote_primary");
+    let addr = |port: u16| format!("127.0.0.1:{port}");
+    // Replication goes through a link of its own, so the test can cut it.
+    let replication = FaultProxy::start(addr(primary.port())).await;
+    let link = FaultProxy::start(addr(primary.port())).await;
+    let node = C3::builder()
+        .postgres(&link.url(&primary.url()))
+        .heartbeat(Duration::from_millis(200), Duration::from_millis(800))
+        .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(500))
+        .warm_reconnect(true)
+        .build()
+        .await
+        .unwrap();
+    node.set(&key(1), &1_u64).await.unwrap();
+    // pg_basebackup goes through the proxy, which runs on this runtime: it
+    // must not be blocked while the tool waits for it.
+    let port = replication.port;
+    let standby = tokio::task::spawn_blocking(move || Cluster::standby("promote_standby", port))
+        .await
+        .unwrap();
+    let probe = support::connect(&primary.url()).await;
+    let standby_sql = support::connect(&standby.url()).await;
+    // Dirty pages on the standby: the checkpoint that follows the promotion
+    // takes its time writing them (a spread checkpoint), and until it ends
+    // `pg_control_checkpoint()` shows the old timeline.
+    probe
+        .batch_execute(
+            "CREATE TABLE filler AS SELECT g, repeat('x', 500) AS pad \
+             FROM generate_series(1, 80000) AS g",
+        )
+        .await
+        .unwrap();
+    wait_until(
+        "the standby has replayed the first write",
+        DELIVERY,
+        || async {
+            let lsn: String = probe
+                .query_one("SELECT pg_current_wal_lsn()::text", &[])
+                .await
+                .unwrap()
+                .get(0);
+            standby_sql
+                .query_one(
+                    "SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn",
+                    &[&lsn],
+                )
+                .await
+                .unwrap()
+                .get::<_, bool>(0)
+        },
+    )
+    .await;
+
+    // Replication stops; the node writes again and hears its own write.
+    replication.drop_all();
+    node.set(&key(1), &2_u64).await.unwrap();
+    marked(&node).await;
+    assert_eq!(node.get::<u64>(&key(1)).await.unwrap().as_deref(), Some(&2));
+    let before = node.stats();
+
+    primary.stop_immediately();
+    standby.promote();
+    link.drop_all();
+    wait_until("the node sees the loss", DELIVERY, || async {
+        node.listener_state() != ListenerState::Listening
+    })
+    .await;
+    link.set_upstream(addr(standby.port()));
+    link.forward();
+    reconnected(&node, &before).await;
+
+    assert_eq!(
+        node.stats().warm_reconnect_fallbacks - before.warm_reconnect_fallbacks,
+        1,
+        "a new timeline: purged"
+    );
+    assert_eq!(
+        node.get::<u64>(&key(1)).await.unwrap().as_deref(),
+        Some(&1),
+        "the node serves what the promoted server holds, not the write it lost"
+    );
+}

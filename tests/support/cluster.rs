@@ -147,6 +147,57 @@ impl Cluster {
 
     /// `start`, with `prepare` run between initdb and the first start.
     fn start_with(name: &str, prepare: impl FnOnce(&Cluster)) -> Cluster {
+        let c = Self::fresh(name);
+        c.run(
+            "initdb",
+            &["-D", &c.data(), "-A", "trust", "-U", "postgres"],
+        );
+        prepare(&c);
+        c.pg_ctl("start");
+        c
+    }
+
+    /// A streaming standby of the cluster listening on `primary_port`
+    /// (this cluster's port, or a fault proxy's in front of it, so that a
+    /// test can cut replication): `pg_basebackup -R`, then started. Its
+    /// replication is asynchronous.
+    pub fn standby(name: &str, primary_port: u16) -> Cluster {
+        let c = Self::fresh(name);
+        let port = primary_port.to_string();
+        c.run(
+            "pg_basebackup",
+            &[
+                "-D",
+                &c.data(),
+                "-R",
+                "-X",
+                "stream",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+            ],
+        );
+        c.pg_ctl("start");
+        c
+    }
+
+    /// Promotes a standby to primary (a new timeline), waiting for it.
+    pub fn promote(&self) {
+        self.run("pg_ctl", &["-D", &self.data(), "-w", "promote"]);
+    }
+
+    /// Stops the server at once, with no shutdown checkpoint (a crash that
+    /// it does not come back from).
+    pub fn stop_immediately(&self) {
+        self.pg_ctl_mode("stop", "immediate");
+    }
+
+    /// A cluster directory of its own on a free port, owned by the user the
+    /// tools run as; nothing in it yet.
+    fn fresh(name: &str) -> Cluster {
         let bindir = bindir();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -169,12 +220,6 @@ impl Cluster {
                 .is_ok_and(|s| s.success());
             assert!(ok, "chown the cluster directory to postgres");
         }
-        c.run(
-            "initdb",
-            &["-D", &c.data(), "-A", "trust", "-U", "postgres"],
-        );
-        prepare(&c);
-        c.pg_ctl("start");
         c
     }
 

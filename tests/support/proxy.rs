@@ -3,8 +3,11 @@
 //! Modes: forward; **blackhole** (keep every socket open but move no bytes — a
 //! half-open link as seen from the client); **hold replies** (requests reach
 //! the server, its answers wait in the proxy: a query that has run but whose
-//! result has not arrived); **drop** (close every connection, and refuse new
-//! ones until restored) ; and added latency.
+//! result has not arrived); **freeze on reply** (the connection whose server
+//! reply contains a needle stops moving bytes both ways, and hides its
+//! client's close from the server — a link frozen mid-transaction, the
+//! server's transaction left open with its locks); **drop** (close every
+//! connection, and refuse new ones until restored) ; and added latency.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
@@ -18,6 +21,7 @@ const FORWARD: u8 = 0;
 const BLACKHOLE: u8 = 1;
 const DROP: u8 = 2;
 const HOLD_REPLIES: u8 = 3;
+const FREEZE_ON_REPLY: u8 = 4;
 
 pub struct FaultProxy {
     pub port: u16,
@@ -30,6 +34,8 @@ pub struct FaultProxy {
     held: Arc<AtomicU64>,
     held_bytes: Arc<std::sync::Mutex<Vec<u8>>>,
     hold_needle: Arc<std::sync::Mutex<Vec<u8>>>,
+    /// Connections frozen by `freeze_on_reply` and not yet closed.
+    frozen: Arc<AtomicU64>,
     // Bumped on drop(): every live connection watches it and closes.
     generation: watch::Sender<u64>,
     task: tokio::task::JoinHandle<()>,
@@ -47,12 +53,18 @@ impl FaultProxy {
         let held = Arc::new(AtomicU64::new(0));
         let held_bytes = Arc::new(std::sync::Mutex::new(Vec::new()));
         let hold_needle = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let frozen = Arc::new(AtomicU64::new(0));
         let (generation, _) = watch::channel(0u64);
         let (m, l, g, h) = (
             mode.clone(),
             latency_ms.clone(),
             generation.clone(),
-            (held.clone(), held_bytes.clone(), hold_needle.clone()),
+            (
+                held.clone(),
+                held_bytes.clone(),
+                hold_needle.clone(),
+                frozen.clone(),
+            ),
         );
         let task = tokio::spawn(async move {
             loop {
@@ -79,6 +91,7 @@ impl FaultProxy {
             held,
             held_bytes,
             hold_needle,
+            frozen,
             generation,
             task,
         }
@@ -116,6 +129,27 @@ impl FaultProxy {
         self.mode.store(HOLD_REPLIES, Ordering::SeqCst);
     }
 
+    /// Freezes the first connection whose server reply contains `needle`:
+    /// that reply is not delivered, and from then on no byte moves either
+    /// way on that connection and its client's close does not reach the
+    /// server — until [`thaw`](Self::thaw). Other connections forward.
+    pub fn freeze_on_reply(&self, needle: &[u8]) {
+        *self.hold_needle.lock().unwrap() = needle.to_vec();
+        self.mode.store(FREEZE_ON_REPLY, Ordering::SeqCst);
+    }
+
+    /// Connections frozen now.
+    pub fn frozen(&self) -> u64 {
+        self.frozen.load(Ordering::SeqCst)
+    }
+
+    /// Ends every freeze as a dead link ends: the frozen connections are
+    /// closed (their held bytes discarded); new ones are forwarded.
+    pub fn thaw(&self) {
+        self.mode.store(FORWARD, Ordering::SeqCst);
+        self.generation.send_modify(|g| *g += 1);
+    }
+
     /// How many reply chunks are being held now.
     pub fn held(&self) -> u64 {
         self.held.load(Ordering::SeqCst)
@@ -150,12 +184,14 @@ impl Drop for FaultProxy {
     }
 }
 
-/// What `hold_replies` shares with each connection: how many chunks are
-/// held, their bytes, and what a reply must contain to be held.
+/// What `hold_replies` and `freeze_on_reply` share with each connection:
+/// how many chunks are held, their bytes, what a reply must contain to be
+/// held, and how many connections are frozen.
 type Held = (
     Arc<AtomicU64>,
     Arc<std::sync::Mutex<Vec<u8>>>,
     Arc<std::sync::Mutex<Vec<u8>>>,
+    Arc<AtomicU64>,
 );
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
@@ -172,17 +208,39 @@ async fn pipe(
 ) {
     let (cr, cw) = client.into_split();
     let (sr, sw) = server.into_split();
+    // This connection, frozen: both directions stop for good, and an end
+    // of stream seen meanwhile is not passed on (the pipe stays open until
+    // the proxy's generation changes).
+    let frozen = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let one_way = |mut r: tokio::net::tcp::OwnedReadHalf,
                    mut w: tokio::net::tcp::OwnedWriteHalf,
                    mode: Arc<AtomicU8>,
                    latency: Arc<AtomicU64>,
-                   held: Option<Held>| async move {
+                   held: Option<Held>,
+                   frozen: Arc<std::sync::atomic::AtomicBool>| async move {
         let mut buf = vec![0u8; 16 * 1024];
         loop {
             let n = match r.read(&mut buf).await {
+                Ok(0) | Err(_) if frozen.load(Ordering::SeqCst) => {
+                    return std::future::pending::<()>().await;
+                }
                 Ok(0) | Err(_) => return,
                 Ok(n) => n,
             };
+            if frozen.load(Ordering::SeqCst) {
+                continue;
+            }
+            if let Some((_, _, needle, count)) = &held
+                && mode.load(Ordering::SeqCst) == FREEZE_ON_REPLY
+                && contains(&buf[..n], &needle.lock().unwrap())
+                && mode
+                    .compare_exchange(FREEZE_ON_REPLY, FORWARD, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+            {
+                frozen.store(true, Ordering::SeqCst);
+                count.fetch_add(1, Ordering::SeqCst);
+                continue;
+            }
             // Blackhole: hold the bytes forever (until the connection is dropped).
             while mode.load(Ordering::SeqCst) == BLACKHOLE {
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -190,7 +248,7 @@ async fn pipe(
             // Hold replies: only the server-to-client direction waits,
             // and it keeps reading meanwhile, so `holds` sees everything
             // the server has sent.
-            if let Some((held, held_bytes, needle)) = &held
+            if let Some((held, held_bytes, needle, _)) = &held
                 && mode.load(Ordering::SeqCst) == HOLD_REPLIES
                 && contains(&buf[..n], &needle.lock().unwrap())
             {
@@ -224,8 +282,16 @@ async fn pipe(
             }
         }
     };
-    let mut up = tokio::spawn(one_way(cr, sw, mode.clone(), latency.clone(), None));
-    let mut down = tokio::spawn(one_way(sr, cw, mode, latency, Some(held)));
+    let count = held.3.clone();
+    let mut up = tokio::spawn(one_way(
+        cr,
+        sw,
+        mode.clone(),
+        latency.clone(),
+        None,
+        frozen.clone(),
+    ));
+    let mut down = tokio::spawn(one_way(sr, cw, mode, latency, Some(held), frozen.clone()));
     tokio::select! {
         _ = gen_rx.changed() => {}
         _ = &mut up => {}
@@ -233,4 +299,7 @@ async fn pipe(
     }
     up.abort();
     down.abort();
+    if frozen.load(Ordering::SeqCst) {
+        count.fetch_sub(1, Ordering::SeqCst);
+    }
 }

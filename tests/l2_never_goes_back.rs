@@ -1,0 +1,456 @@
+//! L2 never goes back in time (PROTOCOL.md §2, "Bounded transactions" and
+//! "Every path out of L2").
+//!
+//! Each test holds one side of a race at its racing moment — a fill's
+//! connection frozen mid-transaction, a fill held between its store and its
+//! commit, a deletion held between its records and its DELETE, a row swept
+//! while a node was away — and judges the outcome from outside: the rows in
+//! PostgreSQL and what every node serves.
+
+mod support;
+
+use std::time::Duration;
+
+use c3::core::C3;
+use support::proxy::FaultProxy;
+use support::{DELIVERY, TestDb, wait_until};
+
+/// How long a test waits for a write that must be acknowledged while a
+/// node's link is frozen (the frozen transaction is ended by the server
+/// within a third of its caller's 3 s).
+const ACK_WITHIN: Duration = Duration::from_secs(15);
+
+/// The frozen filler's operation timeout.
+const FILLER_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The L2 value of `key` (a JSON integer), if a row exists.
+async fn l2_value(db: &TestDb, key: &str) -> Option<i64> {
+    db.client
+        .query_opt(
+            &format!(
+                "SELECT convert_from(value, 'UTF8')::bigint FROM {} WHERE key = $1",
+                db.table()
+            ),
+            &[&key],
+        )
+        .await
+        .expect("read L2")
+        .map(|r| r.get(0))
+}
+
+/// Waits until no other session holds or waits for a lock on this test's
+/// tables: whatever was queued has committed or rolled back, so what L2
+/// holds now is final.
+async fn quiet(db: &TestDb) {
+    wait_until(
+        "no transaction left on the test's tables",
+        DELIVERY,
+        || async {
+            let n: i64 = db
+                .client
+                .query_one(
+                    "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = $1 AND l.pid <> pg_backend_pid()",
+                    &[&db.schema],
+                )
+                .await
+                .expect("read pg_locks")
+                .get(0);
+            n == 0
+        },
+    )
+    .await;
+}
+
+/// Waits until a session runs a statement containing `text` and waits for
+/// a lock (the racing side is held at its moment).
+async fn waits_for_lock(db: &TestDb, text: &str) {
+    let pattern = format!("%{text}%");
+    wait_until("the statement waits for a lock", DELIVERY, || async {
+        let n: i64 = db
+            .client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+                 AND query LIKE $1 AND pid <> pg_backend_pid()",
+                &[&pattern],
+            )
+            .await
+            .expect("read pg_stat_activity")
+            .get(0);
+        n > 0
+    })
+    .await;
+}
+
+/// Sets `key` to `value` on `node` until it is acknowledged.
+async fn set_until_acknowledged(node: &C3, key: &str, value: i64) {
+    let deadline = tokio::time::Instant::now() + ACK_WITHIN;
+    loop {
+        match node.set(key, &value).await {
+            Ok(()) => return,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!(
+                "a later set of {key} was never acknowledged while the filler's link was frozen \
+                 ({ACK_WITHIN:?}): the frozen transaction still holds the row ({e})"
+            ),
+        }
+    }
+}
+
+/// Every node, and a node that starts now, serves `value` for `key`.
+async fn everyone_serves(db: &TestDb, nodes: &[&C3], key: &str, value: i64) {
+    let fresh = db.node().await;
+    for (i, node) in nodes.iter().copied().chain([&fresh]).enumerate() {
+        let got = node.get::<i64>(key).await.expect("get");
+        assert_eq!(got.as_deref(), Some(&value), "node {i} serves {key}");
+    }
+}
+
+/// A filler (node A, its pool through `link`) stores `key` and its link
+/// freezes right after the fill's upsert ran: the transaction stays open
+/// on the server, holding the row. Returns the fill in flight.
+async fn freeze_a_fill(
+    a: &C3,
+    link: &FaultProxy,
+    key: &'static str,
+) -> tokio::task::JoinHandle<c3::core::Result<bool>> {
+    // A must have heard the write before: else that notification, arriving
+    // during the fill, would void it before it reached L2.
+    wait_until("A heard the first write", DELIVERY, || async {
+        a.stats().invalidations_received > 0
+    })
+    .await;
+    let fill = a.begin_fill(&[key]).await.expect("fence");
+    // The upsert returns the key: its reply is where the link freezes.
+    link.freeze_on_reply(key.as_bytes());
+    let filling = tokio::spawn(async move { fill.store(key, &0i64, None, &[]).await });
+    wait_until(
+        "the fill's link froze mid-transaction",
+        DELIVERY,
+        || async { link.frozen() == 1 },
+    )
+    .await;
+    filling
+}
+
+#[tokio::test]
+async fn a_fill_frozen_mid_transaction_holds_back_no_later_write() {
+    const KEY: &str = "frozen:key";
+    let db = TestDb::new("frozen_fill").await;
+    let link = FaultProxy::start(support::database_addr()).await;
+    let a = db
+        .pool_through(&link)
+        .op_timeout(FILLER_TIMEOUT)
+        .build()
+        .await
+        .unwrap();
+    let b = db
+        .builder()
+        .op_timeout(Duration::from_secs(1))
+        .build()
+        .await
+        .unwrap();
+    b.set(KEY, &1i64).await.unwrap();
+
+    let filling = freeze_a_fill(&a, &link, KEY).await;
+    // B's write queues behind the frozen transaction's row lock; its caller
+    // is told it failed...
+    assert!(
+        b.set(KEY, &2i64).await.is_err(),
+        "the row is locked by the frozen fill"
+    );
+    // ...and a later write is acknowledged while the link is still frozen.
+    set_until_acknowledged(&b, KEY, 3).await;
+    assert_eq!(link.frozen(), 1, "the link was frozen throughout");
+
+    link.thaw();
+    let _ = filling.await;
+    quiet(&db).await;
+    assert_eq!(
+        l2_value(&db, KEY).await,
+        Some(3),
+        "L2 holds the last acknowledged write"
+    );
+    everyone_serves(&db, &[&a, &b], KEY, 3).await;
+}
+
+#[tokio::test]
+async fn a_combined_batch_behind_a_frozen_fill_never_commits_after_its_callers_gave_up() {
+    const KEY: &str = "frozen:batch";
+    const FREE: &str = "free:batch";
+    let db = TestDb::new("frozen_batch").await;
+    let link = FaultProxy::start(support::database_addr()).await;
+    let a = db
+        .pool_through(&link)
+        .op_timeout(FILLER_TIMEOUT)
+        .build()
+        .await
+        .unwrap();
+    let b = db
+        .builder()
+        .op_timeout(Duration::from_secs(1))
+        .build()
+        .await
+        .unwrap();
+    b.set_many(&[(KEY, 1i64), (FREE, 1i64)]).await.unwrap();
+
+    let filling = freeze_a_fill(&a, &link, KEY).await;
+    // One batch of the write combiner: the locked key first, so the
+    // statement waits before it touches the free one.
+    assert!(
+        b.set_many(&[(KEY, 2i64), (FREE, 2i64)]).await.is_err(),
+        "the batch waits for the frozen fill's row"
+    );
+    // The free key is written and acknowledged at once...
+    b.set(FREE, &3i64).await.unwrap();
+    // ...and the locked one once the server has ended the frozen fill.
+    set_until_acknowledged(&b, KEY, 3).await;
+    assert_eq!(link.frozen(), 1, "the link was frozen throughout");
+
+    link.thaw();
+    let _ = filling.await;
+    quiet(&db).await;
+    for key in [KEY, FREE] {
+        assert_eq!(
+            l2_value(&db, key).await,
+            Some(3),
+            "L2 holds the last acknowledged write of {key}, not the batch its caller gave up on"
+        );
+        everyone_serves(&db, &[&a, &b], key, 3).await;
+    }
+}
+
+/// The invalidation function, called by a foreign client while a fill that
+/// stored a row tagged `T` is held between its store and its commit.
+async fn function_against_a_held_fill(name: &str, keys: &[&str]) {
+    const KEY: &str = "held:fill";
+    let db = TestDb::new(name).await;
+    let link = FaultProxy::start(support::database_addr()).await;
+    let a = db
+        .pool_through(&link)
+        .op_timeout(Duration::from_secs(30))
+        .build()
+        .await
+        .unwrap();
+    let fill = a.begin_fill(&[KEY]).await.unwrap();
+    // The fill's upsert has run (row and tag stored, uncommitted) when its
+    // reply, carrying the key, is held: the COMMIT waits behind it.
+    link.hold_replies(KEY.as_bytes());
+    let filling = tokio::spawn(async move { fill.store(KEY, &0i64, None, &["T"]).await });
+    wait_until("the fill's upsert ran", DELIVERY, || async {
+        link.held() > 0
+    })
+    .await;
+
+    let deleter = support::connect(&db.url).await;
+    let function = a.sql_names().invalidate_function.clone();
+    let call = format!("SELECT {function}($1, $2::text[], ARRAY['T'])");
+    let channel = db.channel.clone();
+    let keys: Vec<String> = keys.iter().map(|k| (*k).to_owned()).collect();
+    let deleting = tokio::spawn(async move {
+        deleter
+            .query_one(&call, &[&channel, &keys])
+            .await
+            .map(|r| r.get::<_, Option<i64>>(0))
+    });
+    // The deletion waits for the fill's lock on the tag's record.
+    waits_for_lock(&db, &format!("{}\".\"cache_data_invalidate", db.schema)).await;
+    link.forward();
+    assert!(
+        filling.await.unwrap().unwrap(),
+        "the fill was stored: it read before the deletion began"
+    );
+    let version = deleting.await.unwrap().expect("the invalidation function");
+    assert!(version.is_some(), "the function found the tagged row");
+    quiet(&db).await;
+    assert_eq!(
+        l2_value(&db, KEY).await,
+        None,
+        "the row the fill stored, tagged T, went with the tag's invalidation"
+    );
+    wait_until("A drops what it filled", DELIVERY, || async {
+        a.get::<i64>(KEY).await.unwrap().is_none()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_function_deletes_a_tagged_fill_held_before_its_commit() {
+    function_against_a_held_fill("fn_tag_fill", &[]).await;
+}
+
+#[tokio::test]
+async fn the_function_with_keys_and_tags_deletes_a_tagged_fill_held_before_its_commit() {
+    function_against_a_held_fill("fn_keys_tag_fill", &["other:key"]).await;
+}
+
+#[tokio::test]
+async fn a_key_tagged_between_invalidate_tags_records_and_its_delete_is_recorded() {
+    let db = TestDb::new("tag_between").await;
+    let n = db
+        .builder()
+        .op_timeout(Duration::from_secs(30))
+        .build()
+        .await
+        .unwrap();
+    n.set_tagged("x", &1i64, None, &["T"]).await.unwrap();
+    // A filler of `x` holds its deletion record (as statement 2 of a fill
+    // does): the tag invalidation waits right before its DELETE.
+    let holder = support::connect(&db.url).await;
+    let deleted = format!("\"{}\".cache_data_deleted", db.schema);
+    holder
+        .batch_execute(&format!(
+            "INSERT INTO {deleted} (key, xid) VALUES ('x', '0') ON CONFLICT DO NOTHING; \
+             BEGIN; SELECT 1 FROM {deleted} WHERE key = 'x' FOR SHARE"
+        ))
+        .await
+        .unwrap();
+    let inv = {
+        let n = n.clone();
+        tokio::spawn(async move { n.invalidate_tag("T").await })
+    };
+    waits_for_lock(
+        &db,
+        &format!("{}\".\"cache_data_deleted\" (key, xid", db.schema),
+    )
+    .await;
+    // Meanwhile a writer tags another key.
+    let w = db.node().await;
+    w.set_tagged("y", &1i64, None, &["T"]).await.unwrap();
+    holder.batch_execute("COMMIT").await.unwrap();
+    let removed = inv.await.unwrap().unwrap();
+    assert_eq!(removed, 2, "both tagged keys were deleted");
+    assert_eq!(l2_value(&db, "y").await, None);
+    let recorded: Option<String> = db
+        .client
+        .query_opt(
+            &format!("SELECT xid::text FROM {deleted} WHERE key = 'y'"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .map(|r| r.get(0));
+    assert!(
+        recorded.is_some_and(|x| x != "0"),
+        "the deletion of y is recorded (a replaying node and a fill fenced before it need it)"
+    );
+}
+
+/// Writes `key` with a 1 s TTL on `writer` (whose clock is `clock` and
+/// which sweeps), moves its clock past that, and waits for the sweep.
+async fn written_then_swept(db: &TestDb, writer: &C3, clock: &c3::core::ManualClock, key: &str) {
+    writer
+        .set_with_ttl(key, &2i64, Some(Duration::from_secs(1)))
+        .await
+        .unwrap();
+    clock.advance(Duration::from_secs(2));
+    wait_until("the sweeper removed the expired row", DELIVERY, || async {
+        l2_value(db, key).await.is_none()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_newer_row_swept_during_an_outage_is_dropped_by_the_warm_replay() {
+    const KEY: &str = "swept:key";
+    let db = TestDb::new("swept_replay").await;
+    let link = FaultProxy::start(support::database_addr()).await;
+    let a = db
+        .listening_through(&link)
+        .warm_reconnect(true)
+        .build()
+        .await
+        .unwrap();
+    let clock = c3::core::ManualClock::new();
+    let b = db
+        .builder()
+        .clock(clock.clone())
+        .sweep_interval(Some(Duration::from_millis(50)))
+        .build()
+        .await
+        .unwrap();
+    a.set(KEY, &1i64).await.unwrap();
+    assert!(a.is_cached_locally(KEY));
+
+    link.drop_all();
+    wait_until("A lost its LISTEN link", DELIVERY, || async {
+        a.listener_state() != c3::core::ListenerState::Listening
+    })
+    .await;
+    let replays = a.stats().warm_reconnects;
+    written_then_swept(&db, &b, &clock, KEY).await;
+    link.forward();
+    wait_until("A replayed the change log", DELIVERY, || async {
+        a.stats().warm_reconnects > replays
+    })
+    .await;
+    assert_eq!(
+        a.get::<i64>(KEY).await.unwrap(),
+        None,
+        "A must not serve its older value of a key written (and expired) while it was away"
+    );
+}
+
+#[tokio::test]
+async fn a_fill_fenced_before_a_write_is_refused_after_that_write_was_swept() {
+    const KEY: &str = "swept:fill";
+    let db = TestDb::new("swept_fill").await;
+    // A does not hear the write (its LISTEN link holds every byte): only L2
+    // can refuse its fill.
+    let link = FaultProxy::start(support::database_addr()).await;
+    let a = db.listening_through(&link).build().await.unwrap();
+    let clock = c3::core::ManualClock::new();
+    let b = db
+        .builder()
+        .clock(clock.clone())
+        .sweep_interval(Some(Duration::from_millis(50)))
+        .build()
+        .await
+        .unwrap();
+    let fill = a.begin_fill(&[KEY]).await.unwrap();
+    link.blackhole();
+    let heard = a.stats().invalidations_received;
+    written_then_swept(&db, &b, &clock, KEY).await;
+    let stored = fill.store(KEY, &1i64, None, &[]).await.unwrap();
+    assert_eq!(
+        a.stats().invalidations_received,
+        heard,
+        "A heard nothing of the write"
+    );
+    assert!(!stored, "the fill read before a write it must not undo");
+    assert_eq!(l2_value(&db, KEY).await, None);
+}
+
+#[tokio::test]
+async fn the_function_refuses_a_repeatable_read_caller() {
+    let db = TestDb::new("fn_rr").await;
+    let n = db.node().await;
+    n.set("rr:key", &1i64).await.unwrap();
+    let caller = support::connect(&db.url).await;
+    caller
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        .await
+        .unwrap();
+    let function = n.sql_names().invalidate_function.clone();
+    let err = caller
+        .query_one(
+            &format!("SELECT {function}($1, ARRAY['rr:key'])"),
+            &[&db.channel],
+        )
+        .await
+        .expect_err("refused");
+    let db_err = err.as_db_error().expect("a server error");
+    assert_eq!(db_err.code().code(), "25000");
+    assert!(
+        db_err.message().contains("READ COMMITTED"),
+        "{}",
+        db_err.message()
+    );
+    caller.batch_execute("ROLLBACK").await.unwrap();
+    // Nothing happened: the business transaction could not commit with it.
+    assert_eq!(l2_value(&db, "rr:key").await, Some(1));
+}
