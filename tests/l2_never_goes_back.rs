@@ -454,3 +454,18 @@ async fn the_function_refuses_a_repeatable_read_caller() {
     // Nothing happened: the business transaction could not commit with it.
     assert_eq!(l2_value(&db, "rr:key").await, Some(1));
 }
+
+/// Under `C3_TEST_ISOLATION` (scripts/test.sh's second phase), the nodes'
+/// sessions really default to that isolation — c3 begins READ COMMITTED
+/// explicitly or fails the phase; without it, to the server's default.
+#[tokio::test]
+async fn the_isolation_phase_is_in_effect() {
+    let level = std::env::var("C3_TEST_ISOLATION").unwrap_or_else(|_| "read committed".into());
+    let client = support::connect(&support::node_url(&support::database_url())).await;
+    let shown: String = client
+        .query_one("SHOW default_transaction_isolation", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(shown, level);
+}

@@ -54,6 +54,22 @@ pub async fn connect(url: &str) -> tokio_postgres::Client {
     client
 }
 
+/// The URL c3 nodes of a test use: `url`, with the sessions' default
+/// isolation set to `C3_TEST_ISOLATION` when that is set (scripts/test.sh
+/// runs the fence and warm-reconnect tests again under `repeatable read`:
+/// c3 must begin its own transactions READ COMMITTED whatever the
+/// database's or role's default says).
+pub fn node_url(url: &str) -> String {
+    match std::env::var("C3_TEST_ISOLATION") {
+        Ok(level) if !level.is_empty() => {
+            let sep = if url.contains('?') { '&' } else { '?' };
+            let level = level.replace(' ', "%5C%20");
+            format!("{url}{sep}options=-c%20default_transaction_isolation%3D{level}")
+        }
+        _ => url.to_owned(),
+    }
+}
+
 /// One test's private schema and channel on the shared server.
 pub struct TestDb {
     pub url: String,
@@ -99,7 +115,7 @@ impl TestDb {
     /// heartbeats so failures are detected quickly.
     pub fn builder(&self) -> C3Builder {
         C3::builder()
-            .postgres(&self.url)
+            .postgres(&node_url(&self.url))
             .schema(self.schema.clone())
             .channel(self.channel.clone())
             .heartbeat(Duration::from_millis(200), Duration::from_millis(800))
@@ -113,7 +129,7 @@ impl TestDb {
     /// its own, so one can be held while the other works.
     pub fn split_builder(&self, pool_url: &str, listen_url: &str) -> C3Builder {
         let pool = deadpool_postgres::Pool::builder(deadpool_postgres::Manager::new(
-            pool_url
+            node_url(pool_url)
                 .parse::<tokio_postgres::Config>()
                 .expect("pool URL"),
             tokio_postgres::NoTls,
@@ -122,7 +138,7 @@ impl TestDb {
         .runtime(deadpool_postgres::Runtime::Tokio1)
         .build()
         .expect("pool");
-        self.builder().pool(pool).postgres(listen_url)
+        self.builder().pool(pool).postgres(&node_url(listen_url))
     }
 
     /// A builder whose L2 pool goes through `link` (a fault proxy); LISTEN
