@@ -30,11 +30,30 @@
 //! replaying the change log). The test watches each node's listener state
 //! and raises that node's floor accordingly.
 //!
+//! Writes can fail (a frozen link, a lock held by a frozen node): c3's
+//! promise is that a write reported as failed never commits afterwards. So
+//! a failed write is settled at once — the row is read back under the key's
+//! lock: it committed (and is logged as any write) or it did not, and then
+//! it is logged as *unacknowledged*: the source changed, so a load or fill
+//! may legitimately return its value, but no node's floor rises to it. A
+//! write that committed later anyway would leave an older value over newer
+//! ones: stale reads, and the final check — L2 holds, for every key, the
+//! last acknowledged write or something newer — catches it.
+//!
+//! Some writes carry a 1 s TTL, shorter than an outage, and every node
+//! sweeps: a key may then read as absent once its newest write expired, but
+//! never as an older value.
+//!
 //! Seeded and bounded: `C3_HISTORY_SECS` (default 3) and `C3_HISTORY_SEED`
-//! (default: random, printed) reproduce or lengthen a run. One variant runs
-//! a reading node behind a fault proxy that drops its connections again and
-//! again; another runs every node with warm reconnect, and alternates
-//! dropped and blackholed links with killed listener backends.
+//! (default: random, printed) reproduce or lengthen a run. Variants: a
+//! reading node behind a fault proxy that drops its connections again and
+//! again; every node with warm reconnect, alternating dropped and
+//! blackholed links with killed listener backends; a node that reads,
+//! writes and fills the same keys as the others (fills share tags) whose
+//! whole link **freezes mid-transaction** for 3 s at a time (bytes held,
+//! its closes hidden from the server, then every connection closed), with
+//! and without warm reconnect; and the freezing run again with every
+//! node's sessions defaulting to REPEATABLE READ.
 
 mod support;
 
@@ -52,9 +71,40 @@ use support::{Rng, TestDb};
 const KEYS: usize = 8;
 const WARM_KEYS: usize = 64;
 
-/// One key's committed history: (version, value written or `None` for a
-/// delete, `History::clock` when the write began, and when it completed).
-type Log = Vec<(u64, Option<u64>, u64, u64)>;
+/// One write of a key, in the key's order.
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    /// The version it committed at (for an unacknowledged write, the
+    /// version the key was at: it changed nothing in L2).
+    version: u64,
+    /// The value written, or `None` for a delete.
+    value: Option<u64>,
+    /// `History::clock` when the write began, and when it completed.
+    began: u64,
+    done: u64,
+    /// Whether it committed (acknowledged, or found committed when its
+    /// failure was settled).
+    acked: bool,
+    /// When a write with a TTL may have expired (it was written from
+    /// `began` on, with the TTL added to the writer's clock then).
+    expires: Option<Instant>,
+}
+
+/// One key's history.
+type Log = Vec<Entry>;
+
+/// The implicit first entry of every key: it did not exist.
+const NEVER: Entry = Entry {
+    version: 0,
+    value: None,
+    began: 0,
+    done: 0,
+    acked: true,
+    expires: None,
+};
+
+/// The TTL of the short-lived writes: shorter than a frozen link lasts.
+const SHORT_TTL: Duration = Duration::from_secs(1);
 
 /// What a node has seen: per key, the highest version applied from
 /// notifications and the highest version of its own completed writes.
@@ -90,6 +140,8 @@ struct Read {
     ended: u64,
     /// The node's `NodeView::covered` when the read started.
     covered: u64,
+    /// Wall time when the read returned (for TTLs).
+    ended_at: Instant,
 }
 
 struct History {
@@ -138,24 +190,91 @@ fn watch_reconnects(node: &C3, view: Arc<NodeView>, history: Arc<History>) {
     });
 }
 
-async fn node_with_view(db: &TestDb, url: Option<&str>, warm: bool) -> (C3, Arc<NodeView>) {
+/// What a run does to node 3, and how every node is configured.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    /// Nothing: four healthy nodes.
+    None,
+    /// Node 3 only reads, through a link whose connections are dropped
+    /// (and, with warm reconnect, blackholed) again and again.
+    Flap,
+    /// Node 3 reads, writes and fills like the others, through a link that
+    /// freezes whole (mid-transaction) for 3 s at a time, then closes.
+    Freeze,
+}
+
+#[derive(Clone, Copy)]
+struct Variant {
+    fault: Fault,
+    warm: bool,
+    /// Every node's sessions default to REPEATABLE READ.
+    repeatable_read: bool,
+}
+
+/// `url` with its sessions defaulting to REPEATABLE READ.
+fn repeatable(url: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}options=-c%20default_transaction_isolation%3Drepeatable%5C%20read")
+}
+
+async fn node_with_view(db: &TestDb, url: Option<&str>, v: Variant) -> (C3, Arc<NodeView>) {
     let view = Arc::new(NodeView::default());
     let sink = Arc::clone(&view);
-    let mut b = db.builder().on_applied(move |n| {
-        let mut applied = sink.applied.lock().unwrap();
-        for (v, k) in n.written {
-            let e = applied.entry(k.clone()).or_default();
-            *e = (*e).max(*v);
-        }
-    });
+    let mut b = db
+        .builder()
+        .on_applied(move |n| {
+            let mut applied = sink.applied.lock().unwrap();
+            for (v, k) in n.written {
+                let e = applied.entry(k.clone()).or_default();
+                *e = (*e).max(*v);
+            }
+        })
+        // Short-lived writes expire during outages and are swept.
+        .sweep_interval(Some(Duration::from_millis(200)));
+    let url = url
+        .map(str::to_owned)
+        .or_else(|| v.repeatable_read.then(|| db.url.clone()));
     if let Some(url) = url {
-        b = b
-            .postgres(url)
-            .op_timeout(Duration::from_millis(500))
-            .connect_timeout(Duration::from_secs(1));
+        let url = if v.repeatable_read {
+            repeatable(&url)
+        } else {
+            url
+        };
+        b = b.postgres(&url).connect_timeout(Duration::from_secs(1));
     }
-    b = b.warm_reconnect(warm);
+    b = match v.fault {
+        Fault::None => b,
+        Fault::Flap => b.op_timeout(Duration::from_millis(500)),
+        // As the history that found writes committing after their callers
+        // were told they failed: 1 s for every node.
+        Fault::Freeze => b.op_timeout(Duration::from_secs(1)),
+    };
+    b = b.warm_reconnect(v.warm);
     (b.build().await.expect("node"), view)
+}
+
+/// Whether a write whose caller was told it failed committed anyway
+/// (before the failure was reported: c3 promises it cannot commit after).
+/// A set committed if the row holds its value; a delete is never taken as
+/// committed (unknowable when the key was absent before; the checker then
+/// only keeps a lower floor).
+async fn committed(db: &TestDb, key: &str, value: Option<u64>) -> bool {
+    let Some(v) = value else {
+        return false;
+    };
+    let row = db
+        .client
+        .query_opt(
+            &format!(
+                "SELECT convert_from(value, 'UTF8')::bigint FROM {} WHERE key = $1 \
+                 AND encoding = 'json'",
+                db.table()
+            ),
+            &[&key],
+        )
+        .await
+        .unwrap();
+    row.is_some_and(|r| r.get::<_, i64>(0) == v as i64)
 }
 
 /// The version `key` committed at, read back while its lock is held. After
@@ -195,7 +314,7 @@ async fn worker(
     view: Arc<NodeView>,
     history: Arc<History>,
     (node_ix, task): (usize, usize),
-    writes: bool,
+    (writes, faulted): (bool, bool),
     seed: u64,
     until: Instant,
 ) -> u64 {
@@ -246,33 +365,57 @@ async fn worker(
                     started,
                     ended,
                     covered,
+                    ended_at: Instant::now(),
                 }),
-                // A node cut off from PostgreSQL answers with errors, not data.
-                Err(e) if !writes => assert!(e.is_l2_unavailable() || e.is_timeout(), "{e}"),
+                // A node cut off from PostgreSQL, or waiting behind one that
+                // is, answers with errors, not data.
+                Err(e) if faulted => assert!(e.is_l2_unavailable() || e.is_timeout(), "{e}"),
                 Err(e) => panic!("read on a healthy node failed: {e}"),
             }
         } else {
             let mut log = history.logs[k].lock().await;
             let began = history.clock.fetch_add(1, Ordering::SeqCst);
-            let value = if roll < 88 {
-                let v = history.next_value.fetch_add(1, Ordering::Relaxed);
-                history.source.lock().unwrap()[k] = Some(v);
-                node.set(&name, &v).await.expect("set");
-                Some(v)
+            let began_at = Instant::now();
+            let (value, ttl) = if roll < 88 {
+                let ttl = (roll >= 80).then_some(SHORT_TTL);
+                (
+                    Some(history.next_value.fetch_add(1, Ordering::Relaxed)),
+                    ttl,
+                )
             } else {
-                history.source.lock().unwrap()[k] = None;
-                node.delete(&name).await.expect("delete");
-                None
+                (None, None)
+            };
+            history.source.lock().unwrap()[k] = value;
+            let written = match value {
+                Some(v) => node.set_with_ttl(&name, &v, ttl).await,
+                None => node.delete(&name).await,
+            };
+            let acked = match written {
+                Ok(()) => true,
+                Err(e) if faulted => {
+                    assert!(e.is_l2_unavailable() || e.is_timeout(), "{e}");
+                    committed(&db, &name, value).await
+                }
+                Err(e) => panic!("a write on a healthy node failed: {e}"),
             };
             let version = committed_version(&db, &name).await;
             let done = history.clock.fetch_add(1, Ordering::SeqCst);
             if let Some(v) = value {
                 history.written_at.lock().unwrap().insert((k, v), done);
             }
-            log.push((version, value, began, done));
-            let mut own = view.own.lock().unwrap();
-            let e = own.entry(name).or_default();
-            *e = (*e).max(version);
+            log.push(Entry {
+                version,
+                value,
+                began,
+                done,
+                acked,
+                expires: ttl.map(|t| began_at + t),
+            });
+            if acked {
+                let mut own = view.own.lock().unwrap();
+                let e = own.entry(name).or_default();
+                *e = (*e).max(version);
+            }
         }
         ops += 1;
         // L1 hits never wait; without this a reader would starve the writers
@@ -287,18 +430,22 @@ fn check(history: &History, logs: &[Log]) -> Vec<String> {
     let mut anomalies = Vec::new();
     let mut last_seen: HashMap<(usize, usize, usize), usize> = HashMap::new();
     for r in history.reads.lock().unwrap().iter() {
-        // The implicit first entry: the key did not exist.
-        let mut log: Log = vec![(0, None, 0, 0)];
+        let mut log: Log = vec![NEVER];
         log.extend(logs[r.key].iter().copied());
-        // The newest logged write at or below the bound (entry 0 has version
-        // 0), or completed before a lost listener the node has recovered from.
+        // The newest acknowledged write at or below the bound (entry 0 has
+        // version 0), or completed before a lost listener the node has
+        // recovered from.
         let floor = log
             .iter()
-            .rposition(|e| e.0 <= r.bound)
+            .rposition(|e| e.acked && e.version <= r.bound)
             .unwrap_or(0)
-            .max(log.iter().rposition(|e| e.3 < r.covered).unwrap_or(0));
+            .max(
+                log.iter()
+                    .rposition(|e| e.acked && e.done < r.covered)
+                    .unwrap_or(0),
+            );
         match r.got {
-            Some(w) => match log.iter().position(|e| e.1 == Some(w)) {
+            Some(w) => match log.iter().position(|e| e.value == Some(w)) {
                 None => anomalies.push(format!(
                     "node {} read h{} = {w}, never written",
                     r.node, r.key
@@ -311,7 +458,7 @@ fn check(history: &History, logs: &[Log]) -> Vec<String> {
                     r.bound,
                     log[at.saturating_sub(1)..(floor + 2).min(log.len())]
                         .iter()
-                        .map(|e| (e.0, e.1))
+                        .map(|e| (e.version, e.value, e.acked))
                         .collect::<Vec<_>>()
                 )),
                 Some(at) => {
@@ -342,19 +489,25 @@ fn check(history: &History, logs: &[Log]) -> Vec<String> {
                 // Absent is right only if a delete at or after both floors
                 // (what the node had applied, what this task had seen) had
                 // begun before the read returned — a delete after it cannot
-                // explain it.
+                // explain it — or a write there may have expired by then.
                 let seen = last_seen.entry((r.node, r.task, r.key)).or_insert(0);
                 let from = floor.max(*seen);
-                match (from..log.len()).find(|&i| log[i].1.is_none() && log[i].2 < r.ended) {
+                let gone = |e: &Entry| {
+                    (e.value.is_none() && e.began < r.ended)
+                        || e.expires.is_some_and(|x| x < r.ended_at)
+                };
+                match (from..log.len()).find(|&i| gone(&log[i])) {
                     None => anomalies.push(format!(
-                        "node {} task {} read h{} as absent, but no delete at or after entry {from} \
-                         had begun before the read returned",
+                        "node {} task {} read h{} as absent, but no delete or expiry at or after \
+                         entry {from} had happened before the read returned",
                         r.node, r.task, r.key
                     )),
                     // A delete that completed before the read began is now
                     // this task's floor too (one still under way may have
                     // reached only the source).
-                    Some(i) if log[i].3 < r.started => *seen = (*seen).max(i),
+                    Some(i) if log[i].value.is_none() && log[i].done < r.started => {
+                        *seen = (*seen).max(i)
+                    }
                     Some(_) => {}
                 }
             }
@@ -363,20 +516,146 @@ fn check(history: &History, logs: &[Log]) -> Vec<String> {
     anomalies
 }
 
-async fn run(name: &str, flapping: bool, warm: bool) {
+/// What L2 holds at the end, key by key, against the logs: the last
+/// acknowledged write of a key, or something newer (a later write, a fill
+/// of a newer source value), or nothing — never an older value. A write
+/// reported failed that committed afterwards leaves exactly that.
+async fn check_l2(db: &TestDb, logs: &[Log]) -> Vec<String> {
+    let mut anomalies = Vec::new();
+    for (k, entries) in logs.iter().enumerate() {
+        let mut log: Log = vec![NEVER];
+        log.extend(entries.iter().copied());
+        let last_acked = log.iter().rposition(|e| e.acked).unwrap_or(0);
+        let row = db
+            .client
+            .query_opt(
+                &format!(
+                    "SELECT CASE WHEN encoding = 'json' THEN convert_from(value, 'UTF8')::bigint END, \
+                     version FROM {} WHERE key = $1",
+                    db.table()
+                ),
+                &[&key(k)],
+            )
+            .await
+            .unwrap();
+        if let Some(row) = row {
+            // A cached miss (`absent`) is what a load read after a delete.
+            let (v, version): (Option<i64>, i64) = (row.get(0), row.get(1));
+            let Some(v) = v else {
+                if !(last_acked..log.len()).any(|i| log[i].value.is_none()) {
+                    anomalies.push(format!(
+                        "L2 holds h{k} as a cached miss (version {version}), but entry {last_acked} \
+                         ({:?}) was acknowledged after the last delete",
+                        log[last_acked].value
+                    ));
+                }
+                continue;
+            };
+            match log.iter().position(|e| e.value == Some(v as u64)) {
+                Some(at) if at >= last_acked => {}
+                at => anomalies.push(format!(
+                    "L2 holds h{k} = {v} (entry {at:?}, version {version}), but entry {last_acked} \
+                     ({:?}, version {}) was acknowledged after it",
+                    log[last_acked].value, log[last_acked].version
+                )),
+            }
+        }
+    }
+    anomalies
+}
+
+/// Waits until no transaction holds or waits for a lock on the test's
+/// tables: whatever was still queued has committed or rolled back.
+async fn quiet(db: &TestDb) {
+    support::wait_until(
+        "no transaction left on the test's tables",
+        support::DELIVERY,
+        || async {
+            let n: i64 = db
+                .client
+                .query_one(
+                    "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = $1 AND l.pid <> pg_backend_pid()",
+                    &[&db.schema],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            n == 0
+        },
+    )
+    .await;
+}
+
+/// Node 3's link fails again and again until `stop`; returns how many
+/// faults it injected. `recovered` gets the history clock after the first
+/// fault ended.
+fn inject_faults(
+    proxy: FaultProxy,
+    v: Variant,
+    db: Arc<TestDb>,
+    writers: Vec<C3>,
+    (history, recovered, stop): (Arc<History>, Arc<AtomicU64>, Arc<AtomicBool>),
+) -> tokio::task::JoinHandle<u64> {
+    tokio::spawn(async move {
+        let mut faults = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            if v.fault == Fault::Freeze {
+                tokio::time::sleep(Duration::from_millis(700)).await;
+                // The whole link freezes, mid-transaction wherever a
+                // transaction was: bytes held both ways, closes hidden from
+                // the server. Then every connection closes, as a dead link
+                // ends.
+                proxy.freeze_all();
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                proxy.thaw();
+            } else {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                // With warm reconnect: also blackholes (a half-open link,
+                // found by the heartbeat) and killed listener backends of
+                // the writing nodes.
+                if v.warm && faults % 2 == 1 {
+                    proxy.blackhole();
+                    db.kill_listener(&writers[(faults as usize / 2) % writers.len()])
+                        .await;
+                    tokio::time::sleep(Duration::from_millis(1_200)).await;
+                } else {
+                    proxy.drop_all();
+                    tokio::time::sleep(Duration::from_millis(150)).await;
+                }
+                proxy.forward();
+            }
+            faults += 1;
+            if faults == 1 {
+                recovered.store(history.clock.load(Ordering::SeqCst), Ordering::SeqCst);
+            }
+        }
+        faults
+    })
+}
+
+async fn run(name: &str, v: Variant) {
     let (duration, seed) = settings();
+    // A freeze lasts 3 s: the run outlasts two of them, and the frozen node
+    // reads for a while after the first.
+    let duration = if v.fault == Fault::Freeze {
+        duration.max(Duration::from_secs(9))
+    } else {
+        duration
+    };
     eprintln!("{name}: seed {seed}, {duration:?} (C3_HISTORY_SEED / C3_HISTORY_SECS)");
     let db = Arc::new(TestDb::new(name).await);
     let proxy = FaultProxy::start(support::database_addr()).await;
     let proxied = proxy.url(&db.url);
+    let faulty = v.fault != Fault::None;
     let mut nodes = Vec::new();
     for i in 0..4 {
-        // In the flapping run, node 3 reaches PostgreSQL through the proxy
-        // and only reads: its writes' outcomes would be unknowable.
-        let url = (flapping && i == 3).then_some(proxied.as_str());
-        nodes.push(node_with_view(&db, url, warm).await);
+        // Node 3 reaches PostgreSQL through the proxy.
+        let url = (faulty && i == 3).then_some(proxied.as_str());
+        nodes.push(node_with_view(&db, url, v).await);
     }
-    let keys = if warm { WARM_KEYS } else { KEYS };
+    let keys = if v.warm { WARM_KEYS } else { KEYS };
     let history = Arc::new(History {
         logs: (0..keys)
             .map(|_| tokio::sync::Mutex::new(Vec::new()))
@@ -389,52 +668,32 @@ async fn run(name: &str, flapping: bool, warm: bool) {
     });
     let until = Instant::now() + duration;
     let stop = Arc::new(AtomicBool::new(false));
+    let recovered = Arc::new(AtomicU64::new(u64::MAX));
     for (node, view) in &nodes {
         watch_reconnects(node, Arc::clone(view), Arc::clone(&history));
     }
-    let flapper = flapping.then(|| {
-        let stop = Arc::clone(&stop);
-        let (db, writers) = (
-            Arc::clone(&db),
-            nodes[..3]
-                .iter()
-                .map(|(n, _)| n.clone())
-                .collect::<Vec<_>>(),
+    let injector = faulty.then(|| {
+        let writers = nodes[..3].iter().map(|(n, _)| n.clone()).collect();
+        let shared = (
+            Arc::clone(&history),
+            Arc::clone(&recovered),
+            Arc::clone(&stop),
         );
-        tokio::spawn(async move {
-            let mut faults = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                tokio::time::sleep(Duration::from_millis(250)).await;
-                // With warm reconnect: also blackholes (a half-open link,
-                // found by the heartbeat) and killed listener backends of
-                // the writing nodes.
-                if warm && faults % 2 == 1 {
-                    proxy.blackhole();
-                    db.kill_listener(&writers[(faults as usize / 2) % writers.len()])
-                        .await;
-                    tokio::time::sleep(Duration::from_millis(1_200)).await;
-                } else {
-                    proxy.drop_all();
-                    tokio::time::sleep(Duration::from_millis(150)).await;
-                }
-                faults += 1;
-                proxy.forward();
-            }
-            faults
-        })
+        inject_faults(proxy, v, Arc::clone(&db), writers, shared)
     });
     let mut tasks = Vec::new();
     let mut seeds = Rng(seed);
     for (i, (node, view)) in nodes.iter().enumerate() {
         for t in 0..3 {
-            let writes = !(flapping && i == 3);
+            // The flapping node only reads; the frozen one does everything.
+            let writes = !(v.fault == Fault::Flap && i == 3);
             tasks.push(tokio::spawn(worker(
                 Arc::clone(&db),
                 node.clone(),
                 Arc::clone(view),
                 Arc::clone(&history),
                 (i, t),
-                writes,
+                (writes, faulty),
                 seeds.next(),
                 until,
             )));
@@ -445,7 +704,7 @@ async fn run(name: &str, flapping: bool, warm: bool) {
         ops += t.await.expect("worker");
     }
     stop.store(true, Ordering::Relaxed);
-    let faults = match flapper {
+    let faults = match injector {
         Some(f) => f.await.unwrap(),
         None => 0,
     };
@@ -453,24 +712,48 @@ async fn run(name: &str, flapping: bool, warm: bool) {
     for l in &history.logs {
         logs.push(l.lock().await.clone());
     }
+    quiet(&db).await;
     let writes: usize = logs.iter().map(Vec::len).sum();
+    let unacked: usize = logs.iter().flatten().filter(|e| !e.acked).count();
     let reads = history.reads.lock().unwrap().len();
-    let anomalies = check(&history, &logs);
+    let after_recovery = history
+        .reads
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.node == 3 && r.started > recovered.load(Ordering::SeqCst))
+        .count();
+    let mut anomalies = check(&history, &logs);
+    anomalies.extend(check_l2(&db, &logs).await);
+    let dropped: u64 = nodes.iter().map(|(n, _)| n.stats().fills_dropped).sum();
     eprintln!(
-        "{name}: {ops} operations ({writes} writes, {reads} reads checked), {faults} connection drops, {} anomalies",
+        "{name}: {ops} operations ({writes} writes, {unacked} failed and not committed, {reads} reads \
+         checked, {after_recovery} by the faulted node after its first fault), {faults} faults, \
+         {dropped} fills refused, {} anomalies",
         anomalies.len()
     );
     assert!(
         reads > 100 && writes > 20,
         "the run did too little to mean anything"
     );
+    if faulty {
+        assert!(faults > 0, "no fault was injected");
+        assert!(
+            after_recovery > 0,
+            "the faulted node checked no read after its first fault ended"
+        );
+        assert!(
+            dropped > 0,
+            "no fill was ever refused: the fills never raced a write"
+        );
+    }
     assert!(
         anomalies.is_empty(),
         "seed {seed}: {} anomalies, first: {:#?}",
         anomalies.len(),
         &anomalies[..anomalies.len().min(10)]
     );
-    if warm {
+    if v.warm {
         let (kept, purged): (u64, u64) = nodes.iter().fold((0, 0), |(k, p), (n, _)| {
             let s = n.stats();
             (k + s.warm_reconnects, p + s.warm_reconnect_fallbacks)
@@ -486,17 +769,61 @@ async fn run(name: &str, flapping: bool, warm: bool) {
     }
 }
 
+const HEALTHY: Variant = Variant {
+    fault: Fault::None,
+    warm: false,
+    repeatable_read: false,
+};
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_histories_have_no_stale_reads() {
-    run("history", false, false).await;
+    run("history", HEALTHY).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn histories_stay_clean_while_a_node_link_flaps() {
-    run("history_flap", true, false).await;
+    let v = Variant {
+        fault: Fault::Flap,
+        ..HEALTHY
+    };
+    run("history_flap", v).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn histories_stay_clean_with_warm_reconnects_through_drops_blackholes_and_kills() {
-    run("history_warm", true, true).await;
+    let v = Variant {
+        fault: Fault::Flap,
+        warm: true,
+        ..HEALTHY
+    };
+    run("history_warm", v).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn histories_stay_clean_while_a_writing_and_filling_node_freezes_mid_transaction() {
+    let v = Variant {
+        fault: Fault::Freeze,
+        ..HEALTHY
+    };
+    run("history_freeze", v).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn histories_stay_clean_with_warm_reconnects_while_a_node_freezes_mid_transaction() {
+    let v = Variant {
+        fault: Fault::Freeze,
+        warm: true,
+        ..HEALTHY
+    };
+    run("history_freeze_warm", v).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn histories_stay_clean_under_repeatable_read_defaults_while_a_node_freezes() {
+    let v = Variant {
+        fault: Fault::Freeze,
+        repeatable_read: true,
+        ..HEALTHY
+    };
+    run("history_freeze_rr", v).await;
 }

@@ -4,6 +4,7 @@
 
 mod support;
 
+use support::{DELIVERY, wait_until};
 use support::{TestDb, received, run_cleanup};
 
 /// Drops the test's role, also when the test fails (roles are cluster-wide).
@@ -65,7 +66,15 @@ async fn migrate_false_lists_what_is_missing_and_a_least_privilege_role_works() 
     let err = db.builder().postgres(&as_app).build().await.unwrap_err();
     assert!(err.to_string().contains("permission denied"), "{err}");
     // …and needs none.
-    let node = || db.builder().postgres(&as_app).migrate(false).build();
+    // Warm reconnect on: its replay statement (snapshot, control functions,
+    // the live timeline, the version sequence) must run as this role too.
+    let node = || {
+        db.builder()
+            .postgres(&as_app)
+            .migrate(false)
+            .warm_reconnect(true)
+            .build()
+    };
     let (a, b) = (node().await.unwrap(), node().await.unwrap());
     a.set("k", &1u32).await.unwrap();
     assert_eq!(*b.get::<u32>("k").await.unwrap().unwrap(), 1);
@@ -84,6 +93,31 @@ async fn migrate_false_lists_what_is_missing_and_a_least_privilege_role_works() 
         .await
         .unwrap();
     assert_eq!(*loaded.unwrap(), 4);
+    // A lost listener replays the change log as the DML-only role: warm,
+    // not a purge after a failed replay.
+    b.set("warm", &5u32).await.unwrap();
+    let before = b.stats();
+    wait_until("B's mark covers its write", DELIVERY, || async {
+        b.stats().replay_marks >= before.replay_marks + 2
+    })
+    .await;
+    let before = b.stats();
+    assert_eq!(db.kill_listener(&b).await, 1);
+    wait_until("B is back", DELIVERY, || async {
+        let s = b.stats();
+        s.warm_reconnects + s.warm_reconnect_fallbacks
+            > before.warm_reconnects + before.warm_reconnect_fallbacks
+    })
+    .await;
+    let after = b.stats();
+    assert_eq!(
+        (
+            after.warm_reconnects - before.warm_reconnects,
+            after.warm_reconnect_fallbacks - before.warm_reconnect_fallbacks
+        ),
+        (1, 0),
+        "the replay ran as the DML-only role"
+    );
     a.shutdown().await;
     b.shutdown().await;
 }

@@ -71,6 +71,12 @@ async fn two_nodes_stay_coherent_with_their_pools_behind_pgbouncer() {
     a.delete("shared").await.unwrap();
     received(&b, r).await;
     assert!(b.get::<u32>("shared").await.unwrap().is_none());
+
+    // All of that went through the pooler: without it, the pools reach
+    // nothing (their LISTEN connections, direct, stay up).
+    drop(bouncer);
+    let err = a.set("after", &1u32).await.unwrap_err();
+    assert!(err.is_l2_unavailable(), "{err}");
     a.shutdown().await;
     b.shutdown().await;
 }

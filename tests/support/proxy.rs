@@ -22,6 +22,7 @@ const BLACKHOLE: u8 = 1;
 const DROP: u8 = 2;
 const HOLD_REPLIES: u8 = 3;
 const FREEZE_ON_REPLY: u8 = 4;
+const FREEZE_ALL: u8 = 5;
 
 pub struct FaultProxy {
     pub port: u16,
@@ -138,6 +139,13 @@ impl FaultProxy {
         self.mode.store(FREEZE_ON_REPLY, Ordering::SeqCst);
     }
 
+    /// Freezes every connection, and those opened meanwhile, as
+    /// [`freeze_on_reply`](Self::freeze_on_reply) freezes one — the whole
+    /// link, mid-transaction — until [`thaw`](Self::thaw).
+    pub fn freeze_all(&self) {
+        self.mode.store(FREEZE_ALL, Ordering::SeqCst);
+    }
+
     /// Connections frozen now.
     pub fn frozen(&self) -> u64 {
         self.frozen.load(Ordering::SeqCst)
@@ -217,10 +225,15 @@ async fn pipe(
                    mode: Arc<AtomicU8>,
                    latency: Arc<AtomicU64>,
                    held: Option<Held>,
-                   frozen: Arc<std::sync::atomic::AtomicBool>| async move {
+                   frozen: Arc<std::sync::atomic::AtomicBool>,
+                   count: Arc<AtomicU64>| async move {
         let mut buf = vec![0u8; 16 * 1024];
         loop {
-            let n = match r.read(&mut buf).await {
+            let read = r.read(&mut buf).await;
+            if mode.load(Ordering::SeqCst) == FREEZE_ALL && !frozen.swap(true, Ordering::SeqCst) {
+                count.fetch_add(1, Ordering::SeqCst);
+            }
+            let n = match read {
                 Ok(0) | Err(_) if frozen.load(Ordering::SeqCst) => {
                     return std::future::pending::<()>().await;
                 }
@@ -230,15 +243,16 @@ async fn pipe(
             if frozen.load(Ordering::SeqCst) {
                 continue;
             }
-            if let Some((_, _, needle, count)) = &held
+            if let Some((_, _, needle, _)) = &held
                 && mode.load(Ordering::SeqCst) == FREEZE_ON_REPLY
                 && contains(&buf[..n], &needle.lock().unwrap())
                 && mode
                     .compare_exchange(FREEZE_ON_REPLY, FORWARD, Ordering::SeqCst, Ordering::SeqCst)
                     .is_ok()
             {
-                frozen.store(true, Ordering::SeqCst);
-                count.fetch_add(1, Ordering::SeqCst);
+                if !frozen.swap(true, Ordering::SeqCst) {
+                    count.fetch_add(1, Ordering::SeqCst);
+                }
                 continue;
             }
             // Blackhole: hold the bytes forever (until the connection is dropped).
@@ -290,8 +304,17 @@ async fn pipe(
         latency.clone(),
         None,
         frozen.clone(),
+        count.clone(),
     ));
-    let mut down = tokio::spawn(one_way(sr, cw, mode, latency, Some(held), frozen.clone()));
+    let mut down = tokio::spawn(one_way(
+        sr,
+        cw,
+        mode,
+        latency,
+        Some(held),
+        frozen.clone(),
+        count.clone(),
+    ));
     tokio::select! {
         _ = gen_rx.changed() => {}
         _ = &mut up => {}
