@@ -51,23 +51,38 @@ fn counts(node: &C3) -> (u64, u64) {
     (s.writes, s.fills_dropped)
 }
 
+/// Asserts that `node`'s fill since `before` was refused by L2 itself: the
+/// node heard nothing meanwhile (its LISTEN link held), so its own fill
+/// token could not have refused it.
+fn refused_by_l2(node: &C3, before: (u64, u64), heard: u64) {
+    let s = node.stats();
+    assert_eq!(s.invalidations_received, heard, "the node heard nothing");
+    assert!(s.fills_dropped > before.1, "L2 refused the fill");
+}
+
 #[tokio::test]
 async fn a_get_that_read_before_a_put_on_another_replica_is_not_stored() {
     let db = TestDb::new("fence_http_put").await;
-    let (a, b) = (db.node().await, db.node().await);
+    // A's LISTEN link is held during the race: only L2 can refuse its fill.
+    let listen_link = FaultProxy::start(support::database_addr()).await;
+    let a = db.listening_through(&listen_link).build().await.unwrap();
+    let b = db.node().await;
     let origin = VersionedOrigin::new("max-age=300");
     let (svc_a, svc_b) = (origin.cached(&a), origin.cached(&b));
 
     origin.hold();
     let before = counts(&a);
+    let heard = a.stats().invalidations_received;
     let ((_, body), ()) = tokio::join!(fetch(&svc_a, URL, &[]), async {
         origin.wait_held(1).await; // A's GET has read v0
+        listen_link.blackhole();
         // B's PUT commits and invalidates the URI everywhere, returning first.
         put(&svc_b).await;
         origin.release();
     });
     assert_eq!(body, "/item@v0", "the GET began before the PUT");
     fill_settled(&a, before).await;
+    refused_by_l2(&a, before, heard);
 
     for (name, svc) in [("A", &svc_a), ("B", &svc_b)] {
         let (p, body) = fetch(svc, URL, &[]).await;
@@ -78,6 +93,7 @@ async fn a_get_that_read_before_a_put_on_another_replica_is_not_stored() {
             cache_status(&p)
         );
     }
+    listen_link.forward();
 }
 
 #[tokio::test]
@@ -109,7 +125,14 @@ async fn a_tag_invalidated_before_anything_was_stored_fences_the_fill() {
 async fn a_304_that_raced_a_put_does_not_refresh_the_old_response() {
     let db = TestDb::new("fence_http_304").await;
     let clock = c3::core::ManualClock::new();
-    let a = db.builder().clock(clock.clone()).build().await.unwrap();
+    // A's LISTEN link is held during the race: only L2 can refuse its fill.
+    let listen_link = FaultProxy::start(support::database_addr()).await;
+    let a = db
+        .listening_through(&listen_link)
+        .clock(clock.clone())
+        .build()
+        .await
+        .unwrap();
     let b = db.node().await;
     let origin = VersionedOrigin::new("max-age=10");
     let (svc_a, svc_b) = (origin.cached(&a), origin.cached(&b));
@@ -121,8 +144,10 @@ async fn a_304_that_raced_a_put_does_not_refresh_the_old_response() {
 
     origin.hold();
     let before = counts(&a);
+    let heard = a.stats().invalidations_received;
     let ((p, body), ()) = tokio::join!(fetch(&svc_a, URL, &[]), async {
         origin.wait_held(1).await; // the conditional GET read v0: a 304 is coming
+        listen_link.blackhole();
         put(&svc_b).await;
         origin.release();
     });
@@ -133,11 +158,13 @@ async fn a_304_that_raced_a_put_does_not_refresh_the_old_response() {
         cache_status(&p)
     );
     fill_settled(&a, before).await;
+    refused_by_l2(&a, before, heard);
 
     for (name, svc) in [("A", &svc_a), ("B", &svc_b)] {
         let (p, body) = fetch(svc, URL, &[]).await;
         assert_eq!(body, "/item@v1", "{name}: {}", cache_status(&p));
     }
+    listen_link.forward();
 }
 
 #[derive(
@@ -240,6 +267,12 @@ async fn find_many_that_read_before_a_save_on_another_node_is_not_cached() {
         row.map(|v| String::from_utf8_lossy(&v).into_owned())
     );
     assert_eq!(repo_a.find(&1).await.unwrap().unwrap().name, "new");
+    // B itself, still deaf to the save, must not serve what it read before.
+    assert_eq!(
+        repo_b.find(&1).await.unwrap().unwrap().name,
+        "new",
+        "B kept the refused fill"
+    );
     listen_link.forward();
 }
 
