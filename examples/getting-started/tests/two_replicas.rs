@@ -202,3 +202,110 @@ async fn two_replicas_share_responses_and_every_write_purges_them_on_both() {
         .await;
     }
 }
+
+/// The price in a product body (`"price_cents":N`).
+fn price(body: &str) -> Option<i64> {
+    let at = body.find("\"price_cents\":")? + "\"price_cents\":".len();
+    let digits: String = body[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
+/// GET traffic on both replicas (filling their caches, through L2 and the
+/// fenced fill) while a foreign client UPDATEs the product by SQL again and
+/// again (the trigger invalidates through c3's function). No response may
+/// be older than an UPDATE that committed before the request started, by
+/// more than the propagation bound: a response stored from a read that
+/// began before an UPDATE and survived it would be served for its whole
+/// max-age. `C3_HTTP_RUN_SECS` (default 4) lengthens the run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_updates_racing_get_traffic_never_leave_an_older_response() {
+    /// A response may trail an UPDATE by this much (the notification's trip
+    /// to the other replica's listener, on a loaded 2-core machine).
+    const PROPAGATION: Duration = Duration::from_millis(500);
+    let secs: u64 = std::env::var("C3_HTTP_RUN_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(4);
+    let db = OwnDatabase::new().await;
+    let client = reqwest::Client::new();
+    let (_a, a) = replica(&db.url, &client).await;
+    let (_b, b) = replica(&db.url, &client).await;
+    let urls = [format!("{a}/products/1"), format!("{b}/products/1")];
+    assert_eq!(
+        put(&client, &urls[0], r#"{"name":"Lamp","price_cents":0}"#).await,
+        200
+    );
+    let start = Instant::now();
+    let until = start + Duration::from_secs(secs);
+
+    // Every UPDATE: its price (increasing) and when its commit had returned.
+    let updater = tokio::spawn({
+        let url = db.url.clone();
+        async move {
+            let sql = connect(&url).await;
+            let mut committed = Vec::new();
+            let mut p = 0i64;
+            while Instant::now() < until {
+                p += 1;
+                sql.execute("UPDATE products SET price_cents = $1 WHERE id = 1", &[&p])
+                    .await
+                    .expect("UPDATE");
+                committed.push((p, Instant::now()));
+                tokio::time::sleep(Duration::from_millis(5 + (p as u64 * 7) % 20)).await;
+            }
+            committed
+        }
+    });
+    // Readers: (when the GET started, the price it answered).
+    let mut readers = Vec::new();
+    for r in 0..8 {
+        let (client, url) = (client.clone(), urls[r % 2].clone());
+        readers.push(tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while Instant::now() < until {
+                let started = Instant::now();
+                let (status, _, body) = get(&client, &url).await;
+                assert_eq!(status, 200, "{body}");
+                seen.push((started, price(&body).expect("a price")));
+            }
+            seen
+        }));
+    }
+    let committed = updater.await.unwrap();
+    let mut reads = Vec::new();
+    for r in readers {
+        reads.extend(r.await.unwrap());
+    }
+    // For each read: how long before it started had a newer price committed?
+    let mut lags: Vec<Duration> = reads
+        .iter()
+        .filter_map(|&(started, p)| {
+            committed
+                .iter()
+                .find(|&&(q, at)| q > p && at < started)
+                .map(|&(_, at)| started - at)
+        })
+        .collect();
+    lags.sort();
+    let worst = lags.last().copied().unwrap_or_default();
+    let beyond = lags.iter().filter(|l| **l > PROPAGATION).count();
+    eprintln!(
+        "http run: {} GETs, {} UPDATEs in {secs} s; {} answered an older price than one \
+         committed before they started (worst by {worst:?}); {beyond} beyond {PROPAGATION:?}",
+        reads.len(),
+        committed.len(),
+        lags.len()
+    );
+    assert!(
+        reads.len() > 100 && committed.len() > 20,
+        "the run did too little"
+    );
+    assert_eq!(
+        beyond, 0,
+        "responses older than an UPDATE committed {PROPAGATION:?} before they were asked for \
+         (worst by {worst:?})"
+    );
+}
