@@ -345,13 +345,18 @@ async fn session(
     mark: &mut Option<Mark>,
 ) -> Ended {
     let client = Arc::new(client);
+    // Nonces are this session's alone: an echo from an earlier session, or
+    // any payload someone else sends on the channel, proves nothing.
+    let session_id = crate::key::fnv1a(format!("{:?}", std::time::SystemTime::now()).as_bytes())
+        ^ u64::from(std::process::id()).rotate_left(32)
+        ^ (Arc::as_ptr(&client) as usize as u64);
     let mut nonce: u64 = 0;
     let mut awaiting: Option<(String, Instant)> = None;
     let mut next_beat = Instant::now() + settings.heartbeat_interval;
     // Warm reconnect: each heartbeat's snapshot, and the last nonce echoed;
     // when they are of the same heartbeat, its snapshot is the new mark.
-    let (snaps_tx, mut snaps) = mpsc::channel::<(String, String)>(4);
-    let mut snapshot: Option<(String, String)> = None;
+    let (snaps_tx, mut snaps) = mpsc::channel::<(String, String, i64)>(4);
+    let mut snapshot: Option<(String, String, i64)> = None;
     let mut echoed: Option<String> = None;
     loop {
         let wake = awaiting
@@ -391,19 +396,19 @@ async fn session(
                     ));
                 }
                 nonce += 1;
-                let payload = nonce.to_string();
+                let payload = format!("{session_id:016x}-{nonce}");
                 awaiting = Some((payload.clone(), Instant::now() + settings.heartbeat_timeout));
                 next_beat = Instant::now() + settings.heartbeat_interval;
                 send_heartbeat(&client, &settings.heartbeat_channel, payload, &snaps_tx);
             }
         }
         // The snapshot of the heartbeat last echoed is the new mark.
-        if let (Some((n, snap)), Some(e)) = (&snapshot, &echoed)
+        if let (Some((n, snap, at_us)), Some(e)) = (&snapshot, &echoed)
             && n == e
         {
             if let Some(m) = mark.as_mut() {
                 m.snapshot.clone_from(snap);
-                m.at = std::time::Instant::now();
+                m.at_us = *at_us;
                 Counters::inc(&coherency.counters.replay_marks);
             }
             snapshot = None;
@@ -420,23 +425,26 @@ fn send_heartbeat(
     client: &Arc<tokio_postgres::Client>,
     channel: &str,
     payload: String,
-    snaps: &mpsc::Sender<(String, String)>,
+    snaps: &mpsc::Sender<(String, String, i64)>,
 ) {
     let (client, channel, snaps) = (Arc::clone(client), channel.to_owned(), snaps.clone());
     tokio::spawn(async move {
         let sent = client
             .query_one(HEARTBEAT, &[&channel, &payload])
             .await
-            .and_then(|row| row.try_get::<_, String>(0));
-        if let Ok(snap) = sent {
-            let _ = snaps.send((payload, snap)).await;
+            .and_then(|row| Ok((row.try_get::<_, String>(0)?, row.try_get::<_, i64>(2)?)));
+        if let Ok((snap, at_us)) = sent {
+            let _ = snaps.send((payload, snap, at_us)).await;
         }
     });
 }
 
-/// A heartbeat: a notification to this node alone, and the snapshot of its
-/// transaction (the mark it proves once echoed).
-const HEARTBEAT: &str = "SELECT pg_current_snapshot()::text, pg_notify($1, $2)";
+/// A heartbeat: a notification to this node alone, the snapshot of its
+/// transaction (the mark it proves once echoed), and the server's clock —
+/// a mark's age is measured on it, which keeps running while this host is
+/// suspended (a monotonic clock here would not).
+const HEARTBEAT: &str = "SELECT pg_current_snapshot()::text, pg_notify($1, $2), \
+(extract(epoch FROM clock_timestamp()) * 1000000)::bigint";
 
 /// The in-memory backend's equivalent of the listener task.
 /// The caller subscribes (and enables L1) before spawning, so no message sent

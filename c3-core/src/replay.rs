@@ -40,7 +40,7 @@
 //! warm reconnect is opt-in, for deployments whose every invalidator goes
 //! through the table or the invalidation function.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How a node replays the change log, when warm reconnect is on.
 #[derive(Clone, Debug)]
@@ -72,11 +72,12 @@ pub(crate) struct Server {
     unlogged: bool,
 }
 
-/// A snapshot whose every transaction this node has heard of, and when.
+/// A snapshot whose every transaction this node has heard of, and when
+/// (the server's clock, µs since the Unix epoch).
 #[derive(Clone, Debug)]
 pub(crate) struct Mark {
     pub(crate) snapshot: String,
-    pub(crate) at: Instant,
+    pub(crate) at_us: i64,
     pub(crate) server: Server,
 }
 
@@ -89,6 +90,8 @@ pub(crate) struct Observed {
     pub(crate) changed: Option<Vec<String>>,
     /// The version sequence's last value.
     pub(crate) sequence: u64,
+    /// The server's clock when the statement ran (µs since the epoch).
+    pub(crate) now_us: i64,
 }
 
 /// What to do with L1 after a reconnect.
@@ -132,6 +135,9 @@ pub(crate) async fn observe(
             .try_get(5)
             .map_err(|e| format!("the replay query's keys: {e}"))?,
         sequence: text(6)?.parse().unwrap_or(0),
+        now_us: text(7)?
+            .parse()
+            .map_err(|e| format!("the replay query's clock: {e}"))?,
     })
 }
 
@@ -146,7 +152,8 @@ pub(crate) fn decide(
     let Some(mark) = mark else {
         return Decision::Purge("no mark yet");
     };
-    if mark.at.elapsed() > replay.window {
+    let window_us = i64::try_from(replay.window.as_micros()).unwrap_or(i64::MAX);
+    if seen.now_us.saturating_sub(mark.at_us) > window_us {
         return Decision::Purge("disconnected longer than the change log's window");
     }
     if mark.server.system != seen.server.system || mark.server.timeline != seen.server.timeline {
@@ -178,7 +185,7 @@ impl Mark {
     pub(crate) fn from_observed(seen: &Observed) -> Mark {
         Mark {
             snapshot: seen.snapshot.clone(),
-            at: Instant::now(),
+            at_us: seen.now_us,
             server: seen.server.clone(),
         }
     }
@@ -213,6 +220,7 @@ mod tests {
             server,
             changed: Some(changed.iter().map(|s| (*s).to_owned()).collect()),
             sequence: 100,
+            now_us: 1_000_000_000,
         }
     }
 
@@ -235,7 +243,7 @@ mod tests {
     fn mark(server: Server) -> Mark {
         Mark {
             snapshot: "5:5:".into(),
-            at: Instant::now(),
+            at_us: 1_000_000_000,
             server,
         }
     }
@@ -289,10 +297,9 @@ mod tests {
             &seen(s.clone(), &["a", ""]),
             &r
         )));
+        // Older than the window on the server's clock (61 s of a 60 s one).
         let mut old = mark(s.clone());
-        if let Some(at) = Instant::now().checked_sub(Duration::from_secs(61)) {
-            old.at = at;
-            assert!(purged(dec(Some(&old), &seen(s, &[]), &r)));
-        }
+        old.at_us -= 61_000_000;
+        assert!(purged(dec(Some(&old), &seen(s, &[]), &r)));
     }
 }

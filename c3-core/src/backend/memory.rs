@@ -124,6 +124,7 @@ impl MemoryBackend {
         let fence = super::Fence {
             snapshot: state.version.to_string(),
             started: None,
+            taken_us: None,
         };
         (state.rows.get(key).filter(|r| live(r, now)).cloned(), fence)
     }
@@ -132,6 +133,7 @@ impl MemoryBackend {
         super::Fence {
             snapshot: self.server.lock().version.to_string(),
             started: None,
+            taken_us: None,
         }
     }
 

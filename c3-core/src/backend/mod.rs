@@ -40,6 +40,10 @@ pub(crate) struct Fence {
     pub(crate) snapshot: String,
     /// PostgreSQL: the server's start time when the fence was taken.
     pub(crate) started: Option<String>,
+    /// PostgreSQL: the server's clock when the fence was taken (µs since
+    /// the epoch). A fill older than half the deletion records' retention
+    /// is refused: a record of a deletion after its fence may be gone.
+    pub(crate) taken_us: Option<i64>,
 }
 
 pub(crate) enum Backend {

@@ -220,7 +220,8 @@ CASE WHEN $1::text IS NULL THEN NULL ELSE ARRAY(\
 SELECT key FROM {t} WHERE xid IS NOT NULL AND NOT pg_visible_in_snapshot(xid, $1::text::pg_snapshot) \
 UNION SELECT key FROM {deleted} WHERE NOT pg_visible_in_snapshot(xid, $1::text::pg_snapshot) \
 LIMIT $2) END, \
-coalesce(pg_sequence_last_value(to_regclass('{seq}')), 0)::text"
+coalesce(pg_sequence_last_value(to_regclass('{seq}')), 0)::text, \
+(extract(epoch FROM clock_timestamp()) * 1000000)::bigint::text"
     )
 }
 
@@ -236,6 +237,15 @@ pub(crate) fn invalidate_function(schema: &str, table: &str) -> String {
 
 /// Keys up to this long take the one-statement batch write.
 const SHORT_KEY: usize = 200;
+
+/// The server's clock in µs since the Unix epoch, as SQL.
+const CLOCK_US: &str = "(extract(epoch FROM clock_timestamp()) * 1000000)::bigint";
+
+/// The oldest fence a fill may be stored through: half the deletion
+/// records' one-hour retention, so every deletion after the fence is still
+/// recorded when the fill checks (a deleting transaction may stay open up
+/// to the other half).
+const FENCE_MAX_AGE_US: i64 = 30 * 60 * 1_000_000;
 
 /// How long a fill waits for a deletion of its keys or tags in progress
 /// before giving up (and storing nothing).
@@ -547,8 +557,9 @@ ON CONFLICT (key) DO UPDATE SET xid = EXCLUDED.xid, at = EXCLUDED.at"
             ),
             get_for_load: Q::new(
                 format!(
-                    "SELECT s.snap, r.value, r.encoding, r.version, r.expires_at, r.stale_until, s.started \
-FROM (SELECT pg_current_snapshot()::text AS snap, pg_postmaster_start_time()::text AS started) AS s \
+                    "SELECT s.snap, r.value, r.encoding, r.version, r.expires_at, r.stale_until, s.started, s.taken \
+FROM (SELECT pg_current_snapshot()::text AS snap, pg_postmaster_start_time()::text AS started, \
+{CLOCK_US} AS taken) AS s \
 LEFT JOIN {t} AS r ON r.key = $1"
                 ),
                 &[Type::TEXT],
@@ -556,7 +567,9 @@ LEFT JOIN {t} AS r ON r.key = $1"
             // The fence: the snapshot, and the server's start time (a fill
             // across a restart is refused: see `fill`).
             fence: Q::new(
-                "SELECT pg_current_snapshot()::text, pg_postmaster_start_time()::text",
+                format!(
+                    "SELECT pg_current_snapshot()::text, pg_postmaster_start_time()::text, {CLOCK_US}"
+                ),
                 &[],
             ),
             // A fill's first statement (after `lock_timeout`): make sure a
@@ -588,7 +601,7 @@ ON CONFLICT DO NOTHING"
                 format!(
                     "SELECT (SELECT count(*) FROM (SELECT 1 FROM {deleted} WHERE key = ANY($1) FOR SHARE) AS a) \
 + (SELECT count(*) FROM (SELECT 1 FROM {deleted_tags} WHERE tag = ANY($2) FOR SHARE) AS b), \
-pg_postmaster_start_time()::text"
+pg_postmaster_start_time()::text, {CLOCK_US}"
                 ),
                 &[Type::TEXT_ARRAY, Type::TEXT_ARRAY],
             ),
@@ -1228,6 +1241,7 @@ impl PgBackend {
         let fence = super::Fence {
             snapshot: r.try_get(0).map_err(pg)?,
             started: r.try_get(6).map_err(pg)?,
+            taken_us: r.try_get(7).map_err(pg)?,
         };
         let version: Option<i64> = r.try_get(3).map_err(pg)?;
         if version.is_none() {
@@ -1250,6 +1264,7 @@ impl PgBackend {
         Ok(super::Fence {
             snapshot: r.try_get(0).map_err(|e| Error::postgres("fence", e))?,
             started: r.try_get(1).map_err(|e| Error::postgres("fence", e))?,
+            taken_us: r.try_get(2).map_err(|e| Error::postgres("fence", e))?,
         })
     }
 
@@ -1361,11 +1376,12 @@ impl PgBackend {
             self.run(s, &lock, &params),
         );
         b.map_err(pg)?;
-        let (locked, started) = match records.and(locked) {
-            Ok(rows) => rows.first().map_or((0, None), |r| {
+        let (locked, started, now_us) = match records.and(locked) {
+            Ok(rows) => rows.first().map_or((0, None, None), |r| {
                 (
                     r.try_get::<_, i64>(0).unwrap_or(0),
                     r.try_get::<_, Option<String>>(1).ok().flatten(),
+                    r.try_get::<_, i64>(2).ok(),
                 )
             }),
             Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
@@ -1378,6 +1394,13 @@ impl PgBackend {
         if usize::try_from(locked).unwrap_or(0) < keys.len() + all_tags.len() {
             // A record was swept between the two statements: a deletion
             // starting now would not wait for this fill. Store nothing.
+            return Ok(false);
+        }
+        if let (Some(taken), Some(now)) = (fence.taken_us, now_us)
+            && now.saturating_sub(taken) > FENCE_MAX_AGE_US
+        {
+            // The source was read so long ago that a deletion after it may
+            // have been recorded and swept since: nothing proves it fresh.
             return Ok(false);
         }
         if fence.started.is_some() && started != fence.started {
