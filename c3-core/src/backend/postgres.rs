@@ -1489,11 +1489,9 @@ impl PgBackend {
             self.ready(&s, &self.sql.invalidate_tag).await.map_err(pg)?,
         );
         let (tags, no_keys): (&[&str], &[&str]) = (&[tag], &[]);
-        let (p_tag, p_keys, p_delete): (
-            [&(dyn ToSql + Sync); 1],
-            [&(dyn ToSql + Sync); 2],
-            [&(dyn ToSql + Sync); 1],
-        ) = ([&tags], [&no_keys, &tags], [&tag]);
+        let p_tag: [&(dyn ToSql + Sync); 1] = [&tags];
+        let p_keys: [&(dyn ToSql + Sync); 2] = [&no_keys, &tags];
+        let p_delete: [&(dyn ToSql + Sync); 1] = [&tag];
         let (b, rt, rk, d) = tokio::join!(
             biased;
             s.batch_execute(&begin),
