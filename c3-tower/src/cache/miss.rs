@@ -397,12 +397,15 @@ pub(crate) async fn store_entry<P>(
     true
 }
 
-/// The request parts of a background GET: no body, the same target and headers.
+/// The request parts of a background GET: no body, the same target,
+/// headers and extensions (what routers and middleware left for the
+/// handler; cloned up front, as the GET may outlive the client's request).
 pub(crate) fn get_parts(parts: &request::Parts) -> request::Parts {
     let (mut p, ()) = Request::new(()).into_parts();
     p.method = http::Method::GET;
     p.uri = parts.uri.clone();
     p.version = parts.version;
     p.headers = parts.headers.clone();
+    p.extensions = parts.extensions.clone();
     p
 }

@@ -199,7 +199,10 @@ pub(crate) fn in_background<S, P, ReqBody, ResBody>(
     tokio::spawn(tracing::Instrument::instrument(revalidation, span));
 }
 
-/// A GET for the stored response's URI carrying its validators.
+/// A GET for the stored response's URI carrying its validators — and the
+/// client's request's extensions, where routers and middleware leave what
+/// the handler reads (path parameters, `Extension`s, connection info): the
+/// inner service must answer it as it would the client's own request.
 fn conditional_request<ReqBody: Default>(
     parts: &request::Parts,
     stored: &StoredResponse,
@@ -208,6 +211,7 @@ fn conditional_request<ReqBody: Default>(
     *req.method_mut() = Method::GET;
     *req.uri_mut() = parts.uri.clone();
     *req.version_mut() = parts.version;
+    *req.extensions_mut() = parts.extensions.clone();
     let h = req.headers_mut();
     *h = parts.headers.clone();
     h.remove(IF_NONE_MATCH);
