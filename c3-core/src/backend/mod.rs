@@ -17,7 +17,7 @@ use crate::clock::Clock;
 use crate::entry::{Row, WriteItem};
 use crate::error::{Error, Result};
 
-/// How the L2 tables are stored (see [`C3Builder::durability`]).
+/// How the L2 tables are stored (see [`C3Builder::durability`](crate::C3Builder::durability)).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Durability {
