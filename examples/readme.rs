@@ -53,6 +53,9 @@ async fn using_it(user: Account) -> Result<(), BoxError> {
 
     // Cache-aside: one load per key per node however many callers miss at once;
     // the last value keeps being served (fail-safe) while the source is down.
+    // The loader returns `Result<Option<T>, E>` — `Ok(None)`: not found (cached
+    // only with `negative_ttl`); `Err(e)`: the source failed. Here:
+    // `async fn load_user(id: i64) -> Result<Option<User>, sqlx::Error>`.
     let opts = c3::core::LoadOptions::new().fail_safe(std::time::Duration::from_secs(3600));
     let u = cache.get_or_load("user:42", &opts, || async { load_user(42).await }).await?;
     // end of block
