@@ -219,13 +219,38 @@ async fn run(name: &str, cache_control: &str, vary: &[&str]) {
             ));
         }
     }
+    // The races the run is about: GETs during which a write to their path
+    // reached the origin (and those that went upstream meanwhile, whose
+    // response a store could have raced).
+    let overlapping: Vec<&Answer> = log
+        .answers
+        .iter()
+        .filter(|a| {
+            log.completed.keys().any(|(p, v)| {
+                *p == a.path
+                    && origin
+                        .written_at(p, *v)
+                        .is_some_and(|t| t > a.started && t < a.ended)
+            })
+        })
+        .collect();
+    let upstream = overlapping
+        .iter()
+        .filter(|a| a.status.contains("fwd="))
+        .count();
     eprintln!(
-        "{name}: {} answers ({hits} from stored responses), {} writes, {} anomalies",
+        "{name}: {} answers ({hits} from stored responses), {} writes, {} GETs overlapped a write \
+         on their path ({upstream} of them went upstream), {} anomalies",
         log.answers.len(),
         log.completed.len(),
+        overlapping.len(),
         anomalies.len()
     );
     assert!(hits > 0, "the run never hit the cache: it tested nothing");
+    assert!(
+        upstream > 0,
+        "no GET that went upstream overlapped a write on its path: the run raced nothing"
+    );
     if let Some(first) = anomalies.first() {
         // The timeline of the first anomaly's path, to see what happened.
         let path = first
