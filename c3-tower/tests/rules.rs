@@ -95,9 +95,13 @@ async fn age_expires_s_maxage_and_targeted_headers_set_freshness() {
     });
     let svc = cached(&c3, &origin);
     let paths = ["/aged", "/expires", "/smax", "/cdn", "/c3"];
+    // Judged by the bodies (each origin answer is numbered), not only by
+    // what the layer says of itself in Cache-Status.
+    let mut first = std::collections::HashMap::new();
     for path in paths {
         let w = c3.stats().writes;
-        let (p, _) = fetch(&svc, &format!("http://app.test{path}"), &[]).await;
+        let (p, body) = fetch(&svc, &format!("http://app.test{path}"), &[]).await;
+        first.insert(path, body);
         assert!(
             cache_status(&p).ends_with("stored"),
             "{path}: {}",
@@ -111,7 +115,7 @@ async fn age_expires_s_maxage_and_targeted_headers_set_freshness() {
     }
     clock.advance(Duration::from_secs(20));
     for path in paths {
-        let (p, _) = fetch(&svc, &format!("http://app.test{path}"), &[]).await;
+        let (p, body) = fetch(&svc, &format!("http://app.test{path}"), &[]).await;
         let fresh = path != "/aged"; // 50 s old on arrival + 20 s > 60 s
         assert_eq!(
             cache_status(&p).starts_with("c3; hit"),
@@ -119,25 +123,26 @@ async fn age_expires_s_maxage_and_targeted_headers_set_freshness() {
             "{path}: {}",
             cache_status(&p)
         );
+        assert_eq!(
+            body == first[path],
+            fresh,
+            "{path}: {body:?} after {:?} ({})",
+            first[path],
+            cache_status(&p)
+        );
     }
+    let before = origin.hits();
     clock.advance(Duration::from_secs(15)); // 35 s: /expires (30 s) is stale, 40 s ones fresh
-    let (p, _) = send(
-        &svc,
-        get("http://app.test/expires")
-            .body(ReqBody::default())
-            .unwrap(),
-    )
-    .await;
+    let (p, body) = fetch(&svc, "http://app.test/expires", &[]).await;
     assert!(!cache_status(&p).starts_with("c3; hit"));
-    let (p, _) = send(
-        &svc,
-        get("http://app.test/cdn").body(ReqBody::default()).unwrap(),
-    )
-    .await;
+    assert_ne!(body, first["/expires"], "the origin answered again");
+    let (p, body) = fetch(&svc, "http://app.test/cdn", &[]).await;
     assert!(
         cache_status(&p).starts_with("c3; hit"),
         "CDN-Cache-Control replaces Cache-Control"
     );
+    assert_eq!(body, first["/cdn"]);
+    assert_eq!(origin.hits(), before + 1, "only /expires reached the origin");
 }
 
 #[tokio::test]
@@ -645,7 +650,11 @@ async fn any_method_not_known_to_be_safe_invalidates_and_options_does_not() {
         .body(ReqBody::default())
         .unwrap();
     send(&svc, req).await;
-    assert!(cache_status(&fetch(&svc, URL, &[]).await.0).contains("hit"));
+    let hits = origin.hits();
+    let (p, body) = fetch(&svc, URL, &[]).await;
+    assert!(cache_status(&p).contains("hit"));
+    assert_eq!(body, "v0", "the stored response");
+    assert_eq!(origin.hits(), hits, "the GET did not reach the origin");
     // Unknown methods are unsafe (RFC 9111 §4.4): a 2xx invalidates.
     for method in ["M-SEARCH", "PURGE"] {
         let w = a.stats().writes;
@@ -660,12 +669,16 @@ async fn any_method_not_known_to_be_safe_invalidates_and_options_does_not() {
             .unwrap();
         let (p, _) = send(&svc, req).await;
         assert_eq!(cache_status(&p), "c3; fwd=method");
-        let (p, _) = fetch(&svc, URL, &[]).await;
+        let hits = origin.hits();
+        let (p, body) = fetch(&svc, URL, &[]).await;
         assert!(
             !cache_status(&p).contains("hit"),
             "{method}: {}",
             cache_status(&p)
         );
+        // From outside: the origin answered the GET, with a new body.
+        assert_eq!(origin.hits(), hits + 1, "{method}: the GET reached the origin");
+        assert_eq!(body, format!("v{hits}"), "{method}");
     }
 }
 
