@@ -5,7 +5,9 @@
 //!
 //! The graph is read from the sources: every `crate::…` and `super::…` path
 //! (in `use` lists too) outside unit-test modules, resolved to the longest
-//! module it names, per file.
+//! module it names, per file — and a path through a crate-root re-export
+//! (`crate::Error`, re-exported by lib.rs from `error`) to the module the
+//! item lives in, so a cycle cannot hide behind the short spelling.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -80,18 +82,65 @@ fn paths(module: &str, text: &str) -> Vec<String> {
     out
 }
 
+/// What lib.rs re-exports: item name → the module it comes from
+/// (`pub use error::{Error, ErrorKind};` → `Error` → `error`).
+fn reexports(lib: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for stmt in lib.split(';') {
+        let Some(at) = stmt.find("pub use ") else {
+            continue;
+        };
+        let path = stmt[at + "pub use ".len()..].trim();
+        let (module, items) = match path.find('{') {
+            Some(open) => (
+                path[..open].trim_end_matches("::"),
+                path[open + 1..].trim_end_matches('}').to_owned(),
+            ),
+            None => match path.rfind("::") {
+                Some(sep) => (&path[..sep], path[sep + 2..].to_owned()),
+                None => continue,
+            },
+        };
+        for item in items.split(',') {
+            // `A as B` is re-exported as `B`.
+            let name = item.split_whitespace().last().unwrap_or("");
+            if !name.is_empty() {
+                out.insert(name.to_owned(), module.to_owned());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn reexports_are_read_from_lib_rs() {
+    let r = reexports(
+        "pub use error::{Error, ErrorKind};\npub use backend::memory::MemoryServer;\nuse x::Y;",
+    );
+    assert_eq!(r["Error"], "error");
+    assert_eq!(r["ErrorKind"], "error");
+    assert_eq!(r["MemoryServer"], "backend::memory");
+    assert!(!r.contains_key("Y"), "only public re-exports");
+}
+
 #[test]
 fn no_import_cycle_but_c3_and_its_builder() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut sources = BTreeMap::new();
     modules(&src, &[], &mut sources);
     let names: BTreeSet<String> = sources.keys().cloned().collect();
+    let roots = reexports(&sources[""]);
     let resolve = |path: &str| {
         let parts: Vec<&str> = path.split("::").collect();
-        (1..=parts.len())
+        let found = (1..=parts.len())
             .rev()
             .map(|n| parts[..n].join("::"))
-            .find(|m| names.contains(m))
+            .find(|m| names.contains(m));
+        // `crate::Error`: through lib.rs to where `Error` lives.
+        match (found.as_deref(), parts.first()) {
+            (None | Some(""), Some(item)) => roots.get(*item).cloned().or(found),
+            _ => found,
+        }
     };
     let mut edges: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
     for (module, text) in &sources {
