@@ -469,3 +469,33 @@ async fn the_isolation_phase_is_in_effect() {
         .get(0);
     assert_eq!(shown, level);
 }
+
+/// A fill whose fence could not be taken keeps values in this node's L1
+/// only — and only for keys named in `begin_fill`: a key named later gets
+/// its token then, after the read, and could keep a value older than a
+/// write this node applied meanwhile.
+#[tokio::test]
+async fn an_unfenced_fill_keeps_only_the_keys_named_before_the_read() {
+    let db = TestDb::new("late_token").await;
+    let link = FaultProxy::start(support::database_addr()).await;
+    let a = db
+        .pool_through(&link)
+        .op_timeout(Duration::from_millis(500))
+        .build()
+        .await
+        .unwrap();
+    link.blackhole(); // L2 cannot answer: no fence
+    let fill = a.begin_fill(&["named"]).await.unwrap();
+    assert!(!fill.is_fenced());
+    assert!(!fill.store("named", &1i64, None, &[]).await.unwrap());
+    assert!(!fill.store("late", &1i64, None, &[]).await.unwrap());
+    assert!(
+        a.is_cached_locally("named"),
+        "a named key is kept in L1, at version 0"
+    );
+    assert!(
+        !a.is_cached_locally("late"),
+        "a key named after the read is not kept unfenced"
+    );
+    link.forward();
+}

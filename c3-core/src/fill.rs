@@ -218,9 +218,7 @@ impl Fill {
             return flags;
         }
         let Some(fence) = &self.fence else {
-            for (item, token) in items.into_iter().zip(tokens) {
-                keep_unfenced::<T>(c3, item, token);
-            }
+            self.keep_unfenced_named::<T>(items, tokens);
             return flags;
         };
         let stored = self.store_in_l2(&items, fence).await;
@@ -229,9 +227,7 @@ impl Fill {
             Err(e) => {
                 // Whether it committed is unknown; L1 only, at version 0.
                 tracing::debug!(target: "c3::fill", error = %e, "could not store a fill in L2");
-                for (item, token) in items.into_iter().zip(tokens) {
-                    keep_unfenced::<T>(c3, item, token);
-                }
+                self.keep_unfenced_named::<T>(items, tokens);
                 return flags;
             }
         };
@@ -255,6 +251,25 @@ impl Fill {
             tracing::debug!(target: "c3::fill", error = %e, "a stored fill could not be decoded for L1");
         }
         flags
+    }
+
+    /// Keeps values L2 did not fence in this node's L1 only (at version 0,
+    /// so any versioned write evicts them) — only for keys named in
+    /// `begin_fill`, whose tokens were taken before the source was read. A
+    /// key named only now got its token now: it cannot show that this node
+    /// applied no newer write since the read, and without L2's fence
+    /// nothing else can.
+    fn keep_unfenced_named<T>(&self, items: Vec<WriteItem>, tokens: Vec<Option<FillToken>>)
+    where
+        T: DeserializeOwned + Send + Sync + 'static,
+    {
+        for (item, token) in items.into_iter().zip(tokens) {
+            if self.tokens.contains_key(&item.key) {
+                keep_unfenced::<T>(&self.c3, item, token);
+            } else {
+                Counters::inc(&self.c3.counters().fills_dropped);
+            }
+        }
     }
 
     /// The items nothing has invalidated on this node since the fill began

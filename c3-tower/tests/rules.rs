@@ -142,7 +142,11 @@ async fn age_expires_s_maxage_and_targeted_headers_set_freshness() {
         "CDN-Cache-Control replaces Cache-Control"
     );
     assert_eq!(body, first["/cdn"]);
-    assert_eq!(origin.hits(), before + 1, "only /expires reached the origin");
+    assert_eq!(
+        origin.hits(),
+        before + 1,
+        "only /expires reached the origin"
+    );
 }
 
 #[tokio::test]
@@ -677,7 +681,11 @@ async fn any_method_not_known_to_be_safe_invalidates_and_options_does_not() {
             cache_status(&p)
         );
         // From outside: the origin answered the GET, with a new body.
-        assert_eq!(origin.hits(), hits + 1, "{method}: the GET reached the origin");
+        assert_eq!(
+            origin.hits(),
+            hits + 1,
+            "{method}: the GET reached the origin"
+        );
         assert_eq!(body, format!("v{hits}"), "{method}");
     }
 }
