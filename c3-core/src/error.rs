@@ -243,7 +243,7 @@ impl Error {
 }
 
 /// An error's text followed by its causes' (each once).
-fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
     let mut detail = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {

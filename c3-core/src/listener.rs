@@ -74,6 +74,8 @@ pub(crate) async fn run_postgres(
     // Warm reconnect: the snapshot whose every transaction this node has
     // heard of (see `crate::replay`).
     let mut mark: Option<Mark> = None;
+    // When the last session was lost, for the log line when LISTEN is back.
+    let mut lost_at: Option<std::time::Instant> = None;
     loop {
         if *shutdown.borrow() {
             break;
@@ -83,6 +85,7 @@ pub(crate) async fn run_postgres(
                 if ever_connected {
                     Counters::inc(&coherency.counters.reconnects);
                 }
+                let outage = lost_at.take().map(|t| t.elapsed());
                 *coherency
                     .listener_problem
                     .lock()
@@ -90,9 +93,15 @@ pub(crate) async fn run_postgres(
                 match &settings.replay {
                     Some(r) => {
                         let link = (&client, &mut events, settings.heartbeat_channel.as_str());
-                        mark = catch_up(&coherency, link, r, mark.take(), ever_connected).await
+                        mark = catch_up(&coherency, link, r, mark.take(), outage).await
                     }
-                    None => coherency.enable(),
+                    None => {
+                        coherency.enable();
+                        if let Some(outage) = outage {
+                            tracing::info!(target: "c3::listener", ?outage,
+                                "LISTEN is back; L1 purged (what changed meanwhile is unknown)");
+                        }
+                    }
                 }
                 ever_connected = true;
                 attempt = 0;
@@ -110,6 +119,9 @@ pub(crate) async fn run_postgres(
                 match (&ended, &mark) {
                     (Ended::Lost(_), Some(_)) => coherency.suspend(state),
                     _ => coherency.disable(state),
+                }
+                if matches!(ended, Ended::Lost(_)) {
+                    lost_at = Some(std::time::Instant::now());
                 }
                 match ended {
                     Ended::Shutdown => break,
@@ -153,9 +165,10 @@ async fn catch_up(
     ),
     replay: &Replay,
     mark: Option<Mark>,
-    reconnecting: bool,
+    outage: Option<Duration>,
 ) -> Option<Mark> {
     let started = Instant::now();
+    let reconnecting = outage.is_some();
     // Notifications keep arriving while the replay runs; they are applied as
     // usual (L1 is not in use yet, but its versions must move). Left unread,
     // a burst would fill the channel, the driver would stop reading the
@@ -185,7 +198,7 @@ async fn catch_up(
             coherency.enable();
             if reconnecting {
                 Counters::inc(&coherency.counters.warm_reconnect_fallbacks);
-                warn!(target: "c3::listener", reason = %why, "could not replay the change log; L1 purged");
+                warn!(target: "c3::listener", reason = %why, ?outage, "LISTEN is back but the change log could not be replayed; L1 purged");
             }
             return None;
         }
@@ -198,15 +211,17 @@ async fn catch_up(
                 .counters
                 .replayed_keys
                 .fetch_add(changed.len() as u64, std::sync::atomic::Ordering::Relaxed);
-            tracing::info!(target: "c3::listener", dropped = changed.len(),
-                kept = coherency.l1_size().0, took = ?started.elapsed(),
-                "LISTEN is back; dropped only what changed meanwhile");
+            if reconnecting {
+                tracing::info!(target: "c3::listener", dropped = changed.len(),
+                    kept = coherency.l1_size().0, took = ?started.elapsed(), ?outage,
+                    "LISTEN is back; L1 kept, dropped only what changed meanwhile");
+            }
         }
         Decision::Purge(why) => {
             coherency.enable();
             if reconnecting {
                 Counters::inc(&coherency.counters.warm_reconnect_fallbacks);
-                tracing::info!(target: "c3::listener", reason = why, "LISTEN is back; L1 purged (the change log cannot prove what was missed)");
+                tracing::info!(target: "c3::listener", reason = why, ?outage, "LISTEN is back; L1 purged (the change log cannot prove what was missed)");
             }
         }
     }
@@ -384,7 +399,13 @@ async fn session(
                     }
                 }
                 Some(Event::Closed(e)) => {
-                    return Ended::Lost(e.map_or_else(|| "connection closed".to_owned(), |e| e.to_string()));
+                    // With its causes: "db error" alone hides the server's
+                    // own words (e.g. "terminating connection due to
+                    // administrator command").
+                    return Ended::Lost(e.map_or_else(
+                        || "connection closed".to_owned(),
+                        |e| crate::error::with_causes(&e),
+                    ));
                 }
                 None => return Ended::Lost("connection driver stopped".to_owned()),
             },

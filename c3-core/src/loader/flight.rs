@@ -288,6 +288,7 @@ where
         match &self.stale {
             Some(v) => {
                 Counters::inc(&self.c3.counters().stale_hits);
+                log_fail_safe(&self.key, &error);
                 v.clone()
                     .map_or(Answer::Absent, |v| Answer::Value(v, Tier::Stale))
             }
@@ -375,4 +376,22 @@ where
 
 fn from_l2<T>(v: Option<Arc<T>>) -> Answer<T> {
     v.map_or(Answer::Absent, |v| Answer::Value(v, Tier::L2))
+}
+
+/// Says, at most once a minute per process, that answers come from the
+/// fail-safe window and why — an operator should know the source is
+/// failing although callers see values (`stale_hits` counts every one).
+fn log_fail_safe(key: &str, error: &Error) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = crate::clock::unix_micros(std::time::SystemTime::now());
+    let last = LAST.load(Ordering::Relaxed);
+    if now.saturating_sub(last) >= 60_000_000
+        && LAST
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        tracing::info!(target: "c3::loader", key, error = %error,
+            "answering from the fail-safe window: the source failed (logged at most once a minute)");
+    }
 }
