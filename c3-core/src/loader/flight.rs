@@ -288,7 +288,7 @@ where
         match &self.stale {
             Some(v) => {
                 Counters::inc(&self.c3.counters().stale_hits);
-                log_fail_safe(&self.key, &error);
+                log_fail_safe(self.key, &error);
                 v.clone()
                     .map_or(Answer::Absent, |v| Answer::Value(v, Tier::Stale))
             }
