@@ -267,3 +267,37 @@ async fn two_axum_replicas_over_tcp_a_put_on_b_invalidates_a() {
     })
     .await;
 }
+
+/// A handler may return c3's errors (feature `axum`): 503 when L2 cannot
+/// answer (a retry may work), 500 for what a retry will not fix; the body
+/// tells a client nothing of the cache's internals.
+#[tokio::test]
+async fn a_handler_returning_c3_errors_answers_503_when_l2_is_down_and_500_otherwise() {
+    use axum::response::IntoResponse;
+    let db = TestDb::new("into_response").await;
+    let link = support::proxy::FaultProxy::start(support::database_addr()).await;
+    let node = db
+        .pool_through(&link)
+        .op_timeout(Duration::from_millis(300))
+        .build()
+        .await
+        .unwrap();
+    link.blackhole();
+    let down = node.get::<u32>("k").await.unwrap_err();
+    assert!(down.is_timeout(), "{down}");
+    let as_sqlx: c3::sqlx::Error = down.into();
+    let res = as_sqlx.into_response();
+    assert_eq!(res.status(), 503);
+    let body = axum::body::to_bytes(res.into_body(), 1024).await.unwrap();
+    assert!(
+        !String::from_utf8_lossy(&body).contains("timed out"),
+        "no internals"
+    );
+    let bug = c3::Error::loader(std::io::Error::other("the source's own failure"));
+    assert_eq!(bug.into_response().status(), 500);
+    let db_err: c3::sqlx::Error = sqlx::Error::RowNotFound.into();
+    assert_eq!(db_err.into_response().status(), 500);
+    let db_down: c3::sqlx::Error = sqlx::Error::PoolTimedOut.into();
+    assert_eq!(db_down.into_response().status(), 503);
+    link.forward();
+}

@@ -292,3 +292,28 @@ impl std::error::Error for Error {
 
 /// The result type of c3 operations.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// An axum handler may return [`Error`]: `503 Service Unavailable` when L2
+/// is unavailable (a timeout, PostgreSQL failing, the breaker open, the
+/// cache shut down) — retrying later may work —, `500 Internal Server
+/// Error` otherwise. The body says only that; the error itself is logged
+/// (target `c3::axum`), since a client should not read the cache's
+/// internals.
+#[cfg(feature = "axum")]
+impl axum_core::response::IntoResponse for Error {
+    fn into_response(self) -> axum_core::response::Response {
+        use http::StatusCode;
+        let unavailable = self.is_l2_unavailable() || self.kind() == ErrorKind::Shutdown;
+        let (status, body) = if unavailable {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "service unavailable: the cache cannot reach its store",
+            )
+        } else {
+            (StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+        };
+        tracing::warn!(target: "c3::axum", error = %self, status = status.as_u16(),
+            "a handler answered with c3's error");
+        (status, body).into_response()
+    }
+}
