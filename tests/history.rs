@@ -88,23 +88,34 @@ struct Entry {
     /// When a write with a TTL may have expired (it was written from
     /// `began` on, with the TTL added to the writer's clock then).
     expires: Option<Instant>,
+    /// When the write began (wall time): a load or fill may store its value
+    /// again from then on, with `STORED_TTL`.
+    began_at: Instant,
 }
 
 /// One key's history.
 type Log = Vec<Entry>;
 
 /// The implicit first entry of every key: it did not exist.
-const NEVER: Entry = Entry {
-    version: 0,
-    value: None,
-    began: 0,
-    done: 0,
-    acked: true,
-    expires: None,
-};
+fn never() -> Entry {
+    Entry {
+        version: 0,
+        value: None,
+        began: 0,
+        done: 0,
+        acked: true,
+        expires: None,
+        began_at: Instant::now(),
+    }
+}
 
 /// The TTL of the short-lived writes: shorter than a frozen link lasts.
 const SHORT_TTL: Duration = Duration::from_secs(1);
+
+/// The TTL of what loads and fills store: a key's newest value, stored again
+/// by one of them, expires this long after — and then reads as absent,
+/// rightly, although its write had no TTL.
+const STORED_TTL: Duration = Duration::from_secs(5);
 
 /// What a node has seen: per key, the highest version applied from
 /// notifications and the highest version of its own completed writes.
@@ -303,8 +314,8 @@ async fn committed_version(db: &TestDb, key: &str) -> u64 {
 /// Loads cache their answer (misses too) for a short while.
 fn load_options() -> c3::core::LoadOptions {
     c3::core::LoadOptions::new()
-        .ttl(Some(Duration::from_secs(5)))
-        .negative_ttl(Duration::from_secs(5))
+        .ttl(Some(STORED_TTL))
+        .negative_ttl(STORED_TTL)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -337,7 +348,7 @@ async fn worker(
                     Ok(fill) => {
                         let read = history.source.lock().unwrap()[k];
                         if let Some(v) = read {
-                            let ttl = Some(Duration::from_secs(5));
+                            let ttl = Some(STORED_TTL);
                             fill.store(&name, &v, ttl, &[&format!("t{}", k % 2)])
                                 .await
                                 .expect("a valid fill");
@@ -410,6 +421,7 @@ async fn worker(
                 done,
                 acked,
                 expires: ttl.map(|t| began_at + t),
+                began_at,
             });
             if acked {
                 let mut own = view.own.lock().unwrap();
@@ -430,7 +442,7 @@ fn check(history: &History, logs: &[Log]) -> Vec<String> {
     let mut anomalies = Vec::new();
     let mut last_seen: HashMap<(usize, usize, usize), usize> = HashMap::new();
     for r in history.reads.lock().unwrap().iter() {
-        let mut log: Log = vec![NEVER];
+        let mut log: Log = vec![never()];
         log.extend(logs[r.key].iter().copied());
         // The newest acknowledged write at or below the bound (entry 0 has
         // version 0), or completed before a lost listener the node has
@@ -495,6 +507,7 @@ fn check(history: &History, logs: &[Log]) -> Vec<String> {
                 let gone = |e: &Entry| {
                     (e.value.is_none() && e.began < r.ended)
                         || e.expires.is_some_and(|x| x < r.ended_at)
+                        || (e.value.is_some() && e.began_at + STORED_TTL < r.ended_at)
                 };
                 match (from..log.len()).find(|&i| gone(&log[i])) {
                     None => anomalies.push(format!(
@@ -523,7 +536,7 @@ fn check(history: &History, logs: &[Log]) -> Vec<String> {
 async fn check_l2(db: &TestDb, logs: &[Log]) -> Vec<String> {
     let mut anomalies = Vec::new();
     for (k, entries) in logs.iter().enumerate() {
-        let mut log: Log = vec![NEVER];
+        let mut log: Log = vec![never()];
         log.extend(entries.iter().copied());
         let last_acked = log.iter().rposition(|e| e.acked).unwrap_or(0);
         let row = db
