@@ -204,8 +204,11 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         .with_graceful_shutdown(common::shutdown_signal())
         .await?;
     c3.shutdown().await;
-    if let Some(otel) = otel {
-        otel.shutdown().await?;
+    // A collector that is down costs the last batch, not the exit code.
+    if let Some(otel) = otel
+        && let Err(e) = otel.shutdown().await
+    {
+        tracing::warn!(error = %e, "telemetry not flushed at shutdown");
     }
     Ok(())
 }

@@ -92,15 +92,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 async fn two_nodes() -> Result<(C3, C3, String), c3::Error> {
-    let explicit = std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty());
+    let var = |name: &str| std::env::var(name).ok().filter(|u| !u.is_empty());
+    let explicit = var("C3_DATABASE_URL").or_else(|| var("DATABASE_URL"));
     let url = explicit
         .clone()
         .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    // The documented `C3_*` variables apply here too (behind PgBouncer:
+    // `C3_LISTEN_DATABASE_URL`, `C3_PREPARED_STATEMENTS=false`, …).
     let pg = |url: &str| {
         C3::builder()
             .postgres(url)
             .table("c3_quickstart")
             .connect_timeout(Duration::from_secs(2))
+            .from_env()
     };
     match pg(&url).build().await {
         Ok(a) => {

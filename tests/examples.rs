@@ -381,3 +381,32 @@ async fn the_axum_app_exports_over_otlp_and_continues_the_callers_trace() {
     );
     assert!(traces.windows(7).any(|w| w == b"c3.http"));
 }
+
+/// The quickstart honours the README's `C3_*` variables: behind a real
+/// PgBouncer in transaction mode, with LISTEN direct and unnamed
+/// statements, it runs to the end (it used to send LISTEN through the
+/// pooler and prepare named statements regardless).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_quickstart_runs_behind_pgbouncer_with_the_readmes_variables() {
+    let db = OwnDatabase::new("quickstart_pgb").await;
+    let bouncer = support::pgbouncer::PgBouncer::start(&support::database_addr(), 2);
+    let out = Command::new(example("quickstart"))
+        .env("DATABASE_URL", bouncer.url(&db.url))
+        .env("C3_LISTEN_DATABASE_URL", &db.url)
+        .env("C3_PREPARED_STATEMENTS", "false")
+        .env_remove("C3_DATABASE_URL")
+        .output()
+        .await
+        .expect("run the quickstart");
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("PostgreSQL"),
+        "it used PostgreSQL: {stdout}"
+    );
+}

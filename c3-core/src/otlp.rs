@@ -16,7 +16,7 @@
 //!
 //! | variable | meaning |
 //! |---|---|
-//! | `OTEL_EXPORTER_OTLP_ENDPOINT` | collector base URL (`http://localhost:4318` for HTTP, `:4317` for gRPC) |
+//! | `OTEL_EXPORTER_OTLP_ENDPOINT` | collector base URL, e.g. `http://localhost:4318` (HTTP) or `:4317` (gRPC). **Unset: nothing is exported** (no default collector; logged once at INFO) |
 //! | `OTEL_EXPORTER_OTLP_PROTOCOL` | `http/protobuf` (default) or `grpc` |
 //! | `OTEL_EXPORTER_OTLP_HEADERS`, `…_TIMEOUT` and the per-signal `…_TRACES_*`/`…_METRICS_*` forms | as the OpenTelemetry specification says |
 //! | `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES` | the resource |
