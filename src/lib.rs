@@ -7,7 +7,7 @@
 //! | [`core`] | `c3-core` | the coherent two-tier cache ([`C3`]) |
 //! | `tower` | `c3-tower` | HTTP response cache layer (feature `tower`, default) |
 //! | `axum` | `c3-axum` | axum integration (feature `axum`, default) |
-//! | `sqlx` | `c3-sqlx` | cached repositories for sqlx (feature `sqlx`, default; the derive needs `c3-sqlx` as a direct dependency) |
+//! | `sqlx` | `c3-sqlx` | cached repositories for sqlx (feature `sqlx`, default; `#[derive(c3::sqlx::Cached)]` works through this facade alone) |
 //!
 //! Optional features: `otlp` (`c3::core::otlp`: one-call OpenTelemetry
 //! export over OTLP, and `traceparent` continuation in the HTTP layer),

@@ -738,6 +738,35 @@ async fn run(name: &str, v: Variant) {
         .count();
     let mut anomalies = check(&history, &logs);
     anomalies.extend(check_l2(&db, &logs).await);
+    if !anomalies.is_empty() {
+        // Where the old value lives now: L2, or one node's L1.
+        for k in 0..keys {
+            if !anomalies.iter().any(|a| a.contains(&format!(" h{k} "))) {
+                continue;
+            }
+            let row = db
+                .client
+                .query_opt(
+                    &format!(
+                        "SELECT encoding, convert_from(value, 'UTF8'), version FROM {} WHERE key = $1",
+                        db.table()
+                    ),
+                    &[&key(k)],
+                )
+                .await
+                .unwrap()
+                .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1), r.get::<_, i64>(2)));
+            eprintln!("h{k}: L2 {row:?}; last log entries {:?}", &logs[k][logs[k].len().saturating_sub(3)..]);
+            for (i, (n, _)) in nodes.iter().enumerate() {
+                eprintln!(
+                    "  node {i}: in L1 {}, reads {:?}, {:?}",
+                    n.is_cached_locally(&key(k)),
+                    n.get::<u64>(&key(k)).await.map(|v| v.map(|v| *v)),
+                    n.stats()
+                );
+            }
+        }
+    }
     let dropped: u64 = nodes.iter().map(|(n, _)| n.stats().fills_dropped).sum();
     eprintln!(
         "{name}: {ops} operations ({writes} writes, {unacked} failed and not committed, {reads} reads \

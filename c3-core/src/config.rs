@@ -81,8 +81,9 @@ fn invalid(var: &str, value: &str, expected: &str) -> Error {
 }
 
 impl C3Builder {
-    /// Reads the documented `C3_*` environment variables (see the table in
-    /// the crate docs); unset variables leave the builder's value alone.
+    /// Reads the documented `C3_*` environment variables (the table at the
+    /// top of this module's source and in the README's "Configuration");
+    /// unset variables leave the builder's value alone.
     /// An invalid value makes [`build`](Self::build) fail with an error
     /// naming the variable.
     pub fn from_env(self) -> Self {

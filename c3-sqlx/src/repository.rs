@@ -286,7 +286,8 @@ impl<T: Cached> Repository<T> {
     }
 
     /// Installs (or replaces) the invalidation trigger (see
-    /// [`trigger_sql`](Self::trigger_sql)).
+    /// [`trigger_sql`](Self::trigger_sql)). Idempotent, and safe when every
+    /// replica calls it at start: one transaction under an advisory lock.
     ///
     /// # Errors
     ///
