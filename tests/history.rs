@@ -401,6 +401,7 @@ async fn worker(
                 Some(v) => node.set_with_ttl(&name, &v, ttl).await,
                 None => node.delete(&name).await,
             };
+            let answered = written.is_ok();
             let acked = match written {
                 Ok(()) => true,
                 Err(e) if faulted => {
@@ -423,7 +424,12 @@ async fn worker(
                 expires: ttl.map(|t| began_at + t),
                 began_at,
             });
-            if acked {
+            // Only a write whose caller was answered raises this node's own
+            // floor: one reported failed that committed anyway (its reply
+            // lost in a frozen link) is known to the node only when its
+            // notification arrives — within the heartbeat bound, c3's promise
+            // for a node whose link froze.
+            if answered {
                 let mut own = view.own.lock().unwrap();
                 let e = own.entry(name).or_default();
                 *e = (*e).max(version);
@@ -756,7 +762,10 @@ async fn run(name: &str, v: Variant) {
                 .await
                 .unwrap()
                 .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1), r.get::<_, i64>(2)));
-            eprintln!("h{k}: L2 {row:?}; last log entries {:?}", &logs[k][logs[k].len().saturating_sub(3)..]);
+            eprintln!(
+                "h{k}: L2 {row:?}; last log entries {:?}",
+                &logs[k][logs[k].len().saturating_sub(3)..]
+            );
             for (i, (n, _)) in nodes.iter().enumerate() {
                 eprintln!(
                     "  node {i}: in L1 {}, reads {:?}, {:?}",
