@@ -84,7 +84,9 @@ impl C3 {
     /// HTTP response's variant, its surrogate keys) are still fenced in L2.
     ///
     /// Costs one L2 round trip. If L2 cannot answer, the fill is still
-    /// returned, unfenced: it will keep values in this node's L1 only.
+    /// returned, unfenced: it will keep values in this node's L1 only — and
+    /// only for the keys named here (a key named later could not show that
+    /// no newer write reached this node since the read).
     ///
     /// # Errors
     ///
