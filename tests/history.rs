@@ -491,14 +491,17 @@ fn check(history: &History, logs: &[Log]) -> Vec<String> {
                     // write completed does not raise the floor: until that
                     // write lands, the cache rightly still holds the value
                     // before it (cache-aside with a writer that updates the
-                    // source first). Every other read does.
+                    // source first). Nor does a value whose cache write
+                    // failed and did not commit: the source has it, the
+                    // cache rightly still holds what came before. Every
+                    // other read does.
                     let ahead = history
                         .written_at
                         .lock()
                         .unwrap()
                         .get(&(r.key, w))
                         .is_none_or(|t| *t > r.started);
-                    if !ahead {
+                    if !ahead && log[at].acked {
                         *seen = (*seen).max(at);
                     }
                 }
