@@ -527,7 +527,7 @@ fn check(history: &History, logs: &[Log]) -> Vec<String> {
                     // A delete that completed before the read began is now
                     // this task's floor too (one still under way may have
                     // reached only the source).
-                    Some(i) if log[i].value.is_none() && log[i].done < r.started => {
+                    Some(i) if log[i].value.is_none() && log[i].acked && log[i].done < r.started => {
                         *seen = (*seen).max(i)
                     }
                     Some(_) => {}
