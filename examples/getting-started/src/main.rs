@@ -58,22 +58,11 @@ impl FromRef<AppState> for C3 {
     }
 }
 
-/// One error type for the handlers: a repository error already carries the
-/// cache's (`c3::sqlx::Error::Cache`).
-struct AppError(c3::sqlx::Error);
-
-impl From<c3::sqlx::Error> for AppError {
-    fn from(e: c3::sqlx::Error) -> Self {
-        AppError(e)
-    }
-}
-
-impl IntoResponse for AppError {
-    fn into_response(self) -> Response {
-        eprintln!("request failed: {}", self.0);
-        (StatusCode::SERVICE_UNAVAILABLE, "try again").into_response()
-    }
-}
+/// One error type for the handlers, and an axum response as it is: a
+/// repository error already carries the cache's (`c3::sqlx::Error::Cache`);
+/// it answers 503 when the cache's store or the database cannot be reached,
+/// 500 otherwise, and logs the error (target `c3::axum`).
+type AppError = c3::sqlx::Error;
 
 /// `GET /products/{id}`: cached 60 s by every replica, tagged with the
 /// product's cache key so any write to its row purges it everywhere. A 404 is
