@@ -820,11 +820,7 @@ impl C3Builder {
             ssl_mode: listen_tls.mode,
             replay: self.warm_reconnect.then(|| crate::replay::Replay {
                 sql: crate::backend::postgres::replay_sql(&self.schema, &self.table),
-                table: format!(
-                    "{}.{}",
-                    crate::key::quote_ident(&self.schema),
-                    crate::key::quote_ident(&self.table)
-                ),
+                table: crate::key::qualified(&self.schema, &self.table),
                 window: crate::replay::WINDOW,
                 max_keys: 1_000_000,
                 timeout: self.op_timeout,

@@ -87,11 +87,7 @@ pub struct SqlNames {
 impl SqlNames {
     pub(crate) fn new(schema: &str, table: &str, channel: &str) -> SqlNames {
         SqlNames {
-            table: format!(
-                "{}.{}",
-                crate::key::quote_ident(schema),
-                crate::key::quote_ident(table)
-            ),
+            table: crate::key::qualified(schema, table),
             channel: channel.to_owned(),
             invalidate_function: crate::backend::postgres::invalidate_function(schema, table),
         }

@@ -98,6 +98,11 @@ pub(crate) fn quote_ident(name: &str) -> String {
     format!("\"{name}\"")
 }
 
+/// `"schema"."name"`: a validated name, qualified and quoted.
+pub(crate) fn qualified(schema: &str, name: &str) -> String {
+    format!("{}.{}", quote_ident(schema), quote_ident(name))
+}
+
 /// How the HTTP layer stores a response's surrogate keys (`Surrogate-Key`,
 /// `Cache-Tag`) as c3 tags: `http-tag:<tag>`. Adapters that invalidate an
 /// entity also invalidate `http-tag:<its cache key>`, so an HTTP response

@@ -13,7 +13,7 @@ use super::Durability;
 use crate::clock::unix_micros;
 use crate::entry::{Row, WriteItem};
 use crate::error::{Error, Result};
-use crate::key::quote_ident;
+use crate::key::{qualified, quote_ident};
 
 /// Serialises schema creation across nodes that start at the same moment;
 /// `CREATE … IF NOT EXISTS` alone races on the catalog's unique indexes.
@@ -207,7 +207,7 @@ pub(crate) fn migration_sql(schema: &str, table: &str, durability: Durability) -
 /// promotion. The version sequence's last value comes last: below a
 /// version this node has seen, it is another history.
 pub(crate) fn replay_sql(schema: &str, table: &str) -> String {
-    let q = |name: &str| format!("{}.{}", quote_ident(schema), quote_ident(name));
+    let q = |name: &str| qualified(schema, name);
     let (t, deleted) = (q(table), q(&format!("{table}_deleted")));
     let seq = q(&format!("{table}_version_seq"));
     format!(
@@ -228,11 +228,7 @@ coalesce(pg_sequence_last_value(to_regclass('{seq}')), 0)::text, \
 /// The quoted, schema-qualified name of the SQL function that deletes keys
 /// (and tagged keys) and announces it, inside the caller's transaction.
 pub(crate) fn invalidate_function(schema: &str, table: &str) -> String {
-    format!(
-        "{}.{}",
-        quote_ident(schema),
-        quote_ident(&format!("{table}_invalidate"))
-    )
+    qualified(schema, &format!("{table}_invalidate"))
 }
 
 /// Keys up to this long take the one-statement batch write.
@@ -255,36 +251,16 @@ pub(crate) const NOTIFY: &str = "SELECT pg_notify($1, p) FROM unnest($2::text[])
 
 impl Sql {
     fn new(schema: &str, table: &str, durability: Durability) -> Sql {
-        let t = format!("{}.{}", quote_ident(schema), quote_ident(table));
-        let seq = format!(
-            "{}.{}",
-            quote_ident(schema),
-            quote_ident(&format!("{table}_version_seq"))
-        );
-        let func = format!(
-            "{}.{}",
-            quote_ident(schema),
-            quote_ident(&format!("{table}_bump_version"))
-        );
+        let t = qualified(schema, table);
+        let seq = qualified(schema, &format!("{table}_version_seq"));
+        let func = qualified(schema, &format!("{table}_bump_version"));
         let trigger = quote_ident(&format!("{table}_bump_version"));
         let index = quote_ident(&format!("{table}_expiry_idx"));
-        let tags = format!(
-            "{}.{}",
-            quote_ident(schema),
-            quote_ident(&format!("{table}_tags"))
-        );
+        let tags = qualified(schema, &format!("{table}_tags"));
         let tags_idx = quote_ident(&format!("{table}_tags_key_idx"));
         let inv = invalidate_function(schema, table);
-        let deleted = format!(
-            "{}.{}",
-            quote_ident(schema),
-            quote_ident(&format!("{table}_deleted"))
-        );
-        let deleted_tags = format!(
-            "{}.{}",
-            quote_ident(schema),
-            quote_ident(&format!("{table}_deleted_tags"))
-        );
+        let deleted = qualified(schema, &format!("{table}_deleted"));
+        let deleted_tags = qualified(schema, &format!("{table}_deleted_tags"));
         let create_schema = if schema == "public" {
             String::new()
         } else {
@@ -894,7 +870,7 @@ impl PgBackend {
     /// with the expected shape; returns what is missing or outdated.
     pub(crate) async fn verify(&self, schema: &str, table: &str) -> Result<Vec<String>> {
         let s = self.session("verify").await?;
-        let q = |n: &str| format!("{}.{}", quote_ident(schema), quote_ident(n));
+        let q = |n: &str| qualified(schema, n);
         let t = q(table);
         let mut missing = Vec::new();
         let relations = [
