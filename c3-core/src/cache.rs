@@ -184,10 +184,6 @@ impl C3 {
         self.inner.limits.default_ttl
     }
 
-    pub(crate) fn max_value_bytes(&self) -> usize {
-        self.inner.limits.max_value_bytes
-    }
-
     /// The current time on this cache's [`Clock`] (the system clock unless
     /// the builder was given another), for layers that make time-based
     /// decisions consistent with the cache's own expiry.
@@ -732,23 +728,28 @@ impl C3 {
         let fresh_until = ttl.map(|t| now + t);
         let mut items = Vec::with_capacity(order.len());
         for k in &order {
-            let (bytes, encoding) = crate::codec::encode(
-                latest[k],
-                self.inner.limits.codecs.for_key(k),
-                self.inner.limits.max_value_bytes,
-                self.inner.limits.compress_above,
-            )?;
-            items.push(WriteItem {
-                key: (*k).to_owned(),
-                value: bytes,
-                encoding,
-                fresh_until,
-                stale_until: None,
-                tags: tags.iter().map(|t| (*t).to_owned()).collect(),
-                push: self.inner.limits.pushes(k),
-            });
+            let mut item = WriteItem::new(k, self.encode(k, latest[k])?, fresh_until);
+            item.tags = tags.iter().map(|t| (*t).to_owned()).collect();
+            item.push = self.inner.limits.pushes(k);
+            items.push(item);
         }
         self.write_items::<T>(items).await
+    }
+
+    /// `value` encoded for `key` as this cache stores it: the key's codec,
+    /// compressed above the threshold, refused over the size limit.
+    pub(crate) fn encode<T: Serialize>(
+        &self,
+        key: &str,
+        value: &T,
+    ) -> Result<(Vec<u8>, &'static str)> {
+        let limits = &self.inner.limits;
+        crate::codec::encode(
+            value,
+            limits.codecs.for_key(key),
+            limits.max_value_bytes,
+            limits.compress_above,
+        )
     }
 
     /// Commits `items` to L2 and, on success, puts each in this node's L1.

@@ -48,6 +48,27 @@ pub(crate) struct WriteItem {
     pub(crate) push: bool,
 }
 
+impl WriteItem {
+    /// An item for `key` with its encoded value (see `C3::encode`), fresh
+    /// until `fresh_until`: no fail-safe window, no tags, not pushed — the
+    /// caller sets what its path needs.
+    pub(crate) fn new(
+        key: &str,
+        (value, encoding): (Vec<u8>, &'static str),
+        fresh_until: Option<SystemTime>,
+    ) -> WriteItem {
+        WriteItem {
+            key: key.to_owned(),
+            value,
+            encoding,
+            fresh_until,
+            stale_until: None,
+            tags: Vec::new(),
+            push: false,
+        }
+    }
+}
+
 /// Where an entry or a row stands at a given time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum State {

@@ -187,25 +187,12 @@ impl Fill {
             .count())
     }
 
+    /// The item a fill stores (not pushed: peers read a filled value from
+    /// L2 when they need it).
     fn item<T: Serialize>(&self, key: &str, value: &T, ttl: Option<Duration>) -> Result<WriteItem> {
         self.c3.check_key(key)?;
-        let limits = &self.c3.inner.limits;
-        let (bytes, encoding) = crate::codec::encode(
-            value,
-            limits.codecs.for_key(key),
-            limits.max_value_bytes,
-            limits.compress_above,
-        )?;
-        Ok(WriteItem {
-            key: key.to_owned(),
-            value: bytes,
-            encoding,
-            fresh_until: ttl.map(|t| self.c3.now() + t),
-            stale_until: None,
-            tags: Vec::new(),
-            // Peers read a filled value from L2 when they need it.
-            push: false,
-        })
+        let encoded = self.c3.encode(key, value)?;
+        Ok(WriteItem::new(key, encoded, ttl.map(|t| self.c3.now() + t)))
     }
 
     /// Stores encoded items through the fence; one flag per item: cached in L2.

@@ -339,13 +339,8 @@ where
                 None => return Answer::Absent,
             },
         };
-        let (bytes, encoding) = match &value {
-            Some(v) => match crate::codec::encode(
-                v,
-                c3.inner.limits.codecs.for_key(key),
-                c3.max_value_bytes(),
-                c3.inner.limits.compress_above,
-            ) {
+        let encoded = match &value {
+            Some(v) => match c3.encode(key, v) {
                 Ok(encoded) => encoded,
                 // Too big or unencodable: answer without caching.
                 Err(_) => return answer(value),
@@ -358,16 +353,9 @@ where
             (Some(f), Some(w)) => Some(f + w),
             _ => None,
         };
-        let item = WriteItem {
-            key: key.to_owned(),
-            value: bytes,
-            encoding,
-            fresh_until,
-            stale_until,
-            tags: Vec::new(),
-            // Peers load for themselves when they need the key.
-            push: false,
-        };
+        // Not pushed: peers load for themselves when they need the key.
+        let mut item = WriteItem::new(key, encoded, fresh_until);
+        item.stale_until = stale_until;
         let fill = Fill::from_fence(c3, key, self.fence.take(), self.token);
         fill.store_items::<T>(vec![item]).await;
         answer(value)
