@@ -406,7 +406,7 @@ impl C3 {
         T: DeserializeOwned + Send + Sync + 'static,
     {
         Counters::inc(&self.inner.counters.l1_misses);
-        let token = self.inner.coherency.begin_fill(key);
+        let token = self.inner.coherency.fill_token(key);
         let now = self.inner.clock.now();
         let row = self.l2("get", self.inner.backend.get(key, now)).await?;
         #[cfg(feature = "test-util")]
@@ -516,7 +516,7 @@ impl C3 {
                 Some(hit) => out.push(hit),
                 None => {
                     Counters::inc(&self.inner.counters.l1_misses);
-                    missing.push((i, *k, self.inner.coherency.begin_fill(k)));
+                    missing.push((i, *k, self.inner.coherency.fill_token(k)));
                     out.push(None);
                 }
             }
@@ -759,7 +759,7 @@ impl C3 {
     {
         let tokens: Vec<_> = items
             .iter()
-            .map(|i| self.inner.coherency.begin_fill(&i.key))
+            .map(|i| self.inner.coherency.fill_token(&i.key))
             .collect();
         let header = self.header('k');
         // Untagged writes to PostgreSQL share transactions with concurrent

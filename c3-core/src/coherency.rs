@@ -234,8 +234,12 @@ impl Coherency {
         self.l1.get(key)
     }
 
-    /// Starts an L2 read whose result may be put in L1; `None` when L1 is off.
-    pub(crate) fn begin_fill(&self, key: &str) -> Option<FillToken> {
+    /// A token for an L2 read (or a source read) whose result may be put in
+    /// L1: this node's record of what it applied since, checked when the
+    /// result is kept (§3.4 of PROTOCOL.md). `None` when L1 is off. Not to be
+    /// confused with `C3::begin_fill`, L2's fence, which takes one of these
+    /// per named key.
+    pub(crate) fn fill_token(&self, key: &str) -> Option<FillToken> {
         if !self.l1_enabled() {
             return None;
         }
@@ -604,7 +608,7 @@ mod tests {
     #[test]
     fn versioned_invalidation_keeps_newer() {
         let c = engine();
-        let t = c.begin_fill("k").unwrap();
+        let t = c.fill_token("k").unwrap();
         assert!(c.fill("k", t, entry(5)));
         c.apply_written("k", 5);
         assert!(c.peek("k").is_some(), "own notification must not evict");
@@ -617,19 +621,19 @@ mod tests {
     #[test]
     fn invalidation_during_read_drops_fill() {
         let c = engine();
-        let t = c.begin_fill("k").unwrap();
+        let t = c.fill_token("k").unwrap();
         c.apply_bare("k");
         assert!(!c.fill("k", t, entry(1)));
-        let t = c.begin_fill("k").unwrap();
+        let t = c.fill_token("k").unwrap();
         c.apply_written("k", 9);
         assert!(
             !c.fill("k", t, entry(8)),
             "read an older version than committed"
         );
-        let t = c.begin_fill("k").unwrap();
+        let t = c.fill_token("k").unwrap();
         c.apply_written("k", 10);
         assert!(c.fill("k", t, entry(10)), "read already saw that write");
-        let t = c.begin_fill("k").unwrap();
+        let t = c.fill_token("k").unwrap();
         c.purge();
         assert!(!c.fill("k", t, entry(11)));
     }
@@ -637,11 +641,11 @@ mod tests {
     #[test]
     fn disabled_bypasses() {
         let c = engine();
-        let t = c.begin_fill("k").unwrap();
+        let t = c.fill_token("k").unwrap();
         assert!(c.fill("k", t, entry(1)));
         c.disable(ListenerState::Reconnecting { attempt: 0 });
         assert!(c.peek("k").is_none());
-        assert!(c.begin_fill("k").is_none());
+        assert!(c.fill_token("k").is_none());
         assert!(!c.fill("k", t, entry(2)));
         c.enable();
         assert!(c.peek("k").is_none());
@@ -671,8 +675,8 @@ mod tests {
     #[test]
     fn older_fill_does_not_replace_newer() {
         let c = engine();
-        let t1 = c.begin_fill("k").unwrap();
-        let t2 = c.begin_fill("k").unwrap();
+        let t1 = c.fill_token("k").unwrap();
+        let t2 = c.fill_token("k").unwrap();
         assert!(c.fill("k", t2, entry(7)));
         assert!(!c.fill("k", t1, entry(6)));
         assert_eq!(c.peek("k").unwrap().version, 7);

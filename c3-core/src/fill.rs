@@ -99,7 +99,7 @@ impl C3 {
         // invalidation is either seen by the tokens or after the snapshot.
         let tokens = keys
             .iter()
-            .map(|k| ((*k).to_owned(), self.coherency().begin_fill(k)))
+            .map(|k| ((*k).to_owned(), self.coherency().fill_token(k)))
             .collect();
 
         let fence = match self.l2("fence", self.backend().fence()).await {
@@ -273,7 +273,7 @@ impl Fill {
             .iter()
             .map(|i| match self.tokens.get(&i.key) {
                 Some(t) => *t,
-                None => c3.coherency().begin_fill(&i.key),
+                None => c3.coherency().fill_token(&i.key),
             })
             .collect();
         let valid: Vec<bool> = items

@@ -131,7 +131,7 @@ where
             opts,
             tx,
             stale,
-            token: c3.coherency().begin_fill(key),
+            token: c3.coherency().fill_token(key),
             fence: None,
         }
     }
@@ -219,7 +219,7 @@ where
         let Ok(Some(lock)) = self.c3.load_lock(self.key, wait).await else {
             return Ok(None);
         };
-        let token = self.c3.coherency().begin_fill(self.key);
+        let token = self.c3.coherency().fill_token(self.key);
         if let L2Read::Fresh(v) = self.read_l2(token).await {
             lock.release().await;
             return Err(from_l2(v));
