@@ -586,30 +586,6 @@ async fn check_l2(db: &TestDb, logs: &[Log]) -> Vec<String> {
     anomalies
 }
 
-/// Waits until no transaction holds or waits for a lock on the test's
-/// tables: whatever was still queued has committed or rolled back.
-async fn quiet(db: &TestDb) {
-    support::wait_until(
-        "no transaction left on the test's tables",
-        support::DELIVERY,
-        || async {
-            let n: i64 = db
-                .client
-                .query_one(
-                    "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
-                 JOIN pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE n.nspname = $1 AND l.pid <> pg_backend_pid()",
-                    &[&db.schema],
-                )
-                .await
-                .unwrap()
-                .get(0);
-            n == 0
-        },
-    )
-    .await;
-}
-
 /// Node 3's link fails again and again until `stop`; returns how many
 /// faults it injected. `recovered` gets the history clock after the first
 /// fault ended.
@@ -734,7 +710,7 @@ async fn run(name: &str, v: Variant) {
     for l in &history.logs {
         logs.push(l.lock().await.clone());
     }
-    quiet(&db).await;
+    db.quiet().await;
     let writes: usize = logs.iter().map(Vec::len).sum();
     let unacked: usize = logs.iter().flatten().filter(|e| !e.acked).count();
     let reads = history.reads.lock().unwrap().len();

@@ -38,31 +38,6 @@ async fn l2_value(db: &TestDb, key: &str) -> Option<i64> {
         .map(|r| r.get(0))
 }
 
-/// Waits until no other session holds or waits for a lock on this test's
-/// tables: whatever was queued has committed or rolled back, so what L2
-/// holds now is final.
-async fn quiet(db: &TestDb) {
-    wait_until(
-        "no transaction left on the test's tables",
-        DELIVERY,
-        || async {
-            let n: i64 = db
-                .client
-                .query_one(
-                    "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
-                 JOIN pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE n.nspname = $1 AND l.pid <> pg_backend_pid()",
-                    &[&db.schema],
-                )
-                .await
-                .expect("read pg_locks")
-                .get(0);
-            n == 0
-        },
-    )
-    .await;
-}
-
 /// Waits until a session runs a statement containing `text` and waits for
 /// a lock (the racing side is held at its moment).
 async fn waits_for_lock(db: &TestDb, text: &str) {
@@ -110,6 +85,27 @@ async fn everyone_serves(db: &TestDb, nodes: &[&C3], key: &str, value: i64) {
     }
 }
 
+/// A test's database; node A, the filler, whose pool goes through the
+/// returned link (its operations time out after 3 s); node B, a writer with
+/// a 1 s operation timeout.
+async fn filler_and_writer(name: &str) -> (TestDb, FaultProxy, C3, C3) {
+    let db = TestDb::new(name).await;
+    let link = FaultProxy::start(support::database_addr()).await;
+    let a = db
+        .pool_through(&link)
+        .op_timeout(FILLER_TIMEOUT)
+        .build()
+        .await
+        .unwrap();
+    let b = db
+        .builder()
+        .op_timeout(Duration::from_secs(1))
+        .build()
+        .await
+        .unwrap();
+    (db, link, a, b)
+}
+
 /// A filler (node A, its pool through `link`) stores `key` and its link
 /// freezes right after the fill's upsert ran: the transaction stays open
 /// on the server, holding the row. Returns the fill in flight.
@@ -140,20 +136,7 @@ async fn freeze_a_fill(
 #[tokio::test]
 async fn a_fill_frozen_mid_transaction_holds_back_no_later_write() {
     const KEY: &str = "frozen:key";
-    let db = TestDb::new("frozen_fill").await;
-    let link = FaultProxy::start(support::database_addr()).await;
-    let a = db
-        .pool_through(&link)
-        .op_timeout(FILLER_TIMEOUT)
-        .build()
-        .await
-        .unwrap();
-    let b = db
-        .builder()
-        .op_timeout(Duration::from_secs(1))
-        .build()
-        .await
-        .unwrap();
+    let (db, link, a, b) = filler_and_writer("frozen_fill").await;
     b.set(KEY, &1i64).await.unwrap();
 
     let filling = freeze_a_fill(&a, &link, KEY).await;
@@ -169,7 +152,7 @@ async fn a_fill_frozen_mid_transaction_holds_back_no_later_write() {
 
     link.thaw();
     let _ = filling.await;
-    quiet(&db).await;
+    db.quiet().await;
     assert_eq!(
         l2_value(&db, KEY).await,
         Some(3),
@@ -182,20 +165,7 @@ async fn a_fill_frozen_mid_transaction_holds_back_no_later_write() {
 async fn a_combined_batch_behind_a_frozen_fill_never_commits_after_its_callers_gave_up() {
     const KEY: &str = "frozen:batch";
     const FREE: &str = "free:batch";
-    let db = TestDb::new("frozen_batch").await;
-    let link = FaultProxy::start(support::database_addr()).await;
-    let a = db
-        .pool_through(&link)
-        .op_timeout(FILLER_TIMEOUT)
-        .build()
-        .await
-        .unwrap();
-    let b = db
-        .builder()
-        .op_timeout(Duration::from_secs(1))
-        .build()
-        .await
-        .unwrap();
+    let (db, link, a, b) = filler_and_writer("frozen_batch").await;
     b.set_many(&[(KEY, 1i64), (FREE, 1i64)]).await.unwrap();
 
     let filling = freeze_a_fill(&a, &link, KEY).await;
@@ -213,7 +183,7 @@ async fn a_combined_batch_behind_a_frozen_fill_never_commits_after_its_callers_g
 
     link.thaw();
     let _ = filling.await;
-    quiet(&db).await;
+    db.quiet().await;
     for key in [KEY, FREE] {
         assert_eq!(
             l2_value(&db, key).await,
@@ -266,7 +236,7 @@ async fn function_against_a_held_fill(name: &str, keys: &[&str]) {
     );
     let version = deleting.await.unwrap().expect("the invalidation function");
     assert!(version.is_some(), "the function found the tagged row");
-    quiet(&db).await;
+    db.quiet().await;
     assert_eq!(
         l2_value(&db, KEY).await,
         None,

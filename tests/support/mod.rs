@@ -184,6 +184,31 @@ impl TestDb {
             .map(|r| r.get(0))
     }
 
+    /// Waits until no other session holds or waits for a lock on this
+    /// test's tables: whatever was queued has committed or rolled back, so
+    /// what L2 holds now is final.
+    pub async fn quiet(&self) {
+        wait_until(
+            "no transaction left on the test's tables",
+            DELIVERY,
+            || async {
+                let n: i64 = self
+                    .client
+                    .query_one(
+                        "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
+                     JOIN pg_namespace n ON n.oid = c.relnamespace \
+                     WHERE n.nspname = $1 AND l.pid <> pg_backend_pid()",
+                        &[&self.schema],
+                    )
+                    .await
+                    .expect("read pg_locks")
+                    .get(0);
+                n == 0
+            },
+        )
+        .await;
+    }
+
     /// Terminates the listener backend of `node` (found by application_name).
     pub async fn kill_listener(&self, node: &C3) -> u64 {
         let app = format!("c3-listener {}", node.node_id());
