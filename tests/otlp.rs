@@ -12,8 +12,13 @@ use tracing_subscriber::layer::SubscriberExt;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
+/// `install` sets the global providers and a cache takes its meter from
+/// them: tests that install with a collector run one at a time.
+static GLOBAL_PROVIDERS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test]
 async fn spans_and_metrics_reach_an_otlp_http_collector() {
+    let _one_at_a_time = GLOBAL_PROVIDERS.lock().await;
     let collector = MockServer::start().await;
     for p in ["/v1/traces", "/v1/metrics"] {
         Mock::given(method("POST"))
@@ -106,4 +111,112 @@ async fn without_an_endpoint_nothing_is_exported_and_shutdown_is_clean() {
     use opentelemetry::trace::{Tracer, TracerProvider};
     guard.tracer_provider().tracer("t").in_span("work", |_| {});
     guard.shutdown().await.expect("a clean shutdown");
+}
+
+/// What `c3::otlp` logged: (level, message, endpoint field).
+type Logged = std::sync::Arc<std::sync::Mutex<Vec<(tracing::Level, String, String)>>>;
+
+/// Records `c3::otlp` events from every thread (exports run on the SDK's
+/// own threads, so a thread-local subscriber would not see them).
+struct Capture(Logged);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        if event.metadata().target() != "c3::otlp" {
+            return;
+        }
+        #[derive(Default)]
+        struct Fields(String, String);
+        impl tracing::field::Visit for Fields {
+            fn record_debug(&mut self, f: &tracing::field::Field, v: &dyn std::fmt::Debug) {
+                match f.name() {
+                    "message" => self.0 = format!("{v:?}"),
+                    "endpoint" => self.1 = format!("{v:?}"),
+                    _ => {}
+                }
+            }
+        }
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        self.0
+            .lock()
+            .unwrap()
+            .push((*event.metadata().level(), fields.0, fields.1));
+    }
+}
+
+/// A collector that fails is logged at WARN once per outage, not once per
+/// export, and its return at INFO: three failed exports, one success, two
+/// more failures → two WARN lines and one INFO line for this endpoint.
+#[tokio::test]
+async fn a_failing_collector_is_logged_once_per_outage() {
+    let _one_at_a_time = GLOBAL_PROVIDERS.lock().await;
+    let logged = Logged::default();
+    tracing::subscriber::set_global_default(
+        tracing_subscriber::registry().with(Capture(logged.clone())),
+    )
+    .expect("the only global subscriber in this binary");
+    let collector = MockServer::start().await;
+    let answer = |status| {
+        Mock::given(method("POST"))
+            .and(path("/v1/metrics"))
+            .respond_with(ResponseTemplate::new(status))
+    };
+    answer(503).mount(&collector).await;
+    let otel = Otlp::from_env()
+        .unwrap()
+        .endpoint(collector.uri())
+        .protocol(Protocol::HttpProtobuf)
+        // Exports happen when the test flushes, not on a timer.
+        .metric_interval(std::time::Duration::from_secs(3600))
+        .install()
+        .unwrap();
+    use opentelemetry::metrics::MeterProvider;
+    let counter = otel.meter_provider().meter("t").u64_counter("x").build();
+    let endpoint = collector.uri();
+    let lines = |level: tracing::Level| {
+        logged
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(l, _, e)| *l == level && e.contains(&endpoint))
+            .count()
+    };
+    let flush = |ok: bool| {
+        counter.add(1, &[]);
+        let provider = otel.meter_provider().clone();
+        let result = std::thread::spawn(move || provider.force_flush())
+            .join()
+            .unwrap();
+        assert_eq!(result.is_ok(), ok, "{result:?}");
+    };
+    for _ in 0..3 {
+        flush(false);
+    }
+    assert_eq!(
+        lines(tracing::Level::WARN),
+        1,
+        "{:?}",
+        logged.lock().unwrap()
+    );
+    collector.reset().await;
+    answer(200).mount(&collector).await;
+    flush(true);
+    assert_eq!(
+        lines(tracing::Level::INFO),
+        1,
+        "{:?}",
+        logged.lock().unwrap()
+    );
+    collector.reset().await;
+    answer(503).mount(&collector).await;
+    flush(false);
+    flush(false);
+    assert_eq!(
+        lines(tracing::Level::WARN),
+        2,
+        "{:?}",
+        logged.lock().unwrap()
+    );
+    drop(otel);
 }

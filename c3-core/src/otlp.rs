@@ -16,7 +16,7 @@
 //!
 //! | variable | meaning |
 //! |---|---|
-//! | `OTEL_EXPORTER_OTLP_ENDPOINT` | collector base URL, e.g. `http://localhost:4318` (HTTP) or `:4317` (gRPC). **Unset: nothing is exported** (no default collector; logged once at INFO) |
+//! | `OTEL_EXPORTER_OTLP_ENDPOINT` | collector base URL, e.g. `http://localhost:4318` (HTTP) or `:4317` (gRPC). **Unset: nothing is exported** (no default collector; logged once at INFO). A collector that cannot be reached is logged at WARN once per outage, and its return at INFO |
 //! | `OTEL_EXPORTER_OTLP_PROTOCOL` | `http/protobuf` (default) or `grpc` |
 //! | `OTEL_EXPORTER_OTLP_HEADERS`, `…_TIMEOUT` and the per-signal `…_TRACES_*`/`…_METRICS_*` forms | as the OpenTelemetry specification says |
 //! | `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES` | the resource |
@@ -36,14 +36,20 @@
 //! # Ok(()) }
 //! ```
 
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::metrics::Temporality;
+use opentelemetry_sdk::metrics::data::ResourceMetrics;
+use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 use tracing_subscriber::Layer;
 use tracing_subscriber::registry::LookupSpan;
 
@@ -236,6 +242,8 @@ impl Otlp {
                 source,
             })?;
 
+        let spans = Watched::new(spans, "traces", self.named("TRACES"));
+        let metrics = Watched::new(metrics, "metrics", self.named("METRICS"));
         let tracer_provider = SdkTracerProvider::builder()
             .with_batch_exporter(spans)
             .with_resource(resource.clone())
@@ -257,6 +265,16 @@ impl Otlp {
             meter_provider,
             exporting: true,
         })
+    }
+
+    /// The collector a signal goes to, as the logs name it.
+    fn named(&self, signal: &str) -> String {
+        let env = |v: &str| std::env::var(v).ok().filter(|v| !v.trim().is_empty());
+        self.endpoint
+            .clone()
+            .or_else(|| env(&format!("OTEL_EXPORTER_OTLP_{signal}_ENDPOINT")))
+            .or_else(|| env("OTEL_EXPORTER_OTLP_ENDPOINT"))
+            .unwrap_or_default()
     }
 
     fn signal_url(&self, path: &str) -> Option<String> {
@@ -290,6 +308,112 @@ fn parse_protocol(value: &str) -> Result<Protocol, OtlpError> {
             variable: "OTEL_EXPORTER_OTLP_PROTOCOL",
             message: format!("expected `http/protobuf` or `grpc`, got {other:?}"),
         }),
+    }
+}
+
+/// An exporter whose failures are logged once per outage: the first failed
+/// export at WARN with the error, then nothing while the collector stays
+/// unreachable (every export period would otherwise log again), and one INFO
+/// line when an export succeeds again, with how long it lasted and how many
+/// exports were lost. Without it a down collector is silent: the SDK's own
+/// logs are a feature c3 leaves off.
+#[derive(Debug)]
+struct Watched<E> {
+    inner: E,
+    outage: Outage,
+}
+
+impl<E> Watched<E> {
+    fn new(inner: E, signal: &'static str, endpoint: String) -> Self {
+        Watched {
+            inner,
+            outage: Outage {
+                signal,
+                endpoint,
+                since: Mutex::new(None),
+            },
+        }
+    }
+}
+
+/// Whether a signal's exports are failing, and since when.
+#[derive(Debug)]
+struct Outage {
+    signal: &'static str,
+    endpoint: String,
+    /// When the first failed export of the current outage ended, and how
+    /// many have failed since.
+    since: Mutex<Option<(Instant, u64)>>,
+}
+
+impl Outage {
+    fn observe(&self, result: &OTelSdkResult) {
+        let mut since = self.since.lock().unwrap_or_else(|e| e.into_inner());
+        match (result, since.as_mut()) {
+            (Ok(()), None) => {}
+            (Ok(()), Some((start, failed))) => {
+                tracing::info!(
+                    target: "c3::otlp",
+                    signal = self.signal,
+                    endpoint = %self.endpoint,
+                    outage_ms = start.elapsed().as_millis() as u64,
+                    failed_exports = *failed,
+                    "OTLP export is back"
+                );
+                *since = None;
+            }
+            (Err(e), None) => {
+                tracing::warn!(
+                    target: "c3::otlp",
+                    signal = self.signal,
+                    endpoint = %self.endpoint,
+                    error = %e,
+                    "OTLP export failing; what it held is dropped (logged once until an export succeeds)"
+                );
+                *since = Some((Instant::now(), 1));
+            }
+            (Err(_), Some((_, failed))) => *failed += 1,
+        }
+    }
+}
+
+impl<E: SpanExporter> SpanExporter for Watched<E> {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let result = self.inner.export(batch).await;
+        self.outage.observe(&result);
+        result
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
+impl<E: PushMetricExporter> PushMetricExporter for Watched<E> {
+    async fn export(&self, metrics: &ResourceMetrics) -> OTelSdkResult {
+        let result = self.inner.export(metrics).await;
+        self.outage.observe(&result);
+        result
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn temporality(&self) -> Temporality {
+        self.inner.temporality()
     }
 }
 
