@@ -5,16 +5,28 @@ use std::future::poll_fn;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use c3_core::C3;
 use http::header::{CACHE_CONTROL, PRAGMA};
 use http::{HeaderMap, Request, Response, request};
 use http_body::Body;
 use tower_service::Service;
 
+use super::Config;
 use super::body::C3Body;
 use super::cache_control::{self, C3_CACHE_CONTROL, Directives};
+use super::collapse::InFlights;
 use super::key::RequestUri;
-use super::service::Shared;
 use super::status::{CACHE_STATUS, CacheStatus};
+
+/// What the services of one layer share.
+pub(crate) struct Shared<P> {
+    pub(crate) c3: C3,
+    pub(crate) config: Config,
+    pub(crate) policy: P,
+    /// Requests being fetched upstream on this node, by storage key; later
+    /// identical requests wait for them (see `miss`).
+    pub(crate) collapse: Arc<InFlights>,
+}
 
 /// A GET or HEAD the cache may answer: its parts, its cache directives and
 /// its normalised URI.
@@ -99,4 +111,17 @@ where
 {
     poll_fn(|cx| svc.poll_ready(cx)).await?;
     svc.call(req).await
+}
+
+/// The request parts of a background GET: no body, the same target,
+/// headers and extensions (what routers and middleware left for the
+/// handler; cloned up front, as the GET may outlive the client's request).
+pub(crate) fn get_parts(parts: &request::Parts) -> request::Parts {
+    let (mut p, ()) = Request::new(()).into_parts();
+    p.method = http::Method::GET;
+    p.uri = parts.uri.clone();
+    p.version = parts.version;
+    p.headers = parts.headers.clone();
+    p.extensions = parts.extensions.clone();
+    p
 }

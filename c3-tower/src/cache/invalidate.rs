@@ -25,9 +25,9 @@ use http::{Request, Response};
 use tower_service::Service;
 
 use super::body::C3Body;
+use super::context::Shared;
 use super::context::forwarded;
 use super::key::{RequestUri, user_tag};
-use super::service::Shared;
 use super::status::CACHE_STATUS;
 use super::status::{CacheStatus, Fwd};
 

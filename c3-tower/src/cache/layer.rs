@@ -1,15 +1,15 @@
 //! [`C3CacheLayer`]: builds [`C3Cache`] services.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use c3_core::C3;
 use tower_layer::Layer;
 
 use super::Config;
+use super::context::Shared;
 use super::policy::{DefaultPolicy, Policy};
-use super::service::{C3Cache, Shared};
+use super::service::C3Cache;
 
 /// A [`Layer`] that puts a cluster-coherent HTTP cache in front of a service.
 ///
@@ -37,7 +37,7 @@ impl C3CacheLayer<DefaultPolicy> {
                 c3,
                 config: Config::default(),
                 policy: DefaultPolicy,
-                collapse: Mutex::new(HashMap::new()),
+                collapse: Arc::default(),
             }),
         }
     }
@@ -52,7 +52,7 @@ impl<P: Policy> C3CacheLayer<P> {
                 c3: self.shared.c3.clone(),
                 config,
                 policy: self.shared.policy.clone(),
-                collapse: Mutex::new(HashMap::new()),
+                collapse: Arc::default(),
             }),
         }
     }
@@ -64,7 +64,7 @@ impl<P: Policy> C3CacheLayer<P> {
                 c3: self.shared.c3.clone(),
                 config: self.shared.config.clone(),
                 policy,
-                collapse: Mutex::new(HashMap::new()),
+                collapse: Arc::default(),
             }),
         }
     }

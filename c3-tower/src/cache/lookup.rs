@@ -4,34 +4,19 @@
 
 use std::sync::Arc;
 
-use c3_core::Tier;
-
-use http::{HeaderMap, Request, Response};
+use http::{Request, Response};
 
 use super::body::C3Body;
+use super::context::Shared;
 use super::context::{CacheBody, Ctx, RequestBody, Upstream, forwarded, request_directives};
-use super::key::{RequestUri, selection, variant_key};
+use super::find::{Found, find};
+use super::key::RequestUri;
 use super::policy::Policy;
 use super::reuse::{self, Reuse};
 use super::serve::{gateway_timeout, serve};
-use super::service::Shared;
 use super::status::{CacheStatus, Fwd};
-use super::stored::{Entry, StoredResponse};
+use super::stored::StoredResponse;
 use super::{miss, revalidate};
-
-/// What the cache holds for a request.
-pub(crate) enum Found {
-    Hit {
-        stored: Arc<StoredResponse>,
-        key: String,
-        tier: &'static str,
-    },
-    Miss {
-        /// Where a response would be stored (`None`: it cannot be keyed).
-        key: Option<String>,
-        fwd: Fwd,
-    },
-}
 
 /// The GET/HEAD flow.
 pub(crate) async fn lookup<S, P, ReqBody, ResBody>(
@@ -131,58 +116,5 @@ where
             age,
             stale_if_error,
         } => revalidate::revalidate(ctx, inner, stored, key, age, stale_if_error).await,
-    }
-}
-
-/// Looks the request up: the URI's primary key, then — if the response
-/// there varies — the request's variant.
-pub(crate) async fn find<P>(shared: &Shared<P>, uri: &RequestUri, headers: &HeaderMap) -> Found {
-    let c3 = &shared.c3;
-    let get = |key: String| async move {
-        match c3.get_with_tier::<Entry>(&key).await {
-            Ok((found, tier)) => (key, found, tier.as_str()),
-            Err(e) => {
-                // An unavailable or unreadable L2 is a miss, not an HTTP error.
-                tracing::debug!(target: "c3::http", error = %e, "cache lookup failed; treating as a miss");
-                (key, None, Tier::L2.as_str())
-            }
-        }
-    };
-    let (primary, found, tier) = get(uri.primary_key()).await;
-    match found.as_deref() {
-        None => Found::Miss {
-            key: Some(primary),
-            fwd: Fwd::UriMiss,
-        },
-        Some(Entry::Response(r)) => Found::Hit {
-            stored: Arc::clone(r),
-            key: primary,
-            tier,
-        },
-        Some(Entry::Variants { vary }) => {
-            let Some(sel) = selection(vary, headers) else {
-                return Found::Miss {
-                    key: None,
-                    fwd: Fwd::VaryMiss,
-                };
-            };
-            match get(variant_key(&primary, &sel)).await {
-                (vkey, Some(e), tier) => match &*e {
-                    Entry::Response(r) => Found::Hit {
-                        stored: Arc::clone(r),
-                        key: vkey,
-                        tier,
-                    },
-                    Entry::Variants { .. } => Found::Miss {
-                        key: None,
-                        fwd: Fwd::VaryMiss,
-                    },
-                },
-                (vkey, None, _) => Found::Miss {
-                    key: Some(vkey),
-                    fwd: Fwd::VaryMiss,
-                },
-            }
-        }
     }
 }

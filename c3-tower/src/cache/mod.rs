@@ -115,7 +115,9 @@
 
 mod body;
 mod cache_control;
+mod collapse;
 mod context;
+mod find;
 mod freshness;
 mod future;
 #[cfg(fuzzing)]
@@ -132,6 +134,7 @@ mod revalidate;
 mod serve;
 mod service;
 mod status;
+mod store;
 mod stored;
 mod structured;
 mod trace;

@@ -18,13 +18,15 @@ use tower_service::Service;
 
 use super::body::C3Body;
 use super::cache_control::Directives;
+use super::collapse::LeaderGuard;
+use super::context::get_parts;
 use super::context::{CacheBody, Ctx, RequestBody, Upstream, call_ready};
 use super::freshness::{self, Storage};
-use super::miss::{HOP_BY_HOP, LeaderGuard, get_parts, store_entry, store_response};
 use super::policy::Policy;
 use super::reuse::{self, Reuse};
 use super::serve::serve;
 use super::status::{CacheStatus, Fwd};
+use super::store::{HOP_BY_HOP, store_entry, store_response};
 use super::stored::StoredResponse;
 use c3_core::unix_micros;
 
@@ -145,7 +147,8 @@ pub(crate) fn in_background<S, P, ReqBody, ResBody>(
     ReqBody: RequestBody,
     ResBody: CacheBody,
 {
-    let Some(guard) = LeaderGuard::try_lead(&ctx.shared, format!("{key} revalidate")) else {
+    let Some(guard) = LeaderGuard::try_lead(&ctx.shared.collapse, format!("{key} revalidate"))
+    else {
         return;
     };
     let bg = Ctx {

@@ -7,32 +7,19 @@
 //!   to be safe (RFC 9111 §4.4) → [`invalidate`](super::invalidate): forward,
 //!   then invalidate what a successful write changed.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use c3_core::C3;
 use http::{Method, Request, Response};
 use http_body::Body;
 use tower_service::Service;
 
-use super::Config;
 use super::body::C3Body;
+use super::context::Shared;
 use super::future::{BoxFuture, ResponseFuture};
-use super::miss::Upstream;
 use super::policy::Policy;
 use super::trace::{http_span, traced};
-
-/// What the services of one layer share.
-pub(crate) struct Shared<P> {
-    pub(crate) c3: C3,
-    pub(crate) config: Config,
-    pub(crate) policy: P,
-    /// Requests being fetched upstream on this node, by storage key; later
-    /// identical requests wait for them (see `miss`).
-    pub(crate) collapse: Mutex<HashMap<String, Upstream>>,
-}
 
 /// A [`Service`] answering from a coherent HTTP cache. Build it with
 /// [`C3CacheLayer`](super::C3CacheLayer).
