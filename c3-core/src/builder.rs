@@ -1,33 +1,26 @@
 //! [`C3Builder`]: every setting of a cache, with defaults that suit a small
 //! service, checked once in [`build`](C3Builder::build).
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
-
-use crate::backend::Durability;
-use crate::backend::memory::{MemoryBackend, MemoryServer};
-use crate::backend::postgres::{PgBackend, PoolSettings, build_pool};
-use crate::backend::{Backend, bounded};
-use crate::breaker::{Breaker, BreakerConfig};
-use crate::cache::{C3, Inner, Limits, SqlNames};
+use crate::breaker::BreakerConfig;
 use crate::clock::{Clock, SystemClock};
-use crate::coherency::{Coherency, L1Eviction, L1Settings, ListenerState};
+use crate::coherency::{L1Eviction, L1Settings};
 use crate::error::{Error, Result};
-use crate::flights::Flights;
 use crate::key::{MAX_KEY_BYTES_LIMIT, validate_ident};
-use crate::listener::{self, ListenerSettings};
+use crate::memory::MemoryServer;
 use crate::protocol::valid_node_id;
-use crate::stats::Counters;
+use crate::store::Durability;
 
 /// Longest table or channel name: derived names (`<table>_version_seq`,
 /// `<channel>_hb_<16 hex>`) must stay within PostgreSQL's 63-byte limit.
-const MAX_DERIVED_IDENT: usize = 40;
+pub(crate) const MAX_DERIVED_IDENT: usize = 40;
 
-enum Source {
+pub(crate) enum Source {
     Unset,
-    Postgres(Box<(tokio_postgres::Config, crate::tls::TlsSettings)>),
+    /// A connection URL, parsed (TLS settings included) at start-up.
+    Postgres(String),
     Pool(deadpool_postgres::Pool),
     Memory(MemoryServer),
 }
@@ -38,7 +31,7 @@ pub type FillHook = Arc<
     dyn Fn(&str) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send + Sync,
 >;
 
-/// Configures and builds a [`C3`]. Start from [`C3::builder`].
+/// Configures and builds a [`C3`](crate::C3). Start from [`C3::builder`](crate::C3::builder).
 ///
 /// | setting | default |
 /// |---|---|
@@ -54,53 +47,53 @@ pub type FillHook = Arc<
 /// | [`l2_breaker`](Self::l2_breaker) / [`loader_breaker`](Self::loader_breaker) | 5 failures, 5 s cool-down |
 #[must_use = "a builder does nothing until build() is called"]
 pub struct C3Builder {
-    source: Source,
-    listener_config: Option<(tokio_postgres::Config, crate::tls::TlsSettings)>,
+    pub(crate) source: Source,
+    pub(crate) listener_url: Option<String>,
     /// Set by `listen_postgres`: the listener URL is not `postgres`'s.
-    listener_explicit: bool,
-    tls_config: Option<Arc<rustls::ClientConfig>>,
-    prepared_statements: bool,
-    migrate: bool,
-    start_degraded: bool,
-    warm_reconnect: bool,
-    durability: Durability,
+    pub(crate) listener_explicit: bool,
+    pub(crate) tls_config: Option<Arc<rustls::ClientConfig>>,
+    pub(crate) prepared_statements: bool,
+    pub(crate) migrate: bool,
+    pub(crate) start_degraded: bool,
+    pub(crate) warm_reconnect: bool,
+    pub(crate) durability: Durability,
     /// The first invalid setting, reported by `build`.
     pub(crate) error: Option<String>,
     pub(crate) l1_max_bytes: u64,
     pub(crate) l1: L1Settings,
     pub(crate) default_ttl: Option<Duration>,
-    schema: String,
+    pub(crate) schema: String,
     pub(crate) table: String,
-    channel: String,
-    max_key_bytes: usize,
-    max_value_bytes: usize,
-    op_timeout: Duration,
-    connect_timeout: Duration,
+    pub(crate) channel: String,
+    pub(crate) max_key_bytes: usize,
+    pub(crate) max_value_bytes: usize,
+    pub(crate) op_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
     pub(crate) heartbeat_interval: Duration,
     pub(crate) heartbeat_timeout: Duration,
-    backoff: (Duration, Duration),
-    sweep_interval: Option<Duration>,
-    sweep_batch: i64,
-    pool_size: usize,
-    node_id: Option<String>,
-    clock: Arc<dyn Clock>,
-    l2_breaker: BreakerConfig,
-    loader_breaker: BreakerConfig,
+    pub(crate) backoff: (Duration, Duration),
+    pub(crate) sweep_interval: Option<Duration>,
+    pub(crate) sweep_batch: i64,
+    pub(crate) pool_size: usize,
+    pub(crate) node_id: Option<String>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) l2_breaker: BreakerConfig,
+    pub(crate) loader_breaker: BreakerConfig,
     #[cfg(feature = "test-util")]
-    fill_hook: Option<FillHook>,
-    on_applied: Option<crate::events::AppliedObserver>,
-    trace_keys: bool,
-    meter: Option<opentelemetry::metrics::Meter>,
+    pub(crate) fill_hook: Option<FillHook>,
+    pub(crate) on_applied: Option<crate::events::AppliedObserver>,
+    pub(crate) trace_keys: bool,
+    pub(crate) meter: Option<opentelemetry::metrics::Meter>,
     pub(crate) push_prefixes: Vec<String>,
-    compress_above: Option<usize>,
-    codecs: crate::codec::CodecPolicy,
+    pub(crate) compress_above: Option<usize>,
+    pub(crate) codecs: crate::codec::CodecPolicy,
 }
 
 impl Default for C3Builder {
     fn default() -> Self {
         C3Builder {
             source: Source::Unset,
-            listener_config: None,
+            listener_url: None,
             listener_explicit: false,
             tls_config: None,
             prepared_statements: true,
@@ -244,16 +237,11 @@ impl C3Builder {
     /// `system`), `sslcert`/`sslkey`, or the `PGSSLMODE`… variables; see
     /// [`tls`](crate::tls) for exactly what each mode verifies.
     pub fn postgres(mut self, url: &str) -> Self {
-        match crate::tls::parse(url) {
-            Ok(parsed) => {
-                if !self.listener_explicit {
-                    self.listener_config = Some(parsed.clone());
-                }
-                if !matches!(self.source, Source::Pool(_)) {
-                    self.source = Source::Postgres(Box::new(parsed));
-                }
-            }
-            Err(e) => self.fail(e),
+        if !self.listener_explicit {
+            self.listener_url = Some(url.to_owned());
+        }
+        if !matches!(self.source, Source::Pool(_)) {
+            self.source = Source::Postgres(url.to_owned());
         }
         self
     }
@@ -263,13 +251,8 @@ impl C3Builder {
     /// pool through PgBouncer in transaction mode, LISTEN direct to
     /// PostgreSQL (LISTEN cannot work through a transaction pooler).
     pub fn listen_postgres(mut self, url: &str) -> Self {
-        match crate::tls::parse(url) {
-            Ok(parsed) => {
-                self.listener_config = Some(parsed);
-                self.listener_explicit = true;
-            }
-            Err(e) => self.fail(format!("listener URL: {e}")),
-        }
+        self.listener_url = Some(url.to_owned());
+        self.listener_explicit = true;
         self
     }
 
@@ -331,23 +314,6 @@ impl C3Builder {
     pub fn durability(mut self, durability: Durability) -> Self {
         self.durability = durability;
         self
-    }
-
-    /// The DDL `build()` runs for this builder's schema and table: for a DBA,
-    /// `sqlx migrate`, Flyway or Atlas when the application may not run DDL
-    /// (see [`migrate`](Self::migrate)). Idempotent.
-    ///
-    /// # Errors
-    ///
-    /// An invalid schema or table name.
-    pub fn migration_sql(&self) -> Result<String> {
-        validate_ident("schema", &self.schema, 63).map_err(Error::config)?;
-        validate_ident("table", &self.table, MAX_DERIVED_IDENT).map_err(Error::config)?;
-        Ok(crate::backend::postgres::migration_sql(
-            &self.schema,
-            &self.table,
-            self.durability,
-        ))
     }
 
     /// Whether L2 statements are prepared once per connection and reused
@@ -525,7 +491,7 @@ impl C3Builder {
         self
     }
 
-    fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         if let Some(e) = &self.error {
             return Err(Error::config(e.clone()));
         }
@@ -565,371 +531,4 @@ impl C3Builder {
         }
         Ok(())
     }
-
-    /// Connects, creates or upgrades the L2 table, starts the listener and the
-    /// sweeper, and returns the handle.
-    ///
-    /// With PostgreSQL this waits (up to `connect_timeout`) for LISTEN to be in
-    /// effect, so L1 is in use as soon as it returns; if LISTEN is not up by
-    /// then, the handle still works with L1 bypassed until it is.
-    ///
-    /// Must be called inside a Tokio runtime.
-    ///
-    /// # Errors
-    ///
-    /// [`ErrorKind::Config`](crate::ErrorKind::Config) for invalid settings or no
-    /// backend; a backend or timeout error if the table cannot be created.
-    pub async fn build(mut self) -> Result<C3> {
-        self.validate()?;
-        let node_id = self.node_id.clone().unwrap_or_else(random_node_id);
-        let counters = Arc::new(Counters::default());
-        let sql_names = SqlNames::new(&self.schema, &self.table, &self.channel);
-        let meter = self.meter.clone().unwrap_or_else(|| {
-            opentelemetry::global::meter_with_scope(
-                opentelemetry::InstrumentationScope::builder("c3")
-                    .with_version(env!("CARGO_PKG_VERSION"))
-                    .build(),
-            )
-        });
-        let metrics = Arc::new(crate::telemetry::Metrics::new(&meter, &sql_names.table));
-        let mut coherency = Coherency::new(
-            self.l1_max_bytes,
-            self.l1,
-            node_id.clone(),
-            Arc::clone(&counters),
-            Arc::clone(&metrics),
-            Arc::clone(&self.clock),
-        );
-        coherency.observer = self.on_applied.clone();
-        let coherency = Arc::new(coherency);
-        let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let (backend, tasks) = self
-            .start_backend(&node_id, &coherency, &shutdown_tx, shutdown_rx)
-            .await?;
-        let c3 = C3::from_inner(Inner {
-            coherency,
-            metrics,
-            backend,
-            clock: self.clock,
-            counters,
-            sql_names,
-            trace_keys: self.trace_keys,
-            combiner: Arc::default(),
-            limits: Limits {
-                codecs: self.codecs.clone(),
-                compress_above: self.compress_above,
-                max_key_bytes: self.max_key_bytes,
-                max_value_bytes: self.max_value_bytes,
-                default_ttl: self.default_ttl,
-                op_timeout: self.op_timeout,
-                push_prefixes: self.push_prefixes,
-            },
-            shutdown: shutdown_tx,
-            tasks: Mutex::new(tasks),
-            l2_breaker: Breaker::new(self.l2_breaker),
-            loader_breaker: self.loader_breaker,
-            flights: Flights::default(),
-            #[cfg(feature = "test-util")]
-            fill_hook: self.fill_hook,
-        });
-        crate::telemetry::metrics::observe(&meter, &c3.inner.sql_names.table, &c3.inner);
-        Ok(c3)
-    }
-
-    /// Starts L2 — the in-process server, or PostgreSQL through
-    /// [`start_postgres`](Self::start_postgres) — with the tasks that serve
-    /// it: the listener, the schema step a degraded start still owes, and
-    /// the sweeper beside the backend's sweep.
-    async fn start_backend(
-        &mut self,
-        node_id: &str,
-        coherency: &Arc<Coherency>,
-        shutdown_tx: &watch::Sender<bool>,
-        shutdown_rx: watch::Receiver<bool>,
-    ) -> Result<(Arc<Backend>, Vec<tokio::task::JoinHandle<()>>)> {
-        let mut tasks = Vec::new();
-        let mut later: Option<SchemaStep> = None;
-        let backend = match std::mem::replace(&mut self.source, Source::Unset) {
-            Source::Unset => {
-                return Err(Error::config(
-                    "no backend: call .postgres(url), .pool(pool) or .memory(&server) — or set \
-                     C3_DATABASE_URL (else DATABASE_URL) and use C3Builder::from_env()",
-                ));
-            }
-            Source::Memory(server) => {
-                let rx = server.subscribe();
-                coherency.enable();
-                tasks.push(tokio::spawn(listener::run_memory(
-                    Arc::clone(coherency),
-                    rx,
-                    shutdown_rx.clone(),
-                )));
-                Backend::Memory(MemoryBackend::new(server))
-            }
-            source @ (Source::Postgres(_) | Source::Pool(_)) => {
-                let (pg, step) = self
-                    .start_postgres(source, node_id, coherency, shutdown_tx, &mut tasks)
-                    .await?;
-                later = step;
-                Backend::Postgres(Box::new(pg))
-            }
-        };
-        let backend = Arc::new(backend);
-        if let Some(later) = later {
-            tasks.push(tokio::spawn(
-                later.retry(Arc::clone(&backend), shutdown_rx.clone()),
-            ));
-        }
-        if let Some(every) = self.sweep_interval {
-            tasks.push(tokio::spawn(crate::backend::sweeper(
-                Arc::clone(&backend),
-                Arc::clone(&self.clock),
-                every,
-                self.sweep_batch,
-                self.op_timeout,
-                shutdown_rx,
-            )));
-        }
-        Ok((backend, tasks))
-    }
-
-    /// Builds the pool (or takes the one given), checks or migrates the
-    /// schema, and starts the LISTEN task — waiting for it to listen, so a
-    /// listener that can never work is a configuration error now. Returns
-    /// the backend, and the schema step still to retry in the background
-    /// when PostgreSQL did not answer and `start_degraded` allowed that.
-    async fn start_postgres(
-        &self,
-        source: Source,
-        node_id: &str,
-        coherency: &Arc<Coherency>,
-        shutdown_tx: &watch::Sender<bool>,
-        tasks: &mut Vec<tokio::task::JoinHandle<()>>,
-    ) -> Result<(PgBackend, Option<SchemaStep>)> {
-        let Some((mut listen_cfg, listen_tls)) = self.listener_config.clone() else {
-            return Err(Error::config(
-                "a pool was given but no URL for the LISTEN connection: also call .postgres(url)",
-            ));
-        };
-        let (pool, pool_ssl) = self.pool_for(source, node_id)?;
-        let pg = PgBackend::new(
-            pool,
-            pool_ssl,
-            !self.prepared_statements,
-            (&self.schema, &self.table, &self.channel),
-            self.durability,
-        );
-        let step = SchemaStep {
-            migrate: self.migrate,
-            schema: self.schema.clone(),
-            table: self.table.clone(),
-            timeout: self.connect_timeout + self.op_timeout,
-            backoff: self.backoff,
-        };
-        let schema_ready = match step.once(&pg).await {
-            Ok(()) => true,
-            Err(e) if self.start_degraded && e.is_l2_unavailable() && !e.is_tls() => {
-                tracing::warn!(target: "c3::start", error = %e,
-                    "PostgreSQL does not answer; starting degraded (L1 off, L2 errors) until it does");
-                false
-            }
-            Err(e) => return Err(e),
-        };
-        let settings = self.listener_settings(node_id, &mut listen_cfg, &listen_tls)?;
-        let state = coherency.subscribe();
-        tasks.push(tokio::spawn(listener::run_postgres(
-            Arc::clone(coherency),
-            listen_cfg,
-            settings,
-            shutdown_tx.subscribe(),
-        )));
-        if schema_ready {
-            self.wait_listening(coherency, shutdown_tx, state).await?;
-        }
-        Ok((pg, (!schema_ready).then_some(step)))
-    }
-
-    /// The pool: the one given, or one built from the URL (its TLS, its
-    /// application name carrying the node id).
-    fn pool_for(
-        &self,
-        source: Source,
-        node_id: &str,
-    ) -> Result<(deadpool_postgres::Pool, Option<crate::tls::SslMode>)> {
-        match source {
-            Source::Pool(pool) => Ok((pool, None)),
-            Source::Postgres(parsed) => {
-                let (mut cfg, tls) = *parsed;
-                let app: String = format!("c3-pool {node_id}").chars().take(63).collect();
-                // A request stuck in a dead link must not reach the server
-                // long after its caller was told it failed: the kernel
-                // aborts a connection whose data stays unacknowledged this
-                // long (PROTOCOL.md §2, "Bounded transactions"), and
-                // keepalives find a silent peer between operations.
-                cfg.application_name(&app)
-                    .keepalives(true)
-                    .keepalives_idle(self.heartbeat_interval.max(Duration::from_secs(1)))
-                    .tcp_user_timeout((self.op_timeout / 2).max(Duration::from_secs(1)));
-                let connector = tls
-                    .connector(self.tls_config.as_ref(), "the pool")
-                    .map_err(Error::config)?;
-                let settings = PoolSettings {
-                    max_size: self.pool_size,
-                    wait_timeout: self.op_timeout,
-                    connect_timeout: self.connect_timeout,
-                };
-                Ok((build_pool(cfg, connector, &settings)?, Some(tls.mode)))
-            }
-            _ => unreachable!("only PostgreSQL sources reach here"),
-        }
-    }
-
-    /// The LISTEN connection's settings (and its connection options).
-    fn listener_settings(
-        &self,
-        node_id: &str,
-        listen_cfg: &mut tokio_postgres::Config,
-        listen_tls: &crate::tls::TlsSettings,
-    ) -> Result<ListenerSettings> {
-        // Keepalives and a user timeout make the kernel give up on a dead
-        // peer too; the heartbeat below is what bounds detection.
-        // The node id in the application name lets operators (and the
-        // fault tests) find a node's listener in pg_stat_activity.
-        let app: String = format!("c3-listener {node_id}").chars().take(63).collect();
-        listen_cfg
-            .application_name(&app)
-            .connect_timeout(self.connect_timeout)
-            .keepalives(true)
-            .keepalives_idle(self.heartbeat_interval.max(Duration::from_secs(1)))
-            .tcp_user_timeout(self.heartbeat_interval + self.heartbeat_timeout);
-        Ok(ListenerSettings {
-            heartbeat_channel: format!(
-                "{}_hb_{:016x}",
-                self.channel,
-                crate::key::fnv1a(node_id.as_bytes())
-            ),
-            channel: self.channel.clone(),
-            connect_timeout: self.connect_timeout,
-            heartbeat_interval: self.heartbeat_interval,
-            heartbeat_timeout: self.heartbeat_timeout,
-            backoff_min: self.backoff.0,
-            backoff_max: self.backoff.1,
-            tls: listen_tls
-                .connector(self.tls_config.as_ref(), "the LISTEN connection")
-                .map_err(Error::config)?,
-            ssl_mode: listen_tls.mode,
-            replay: self.warm_reconnect.then(|| crate::replay::Replay {
-                sql: crate::backend::postgres::replay_sql(&self.schema, &self.table),
-                table: crate::key::qualified(&self.schema, &self.table),
-                window: crate::replay::WINDOW,
-                max_keys: 1_000_000,
-                timeout: self.op_timeout,
-            }),
-        })
-    }
-
-    /// Waits (bounded) for the listener to be in effect: connect, LISTEN,
-    /// the probe's own connection, its echo. A listener that can never work
-    /// (LISTEN through a transaction pooler) is a configuration error,
-    /// reported at once; any other failure is an outage to ride out with L1
-    /// off.
-    async fn wait_listening(
-        &self,
-        coherency: &Coherency,
-        shutdown_tx: &watch::Sender<bool>,
-        mut state: watch::Receiver<ListenerState>,
-    ) -> Result<()> {
-        let problem = || {
-            coherency
-                .listener_problem
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone()
-        };
-        let wait = self.connect_timeout * 2 + listener::probe_wait(self.heartbeat_timeout);
-        let _ = tokio::time::timeout(
-            wait,
-            state.wait_for(|s| {
-                *s == ListenerState::Listening || problem().as_deref() == Some(listener::NO_ECHO)
-            }),
-        )
-        .await;
-        if *state.borrow() != ListenerState::Listening
-            && problem().as_deref() == Some(listener::NO_ECHO)
-        {
-            let _ = shutdown_tx.send(true);
-            return Err(Error::config(listener::NO_ECHO));
-        }
-        Ok(())
-    }
-}
-
-/// Start-up's schema step: migrate, or — with `migrate(false)` — check.
-/// A node that started degraded retries it until PostgreSQL answers; until
-/// then L2 calls fail and L1 stays off (the listener has not connected
-/// either), so nothing can be served stale.
-struct SchemaStep {
-    migrate: bool,
-    schema: String,
-    table: String,
-    timeout: Duration,
-    backoff: (Duration, Duration),
-}
-
-impl SchemaStep {
-    async fn once(&self, pg: &PgBackend) -> Result<()> {
-        if self.migrate {
-            return bounded("migrate", self.timeout, pg.migrate()).await;
-        }
-        let missing = bounded("verify", self.timeout, pg.verify(&self.schema, &self.table)).await?;
-        if missing.is_empty() {
-            return Ok(());
-        }
-        Err(Error::config(format!(
-            "migrate(false) (C3_MIGRATE=false): the L2 schema is incomplete; missing: {}. \
-             Apply C3Builder::migration_sql (or `cargo run --bin c3-sql`) with a role that may run DDL",
-            missing.join(", ")
-        )))
-    }
-
-    async fn retry(self, backend: Arc<Backend>, mut shutdown: watch::Receiver<bool>) {
-        let Backend::Postgres(pg) = &*backend else {
-            return;
-        };
-        let mut delay = self.backoff.0;
-        loop {
-            match self.once(pg).await {
-                Ok(()) => {
-                    tracing::info!(target: "c3::start", "PostgreSQL answers; the L2 schema is ready");
-                    return;
-                }
-                Err(e) => {
-                    tracing::debug!(target: "c3::start", error = %e, "L2 schema not ready yet")
-                }
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = shutdown.changed() => return,
-            }
-            delay = (delay * 2).min(self.backoff.1);
-        }
-    }
-}
-
-/// A node id unlikely to collide: process id, time and a per-process counter,
-/// mixed by std's randomly keyed hasher.
-fn random_node_id() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u32(std::process::id());
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    format!("n{:016x}", h.finish())
 }

@@ -10,7 +10,6 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::backend::{Backend, bounded};
 use crate::breaker::{Breaker, BreakerConfig, Permit};
 use crate::builder::C3Builder;
 use crate::clock::{Clock, unix_micros};
@@ -22,6 +21,7 @@ use crate::flights::Flights;
 use crate::key::validate_key;
 use crate::protocol;
 use crate::stats::{Counters, Stats};
+use crate::store::{Store, bounded};
 use crate::telemetry;
 use crate::tier::{Outcome, Tier};
 use tracing::Instrument;
@@ -84,23 +84,13 @@ pub struct SqlNames {
     pub invalidate_function: String,
 }
 
-impl SqlNames {
-    pub(crate) fn new(schema: &str, table: &str, channel: &str) -> SqlNames {
-        SqlNames {
-            table: crate::key::qualified(schema, table),
-            channel: channel.to_owned(),
-            invalidate_function: crate::backend::postgres::invalidate_function(schema, table),
-        }
-    }
-}
-
 pub(crate) struct Inner {
     pub(crate) sql_names: SqlNames,
     /// Whether spans carry keys (`C3Builder::trace_keys`).
     pub(crate) trace_keys: bool,
     pub(crate) combiner: Arc<crate::combiner::Combiner>,
     pub(crate) coherency: Arc<Coherency>,
-    pub(crate) backend: Arc<Backend>,
+    pub(crate) backend: Arc<dyn Store>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) counters: Arc<Counters>,
     pub(crate) metrics: Arc<crate::telemetry::Metrics>,
@@ -162,8 +152,8 @@ impl C3 {
         &self.inner.counters
     }
 
-    pub(crate) fn backend(&self) -> &Backend {
-        &self.inner.backend
+    pub(crate) fn backend(&self) -> &dyn Store {
+        &*self.inner.backend
     }
 
     pub(crate) fn flights(&self) -> &Flights {
@@ -203,7 +193,7 @@ impl C3 {
         &self,
         key: &str,
         wait: Duration,
-    ) -> Result<Option<crate::backend::postgres::LoadLock>> {
+    ) -> Result<Option<crate::store::LoadLock>> {
         // The wait itself may last `wait`; the op timeout bounds the rest.
         let fut = self.inner.backend.load_lock(key, wait);
         if self.inner.l2_breaker.allow() == Permit::Refused {
@@ -309,7 +299,7 @@ impl C3 {
         }
         let r = bounded(op, self.inner.limits.op_timeout, fut)
             .instrument(telemetry::l2_span(
-                &self.inner.backend,
+                &*self.inner.backend,
                 &self.inner.sql_names.table,
                 op,
             ))
@@ -764,8 +754,8 @@ impl C3 {
         let header = self.header('k');
         // Untagged writes to PostgreSQL share transactions with concurrent
         // ones (see `combiner`); the rest commit on their own.
-        let combine = matches!(*self.inner.backend, Backend::Postgres(_))
-            && items.iter().all(|i| i.tags.is_empty());
+        let combine =
+            self.inner.backend.combines_writes() && items.iter().all(|i| i.tags.is_empty());
         let versions = if combine {
             let fut = self
                 .inner

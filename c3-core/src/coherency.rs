@@ -166,8 +166,6 @@ pub(crate) struct Coherency {
     /// The cache's clock, for the expiry of pushed values.
     pub(crate) clock: Arc<dyn crate::clock::Clock>,
     pub(crate) observer: Option<crate::events::AppliedObserver>,
-    /// Why the listener's last attempt failed (cleared when it listens).
-    pub(crate) listener_problem: std::sync::Mutex<Option<String>>,
 }
 
 impl Coherency {
@@ -207,7 +205,6 @@ impl Coherency {
             metrics,
             clock,
             observer: None,
-            listener_problem: std::sync::Mutex::new(None),
         }
     }
 
@@ -521,7 +518,7 @@ impl Coherency {
     }
 
     /// The listener lost its connection, and the change log will tell what
-    /// it missed (see `crate::replay`): stop using L1 and void the fills in
+    /// it missed (see `crate::postgres::replay`): stop using L1 and void the fills in
     /// flight, but keep the entries for [`resume`](Self::resume).
     pub(crate) fn suspend(&self, state: ListenerState) {
         self.enabled.store(false, Ordering::Release);

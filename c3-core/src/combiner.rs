@@ -28,9 +28,9 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
-use crate::backend::Backend;
 use crate::entry::WriteItem;
 use crate::error::{Error, Repr, Result};
+use crate::store::Store;
 
 /// Flush tasks allowed at once: one committing while the next batch forms.
 const FLUSHERS: usize = 2;
@@ -64,13 +64,13 @@ impl Combiner {
     /// Commits `items` (untagged) together with whatever else is queued.
     pub(crate) async fn set(
         self: &Arc<Self>,
-        backend: &Arc<Backend>,
+        backend: &Arc<dyn Store>,
         items: Vec<WriteItem>,
         header: String,
     ) -> Result<Vec<u64>> {
         let (done, rx) = oneshot::channel();
         // Called under `C3::l2`, whose deadline is in scope.
-        let deadline = crate::backend::deadline()
+        let deadline = crate::store::deadline()
             .unwrap_or_else(|| Instant::now() + std::time::Duration::from_secs(60));
         let start = {
             let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
@@ -151,7 +151,7 @@ impl Combiner {
         }
     }
 
-    async fn flush(self: Arc<Self>, backend: Arc<Backend>) {
+    async fn flush(self: Arc<Self>, backend: Arc<dyn Store>) {
         // If this task dies mid-batch (a panic, the runtime going away), the
         // guard gives its flusher slot back, so later writes start another
         // flusher instead of waiting for one that will never come.
@@ -172,9 +172,9 @@ impl Combiner {
             let items: Vec<WriteItem> = batch.iter().flat_map(|p| p.items.clone()).collect();
             // The batch runs under its earliest caller's deadline: it
             // commits before every one of its callers stops waiting, or
-            // never (see `backend::postgres::begin_sql`).
+            // never (see `postgres::begin_sql`).
             let set = backend.set(&items, &header);
-            match crate::backend::bounded_until("set", deadline, deadline - now, set).await {
+            match crate::store::bounded_until("set", deadline, deadline - now, set).await {
                 Ok(versions) => {
                     let mut rest = versions.as_slice();
                     for p in batch {

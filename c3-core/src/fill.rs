@@ -31,7 +31,6 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::backend::Fence;
 use crate::cache::C3;
 use crate::clock::unix_micros;
 use crate::coherency::FillToken;
@@ -39,6 +38,7 @@ use crate::entry::decode_row;
 use crate::entry::{Row, WriteItem};
 use crate::error::Result;
 use crate::stats::Counters;
+use crate::store::Fence;
 
 /// A fence taken before reading a source of truth; what was read is cached
 /// through it with [`store`](Self::store). Created by [`C3::begin_fill`].

@@ -52,8 +52,16 @@
 //!
 //! ## Layout
 //!
-//! * `builder` — [`C3Builder`], all settings and `build()`.
+//! The engine — everything but `postgres/` — talks to L2 through
+//! `store::Store` and hears other nodes through the invalidation feed (a
+//! task that applies each notification to `coherency`); PostgreSQL is one
+//! implementation of both, the in-process `memory` server the other. Only
+//! `start` picks one.
+//!
+//! * `builder` — [`C3Builder`]: every setting, nothing else.
 //! * `config` — [`C3Builder::from_env`]: the `C3_*` variables.
+//! * `start` — [`C3Builder::build`]: from settings to a running [`C3`]
+//!   (L1, the store, the feed, the sweeper).
 //! * `cache` — [`C3`], the typed get/set/delete/invalidate API.
 //! * `fill` — [`C3::begin_fill`] and [`Fill`]: caching what was read from a
 //!   source, fenced against writes that committed after the read began
@@ -63,24 +71,28 @@
 //!   timeouts, negative caching and eager refresh.
 //! * `breaker` — the circuit breakers guarding L2 and each loader source.
 //! * `coherency` — L1 and the rules that keep it coherent (versions, fill
-//!   tokens, fail-safe purge).
-//! * `listener` — the tasks that drive the LISTEN connection and heartbeat.
+//!   tokens, fail-safe purge); what a feed calls to apply notifications.
 //! * `combiner` — concurrent writes sharing one transaction and one NOTIFY.
-//! * `backend` — L2: the PostgreSQL table and the in-memory stand-in.
+//! * `store` — the L2 interface the engine owns ([`Durability`], fences,
+//!   the deadline every L2 call runs under, the sweeper).
+//! * `memory` — [`MemoryServer`]: the in-process store and its feed.
+//! * `postgres` — everything PostgreSQL: `sql` (statement text), `schema`
+//!   (migrate, verify), `session` (bounded transactions), `store` (the
+//!   operations), `listen` (the LISTEN feed and heartbeat), `replay` (warm
+//!   reconnect), [`tls`]. A second invalidation transport is a sibling of
+//!   `postgres/listen.rs`: a task that calls `coherency`'s apply, purge and
+//!   state methods, started from `start`.
 //! * `protocol` — the notification payload grammar.
 //! * `events` — [`Applied`], the observer hook for each applied notification.
 //! * `telemetry` — the tracing spans (`c3.get`, `c3.l2`, …) and the
 //!   OpenTelemetry metrics (instruments listed on [`C3Builder::meter`]).
 //! * `otlp` — one-call OTLP export (feature `otlp`).
-//! * [`tls`] — TLS to PostgreSQL: libpq's `sslmode` on rustls, and
-//!   [`tls::connect_config`] for pools the application builds itself.
 //! * `codec` — [`Codec`]: how values are encoded in L2 (JSON, MessagePack,
 //!   postcard, each optionally LZ4-compressed; `absent`).
 //! * `key`, `clock`, `stats`, `error` — key rules, injectable time, counters, errors.
 //!
 //! [moka]: https://docs.rs/moka
 
-mod backend;
 mod breaker;
 mod builder;
 mod cache;
@@ -98,19 +110,21 @@ mod flights;
 #[doc(hidden)]
 pub mod fuzzing;
 mod key;
-mod listener;
+
 mod loader;
+mod memory;
 #[cfg(feature = "otlp")]
 pub mod otlp;
 mod protocol;
-mod replay;
+
+mod postgres;
+mod start;
 mod stats;
+mod store;
 mod telemetry;
 mod tier;
-pub mod tls;
+pub use postgres::tls;
 
-pub use backend::Durability;
-pub use backend::memory::MemoryServer;
 pub use breaker::{BreakerConfig, BreakerState};
 pub use builder::C3Builder;
 #[cfg(feature = "test-util")]
@@ -125,6 +139,8 @@ pub use events::{Applied, AppliedObserver};
 pub use fill::Fill;
 pub use key::{HTTP_TAG_PREFIX, KeyError, MAX_KEY_BYTES_LIMIT};
 pub use loader::{LoadOptions, Loader};
+pub use memory::MemoryServer;
 pub use protocol::ProtocolError;
 pub use stats::Stats;
+pub use store::Durability;
 pub use tier::Tier;

@@ -8,12 +8,13 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::broadcast;
 
 use crate::clock::unix_micros;
 use crate::entry::{Row, WriteItem};
+use crate::store::{Call, Fence, LoadLock, Store};
 
 /// How many notifications a slow node may fall behind before it is treated
 /// like a node that lost its connection (and purges L1).
@@ -90,7 +91,7 @@ impl Default for MemoryServer {
     }
 }
 
-pub(crate) struct MemoryBackend {
+pub(crate) struct MemoryStore {
     server: MemoryServer,
 }
 
@@ -101,9 +102,9 @@ fn live(row: &Row, now_us: u64) -> bool {
     }
 }
 
-impl MemoryBackend {
+impl MemoryStore {
     pub(crate) fn new(server: MemoryServer) -> Self {
-        MemoryBackend { server }
+        MemoryStore { server }
     }
 
     pub(crate) fn get(&self, key: &str, now: SystemTime) -> Option<Row> {
@@ -118,10 +119,10 @@ impl MemoryBackend {
 
     /// The memory server is one process under one lock: the version counter
     /// is the snapshot.
-    pub(crate) fn get_for_load(&self, key: &str, now: SystemTime) -> (Option<Row>, super::Fence) {
+    pub(crate) fn get_for_load(&self, key: &str, now: SystemTime) -> (Option<Row>, Fence) {
         let now = unix_micros(now);
         let state = self.server.lock();
-        let fence = super::Fence {
+        let fence = Fence {
             snapshot: state.version.to_string(),
             started: None,
             taken_us: None,
@@ -129,8 +130,8 @@ impl MemoryBackend {
         (state.rows.get(key).filter(|r| live(r, now)).cloned(), fence)
     }
 
-    pub(crate) fn fence(&self) -> super::Fence {
-        super::Fence {
+    pub(crate) fn fence(&self) -> Fence {
+        Fence {
             snapshot: self.server.lock().version.to_string(),
             started: None,
             taken_us: None,
@@ -143,7 +144,7 @@ impl MemoryBackend {
         &self,
         items: &[WriteItem],
         header: &str,
-        fence: &super::Fence,
+        fence: &Fence,
     ) -> Vec<Option<u64>> {
         let mut state = self.server.lock();
         let seen: u64 = fence.snapshot.parse().unwrap_or(0);
@@ -298,4 +299,134 @@ impl MemoryBackend {
         state.rows.retain(|_, r| live(r, now));
         (before - state.rows.len()) as u64
     }
+}
+
+/// The engine's view: the map answers at once, so each call is a ready
+/// future around the method of the same name.
+impl Store for MemoryStore {
+    fn system(&self) -> &'static str {
+        "c3-memory"
+    }
+
+    fn combines_writes(&self) -> bool {
+        false
+    }
+
+    fn close(&self) {}
+
+    fn get<'a>(&'a self, key: &'a str, now: SystemTime) -> Call<'a, Option<Row>> {
+        Box::pin(std::future::ready(Ok(MemoryStore::get(self, key, now))))
+    }
+
+    fn get_for_load<'a>(&'a self, key: &'a str, now: SystemTime) -> Call<'a, (Option<Row>, Fence)> {
+        Box::pin(std::future::ready(Ok(MemoryStore::get_for_load(
+            self, key, now,
+        ))))
+    }
+
+    fn fence(&self) -> Call<'_, Fence> {
+        Box::pin(std::future::ready(Ok(MemoryStore::fence(self))))
+    }
+
+    fn fill<'a>(
+        &'a self,
+        items: &'a [WriteItem],
+        header: &'a str,
+        fence: &'a Fence,
+    ) -> Call<'a, Vec<Option<u64>>> {
+        Box::pin(std::future::ready(Ok(MemoryStore::fill(
+            self, items, header, fence,
+        ))))
+    }
+
+    fn get_many<'a>(
+        &'a self,
+        keys: &'a [&'a str],
+        now: SystemTime,
+    ) -> Call<'a, Vec<(String, Row)>> {
+        Box::pin(std::future::ready(Ok(MemoryStore::get_many(
+            self, keys, now,
+        ))))
+    }
+
+    fn set<'a>(&'a self, items: &'a [WriteItem], header: &'a str) -> Call<'a, Vec<u64>> {
+        Box::pin(std::future::ready(Ok(MemoryStore::set(
+            self, items, header,
+        ))))
+    }
+
+    fn delete<'a>(&'a self, keys: &'a [&'a str], header: &'a str) -> Call<'a, u64> {
+        Box::pin(std::future::ready(Ok(MemoryStore::delete(
+            self, keys, header,
+        ))))
+    }
+
+    fn invalidate_tag<'a>(&'a self, tag: &'a str, header: &'a str) -> Call<'a, (Vec<String>, u64)> {
+        Box::pin(std::future::ready(Ok(MemoryStore::invalidate_tag(
+            self, tag, header,
+        ))))
+    }
+
+    fn publish<'a>(&'a self, payloads: &'a [String]) -> Call<'a, ()> {
+        MemoryStore::publish(self, payloads);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn clear<'a>(&'a self, payload: &'a str) -> Call<'a, ()> {
+        MemoryStore::clear(self, payload);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    /// One process: the per-node singleflight is all there is to have.
+    fn load_lock<'a>(&'a self, _key: &'a str, _wait: Duration) -> Call<'a, Option<LoadLock>> {
+        Box::pin(std::future::ready(Ok(None)))
+    }
+
+    fn sweep(&self, now: SystemTime, _batch: i64) -> Call<'_, u64> {
+        Box::pin(std::future::ready(Ok(MemoryStore::sweep(self, now))))
+    }
+}
+
+/// Starts the in-process store and its feed. The feed subscribes (and
+/// L1 is enabled) before its task is spawned, so no message sent after
+/// `build()` returns can be missed.
+pub(crate) fn start(
+    server: MemoryServer,
+    coherency: &Arc<crate::coherency::Coherency>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+) -> Arc<dyn Store> {
+    let rx = server.subscribe();
+    coherency.enable();
+    tasks.push(tokio::spawn(run_memory(
+        Arc::clone(coherency),
+        rx,
+        shutdown,
+    )));
+    Arc::new(MemoryStore::new(server))
+}
+
+/// The in-memory feed: the server's broadcast, applied to L1.
+async fn run_memory(
+    coherency: std::sync::Arc<crate::coherency::Coherency>,
+    mut rx: tokio::sync::broadcast::Receiver<Arc<str>>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.changed() => break,
+            msg = rx.recv() => match msg {
+                Ok(payload) => coherency.apply_payload(&payload),
+                // Messages were dropped: exactly like a lost connection, we no
+                // longer know what changed, so everything goes.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(target: "c3::listener", missed = n, "fell behind the notification stream; purging L1");
+                    coherency.purge();
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            },
+        }
+    }
+    coherency.disable(crate::coherency::ListenerState::Stopped);
 }

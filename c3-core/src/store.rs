@@ -1,12 +1,8 @@
-//! L2 backends: where shared entries live and how invalidations are published.
-//!
-//! A closed enum rather than a trait object: there are exactly two backends,
-//! both internal, and static dispatch keeps the L2 path free of boxing.
-
-pub(crate) mod memory;
-pub(crate) mod postgres;
+//! The L2 store as the engine sees it ([`Store`]), the fence a fill is
+//! stored through, and the deadline every L2 call runs under.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -44,11 +40,6 @@ pub(crate) struct Fence {
     /// the epoch). A fill older than half the deletion records' retention
     /// is refused: a record of a deletion after its fence may be gone.
     pub(crate) taken_us: Option<i64>,
-}
-
-pub(crate) enum Backend {
-    Postgres(Box<postgres::PgBackend>),
-    Memory(memory::MemoryBackend),
 }
 
 tokio::task_local! {
@@ -89,145 +80,96 @@ pub(crate) async fn bounded_until<T>(
     }
 }
 
-impl Backend {
-    /// Releases what the backend holds open (see `PgBackend::close`).
-    pub(crate) fn close(&self) {
-        if let Backend::Postgres(b) = self {
-            b.close();
-        }
-    }
+/// A boxed L2 call: the engine holds its store as `dyn Store`, and an L2
+/// call is a network round trip, beside which the box costs nothing.
+pub(crate) type Call<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>;
+
+/// The L2 store, as the engine sees it: PostgreSQL (`crate::postgres`) or
+/// the in-process [`MemoryServer`](crate::MemoryServer) (`crate::memory`).
+/// Every write publishes its invalidation atomically with its change; how
+/// the other nodes hear it is the feed's business (`crate::feed`).
+pub(crate) trait Store: Send + Sync {
+    /// The `db.system` of L2 spans.
+    fn system(&self) -> &'static str;
+
+    /// Whether concurrent single-key writes are worth combining into one
+    /// transaction (a round trip saved per write; not for an in-process map).
+    fn combines_writes(&self) -> bool;
+
+    /// Releases what the store holds open (its pool, if it built one).
+    fn close(&self);
 
     /// Reads a row that has not passed its hard expiry at `now`.
-    pub(crate) async fn get(&self, key: &str, now: SystemTime) -> Result<Option<Row>> {
-        match self {
-            Backend::Postgres(b) => b.get(key, now).await,
-            Backend::Memory(b) => Ok(b.get(key, now)),
-        }
-    }
+    fn get<'a>(&'a self, key: &'a str, now: SystemTime) -> Call<'a, Option<Row>>;
 
     /// Reads a row for a load, with the fence its result is stored through.
-    pub(crate) async fn get_for_load(
-        &self,
-        key: &str,
-        now: SystemTime,
-    ) -> Result<(Option<Row>, Fence)> {
-        match self {
-            Backend::Postgres(b) => b.get_for_load(key, now).await,
-            Backend::Memory(b) => Ok(b.get_for_load(key, now)),
-        }
-    }
+    fn get_for_load<'a>(&'a self, key: &'a str, now: SystemTime) -> Call<'a, (Option<Row>, Fence)>;
 
     /// Takes a fence before a source is read.
-    pub(crate) async fn fence(&self) -> Result<Fence> {
-        match self {
-            Backend::Postgres(b) => b.fence().await,
-            Backend::Memory(b) => Ok(b.fence()),
-        }
-    }
+    fn fence(&self) -> Call<'_, Fence>;
 
     /// Stores fills unless something invalidated them outside `fence`; one
     /// slot per item: its version, or `None` if refused.
-    pub(crate) async fn fill(
-        &self,
-        items: &[WriteItem],
-        header: &str,
-        fence: &Fence,
-    ) -> Result<Vec<Option<u64>>> {
-        match self {
-            Backend::Postgres(b) => b.fill(items, header, fence).await,
-            Backend::Memory(b) => Ok(b.fill(items, header, fence)),
-        }
-    }
+    fn fill<'a>(
+        &'a self,
+        items: &'a [WriteItem],
+        header: &'a str,
+        fence: &'a Fence,
+    ) -> Call<'a, Vec<Option<u64>>>;
 
     /// Reads several rows; missing keys are absent from the result.
-    pub(crate) async fn get_many(
-        &self,
-        keys: &[&str],
-        now: SystemTime,
-    ) -> Result<Vec<(String, Row)>> {
-        match self {
-            Backend::Postgres(b) => b.get_many(keys, now).await,
-            Backend::Memory(b) => Ok(b.get_many(keys, now)),
-        }
-    }
+    fn get_many<'a>(&'a self, keys: &'a [&'a str], now: SystemTime)
+    -> Call<'a, Vec<(String, Row)>>;
 
     /// Upserts rows and publishes their versions in the same transaction.
     /// Returns the new version of each item, in order.
-    pub(crate) async fn set(&self, items: &[WriteItem], header: &str) -> Result<Vec<u64>> {
-        match self {
-            Backend::Postgres(b) => b.set(items, header).await,
-            Backend::Memory(b) => Ok(b.set(items, header)),
-        }
-    }
+    fn set<'a>(&'a self, items: &'a [WriteItem], header: &'a str) -> Call<'a, Vec<u64>>;
 
     /// Deletes rows and publishes one new version for all of them, atomically.
-    pub(crate) async fn delete(&self, keys: &[&str], header: &str) -> Result<u64> {
-        match self {
-            Backend::Postgres(b) => b.delete(keys, header).await,
-            Backend::Memory(b) => Ok(b.delete(keys, header)),
-        }
-    }
+    fn delete<'a>(&'a self, keys: &'a [&'a str], header: &'a str) -> Call<'a, u64>;
 
     /// Deletes every entry tagged `tag` and publishes their new version.
-    pub(crate) async fn invalidate_tag(
-        &self,
-        tag: &str,
-        header: &str,
-    ) -> Result<(Vec<String>, u64)> {
-        match self {
-            Backend::Postgres(b) => b.invalidate_tag(tag, header).await,
-            Backend::Memory(b) => Ok(b.invalidate_tag(tag, header)),
-        }
-    }
+    fn invalidate_tag<'a>(&'a self, tag: &'a str, header: &'a str) -> Call<'a, (Vec<String>, u64)>;
 
     /// Publishes ready-made payloads (unversioned invalidations).
-    pub(crate) async fn publish(&self, payloads: &[String]) -> Result<()> {
-        match self {
-            Backend::Postgres(b) => b.publish(payloads).await,
-            Backend::Memory(b) => {
-                b.publish(payloads);
-                Ok(())
-            }
-        }
-    }
+    fn publish<'a>(&'a self, payloads: &'a [String]) -> Call<'a, ()>;
 
     /// Deletes every row and publishes `payload` (a clear message) atomically.
-    pub(crate) async fn clear(&self, payload: &str) -> Result<()> {
-        match self {
-            Backend::Postgres(b) => b.clear(payload).await,
-            Backend::Memory(b) => {
-                b.clear(payload);
-                Ok(())
-            }
-        }
+    fn clear<'a>(&'a self, payload: &'a str) -> Call<'a, ()>;
+
+    /// A cross-node lock for loading `key` (`None`: not taken, or the store
+    /// has no other nodes to exclude).
+    fn load_lock<'a>(&'a self, key: &'a str, wait: Duration) -> Call<'a, Option<LoadLock>>;
+
+    /// Deletes rows past their hard expiry (recording what it deletes);
+    /// returns how many.
+    fn sweep(&self, now: SystemTime, batch: i64) -> Call<'_, u64>;
+}
+
+/// A held cross-node load lock; [`release`](Self::release) it when the
+/// load is stored. Dropped instead (the load was cancelled), the store
+/// frees it by other means (PostgreSQL: the session closes).
+pub(crate) struct LoadLock(Box<dyn HeldLock>);
+
+/// What a store's load lock does when released.
+pub(crate) trait HeldLock: Send {
+    fn release(self: Box<Self>) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+}
+
+impl LoadLock {
+    pub(crate) fn new(held: impl HeldLock + 'static) -> Self {
+        LoadLock(Box::new(held))
     }
 
-    /// A cross-node lock for loading `key` (`None`: not taken or not supported).
-    pub(crate) async fn load_lock(
-        &self,
-        key: &str,
-        wait: Duration,
-    ) -> Result<Option<postgres::LoadLock>> {
-        match self {
-            Backend::Postgres(b) => b.load_lock(key, wait).await,
-            // One process: the per-node singleflight is all there is to have.
-            Backend::Memory(_) => Ok(None),
-        }
-    }
-
-    /// Deletes rows past their hard expiry; returns how many.
-    pub(crate) async fn sweep(&self, now: SystemTime, batch: i64) -> Result<u64> {
-        match self {
-            Backend::Postgres(b) => b.sweep(now, batch).await,
-            Backend::Memory(b) => Ok(b.sweep(now)),
-        }
+    pub(crate) async fn release(self) {
+        self.0.release().await;
     }
 }
 
 /// Deletes expired L2 rows now and then. Exists so that keys written once and
 /// never read again do not accumulate in the table forever.
 pub(crate) async fn sweeper(
-    backend: Arc<Backend>,
+    store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     every: Duration,
     batch: i64,
@@ -240,7 +182,7 @@ pub(crate) async fn sweeper(
             _ = shutdown.changed() => return,
         }
         let now = clock.now();
-        match bounded("sweep", op_timeout, backend.sweep(now, batch)).await {
+        match bounded("sweep", op_timeout, store.sweep(now, batch)).await {
             Ok(n) if n > 0 => {
                 tracing::debug!(target: "c3::sweeper", deleted = n, "swept expired rows")
             }

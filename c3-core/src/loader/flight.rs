@@ -11,9 +11,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
-use super::LoadOptions;
-use crate::backend::Fence;
-use crate::backend::postgres::LoadLock;
+use super::options::LoadOptions;
 use crate::breaker::{Breaker, Permit};
 use crate::cache::C3;
 use crate::clock::unix_micros;
@@ -24,6 +22,8 @@ use crate::error::{Error, Repr};
 use crate::fill::Fill;
 use crate::flights::{Answer, Joined, Slot};
 use crate::stats::Counters;
+use crate::store::Fence;
+use crate::store::LoadLock;
 use crate::tier::Tier;
 
 /// Joins the flight for `key` or starts one in its own task. `refresh` skips

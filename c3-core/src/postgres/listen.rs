@@ -16,7 +16,7 @@
 //! missing: PostgreSQL queues nothing for a disconnected listener). After
 //! reconnecting and LISTENing again, L1 is purged once more before it is used.
 //! With warm reconnect on, L1 is only bypassed, and after reconnecting the
-//! change log tells which keys to drop (see [`crate::replay`]); each
+//! change log tells which keys to drop (see [`crate::postgres::replay`]); each
 //! heartbeat's echo moves the mark that replay starts from.
 
 use std::future::poll_fn;
@@ -30,7 +30,7 @@ use tracing::{debug, warn};
 
 use crate::coherency::{Coherency, ListenerState};
 use crate::key::quote_ident;
-use crate::replay::{self, Decision, Mark, Replay};
+use crate::postgres::replay::{self, Decision, Mark, Replay};
 use crate::stats::Counters;
 
 /// Settings for the Postgres listener task.
@@ -45,7 +45,7 @@ pub(crate) struct ListenerSettings {
     pub(crate) backoff_max: Duration,
     /// How the LISTEN connection is secured (see `crate::tls`).
     pub(crate) tls: tokio_postgres_rustls::MakeRustlsConnect,
-    pub(crate) ssl_mode: crate::tls::SslMode,
+    pub(crate) ssl_mode: crate::postgres::tls::SslMode,
     /// Warm reconnect, if on.
     pub(crate) replay: Option<Replay>,
 }
@@ -61,18 +61,47 @@ enum Ended {
     Shutdown,
 }
 
+/// Why LISTEN is not in effect, as the task last found it (published for
+/// start-up, which must tell a listener that can never work from an outage).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum NotListening {
+    /// Connecting, LISTEN or the probe failed; retried with backoff.
+    Failed(String),
+    /// LISTEN was accepted but the connection never heard its own
+    /// notification: it goes through a transaction pooler, and will never
+    /// work as configured.
+    NoEcho,
+}
+
+impl std::fmt::Display for NotListening {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotListening::Failed(why) => f.write_str(why),
+            NotListening::NoEcho => f.write_str(NO_ECHO),
+        }
+    }
+}
+
+impl From<String> for NotListening {
+    fn from(why: String) -> Self {
+        NotListening::Failed(why)
+    }
+}
+
 /// Runs until `shutdown` turns true; then leaves the state at `Stopped`.
+/// Publishes on `problem` why LISTEN is not in effect (`None` once it is).
 pub(crate) async fn run_postgres(
     coherency: Arc<Coherency>,
     config: tokio_postgres::Config,
     settings: ListenerSettings,
+    problem: watch::Sender<Option<NotListening>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut attempt: u32 = 0;
     let mut ever_connected = false;
     let mut rng = Jitter::new(&coherency.node_id);
     // Warm reconnect: the snapshot whose every transaction this node has
-    // heard of (see `crate::replay`).
+    // heard of (see `crate::postgres::replay`).
     let mut mark: Option<Mark> = None;
     // When the last session was lost, for the log line when LISTEN is back.
     let mut lost_at: Option<std::time::Instant> = None;
@@ -86,23 +115,9 @@ pub(crate) async fn run_postgres(
                     Counters::inc(&coherency.counters.reconnects);
                 }
                 let outage = lost_at.take().map(|t| t.elapsed());
-                *coherency
-                    .listener_problem
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner()) = None;
-                match &settings.replay {
-                    Some(r) => {
-                        let link = (&client, &mut events, settings.heartbeat_channel.as_str());
-                        mark = catch_up(&coherency, link, r, mark.take(), outage).await
-                    }
-                    None => {
-                        coherency.enable();
-                        if let Some(outage) = outage {
-                            tracing::info!(target: "c3::listener", ?outage,
-                                "LISTEN is back; L1 purged (what changed meanwhile is unknown)");
-                        }
-                    }
-                }
+                problem.send_replace(None);
+                let link = (&client, &mut events);
+                mark = l1_back(&coherency, link, &settings, mark.take(), outage).await;
                 ever_connected = true;
                 attempt = 0;
                 debug!(target: "c3::listener", channel = %settings.channel, "listening");
@@ -115,30 +130,17 @@ pub(crate) async fn run_postgres(
                     &mut mark,
                 )
                 .await;
-                let state = ListenerState::Reconnecting { attempt: 0 };
-                match (&ended, &mark) {
-                    (Ended::Lost(_), Some(_)) => coherency.suspend(state),
-                    _ => coherency.disable(state),
-                }
-                if matches!(ended, Ended::Lost(_)) {
-                    lost_at = Some(std::time::Instant::now());
-                }
                 match ended {
                     Ended::Shutdown => break,
-                    Ended::Lost(why) if mark.is_some() => {
-                        warn!(target: "c3::listener", reason = %why, "listener connection lost; L1 bypassed until LISTEN is back and the change log is replayed");
-                    }
                     Ended::Lost(why) => {
-                        warn!(target: "c3::listener", reason = %why, "listener connection lost; L1 purged and bypassed until LISTEN is back");
+                        lost(&coherency, &why, mark.is_some());
+                        lost_at = Some(std::time::Instant::now());
                     }
                 }
             }
             Err(why) => {
                 attempt = attempt.saturating_add(1);
-                *coherency
-                    .listener_problem
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner()) = Some(why.clone());
+                problem.send_replace(Some(why.clone()));
                 coherency.set_state(ListenerState::Reconnecting { attempt });
                 warn!(target: "c3::listener", attempt, reason = %why, "could not (re)establish LISTEN");
             }
@@ -150,6 +152,40 @@ pub(crate) async fn run_postgres(
         }
     }
     coherency.disable(ListenerState::Stopped);
+}
+
+/// L1 after (re)connecting: replayed from `mark` with warm reconnect on
+/// (see [`catch_up`]), else purged and used again. Returns the next mark.
+async fn l1_back(
+    coherency: &Coherency,
+    (client, events): (&tokio_postgres::Client, &mut mpsc::Receiver<Event>),
+    settings: &ListenerSettings,
+    mark: Option<Mark>,
+    outage: Option<Duration>,
+) -> Option<Mark> {
+    if let Some(r) = &settings.replay {
+        let link = (client, events, settings.heartbeat_channel.as_str());
+        return catch_up(coherency, link, r, mark, outage).await;
+    }
+    coherency.enable();
+    if let Some(outage) = outage {
+        tracing::info!(target: "c3::listener", ?outage,
+            "LISTEN is back; L1 purged (what changed meanwhile is unknown)");
+    }
+    None
+}
+
+/// A lost session: L1 off at once — kept for the replay when there is a
+/// mark to replay from, purged otherwise.
+fn lost(coherency: &Coherency, why: &str, warm: bool) {
+    let state = ListenerState::Reconnecting { attempt: 0 };
+    if warm {
+        coherency.suspend(state);
+        warn!(target: "c3::listener", reason = %why, "listener connection lost; L1 bypassed until LISTEN is back and the change log is replayed");
+    } else {
+        coherency.disable(state);
+        warn!(target: "c3::listener", reason = %why, "listener connection lost; L1 purged and bypassed until LISTEN is back");
+    }
 }
 
 /// Brings L1 back after (re)connecting, with warm reconnect on: replays the
@@ -231,7 +267,7 @@ async fn catch_up(
 async fn connect(
     config: &tokio_postgres::Config,
     settings: &ListenerSettings,
-) -> Result<(tokio_postgres::Client, mpsc::Receiver<Event>), String> {
+) -> Result<(tokio_postgres::Client, mpsc::Receiver<Event>), NotListening> {
     let (client, connection) = tokio::time::timeout(
         settings.connect_timeout,
         config.connect(settings.tls.clone()),
@@ -239,7 +275,7 @@ async fn connect(
     .await
     .map_err(|_| format!("connect timed out after {:?}", settings.connect_timeout))?
     .map_err(|e| {
-        crate::tls::describe("the LISTEN connection", settings.ssl_mode, &e)
+        crate::postgres::tls::describe("the LISTEN connection", settings.ssl_mode, &e)
             .unwrap_or_else(|| format!("connect failed: {e}"))
     })?;
     // Bounded: if the engine falls behind, the driver stops reading the socket
@@ -270,7 +306,7 @@ async fn prove_delivery(
     config: &tokio_postgres::Config,
     settings: &ListenerSettings,
     rx: &mut mpsc::Receiver<Event>,
-) -> Result<(), String> {
+) -> Result<(), NotListening> {
     let send_probe = async {
         let (prober, conn) = config
             .connect(settings.tls.clone())
@@ -307,7 +343,7 @@ async fn prove_delivery(
         .map_err(|_| "the probe connection timed out".to_owned())??;
     match tokio::time::timeout(probe_wait(settings.heartbeat_timeout), echoed).await {
         Ok(true) => Ok(()),
-        _ => Err(NO_ECHO.to_owned()),
+        _ => Err(NotListening::NoEcho),
     }
 }
 
@@ -349,7 +385,7 @@ pub(crate) fn probe_wait(heartbeat_timeout: Duration) -> Duration {
 }
 
 /// Why a LISTEN connection that never hears its own notification is refused.
-pub(crate) const NO_ECHO: &str = "LISTEN succeeded but the connection did not receive its own notification: it is probably going through a transaction pooler (e.g. PgBouncer with pool_mode=transaction), which cannot carry LISTEN. Point the listener at PostgreSQL directly or through a session pooler (C3Builder::listen_postgres, C3_LISTEN_DATABASE_URL)";
+const NO_ECHO: &str = "LISTEN succeeded but the connection did not receive its own notification: it is probably going through a transaction pooler (e.g. PgBouncer with pool_mode=transaction), which cannot carry LISTEN. Point the listener at PostgreSQL directly or through a session pooler (C3Builder::listen_postgres, C3_LISTEN_DATABASE_URL)";
 
 async fn session(
     coherency: &Coherency,
@@ -423,25 +459,36 @@ async fn session(
                 send_heartbeat(&client, &settings.heartbeat_channel, payload, &snaps_tx);
             }
         }
-        // The snapshot of the heartbeat last echoed is the new mark.
-        if let (Some((n, snap, at_us)), Some(e)) = (&snapshot, &echoed)
-            && n == e
-        {
-            if let Some(m) = mark.as_mut() {
-                m.snapshot.clone_from(snap);
-                m.at_us = *at_us;
-                Counters::inc(&coherency.counters.replay_marks);
-            }
-            snapshot = None;
-        }
+        advance_mark(coherency, &mut snapshot, echoed.as_deref(), mark);
     }
+}
+
+/// The snapshot of the heartbeat last echoed is the new mark.
+fn advance_mark(
+    coherency: &Coherency,
+    snapshot: &mut Option<(String, String, i64)>,
+    echoed: Option<&str>,
+    mark: &mut Option<Mark>,
+) {
+    let Some((nonce, snap, at_us)) = snapshot.as_ref() else {
+        return;
+    };
+    if echoed != Some(nonce.as_str()) {
+        return;
+    }
+    if let Some(m) = mark.as_mut() {
+        m.snapshot.clone_from(snap);
+        m.at_us = *at_us;
+        Counters::inc(&coherency.counters.replay_marks);
+    }
+    *snapshot = None;
 }
 
 /// Sends a heartbeat from a separate task: awaiting the reply in the session
 /// would stop it draining its events, which the reply may be queued behind.
 /// The snapshot is taken in the heartbeat's own transaction: every notifying
 /// transaction visible in it is delivered before the echo (see
-/// `crate::replay`).
+/// `crate::postgres::replay`).
 fn send_heartbeat(
     client: &Arc<tokio_postgres::Client>,
     channel: &str,
@@ -466,33 +513,6 @@ fn send_heartbeat(
 /// suspended (a monotonic clock here would not).
 const HEARTBEAT: &str = "SELECT pg_current_snapshot()::text, pg_notify($1, $2), \
 (extract(epoch FROM clock_timestamp()) * 1000000)::bigint";
-
-/// The in-memory backend's equivalent of the listener task.
-/// The caller subscribes (and enables L1) before spawning, so no message sent
-/// after `build()` returns can be missed.
-pub(crate) async fn run_memory(
-    coherency: Arc<Coherency>,
-    mut rx: tokio::sync::broadcast::Receiver<Arc<str>>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    loop {
-        tokio::select! {
-            biased;
-            _ = shutdown.changed() => break,
-            msg = rx.recv() => match msg {
-                Ok(payload) => coherency.apply_payload(&payload),
-                // Messages were dropped: exactly like a lost connection, we no
-                // longer know what changed, so everything goes.
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    warn!(target: "c3::listener", missed = n, "fell behind the notification stream; purging L1");
-                    coherency.purge();
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
-            },
-        }
-    }
-    coherency.disable(ListenerState::Stopped);
-}
 
 /// Exponential backoff with jitter, so a fleet that lost its database does not
 /// reconnect in lockstep. A tiny xorshift avoids a dependency on `rand`.

@@ -42,10 +42,12 @@
 
 use std::time::Duration;
 
+use crate::key::qualified;
+
 /// How a node replays the change log, when warm reconnect is on.
 #[derive(Clone, Debug)]
 pub(crate) struct Replay {
-    /// The statement (see `backend::postgres::replay_sql`).
+    /// The statement (see `postgres::replay_sql`).
     pub(crate) sql: String,
     /// The table's qualified name, for its persistence.
     pub(crate) table: String,
@@ -58,7 +60,7 @@ pub(crate) struct Replay {
 }
 
 /// How long deletion records are kept (the sweeper's retention, in
-/// `backend::postgres`), and the longest gap a node replays: half of it, so
+/// `postgres::store`), and the longest gap a node replays: half of it, so
 /// a transaction may stay open for up to half an hour between recording a
 /// deletion and committing without its record being swept before a replay.
 pub(crate) const WINDOW: Duration = Duration::from_secs(30 * 60);
@@ -189,6 +191,37 @@ impl Mark {
             server: seen.server.clone(),
         }
     }
+}
+
+/// The change-log query a reconnecting node runs on its LISTEN connection
+/// (see `crate::postgres::replay`): in one statement, so one snapshot, the server's
+/// identity and every key changed by a transaction not visible in `$1` (the
+/// node's mark; NULL: identity only) — rows written (their `xid`) and
+/// deletions recorded (`''`: a clear) — at most `$2` of them. `$3` is the
+/// table's qualified name, for its persistence.
+///
+/// The timeline is the live one — the first eight hex digits of the name
+/// of the WAL segment being written — not `pg_control_checkpoint()`'s,
+/// which keeps the old timeline until the first checkpoint after a
+/// promotion. The version sequence's last value comes last: below a
+/// version this node has seen, it is another history.
+pub(crate) fn replay_sql(schema: &str, table: &str) -> String {
+    let q = |name: &str| qualified(schema, name);
+    let (t, deleted) = (q(table), q(&format!("{table}_deleted")));
+    let seq = q(&format!("{table}_version_seq"));
+    format!(
+        "SELECT pg_current_snapshot()::text, \
+(SELECT system_identifier::text FROM pg_control_system()), \
+substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8), \
+pg_postmaster_start_time()::text, \
+(SELECT relpersistence::text FROM pg_class WHERE oid = to_regclass($3)), \
+CASE WHEN $1::text IS NULL THEN NULL ELSE ARRAY(\
+SELECT key FROM {t} WHERE xid IS NOT NULL AND NOT pg_visible_in_snapshot(xid, $1::text::pg_snapshot) \
+UNION SELECT key FROM {deleted} WHERE NOT pg_visible_in_snapshot(xid, $1::text::pg_snapshot) \
+LIMIT $2) END, \
+coalesce(pg_sequence_last_value(to_regclass('{seq}')), 0)::text, \
+(extract(epoch FROM clock_timestamp()) * 1000000)::bigint::text"
+    )
 }
 
 #[cfg(test)]

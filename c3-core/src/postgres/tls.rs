@@ -165,28 +165,40 @@ const SSL_PARAMS: [&str; 4] = ["sslmode", "sslrootcert", "sslcert", "sslkey"];
 /// or key=value string, returning the rest and the removed (name, value)
 /// pairs in order.
 fn take_ssl_params(url: &str) -> Result<(String, Vec<(String, String)>), String> {
-    let mut ssl = Vec::new();
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let Some((base, query)) = url.split_once('?') else {
-            return Ok((url.to_owned(), ssl));
-        };
-        let mut kept = Vec::new();
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            if SSL_PARAMS.contains(&k) {
-                ssl.push((k.to_owned(), percent_decode(v)?));
-            } else {
-                kept.push(pair);
-            }
-        }
-        let rest = if kept.is_empty() {
-            base.to_owned()
-        } else {
-            format!("{base}?{}", kept.join("&"))
-        };
-        return Ok((rest, ssl));
+        take_from_url(url)
+    } else {
+        take_from_keywords(url)
     }
-    // key=value: values may be single-quoted with backslash escapes.
+}
+
+/// [`take_ssl_params`] for a URL: the SSL parameters of its query string.
+fn take_from_url(url: &str) -> Result<(String, Vec<(String, String)>), String> {
+    let mut ssl = Vec::new();
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok((url.to_owned(), ssl));
+    };
+    let mut kept = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if SSL_PARAMS.contains(&k) {
+            ssl.push((k.to_owned(), percent_decode(v)?));
+        } else {
+            kept.push(pair);
+        }
+    }
+    let rest = if kept.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    Ok((rest, ssl))
+}
+
+/// [`take_ssl_params`] for a `key=value` string, whose values may be
+/// single-quoted with backslash escapes.
+fn take_from_keywords(url: &str) -> Result<(String, Vec<(String, String)>), String> {
+    let mut ssl = Vec::new();
     let mut rest = String::new();
     let mut chars = url.chars().peekable();
     loop {
@@ -203,35 +215,7 @@ fn take_ssl_params(url: &str) -> Result<(String, Vec<(String, String)>), String>
             return Err(format!("invalid connection string: {key:?} has no value"));
         }
         while chars.next_if(|c| c.is_whitespace()).is_some() {}
-        let mut raw = String::new();
-        let mut value = String::new();
-        if chars.next_if_eq(&'\'').is_some() {
-            raw.push('\'');
-            loop {
-                match chars.next() {
-                    Some('\\') => {
-                        let c = chars.next().ok_or("unterminated quoted value")?;
-                        raw.push('\\');
-                        raw.push(c);
-                        value.push(c);
-                    }
-                    Some('\'') => {
-                        raw.push('\'');
-                        break;
-                    }
-                    Some(c) => {
-                        raw.push(c);
-                        value.push(c);
-                    }
-                    None => return Err("unterminated quoted value".into()),
-                }
-            }
-        } else {
-            while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
-                raw.push(c);
-                value.push(c);
-            }
-        }
+        let (raw, value) = keyword_value(&mut chars)?;
         if SSL_PARAMS.contains(&key.as_str()) {
             ssl.push((key, value));
         } else {
@@ -244,6 +228,42 @@ fn take_ssl_params(url: &str) -> Result<(String, Vec<(String, String)>), String>
         }
     }
     Ok((rest, ssl))
+}
+
+/// One value of a `key=value` string: as written (to pass on unchanged)
+/// and unquoted.
+fn keyword_value(
+    chars: &mut std::iter::Peekable<std::str::Chars<'_>>,
+) -> Result<(String, String), String> {
+    let mut raw = String::new();
+    let mut value = String::new();
+    if chars.next_if_eq(&'\'').is_none() {
+        while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
+            raw.push(c);
+            value.push(c);
+        }
+        return Ok((raw, value));
+    }
+    raw.push('\'');
+    loop {
+        match chars.next() {
+            Some('\\') => {
+                let c = chars.next().ok_or("unterminated quoted value")?;
+                raw.push('\\');
+                raw.push(c);
+                value.push(c);
+            }
+            Some('\'') => {
+                raw.push('\'');
+                return Ok((raw, value));
+            }
+            Some(c) => {
+                raw.push(c);
+                value.push(c);
+            }
+            None => return Err("unterminated quoted value".into()),
+        }
+    }
 }
 
 fn percent_decode(s: &str) -> Result<String, String> {

@@ -124,22 +124,14 @@ macro_rules! op {
 }
 pub(crate) use op;
 
-/// Which system L2 is, for `db.system.name`.
-pub(crate) fn db_system(backend: &crate::backend::Backend) -> &'static str {
-    match backend {
-        crate::backend::Backend::Postgres(_) => "postgresql",
-        crate::backend::Backend::Memory(_) => "c3-memory",
-    }
-}
-
 /// The child span of one L2 round trip: a database call, so of kind CLIENT
 /// (`otel.kind`, read by tracing-opentelemetry).
-pub(crate) fn l2_span(backend: &crate::backend::Backend, table: &str, op: &'static str) -> Span {
+pub(crate) fn l2_span(backend: &dyn crate::store::Store, table: &str, op: &'static str) -> Span {
     tracing::info_span!(
         target: "c3",
         "c3.l2",
         otel.kind = "client",
-        db.system.name = db_system(backend),
+        db.system.name = backend.system(),
         db.operation.name = op,
         db.collection.name = %table,
     )
