@@ -13,10 +13,11 @@ use tokio::task::JoinHandle;
 use crate::breaker::{Breaker, BreakerConfig, Permit};
 use crate::builder::C3Builder;
 use crate::clock::{Clock, unix_micros};
-use crate::coherency::{Coherency, Entry, ListenerState};
+use crate::coherency::{Coherency, Entry};
 use crate::entry::{Row, WriteItem};
 use crate::entry::{State, decode_row, typed_value};
 use crate::error::{Repr, Result};
+use crate::feed::{Feed, ListenerState};
 use crate::flights::Flights;
 use crate::key::validate_key;
 use crate::protocol;
@@ -90,6 +91,8 @@ pub(crate) struct Inner {
     pub(crate) trace_keys: bool,
     pub(crate) combiner: Arc<crate::combiner::Combiner>,
     pub(crate) coherency: Arc<Coherency>,
+    /// What the invalidation feed reports (and how shutdown stops L1).
+    pub(crate) feed: Feed,
     pub(crate) backend: Arc<dyn Store>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) counters: Arc<Counters>,
@@ -122,7 +125,7 @@ impl telemetry::metrics::Observed for Inner {
     }
 
     fn listener_state(&self) -> &'static str {
-        self.coherency.state().as_str()
+        self.feed.state().as_str()
     }
 
     fn l2_breaker(&self) -> crate::BreakerState {
@@ -138,7 +141,7 @@ impl std::fmt::Debug for C3 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("C3")
             .field("node_id", &self.inner.coherency.node_id)
-            .field("listener", &self.inner.coherency.state())
+            .field("listener", &self.inner.feed.state())
             .finish_non_exhaustive()
     }
 }
@@ -225,13 +228,13 @@ impl C3 {
     /// The listener's current state.
     #[must_use]
     pub fn listener_state(&self) -> ListenerState {
-        self.inner.coherency.state()
+        self.inner.feed.state()
     }
 
     /// A receiver that sees every listener state change (e.g. for health checks).
     #[must_use]
     pub fn watch_listener(&self) -> watch::Receiver<ListenerState> {
-        self.inner.coherency.subscribe()
+        self.inner.feed.subscribe()
     }
 
     /// A snapshot of this node's counters and L1 size.
@@ -933,7 +936,7 @@ impl C3 {
         for t in tasks {
             let _ = t.await;
         }
-        self.inner.coherency.disable(ListenerState::Stopped);
+        self.inner.feed.stopped();
         self.inner.backend.close();
     }
 }

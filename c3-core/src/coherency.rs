@@ -30,7 +30,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use moka::Expiry;
-use tokio::sync::watch;
 
 pub(crate) use crate::entry::{ENTRY_OVERHEAD, Entry};
 use crate::protocol::{Body, Notification};
@@ -42,41 +41,6 @@ const STRIPES: usize = 256;
 /// does not know its type until someone reads it (then it is decoded once
 /// and the entry replaced by the typed value).
 pub(crate) struct PushedJson(pub(crate) String);
-
-/// The state of a node's LISTEN connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ListenerState {
-    /// Connecting for the first time; L1 is bypassed.
-    Starting,
-    /// LISTEN is active; L1 is in use.
-    Listening,
-    /// The connection was lost or found unhealthy; L1 was purged and is
-    /// bypassed until LISTEN is re-established.
-    Reconnecting {
-        /// Consecutive failed attempts so far.
-        attempt: u32,
-    },
-    /// The cache was shut down.
-    Stopped,
-}
-
-impl ListenerState {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            ListenerState::Starting => "starting",
-            ListenerState::Listening => "listening",
-            ListenerState::Reconnecting { .. } => "reconnecting",
-            ListenerState::Stopped => "stopped",
-        }
-    }
-}
-
-impl std::fmt::Display for ListenerState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 #[derive(Default)]
 struct Stripe {
@@ -159,7 +123,6 @@ pub(crate) struct Coherency {
     enabled: AtomicBool,
     /// False when L1 was configured off (capacity 0); then nothing is ever filled.
     l1_configured: bool,
-    state: watch::Sender<ListenerState>,
     pub(crate) node_id: String,
     pub(crate) counters: Arc<Counters>,
     pub(crate) metrics: Arc<crate::telemetry::Metrics>,
@@ -192,14 +155,12 @@ impl Coherency {
             l1 = l1.time_to_idle(idle);
         }
         let l1 = l1.build();
-        let (state, _) = watch::channel(ListenerState::Starting);
         Coherency {
             l1,
             stripes: (0..STRIPES).map(|_| Mutex::default()).collect(),
             epoch: AtomicU64::new(0),
             enabled: AtomicBool::new(false),
             l1_configured: l1_max_bytes > 0,
-            state,
             node_id,
             counters,
             metrics,
@@ -520,10 +481,9 @@ impl Coherency {
     /// The listener lost its connection, and the change log will tell what
     /// it missed (see `crate::postgres::replay`): stop using L1 and void the fills in
     /// flight, but keep the entries for [`resume`](Self::resume).
-    pub(crate) fn suspend(&self, state: ListenerState) {
+    pub(crate) fn suspend(&self) {
         self.enabled.store(false, Ordering::Release);
         self.void_fills(false);
-        self.state.send_replace(state);
     }
 
     /// LISTEN is back and the change log was replayed: drop the keys changed
@@ -535,14 +495,12 @@ impl Coherency {
         }
         self.void_fills(false);
         self.enabled.store(self.l1_configured, Ordering::Release);
-        self.state.send_replace(ListenerState::Listening);
     }
 
     /// The listener lost (or has not yet got) its connection: stop using L1.
-    pub(crate) fn disable(&self, state: ListenerState) {
+    pub(crate) fn disable(&self) {
         self.enabled.store(false, Ordering::Release);
         self.purge();
-        self.state.send_replace(state);
     }
 
     /// LISTEN is (again) in effect: purge what may have missed a message, then
@@ -550,19 +508,6 @@ impl Coherency {
     pub(crate) fn enable(&self) {
         self.purge();
         self.enabled.store(self.l1_configured, Ordering::Release);
-        self.state.send_replace(ListenerState::Listening);
-    }
-
-    pub(crate) fn set_state(&self, state: ListenerState) {
-        self.state.send_replace(state);
-    }
-
-    pub(crate) fn state(&self) -> ListenerState {
-        *self.state.borrow()
-    }
-
-    pub(crate) fn subscribe(&self) -> watch::Receiver<ListenerState> {
-        self.state.subscribe()
     }
 
     pub(crate) fn l1_size(&self) -> (u64, u64) {
@@ -640,13 +585,12 @@ mod tests {
         let c = engine();
         let t = c.fill_token("k").unwrap();
         assert!(c.fill("k", t, entry(1)));
-        c.disable(ListenerState::Reconnecting { attempt: 0 });
+        c.disable();
         assert!(c.peek("k").is_none());
         assert!(c.fill_token("k").is_none());
         assert!(!c.fill("k", t, entry(2)));
         c.enable();
         assert!(c.peek("k").is_none());
-        assert_eq!(c.state(), ListenerState::Listening);
     }
 
     /// The second purge: whatever reached L1 while the node was not
@@ -658,7 +602,7 @@ mod tests {
     #[test]
     fn listening_again_purges_what_reached_l1_meanwhile() {
         let c = engine();
-        c.disable(ListenerState::Reconnecting { attempt: 0 });
+        c.disable();
         c.l1.insert("k".into(), Arc::new(entry(3)));
         let purges = c.counters.purges.load(Ordering::Relaxed);
         c.enable();

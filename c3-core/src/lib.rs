@@ -104,6 +104,7 @@ mod config;
 mod entry;
 mod error;
 mod events;
+mod feed;
 mod fill;
 mod flights;
 #[cfg(fuzzing)]
@@ -133,9 +134,9 @@ pub use cache::{C3, SqlNames};
 pub use clock::{Clock, ManualClock, SystemClock, unix_micros};
 pub use codec::Codec;
 pub use coherency::L1Eviction;
-pub use coherency::ListenerState;
 pub use error::{Error, ErrorKind, Result};
 pub use events::{Applied, AppliedObserver};
+pub use feed::ListenerState;
 pub use fill::Fill;
 pub use key::{HTTP_TAG_PREFIX, KeyError, MAX_KEY_BYTES_LIMIT};
 pub use loader::{LoadOptions, Loader};

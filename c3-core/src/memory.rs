@@ -14,6 +14,7 @@ use tokio::sync::broadcast;
 
 use crate::clock::unix_micros;
 use crate::entry::{Row, WriteItem};
+use crate::feed::Feed;
 use crate::store::{Call, Fence, LoadLock, Store};
 
 /// How many notifications a slow node may fall behind before it is treated
@@ -392,23 +393,19 @@ impl Store for MemoryStore {
 /// `build()` returns can be missed.
 pub(crate) fn start(
     server: MemoryServer,
-    coherency: &Arc<crate::coherency::Coherency>,
+    feed: &Feed,
     shutdown: tokio::sync::watch::Receiver<bool>,
     tasks: &mut Vec<tokio::task::JoinHandle<()>>,
 ) -> Arc<dyn Store> {
     let rx = server.subscribe();
-    coherency.enable();
-    tasks.push(tokio::spawn(run_memory(
-        Arc::clone(coherency),
-        rx,
-        shutdown,
-    )));
+    feed.up();
+    tasks.push(tokio::spawn(run_memory(feed.clone(), rx, shutdown)));
     Arc::new(MemoryStore::new(server))
 }
 
 /// The in-memory feed: the server's broadcast, applied to L1.
 async fn run_memory(
-    coherency: std::sync::Arc<crate::coherency::Coherency>,
+    feed: Feed,
     mut rx: tokio::sync::broadcast::Receiver<Arc<str>>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -417,16 +414,16 @@ async fn run_memory(
             biased;
             _ = shutdown.changed() => break,
             msg = rx.recv() => match msg {
-                Ok(payload) => coherency.apply_payload(&payload),
+                Ok(payload) => feed.message(&payload),
                 // Messages were dropped: exactly like a lost connection, we no
                 // longer know what changed, so everything goes.
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                     tracing::warn!(target: "c3::listener", missed = n, "fell behind the notification stream; purging L1");
-                    coherency.purge();
+                    feed.missed();
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
             },
         }
     }
-    coherency.disable(crate::coherency::ListenerState::Stopped);
+    feed.stopped();
 }

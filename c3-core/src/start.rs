@@ -13,6 +13,7 @@ use crate::builder::{C3Builder, Source};
 use crate::cache::{C3, Inner, Limits, SqlNames};
 use crate::coherency::Coherency;
 use crate::error::{Error, Result};
+use crate::feed::Feed;
 use crate::flights::Flights;
 use crate::postgres;
 use crate::stats::Counters;
@@ -59,11 +60,13 @@ impl C3Builder {
         );
         coherency.observer = self.on_applied.clone();
         let coherency = Arc::new(coherency);
+        let feed = Feed::new(Arc::clone(&coherency));
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let (backend, tasks) =
-            start_store(&mut self, &node_id, &coherency, &shutdown_tx, shutdown_rx).await?;
+            start_store(&mut self, &node_id, &feed, &shutdown_tx, shutdown_rx).await?;
         let c3 = C3::from_inner(Inner {
             coherency,
+            feed,
             metrics,
             backend,
             clock: self.clock,
@@ -99,7 +102,7 @@ impl C3Builder {
 async fn start_store(
     settings: &mut C3Builder,
     node_id: &str,
-    coherency: &Arc<Coherency>,
+    feed: &Feed,
     shutdown_tx: &watch::Sender<bool>,
     shutdown_rx: watch::Receiver<bool>,
 ) -> Result<(Arc<dyn Store>, Vec<JoinHandle<()>>)> {
@@ -112,18 +115,10 @@ async fn start_store(
             ));
         }
         Source::Memory(server) => {
-            crate::memory::start(server, coherency, shutdown_rx.clone(), &mut tasks)
+            crate::memory::start(server, feed, shutdown_rx.clone(), &mut tasks)
         }
         source @ (Source::Postgres(_) | Source::Pool(_)) => {
-            postgres::start(
-                settings,
-                source,
-                node_id,
-                coherency,
-                shutdown_tx,
-                &mut tasks,
-            )
-            .await?
+            postgres::start(settings, source, node_id, feed, shutdown_tx, &mut tasks).await?
         }
     };
     if let Some(every) = settings.sweep_interval {

@@ -28,7 +28,7 @@ use tokio::time::{Instant, sleep, sleep_until};
 use tokio_postgres::AsyncMessage;
 use tracing::{debug, warn};
 
-use crate::coherency::{Coherency, ListenerState};
+use crate::feed::Feed;
 use crate::key::quote_ident;
 use crate::postgres::replay::{self, Decision, Mark, Replay};
 use crate::stats::Counters;
@@ -91,7 +91,7 @@ impl From<String> for NotListening {
 /// Runs until `shutdown` turns true; then leaves the state at `Stopped`.
 /// Publishes on `problem` why LISTEN is not in effect (`None` once it is).
 pub(crate) async fn run_postgres(
-    coherency: Arc<Coherency>,
+    feed: Feed,
     config: tokio_postgres::Config,
     settings: ListenerSettings,
     problem: watch::Sender<Option<NotListening>>,
@@ -99,7 +99,7 @@ pub(crate) async fn run_postgres(
 ) {
     let mut attempt: u32 = 0;
     let mut ever_connected = false;
-    let mut rng = Jitter::new(&coherency.node_id);
+    let mut rng = Jitter::new(feed.node_id());
     // Warm reconnect: the snapshot whose every transaction this node has
     // heard of (see `crate::postgres::replay`).
     let mut mark: Option<Mark> = None;
@@ -112,28 +112,21 @@ pub(crate) async fn run_postgres(
         match connect(&config, &settings).await {
             Ok((client, mut events)) => {
                 if ever_connected {
-                    Counters::inc(&coherency.counters.reconnects);
+                    Counters::inc(&feed.counters().reconnects);
                 }
                 let outage = lost_at.take().map(|t| t.elapsed());
                 problem.send_replace(None);
                 let link = (&client, &mut events);
-                mark = l1_back(&coherency, link, &settings, mark.take(), outage).await;
+                mark = l1_back(&feed, link, &settings, mark.take(), outage).await;
                 ever_connected = true;
                 attempt = 0;
                 debug!(target: "c3::listener", channel = %settings.channel, "listening");
-                let ended = session(
-                    &coherency,
-                    client,
-                    events,
-                    &settings,
-                    &mut shutdown,
-                    &mut mark,
-                )
-                .await;
+                let ended =
+                    session(&feed, client, events, &settings, &mut shutdown, &mut mark).await;
                 match ended {
                     Ended::Shutdown => break,
                     Ended::Lost(why) => {
-                        lost(&coherency, &why, mark.is_some());
+                        lost(&feed, &why, mark.is_some());
                         lost_at = Some(std::time::Instant::now());
                     }
                 }
@@ -141,7 +134,7 @@ pub(crate) async fn run_postgres(
             Err(why) => {
                 attempt = attempt.saturating_add(1);
                 problem.send_replace(Some(why.clone()));
-                coherency.set_state(ListenerState::Reconnecting { attempt });
+                feed.retrying(attempt);
                 warn!(target: "c3::listener", attempt, reason = %why, "could not (re)establish LISTEN");
             }
         }
@@ -151,13 +144,13 @@ pub(crate) async fn run_postgres(
             _ = shutdown.changed() => {}
         }
     }
-    coherency.disable(ListenerState::Stopped);
+    feed.stopped();
 }
 
 /// L1 after (re)connecting: replayed from `mark` with warm reconnect on
 /// (see [`catch_up`]), else purged and used again. Returns the next mark.
 async fn l1_back(
-    coherency: &Coherency,
+    feed: &Feed,
     (client, events): (&tokio_postgres::Client, &mut mpsc::Receiver<Event>),
     settings: &ListenerSettings,
     mark: Option<Mark>,
@@ -165,9 +158,9 @@ async fn l1_back(
 ) -> Option<Mark> {
     if let Some(r) = &settings.replay {
         let link = (client, events, settings.heartbeat_channel.as_str());
-        return catch_up(coherency, link, r, mark, outage).await;
+        return catch_up(feed, link, r, mark, outage).await;
     }
-    coherency.enable();
+    feed.up();
     if let Some(outage) = outage {
         tracing::info!(target: "c3::listener", ?outage,
             "LISTEN is back; L1 purged (what changed meanwhile is unknown)");
@@ -177,13 +170,12 @@ async fn l1_back(
 
 /// A lost session: L1 off at once — kept for the replay when there is a
 /// mark to replay from, purged otherwise.
-fn lost(coherency: &Coherency, why: &str, warm: bool) {
-    let state = ListenerState::Reconnecting { attempt: 0 };
+fn lost(feed: &Feed, why: &str, warm: bool) {
     if warm {
-        coherency.suspend(state);
+        feed.down_keeping();
         warn!(target: "c3::listener", reason = %why, "listener connection lost; L1 bypassed until LISTEN is back and the change log is replayed");
     } else {
-        coherency.disable(state);
+        feed.down();
         warn!(target: "c3::listener", reason = %why, "listener connection lost; L1 purged and bypassed until LISTEN is back");
     }
 }
@@ -193,7 +185,7 @@ fn lost(coherency: &Coherency, why: &str, warm: bool) {
 /// log cannot prove what was missed. Returns the next mark (`None` if the
 /// replay query failed: then the next reconnect purges).
 async fn catch_up(
-    coherency: &Coherency,
+    feed: &Feed,
     (client, events, heartbeat_channel): (
         &tokio_postgres::Client,
         &mut mpsc::Receiver<Event>,
@@ -218,7 +210,7 @@ async fn catch_up(
                 ev = events.recv() => match ev {
                     Some(Event::Notification { channel, payload }) => {
                         if channel != heartbeat_channel {
-                            coherency.apply_payload(&payload);
+                            feed.message(&payload);
                         }
                     }
                     Some(Event::Closed(_)) | None => {
@@ -231,32 +223,31 @@ async fn catch_up(
     let seen = match observed {
         Ok(seen) => seen,
         Err(why) => {
-            coherency.enable();
+            feed.up();
             if reconnecting {
-                Counters::inc(&coherency.counters.warm_reconnect_fallbacks);
+                Counters::inc(&feed.counters().warm_reconnect_fallbacks);
                 warn!(target: "c3::listener", reason = %why, ?outage, "LISTEN is back but the change log could not be replayed; L1 purged");
             }
             return None;
         }
     };
-    match replay::decide(mark.as_ref(), &seen, replay, coherency.highest_version()) {
+    match replay::decide(mark.as_ref(), &seen, replay, feed.highest_version()) {
         Decision::Warm(changed) => {
-            coherency.resume(&changed);
-            Counters::inc(&coherency.counters.warm_reconnects);
-            coherency
-                .counters
+            feed.up_dropping(&changed);
+            Counters::inc(&feed.counters().warm_reconnects);
+            feed.counters()
                 .replayed_keys
                 .fetch_add(changed.len() as u64, std::sync::atomic::Ordering::Relaxed);
             if reconnecting {
                 tracing::info!(target: "c3::listener", dropped = changed.len(),
-                    kept = coherency.l1_size().0, took = ?started.elapsed(), ?outage,
+                    kept = feed.l1_entries(), took = ?started.elapsed(), ?outage,
                     "LISTEN is back; L1 kept, dropped only what changed meanwhile");
             }
         }
         Decision::Purge(why) => {
-            coherency.enable();
+            feed.up();
             if reconnecting {
-                Counters::inc(&coherency.counters.warm_reconnect_fallbacks);
+                Counters::inc(&feed.counters().warm_reconnect_fallbacks);
                 tracing::info!(target: "c3::listener", reason = why, ?outage, "LISTEN is back; L1 purged (the change log cannot prove what was missed)");
             }
         }
@@ -388,7 +379,7 @@ pub(crate) fn probe_wait(heartbeat_timeout: Duration) -> Duration {
 const NO_ECHO: &str = "LISTEN succeeded but the connection did not receive its own notification: it is probably going through a transaction pooler (e.g. PgBouncer with pool_mode=transaction), which cannot carry LISTEN. Point the listener at PostgreSQL directly or through a session pooler (C3Builder::listen_postgres, C3_LISTEN_DATABASE_URL)";
 
 async fn session(
-    coherency: &Coherency,
+    feed: &Feed,
     client: tokio_postgres::Client,
     mut events: mpsc::Receiver<Event>,
     settings: &ListenerSettings,
@@ -424,7 +415,7 @@ async fn session(
                         }
                         echoed = Some(payload);
                     } else {
-                        coherency.apply_payload(&payload);
+                        feed.message(&payload);
                         // Data arriving proves the link is not half-open. A
                         // long burst (100k notifications from one commit)
                         // delays our echo behind it; that must not count as
@@ -459,13 +450,13 @@ async fn session(
                 send_heartbeat(&client, &settings.heartbeat_channel, payload, &snaps_tx);
             }
         }
-        advance_mark(coherency, &mut snapshot, echoed.as_deref(), mark);
+        advance_mark(feed, &mut snapshot, echoed.as_deref(), mark);
     }
 }
 
 /// The snapshot of the heartbeat last echoed is the new mark.
 fn advance_mark(
-    coherency: &Coherency,
+    feed: &Feed,
     snapshot: &mut Option<(String, String, i64)>,
     echoed: Option<&str>,
     mark: &mut Option<Mark>,
@@ -479,7 +470,7 @@ fn advance_mark(
     if let Some(m) = mark.as_mut() {
         m.snapshot.clone_from(snap);
         m.at_us = *at_us;
-        Counters::inc(&coherency.counters.replay_marks);
+        Counters::inc(&feed.counters().replay_marks);
     }
     *snapshot = None;
 }

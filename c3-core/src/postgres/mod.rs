@@ -18,8 +18,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::builder::{C3Builder, MAX_DERIVED_IDENT, Source};
-use crate::coherency::{Coherency, ListenerState};
 use crate::error::{Error, Result};
+use crate::feed::{Feed, ListenerState};
 use crate::key::validate_ident;
 use crate::store::Store;
 use listen::{ListenerSettings, NotListening};
@@ -53,7 +53,7 @@ pub(crate) async fn start(
     settings: &C3Builder,
     source: Source,
     node_id: &str,
-    coherency: &Arc<Coherency>,
+    feed: &Feed,
     shutdown_tx: &watch::Sender<bool>,
     tasks: &mut Vec<tokio::task::JoinHandle<()>>,
 ) -> Result<Arc<dyn Store>> {
@@ -94,10 +94,10 @@ pub(crate) async fn start(
         Err(e) => return Err(e),
     };
     let listen = listener_settings(settings, node_id, &mut listen_cfg, &listen_tls)?;
-    let state = coherency.subscribe();
+    let state = feed.subscribe();
     let (problem_tx, problem) = watch::channel(None);
     tasks.push(tokio::spawn(listen::run_postgres(
-        Arc::clone(coherency),
+        feed.clone(),
         listen_cfg,
         listen,
         problem_tx,
