@@ -134,7 +134,10 @@ async fn observing(url: String) -> Result<(), BoxError> {
     use tracing_subscriber::util::SubscriberInitExt;
 
     let otel = c3::core::otlp::install()?;              // OTEL_EXPORTER_OTLP_* decide where and how
-    tracing_subscriber::registry().with(otel.layer()).init();
+    tracing_subscriber::registry()
+        .with(otel.layer())
+        .with(tracing_subscriber::fmt::layer())           // console logs beside it, if you want them
+        .init();
     let cache = c3::C3::builder().postgres(&url).build().await?;   // after install: takes the global meter
     let layer = c3::tower::C3CacheLayer::new(cache.clone()).propagate_trace_context(true);
     // ... serve ...

@@ -21,9 +21,10 @@
 //!         "/users/{id}",
 //!         get(|| async { (CacheTags::new(["user:1"]), [("cache-control", "max-age=60")], "Ada") }),
 //!     )
+//!     .layer(C3CacheLayer::new(c3.clone()))
+//!     // After the layer: health and admin answers are never cached.
 //!     .route("/health", get(c3_axum::health))
 //!     .nest("/admin/cache", c3_axum::admin_router(c3.clone(), "s3cret"))
-//!     .layer(C3CacheLayer::new(c3.clone()))
 //!     .with_state(c3);
 //! # let _ = app;
 //! # Ok(()) }

@@ -144,7 +144,7 @@ impl C3Builder {
 
     /// The codec that writes values (default [`Codec::Json`](crate::Codec::Json)).
     /// Readers decode by each row's recorded codec, so nodes may differ.
-    pub fn codec(mut self, codec: crate::Codec) -> Self {
+    pub fn codec(mut self, codec: crate::codec::Codec) -> Self {
         self.codecs.default = codec;
         self
     }
@@ -152,7 +152,7 @@ impl C3Builder {
     /// The codec for keys starting with `prefix` (a namespace such as
     /// `"session:"`); the longest matching prefix wins over
     /// [`codec`](Self::codec).
-    pub fn codec_for_prefix(mut self, prefix: impl Into<String>, codec: crate::Codec) -> Self {
+    pub fn codec_for_prefix(mut self, prefix: impl Into<String>, codec: crate::codec::Codec) -> Self {
         self.codecs.prefixes.push((prefix.into(), codec));
         self
     }
@@ -477,7 +477,7 @@ impl C3Builder {
     /// for propagation-lag metrics and delivery benchmarks.
     pub fn on_applied(
         mut self,
-        observer: impl Fn(&crate::Applied<'_>) + Send + Sync + 'static,
+        observer: impl Fn(&crate::events::Applied<'_>) + Send + Sync + 'static,
     ) -> Self {
         self.on_applied = Some(Arc::new(observer));
         self

@@ -128,11 +128,11 @@ impl telemetry::metrics::Observed for Inner {
         self.feed.state().as_str()
     }
 
-    fn l2_breaker(&self) -> crate::BreakerState {
+    fn l2_breaker(&self) -> crate::breaker::BreakerState {
         self.l2_breaker.state()
     }
 
-    fn loader_breakers(&self) -> Vec<(Arc<str>, crate::BreakerState)> {
+    fn loader_breakers(&self) -> Vec<(Arc<str>, crate::breaker::BreakerState)> {
         self.flights.breaker_states()
     }
 }
@@ -371,7 +371,7 @@ impl C3 {
     where
         T: DeserializeOwned + Send + Sync + 'static,
     {
-        let mut op = telemetry::op!(self, "c3.get", Get, key, read);
+        let mut op = telemetry::op!(self, Get, key, read);
         self.check_key(key)?;
         if let Some(v) = self.l1_get::<T>(key) {
             // Answered in memory: no child span, no I/O.
@@ -477,12 +477,7 @@ impl C3 {
     where
         T: DeserializeOwned + Send + Sync + 'static,
     {
-        let op = telemetry::op!(
-            self,
-            "c3.get_many",
-            GetMany,
-            keys.first().copied().unwrap_or("")
-        );
+        let op = telemetry::op!(self, GetMany, keys.first().copied().unwrap_or(""));
         let r = self
             .get_many_inner(keys, &op)
             .instrument(op.span.clone())
@@ -686,7 +681,7 @@ impl C3 {
         T: Serialize + DeserializeOwned + Send + Sync + 'static,
     {
         let first = entries.first().map_or("", |(k, _)| *k);
-        let op = telemetry::op!(self, "c3.set", Set, first);
+        let op = telemetry::op!(self, Set, first);
         let r = self
             .set_entries_inner(entries, ttl, tags)
             .instrument(op.span.clone())
@@ -820,12 +815,7 @@ impl C3 {
     ///
     /// As for [`delete`](Self::delete).
     pub async fn delete_many(&self, keys: &[&str]) -> Result<()> {
-        let op = telemetry::op!(
-            self,
-            "c3.delete",
-            Delete,
-            keys.first().copied().unwrap_or("")
-        );
+        let op = telemetry::op!(self, Delete, keys.first().copied().unwrap_or(""));
         let r = self
             .delete_many_inner(keys)
             .instrument(op.span.clone())
@@ -873,12 +863,7 @@ impl C3 {
     ///
     /// As for [`invalidate`](Self::invalidate).
     pub async fn invalidate_many(&self, keys: &[&str]) -> Result<()> {
-        let op = telemetry::op!(
-            self,
-            "c3.invalidate",
-            Invalidate,
-            keys.first().copied().unwrap_or("")
-        );
+        let op = telemetry::op!(self, Invalidate, keys.first().copied().unwrap_or(""));
         let r = self
             .invalidate_many_inner(keys)
             .instrument(op.span.clone())

@@ -130,8 +130,8 @@ fn apply(b: &mut C3Builder, get: &impl Fn(&str) -> Option<String>) -> Result<C3B
     }
     if let Some(v) = var("C3_DURABILITY") {
         let d = match v.trim().to_ascii_lowercase().as_str() {
-            "logged" => crate::Durability::Logged,
-            "unlogged" => crate::Durability::Unlogged,
+            "logged" => crate::store::Durability::Logged,
+            "unlogged" => crate::store::Durability::Unlogged,
             _ => return Err(invalid("C3_DURABILITY", &v, "`logged` or `unlogged`")),
         };
         out = out.durability(d);

@@ -307,7 +307,7 @@ impl Fill {
     ) -> crate::error::Result<Vec<Option<u64>>> {
         let c3 = &self.c3;
         let header = c3.header('k');
-        let op = crate::telemetry::op!(c3, "c3.fill", Fill, items.first().map_or("", |i| &i.key));
+        let op = crate::telemetry::op!(c3, Fill, items.first().map_or("", |i| &i.key));
         let stored = tracing::Instrument::instrument(
             c3.l2("fill", c3.backend().fill(items, &header, fence)),
             op.span.clone(),

@@ -111,14 +111,13 @@ mod flights;
 #[doc(hidden)]
 pub mod fuzzing;
 mod key;
-
 mod loader;
 mod memory;
+mod operation;
 #[cfg(feature = "otlp")]
 pub mod otlp;
-mod protocol;
-
 mod postgres;
+mod protocol;
 mod start;
 mod stats;
 mod store;

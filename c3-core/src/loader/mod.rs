@@ -99,7 +99,7 @@ impl C3 {
         Fut: Future<Output = Result<Option<T>, E>> + Send + 'static,
         E: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
     {
-        let mut op = crate::telemetry::op!(self, "c3.get_or_load", GetOrLoad, key, read);
+        let mut op = crate::telemetry::op!(self, GetOrLoad, key, read);
         self.check_key(key)?;
         let now = self.now_us();
         let mut stale: Option<Option<Arc<T>>> = None;

@@ -18,30 +18,10 @@ use opentelemetry::KeyValue;
 use opentelemetry::metrics::{AsyncInstrument, Histogram, Meter};
 
 use crate::breaker::BreakerState;
+use crate::operation::Operation;
 use crate::stats::Stats;
 use crate::tier::{Outcome, Tier};
 
-/// The operations that get a `c3.operation.duration` measurement.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum OpKind {
-    Get,
-    GetMany,
-    GetOrLoad,
-    Set,
-    Delete,
-    Invalidate,
-    Fill,
-}
-
-const OPS: [&str; 7] = [
-    "get",
-    "get_many",
-    "get_or_load",
-    "set",
-    "delete",
-    "invalidate",
-    "fill",
-];
 /// Index 0: no tier recorded (writes, misses that found nothing); then
 /// `Tier::ALL` in order (see `Tier::index`).
 const TIERS: [&str; 5] = [
@@ -87,8 +67,9 @@ fn duration_buckets() -> Vec<f64> {
 impl Metrics {
     pub(crate) fn new(meter: &Meter, cache: &str) -> Metrics {
         let cache = KeyValue::new("c3.cache", cache.to_owned());
-        let mut operation_attrs = Vec::with_capacity(OPS.len() * TIERS.len() * Outcome::ALL.len());
-        for op in OPS {
+        let mut operation_attrs =
+            Vec::with_capacity(Operation::ALL.len() * TIERS.len() * Outcome::ALL.len());
+        for op in Operation::ALL.map(Operation::as_str) {
             for tier in TIERS {
                 for outcome in Outcome::ALL.map(Outcome::as_str) {
                     let mut a = vec![
@@ -133,8 +114,8 @@ impl Metrics {
         }
     }
 
-    pub(crate) fn operation(&self, op: OpKind, tier: u8, outcome: u8, took: Duration) {
-        let i = (op as usize * TIERS.len() + usize::from(tier)) * Outcome::ALL.len()
+    pub(crate) fn operation(&self, op: Operation, tier: u8, outcome: u8, took: Duration) {
+        let i = (op.index() * TIERS.len() + usize::from(tier)) * Outcome::ALL.len()
             + usize::from(outcome);
         if let Some(attrs) = self.operation_attrs.get(i) {
             self.operation.record(took.as_secs_f64(), attrs);

@@ -18,7 +18,8 @@ use std::time::Instant;
 
 use tracing::Span;
 
-use super::metrics::{Metrics, OpKind};
+use super::metrics::Metrics;
+use crate::operation::Operation;
 use crate::tier::{Outcome, Tier};
 
 /// One cache operation in flight: its span, and its duration for the
@@ -32,7 +33,7 @@ use crate::tier::{Outcome, Tier};
 pub(crate) struct Op<'a> {
     pub(crate) span: Span,
     metrics: &'a Metrics,
-    kind: OpKind,
+    kind: Operation,
     start: Option<Instant>,
     // Atomics only so that `&Op` can cross an `.await` in a `Send` future;
     // one task touches them.
@@ -41,7 +42,7 @@ pub(crate) struct Op<'a> {
 }
 
 impl<'a> Op<'a> {
-    pub(crate) fn new(metrics: &'a Metrics, span: Span, kind: OpKind, timed: bool) -> Self {
+    pub(crate) fn new(metrics: &'a Metrics, span: Span, kind: Operation, timed: bool) -> Self {
         Op {
             span,
             metrics,
@@ -68,14 +69,14 @@ impl<'a> Op<'a> {
     }
 
     /// Marks a failed operation; a successful one keeps what it recorded.
-    pub(crate) fn record_result<T>(&self, r: &crate::Result<T>) {
+    pub(crate) fn record_result<T>(&self, r: &crate::error::Result<T>) {
         if r.is_err() {
             self.record(None, Outcome::Error);
         }
     }
 
     /// Records `ok` or `error` with no tier (writes).
-    pub(crate) fn record_done<T>(&self, r: &crate::Result<T>) {
+    pub(crate) fn record_done<T>(&self, r: &crate::error::Result<T>) {
         self.record(None, Outcome::of(r));
     }
 }
@@ -96,16 +97,16 @@ impl Drop for Op<'_> {
 /// Opens the span of one cache operation and starts timing it (a read:
 /// `read` at the end, and `start_timer` after an L1 miss).
 macro_rules! op {
-    ($c3:expr, $name:literal, $kind:ident, $key:expr) => {
-        $crate::telemetry::op!(@ $c3, $name, $kind, $key, true)
+    ($c3:expr, $kind:ident, $key:expr) => {
+        $crate::telemetry::op!(@ $c3, $kind, $key, true)
     };
-    ($c3:expr, $name:literal, $kind:ident, $key:expr, read) => {
-        $crate::telemetry::op!(@ $c3, $name, $kind, $key, false)
+    ($c3:expr, $kind:ident, $key:expr, read) => {
+        $crate::telemetry::op!(@ $c3, $kind, $key, false)
     };
-    (@ $c3:expr, $name:literal, $kind:ident, $key:expr, $timed:expr) => {{
+    (@ $c3:expr, $kind:ident, $key:expr, $timed:expr) => {{
         let span = tracing::info_span!(
             target: "c3",
-            $name,
+            $crate::operation::Operation::$kind.span_name(),
             c3.cache = %$c3.inner.sql_names.table,
             c3.tier = tracing::field::Empty,
             c3.outcome = tracing::field::Empty,
@@ -117,7 +118,7 @@ macro_rules! op {
         $crate::telemetry::Op::new(
             &$c3.inner.metrics,
             span,
-            $crate::telemetry::metrics::OpKind::$kind,
+            $crate::operation::Operation::$kind,
             $timed,
         )
     }};
