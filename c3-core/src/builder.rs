@@ -152,7 +152,11 @@ impl C3Builder {
     /// The codec for keys starting with `prefix` (a namespace such as
     /// `"session:"`); the longest matching prefix wins over
     /// [`codec`](Self::codec).
-    pub fn codec_for_prefix(mut self, prefix: impl Into<String>, codec: crate::codec::Codec) -> Self {
+    pub fn codec_for_prefix(
+        mut self,
+        prefix: impl Into<String>,
+        codec: crate::codec::Codec,
+    ) -> Self {
         self.codecs.prefixes.push((prefix.into(), codec));
         self
     }

@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::breaker::{Breaker, BreakerConfig, Permit};
+use crate::breaker::BreakerConfig;
 use crate::builder::C3Builder;
 use crate::clock::{Clock, unix_micros};
 use crate::coherency::{Coherency, Entry};
@@ -22,7 +22,6 @@ use crate::flights::Flights;
 use crate::key::validate_key;
 use crate::protocol;
 use crate::stats::{Counters, Stats};
-use crate::store::{Store, bounded};
 use crate::telemetry;
 use crate::tier::{Outcome, Tier};
 use tracing::Instrument;
@@ -93,14 +92,14 @@ pub(crate) struct Inner {
     pub(crate) coherency: Arc<Coherency>,
     /// What the invalidation feed reports (and how shutdown stops L1).
     pub(crate) feed: Feed,
-    pub(crate) backend: Arc<dyn Store>,
+    /// The one way into L2 (breaker, timeout, span, counters).
+    pub(crate) l2: crate::l2::L2,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) counters: Arc<Counters>,
     pub(crate) metrics: Arc<crate::telemetry::Metrics>,
     pub(crate) limits: Limits,
     pub(crate) shutdown: watch::Sender<bool>,
     pub(crate) tasks: Mutex<Vec<JoinHandle<()>>>,
-    pub(crate) l2_breaker: Breaker,
     pub(crate) loader_breaker: BreakerConfig,
     pub(crate) flights: Flights,
     #[cfg(feature = "test-util")]
@@ -129,7 +128,7 @@ impl telemetry::metrics::Observed for Inner {
     }
 
     fn l2_breaker(&self) -> crate::breaker::BreakerState {
-        self.l2_breaker.state()
+        self.l2.breaker().state()
     }
 
     fn loader_breakers(&self) -> Vec<(Arc<str>, crate::breaker::BreakerState)> {
@@ -155,16 +154,13 @@ impl C3 {
         &self.inner.counters
     }
 
-    pub(crate) fn backend(&self) -> &dyn Store {
-        &*self.inner.backend
-    }
-
     pub(crate) fn flights(&self) -> &Flights {
         &self.inner.flights
     }
 
-    pub(crate) fn l2_breaker(&self) -> &Breaker {
-        &self.inner.l2_breaker
+    /// The node's gateway to L2.
+    pub(crate) fn l2(&self) -> &crate::l2::L2 {
+        &self.inner.l2
     }
 
     pub(crate) fn loader_breaker_config(&self) -> BreakerConfig {
@@ -189,23 +185,6 @@ impl C3 {
     #[must_use]
     pub fn max_key_bytes(&self) -> usize {
         self.inner.limits.max_key_bytes
-    }
-
-    /// Takes the cross-node load lock for `key` if L2 is usable.
-    pub(crate) async fn load_lock(
-        &self,
-        key: &str,
-        wait: Duration,
-    ) -> Result<Option<crate::store::LoadLock>> {
-        // The wait itself may last `wait`; the op timeout bounds the rest.
-        let fut = self.inner.backend.load_lock(key, wait);
-        if self.inner.l2_breaker.allow() == Permit::Refused {
-            return Ok(None);
-        }
-        match tokio::time::timeout(wait + self.inner.limits.op_timeout, fut).await {
-            Ok(r) => r,
-            Err(_) => Ok(None),
-        }
     }
 
     /// Starts configuring a cache.
@@ -290,41 +269,6 @@ impl C3 {
         protocol::header(&self.inner.coherency.node_id, self.now_us(), op)
     }
 
-    /// Every L2 call goes through here: the breaker, the timeout, the counters.
-    pub(crate) async fn l2<T>(
-        &self,
-        op: &'static str,
-        fut: impl std::future::Future<Output = Result<T>>,
-    ) -> Result<T> {
-        let breaker = &self.inner.l2_breaker;
-        if breaker.allow() == Permit::Refused {
-            return Err(Repr::CircuitOpen.into());
-        }
-        let r = bounded(op, self.inner.limits.op_timeout, fut)
-            .instrument(telemetry::l2_span(
-                &*self.inner.backend,
-                &self.inner.sql_names.table,
-                op,
-            ))
-            .await;
-        match &r {
-            Ok(_) => {
-                if breaker.success() {
-                    Counters::inc(&self.inner.counters.l2_breaker_closed);
-                }
-            }
-            Err(e) if e.is_l2_unavailable() => {
-                Counters::inc(&self.inner.counters.l2_errors);
-                if breaker.failure() {
-                    Counters::inc(&self.inner.counters.l2_breaker_opened);
-                    tracing::warn!(target: "c3::l2", error = %e, "L2 circuit breaker opened");
-                }
-            }
-            Err(_) => {}
-        }
-        r
-    }
-
     /// Reads `key`: from L1 when it holds a fresh entry (no I/O, no decoding),
     /// otherwise from L2, filling L1.
     ///
@@ -401,7 +345,7 @@ impl C3 {
         Counters::inc(&self.inner.counters.l1_misses);
         let token = self.inner.coherency.fill_token(key);
         let now = self.inner.clock.now();
-        let row = self.l2("get", self.inner.backend.get(key, now)).await?;
+        let row = self.inner.l2.call("get", |s| s.get(key, now)).await?;
         #[cfg(feature = "test-util")]
         if let Some(hook) = &self.inner.fill_hook {
             hook(key).await;
@@ -517,7 +461,9 @@ impl C3 {
         let now = self.inner.clock.now();
         let miss_keys: Vec<&str> = missing.iter().map(|(_, k, _)| *k).collect();
         let rows = self
-            .l2("get_many", self.inner.backend.get_many(&miss_keys, now))
+            .inner
+            .l2
+            .call("get_many", |s| s.get_many(&miss_keys, now))
             .await?;
         let mut rows: HashMap<String, Row> = rows.into_iter().collect();
         let now_us = unix_micros(now);
@@ -608,10 +554,9 @@ impl C3 {
         self.check_key(tag)?;
         let header = self.header('k');
         let (keys, version) = self
-            .l2(
-                "invalidate_tag",
-                self.inner.backend.invalidate_tag(tag, &header),
-            )
+            .inner
+            .l2
+            .call("invalidate_tag", |s| s.invalidate_tag(tag, &header))
             .await?;
         if !keys.is_empty() {
             Counters::inc(&self.inner.counters.tag_invalidations_sent);
@@ -753,15 +698,17 @@ impl C3 {
         // Untagged writes to PostgreSQL share transactions with concurrent
         // ones (see `combiner`); the rest commit on their own.
         let combine =
-            self.inner.backend.combines_writes() && items.iter().all(|i| i.tags.is_empty());
+            self.inner.l2.store().combines_writes() && items.iter().all(|i| i.tags.is_empty());
         let versions = if combine {
             let fut = self
                 .inner
                 .combiner
-                .set(&self.inner.backend, items.clone(), header);
-            self.l2("set", fut).await?
+                .set(self.inner.l2.store(), items.clone(), header);
+            self.inner.l2.call("set", |_| Box::pin(fut)).await?
         } else {
-            self.l2("set", self.inner.backend.set(&items, &header))
+            self.inner
+                .l2
+                .call("set", |s| s.set(&items, &header))
                 .await?
         };
         self.keep_committed::<T>(items, &versions, tokens)
@@ -833,7 +780,9 @@ impl C3 {
         }
         let header = self.header('k');
         let version = self
-            .l2("delete", self.inner.backend.delete(keys, &header))
+            .inner
+            .l2
+            .call("delete", |s| s.delete(keys, &header))
             .await?;
         Counters::inc(&self.inner.counters.writes);
         Counters::inc(&self.inner.counters.key_invalidations_sent);
@@ -883,7 +832,9 @@ impl C3 {
         if payloads.is_empty() {
             return Ok(());
         }
-        self.l2("invalidate", self.inner.backend.publish(&payloads))
+        self.inner
+            .l2
+            .call("invalidate", |s| s.publish(&payloads))
             .await?;
         Counters::inc(&self.inner.counters.key_invalidations_sent);
         Ok(())
@@ -897,7 +848,7 @@ impl C3 {
     pub async fn clear(&self) -> Result<()> {
         self.check_open()?;
         let payload = self.header('c');
-        self.l2("clear", self.inner.backend.clear(&payload)).await?;
+        self.inner.l2.call("clear", |s| s.clear(&payload)).await?;
         Counters::inc(&self.inner.counters.clears_sent);
         self.inner.coherency.purge();
         Ok(())
@@ -922,7 +873,7 @@ impl C3 {
             let _ = t.await;
         }
         self.inner.feed.stopped();
-        self.inner.backend.close();
+        self.inner.l2.store().close();
     }
 }
 

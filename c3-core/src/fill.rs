@@ -102,7 +102,7 @@ impl C3 {
             .map(|k| ((*k).to_owned(), self.coherency().fill_token(k)))
             .collect();
 
-        let fence = match self.l2("fence", self.backend().fence()).await {
+        let fence = match self.l2().call("fence", |s| s.fence()).await {
             Ok(f) => Some(f),
             Err(e) => {
                 tracing::debug!(target: "c3::fill", error = %e, "could not take a fill fence; L1 only");
@@ -309,7 +309,7 @@ impl Fill {
         let header = c3.header('k');
         let op = crate::telemetry::op!(c3, Fill, items.first().map_or("", |i| &i.key));
         let stored = tracing::Instrument::instrument(
-            c3.l2("fill", c3.backend().fill(items, &header, fence)),
+            c3.l2().call("fill", |s| s.fill(items, &header, fence)),
             op.span.clone(),
         )
         .await;

@@ -111,6 +111,7 @@ mod flights;
 #[doc(hidden)]
 pub mod fuzzing;
 mod key;
+mod l2;
 mod loader;
 mod memory;
 mod operation;

@@ -68,7 +68,13 @@ impl C3Builder {
             coherency,
             feed,
             metrics,
-            backend,
+            l2: crate::l2::L2::new(
+                backend,
+                Breaker::new(self.l2_breaker),
+                self.op_timeout,
+                Arc::clone(&counters),
+                sql_names.table.clone(),
+            ),
             clock: self.clock,
             counters,
             sql_names,
@@ -85,7 +91,6 @@ impl C3Builder {
             },
             shutdown: shutdown_tx,
             tasks: Mutex::new(tasks),
-            l2_breaker: Breaker::new(self.l2_breaker),
             loader_breaker: self.loader_breaker,
             flights: Flights::default(),
             #[cfg(feature = "test-util")]

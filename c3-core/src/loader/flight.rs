@@ -189,10 +189,8 @@ where
         if refresh {
             if let Ok((_, f)) = self
                 .c3
-                .l2(
-                    "get",
-                    self.c3.backend().get_for_load(self.key, self.c3.now()),
-                )
+                .l2()
+                .call("get", |s| s.get_for_load(self.key, self.c3.now()))
                 .await
             {
                 self.fence = Some(f);
@@ -216,7 +214,7 @@ where
         let Some(wait) = self.opts.cluster_wait else {
             return Ok(None);
         };
-        let Ok(Some(lock)) = self.c3.load_lock(self.key, wait).await else {
+        let Some(lock) = self.c3.l2().load_lock(self.key, wait).await else {
             return Ok(None);
         };
         let token = self.c3.coherency().fill_token(self.key);
@@ -302,7 +300,7 @@ where
         let (c3, key) = (self.c3, self.key);
         let now = c3.now();
         let now_us = unix_micros(now);
-        let Ok((row, f)) = c3.l2("get", c3.backend().get_for_load(key, now)).await else {
+        let Ok((row, f)) = c3.l2().call("get", |s| s.get_for_load(key, now)).await else {
             return L2Read::Nothing;
         };
         self.fence = Some(f);

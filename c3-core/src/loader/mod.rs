@@ -182,7 +182,7 @@ impl C3 {
     /// The state of the circuit breaker guarding L2.
     #[must_use]
     pub fn l2_breaker_state(&self) -> BreakerState {
-        self.l2_breaker().state()
+        self.l2().breaker().state()
     }
 
     /// The state of the breaker for loader source `source` (`Closed` if it

@@ -109,7 +109,9 @@ impl std::fmt::Display for SslMode {
 /// [`ErrorKind::Config`](crate::ErrorKind::Config): an invalid URL or
 /// `sslmode`, an unreadable certificate file, no trusted roots for a
 /// verifying mode.
-pub fn connect_config(url: &str) -> crate::error::Result<(tokio_postgres::Config, MakeRustlsConnect)> {
+pub fn connect_config(
+    url: &str,
+) -> crate::error::Result<(tokio_postgres::Config, MakeRustlsConnect)> {
     let (config, tls) = parse(url).map_err(crate::error::Error::config)?;
     let connector = tls
         .connector(None, "the application's pool")
