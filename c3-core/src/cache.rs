@@ -733,15 +733,8 @@ impl C3 {
             self.inner.coherency.note_version(&item.key, version);
             let Some(token) = token else { continue };
             let key = item.key.clone();
-            let row = Row {
-                value: item.value,
-                encoding: item.encoding.to_owned(),
-                version,
-                fresh_until_us: item.fresh_until.map(unix_micros),
-                stale_until_us: item.stale_until.map(unix_micros),
-            };
             // Round-trip through the encoding so L1 holds what peers will read.
-            let (_, entry) = decode_row::<T>(&key, row, now_us)?;
+            let (_, entry) = decode_row::<T>(&key, Row::written(item, version), now_us)?;
             self.inner.coherency.fill_up_to(&key, token, entry, ceiling);
         }
         Ok(())

@@ -18,6 +18,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::de::DeserializeOwned;
 
+use crate::clock::unix_micros;
 /// The encoding of a cached "not found" (see `codec`).
 pub(crate) use crate::codec::ABSENT as ENCODING_ABSENT;
 use crate::error::Result;
@@ -114,6 +115,18 @@ impl Entry {
 }
 
 impl Row {
+    /// The row `item` becomes once written at `version` (what L2 holds and
+    /// what a reader decodes). Takes the item: its value moves, not copied.
+    pub(crate) fn written(item: WriteItem, version: u64) -> Row {
+        Row {
+            value: item.value,
+            encoding: item.encoding.to_owned(),
+            version,
+            fresh_until_us: item.fresh_until.map(unix_micros),
+            stale_until_us: item.stale_until.map(unix_micros),
+        }
+    }
+
     /// The row's `fresh_until` and `stale_until` as an entry has them:
     /// `None` is "never" and "as fresh", and the fail-safe window never
     /// ends before freshness does.

@@ -32,7 +32,6 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::cache::C3;
-use crate::clock::unix_micros;
 use crate::coherency::FillToken;
 use crate::entry::decode_row;
 use crate::entry::{Row, WriteItem};
@@ -349,14 +348,8 @@ where
         return;
     }
     let Some(token) = token else { return };
-    let row = Row {
-        value: item.value,
-        encoding: item.encoding.to_owned(),
-        version: 0,
-        fresh_until_us: item.fresh_until.map(unix_micros),
-        stale_until_us: item.stale_until.map(unix_micros),
-    };
-    if let Ok((_, entry)) = decode_row::<T>(&item.key, row, c3.now_us()) {
-        c3.coherency().fill(&item.key, token, entry);
+    let key = item.key.clone();
+    if let Ok((_, entry)) = decode_row::<T>(&key, Row::written(item, 0), c3.now_us()) {
+        c3.coherency().fill(&key, token, entry);
     }
 }

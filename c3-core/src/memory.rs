@@ -207,16 +207,9 @@ impl MemoryStore {
         for item in items {
             state.version += 1;
             let version = state.version;
-            state.rows.insert(
-                item.key.clone(),
-                Row {
-                    value: item.value.clone(),
-                    encoding: item.encoding.to_owned(),
-                    version,
-                    fresh_until_us: item.fresh_until.map(unix_micros),
-                    stale_until_us: item.stale_until.map(unix_micros),
-                },
-            );
+            state
+                .rows
+                .insert(item.key.clone(), Row::written(item.clone(), version));
             versions.push(version);
             if !item.tags.is_empty() {
                 for keys in state.tags.values_mut() {
