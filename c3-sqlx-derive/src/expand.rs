@@ -45,12 +45,15 @@ pub(crate) fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
             quote!(#path)
         }
     };
-    let entity_sql = sql.tokens(&krate, &a, &keys);
+    let entity_sql = sql.tokens(&a, &keys);
     Ok(quote! {
         impl #impl_generics #krate::Cached for #name #ty_generics #where_clause {
             type Key = #key_ty;
 
-            const ENTITY: #krate::Entity = #krate::__private::entity(#entity_sql);
+            const ENTITY: #krate::Entity = {
+                let (names, sql, lifetimes) = #entity_sql;
+                #krate::__private::entity(names, sql, lifetimes)
+            };
 
             fn key(&self) -> Self::Key {
                 #key_expr
@@ -173,8 +176,8 @@ fn sql(a: &attrs::Attrs, columns: &[Column], keys: &[&Column], saved: &[&Column]
 }
 
 impl Sql {
-    /// The `EntitySql` value the generated impl hands to c3-sqlx.
-    fn tokens(&self, krate: &TokenStream, a: &attrs::Attrs, keys: &[&Column]) -> TokenStream {
+    /// The arguments of `__private::entity`: names, SQL text, lifetimes.
+    fn tokens(&self, a: &attrs::Attrs, keys: &[&Column]) -> TokenStream {
         let Sql {
             table,
             namespace,
@@ -191,19 +194,11 @@ impl Sql {
             duration(a.negative_ttl),
         );
         quote! {
-            #krate::__private::EntitySql {
-                namespace: #namespace,
-                table: #table,
-                key_columns: &[#(#key_cols),*],
-                select_by_key: #select_by_key,
-                select_by_keys: #select_by_keys,
-                upsert: #upsert,
-                delete: #delete,
-                trigger_key: #trigger_key,
-                ttl: #ttl,
-                fail_safe: #fail_safe,
-                negative_ttl: #negative_ttl,
-            }
+            (
+                (#namespace, #table, &[#(#key_cols),*] as &[&str]),
+                [#select_by_key, #select_by_keys, #upsert, #delete, #trigger_key],
+                [#ttl, #fail_safe, #negative_ttl],
+            )
         }
     }
 }

@@ -97,37 +97,31 @@ pub mod __private {
     /// A query on PostgreSQL with its arguments.
     pub type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
 
-    /// The generated parts of an [`Entity`](crate::Entity).
-    #[allow(missing_docs)]
-    pub struct EntitySql {
-        pub namespace: &'static str,
-        pub table: &'static str,
-        pub key_columns: &'static [&'static str],
-        pub select_by_key: &'static str,
-        pub select_by_keys: &'static str,
-        pub upsert: &'static str,
-        pub delete: &'static str,
-        pub trigger_key: &'static str,
-        pub ttl: Option<Duration>,
-        pub fail_safe: Option<Duration>,
-        pub negative_ttl: Option<Duration>,
-    }
-
-    /// Builds the (non-exhaustive) [`Entity`](crate::Entity).
+    /// What `#[derive(Cached)]` knows of an entity, as an
+    /// [`Entity`](crate::Entity) (which other crates cannot build field by
+    /// field: it is `#[non_exhaustive]`). `sql` is `[select_by_key,
+    /// select_by_keys, upsert, delete, trigger_key]`, `lifetimes` is `[ttl,
+    /// fail_safe, negative_ttl]`.
     #[must_use]
-    pub const fn entity(s: EntitySql) -> crate::Entity {
+    pub const fn entity(
+        (namespace, table, key_columns): (&'static str, &'static str, &'static [&'static str]),
+        sql: [&'static str; 5],
+        lifetimes: [Option<Duration>; 3],
+    ) -> crate::Entity {
+        let [select_by_key, select_by_keys, upsert, delete, trigger_key] = sql;
+        let [ttl, fail_safe, negative_ttl] = lifetimes;
         crate::Entity {
-            namespace: s.namespace,
-            table: s.table,
-            key_columns: s.key_columns,
-            select_by_key: s.select_by_key,
-            select_by_keys: s.select_by_keys,
-            upsert: s.upsert,
-            delete: s.delete,
-            trigger_key: s.trigger_key,
-            ttl: s.ttl,
-            fail_safe: s.fail_safe,
-            negative_ttl: s.negative_ttl,
+            namespace,
+            table,
+            key_columns,
+            select_by_key,
+            select_by_keys,
+            upsert,
+            delete,
+            trigger_key,
+            ttl,
+            fail_safe,
+            negative_ttl,
         }
     }
 }
