@@ -6,7 +6,8 @@
 //! through as a **half-open** probe; its success closes the breaker, its
 //! failure opens it for another cool-down.
 
-use std::sync::Mutex;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -143,6 +144,52 @@ impl Breaker {
             Inner::Open { .. } => BreakerState::Open,
             Inner::HalfOpen => BreakerState::HalfOpen,
         }
+    }
+}
+
+/// The loaders' breakers, one per source (`LoadOptions::source`), each
+/// created with the node's loader breaker settings on first use.
+pub(crate) struct SourceBreakers {
+    config: BreakerConfig,
+    by_source: Mutex<HashMap<Arc<str>, Arc<Breaker>>>,
+}
+
+impl SourceBreakers {
+    pub(crate) fn new(config: BreakerConfig) -> Self {
+        SourceBreakers {
+            config,
+            by_source: Mutex::default(),
+        }
+    }
+
+    /// The breaker for `source`.
+    pub(crate) fn of(&self, source: &Arc<str>) -> Arc<Breaker> {
+        Arc::clone(
+            self.by_source
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(Arc::clone(source))
+                .or_insert_with(|| Arc::new(Breaker::new(self.config))),
+        )
+    }
+
+    /// Every source's breaker state, for the metrics.
+    pub(crate) fn states(&self) -> Vec<(Arc<str>, BreakerState)> {
+        self.by_source
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(source, b)| (Arc::clone(source), b.state()))
+            .collect()
+    }
+
+    /// The state of `source`'s breaker (`Closed` if it has never been used).
+    pub(crate) fn state(&self, source: &str) -> BreakerState {
+        self.by_source
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(source)
+            .map_or(BreakerState::Closed, |b| b.state())
     }
 }
 

@@ -10,11 +10,10 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::breaker::BreakerConfig;
 use crate::builder::C3Builder;
 use crate::clock::{Clock, unix_micros};
-use crate::coherency::{Coherency, Entry};
-use crate::entry::{Row, WriteItem};
+use crate::coherency::Coherency;
+use crate::entry::{L1Entry, Row, WriteItem};
 use crate::entry::{State, decode_row, typed_value};
 use crate::error::{Repr, Result};
 use crate::feed::{Feed, ListenerState};
@@ -100,7 +99,8 @@ pub(crate) struct Inner {
     pub(crate) limits: Limits,
     pub(crate) shutdown: watch::Sender<bool>,
     pub(crate) tasks: Mutex<Vec<JoinHandle<()>>>,
-    pub(crate) loader_breaker: BreakerConfig,
+    /// The loaders' breakers, one per source.
+    pub(crate) loader_breakers: crate::breaker::SourceBreakers,
     pub(crate) flights: Flights,
     #[cfg(feature = "test-util")]
     pub(crate) fill_hook: Option<crate::builder::FillHook>,
@@ -132,7 +132,7 @@ impl telemetry::metrics::Observed for Inner {
     }
 
     fn loader_breakers(&self) -> Vec<(Arc<str>, crate::breaker::BreakerState)> {
-        self.flights.breaker_states()
+        self.loader_breakers.states()
     }
 }
 
@@ -163,8 +163,8 @@ impl C3 {
         &self.inner.l2
     }
 
-    pub(crate) fn loader_breaker_config(&self) -> BreakerConfig {
-        self.inner.loader_breaker
+    pub(crate) fn loader_breakers(&self) -> &crate::breaker::SourceBreakers {
+        &self.inner.loader_breakers
     }
 
     /// The TTL of writes that do not give one (`None`: until deleted).
@@ -368,7 +368,7 @@ impl C3 {
         &self,
         key: &str,
         token: Option<crate::coherency::FillToken>,
-        entry: Entry,
+        entry: L1Entry,
     ) {
         let version = entry.version;
         if let Some(token) = token {
@@ -396,7 +396,7 @@ impl C3 {
 
     /// The value of an L1 entry as a `T`; a value a peer pushed is decoded
     /// here, once (the entry is replaced by the decoded value).
-    pub(crate) fn l1_value<T>(&self, key: &str, e: &Arc<Entry>) -> Option<Option<Arc<T>>>
+    pub(crate) fn l1_value<T>(&self, key: &str, e: &Arc<L1Entry>) -> Option<Option<Arc<T>>>
     where
         T: DeserializeOwned + Send + Sync + 'static,
     {

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use moka::Expiry;
 
-pub(crate) use crate::entry::{ENTRY_OVERHEAD, Entry};
+use crate::entry::{ENTRY_OVERHEAD, L1Entry};
 use crate::protocol::{Body, Notification};
 use crate::stats::Counters;
 
@@ -64,7 +64,7 @@ struct EntryExpiry {
 }
 
 impl EntryExpiry {
-    fn keep(&self, value: &Entry) -> Option<Duration> {
+    fn keep(&self, value: &L1Entry) -> Option<Duration> {
         match (value.keep_for, self.cap) {
             (Some(k), Some(c)) => Some(k.min(c)),
             (k, c) => k.or(c),
@@ -72,11 +72,11 @@ impl EntryExpiry {
     }
 }
 
-impl Expiry<String, Arc<Entry>> for EntryExpiry {
+impl Expiry<String, Arc<L1Entry>> for EntryExpiry {
     fn expire_after_create(
         &self,
         _key: &String,
-        value: &Arc<Entry>,
+        value: &Arc<L1Entry>,
         _created_at: Instant,
     ) -> Option<Duration> {
         self.keep(value)
@@ -85,7 +85,7 @@ impl Expiry<String, Arc<Entry>> for EntryExpiry {
     fn expire_after_update(
         &self,
         _key: &String,
-        value: &Arc<Entry>,
+        value: &Arc<L1Entry>,
         _updated_at: Instant,
         _duration_until_expiry: Option<Duration>,
     ) -> Option<Duration> {
@@ -116,7 +116,7 @@ pub(crate) struct L1Settings {
 }
 
 pub(crate) struct Coherency {
-    l1: moka::sync::Cache<String, Arc<Entry>>,
+    l1: moka::sync::Cache<String, Arc<L1Entry>>,
     stripes: Box<[Mutex<Stripe>]>,
     /// Bumped by every whole-L1 purge; a fill whose token predates it is dropped.
     epoch: AtomicU64,
@@ -142,7 +142,7 @@ impl Coherency {
     ) -> Self {
         let mut l1 = moka::sync::Cache::builder()
             .max_capacity(l1_max_bytes)
-            .weigher(|k: &String, e: &Arc<Entry>| {
+            .weigher(|k: &String, e: &Arc<L1Entry>| {
                 e.weight
                     .saturating_add(u32::try_from(k.len()).unwrap_or(u32::MAX))
             })
@@ -185,7 +185,7 @@ impl Coherency {
     }
 
     /// The L1 entry for `key`, if L1 is in use and holds one.
-    pub(crate) fn peek(&self, key: &str) -> Option<Arc<Entry>> {
+    pub(crate) fn peek(&self, key: &str) -> Option<Arc<L1Entry>> {
         if !self.l1_enabled() {
             return None;
         }
@@ -223,7 +223,7 @@ impl Coherency {
 
     /// Puts `entry` in L1 unless something invalidated `key` since `token` was
     /// taken. Returns whether it was stored.
-    pub(crate) fn fill(&self, key: &str, token: FillToken, entry: Entry) -> bool {
+    pub(crate) fn fill(&self, key: &str, token: FillToken, entry: L1Entry) -> bool {
         let ceiling = entry.version;
         self.fill_up_to(key, token, entry, ceiling)
     }
@@ -238,7 +238,7 @@ impl Coherency {
         &self,
         key: &str,
         token: FillToken,
-        entry: Entry,
+        entry: L1Entry,
         ceiling: u64,
     ) -> bool {
         let s = self.lock(token.stripe);
@@ -351,7 +351,7 @@ impl Coherency {
         }
         let keep_for = (p.stale_until_us != u64::MAX)
             .then(|| Duration::from_micros(p.stale_until_us - now_us));
-        let entry = Entry {
+        let entry = L1Entry {
             value: Arc::new(PushedJson(p.json.clone())),
             version: p.version,
             fresh_until_us: p.fresh_until_us,
@@ -379,14 +379,14 @@ impl Coherency {
     pub(crate) fn replace_decoded(
         &self,
         key: &str,
-        pushed: &Arc<Entry>,
+        pushed: &Arc<L1Entry>,
         value: Arc<dyn std::any::Any + Send + Sync>,
     ) {
         let s = self.lock(Self::stripe_of(key));
         if self.l1.get(key).is_some_and(|e| Arc::ptr_eq(&e, pushed)) {
             self.l1.insert(
                 key.to_owned(),
-                Arc::new(Entry {
+                Arc::new(L1Entry {
                     value,
                     version: pushed.version,
                     fresh_until_us: pushed.fresh_until_us,
@@ -479,7 +479,7 @@ impl Coherency {
     }
 
     /// The listener lost its connection, and the change log will tell what
-    /// it missed (see `crate::postgres::replay`): stop using L1 and void the fills in
+    /// it missed (see `crate::postgres::warm_reconnect`): stop using L1 and void the fills in
     /// flight, but keep the entries for [`resume`](Self::resume).
     pub(crate) fn suspend(&self) {
         self.enabled.store(false, Ordering::Release);
@@ -520,8 +520,8 @@ impl Coherency {
 mod tests {
     use super::*;
 
-    fn entry(version: u64) -> Entry {
-        Entry {
+    fn entry(version: u64) -> L1Entry {
+        L1Entry {
             value: Arc::new(version),
             version,
             fresh_until_us: u64::MAX,

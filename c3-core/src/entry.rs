@@ -8,7 +8,7 @@
 //! it (`keep_for`). A value replaced by a newer write is *superseded*, which
 //! is the coherency engine's business (versions), not this clock's.
 //!
-//! Every read path asks [`Entry::state`] or [`Row::state`]: `get`, `get_many`
+//! Every read path asks [`L1Entry::state`] or [`Row::state`]: `get`, `get_many`
 //! and `is_cached_locally` serve only `Fresh`; `get_or_load` serves `Fresh`,
 //! keeps `Stale` as its fail-safe fallback, and reloads otherwise.
 
@@ -93,7 +93,7 @@ pub(crate) fn state(fresh_until_us: u64, stale_until_us: u64, now_us: u64) -> St
 }
 
 /// What L1 holds for one key: the decoded value, so a hit does no work.
-pub(crate) struct Entry {
+pub(crate) struct L1Entry {
     pub(crate) value: Arc<dyn Any + Send + Sync>,
     pub(crate) version: u64,
     /// Wall-clock µs after which the entry is stale (`u64::MAX`: never).
@@ -107,7 +107,7 @@ pub(crate) struct Entry {
     pub(crate) keep_for: Option<Duration>,
 }
 
-impl Entry {
+impl L1Entry {
     /// Where this entry stands at `now_us` (see the module docs).
     pub(crate) fn state(&self, now_us: u64) -> State {
         state(self.fresh_until_us, self.stale_until_us, now_us)
@@ -163,7 +163,7 @@ pub(crate) fn typed_value<T: Send + Sync + 'static>(
 
 /// Decodes an L2 row into a `T` (`None` for a negative entry) and the L1
 /// entry that would hold it.
-pub(crate) fn decode_row<T>(key: &str, row: Row, now_us: u64) -> Result<(Option<Arc<T>>, Entry)>
+pub(crate) fn decode_row<T>(key: &str, row: Row, now_us: u64) -> Result<(Option<Arc<T>>, L1Entry)>
 where
     T: DeserializeOwned + Send + Sync + 'static,
 {
@@ -178,7 +178,7 @@ where
     let (fresh_until_us, stale_until_us) = row.until_us();
     let keep_for = (stale_until_us != u64::MAX)
         .then(|| Duration::from_micros(stale_until_us.saturating_sub(now_us)));
-    let entry = Entry {
+    let entry = L1Entry {
         value: stored,
         version: row.version,
         fresh_until_us,

@@ -1,6 +1,5 @@
-//! The loader's registry (see `crate::loader`): this node's loads in flight
-//! and the loaders' circuit breakers — who joins which load, and when a
-//! caller must start its own. Apart from the loader so that the node's state
+//! The loader's registry (see `crate::loader`): this node's loads in
+//! flight — who joins which load, and when a caller must start its own. Apart from the loader so that the node's state
 //! can own it without importing the loader (which works on that state).
 
 use std::any::Any;
@@ -9,7 +8,6 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
-use crate::breaker::{Breaker, BreakerConfig, BreakerState};
 use crate::coherency::FillToken;
 use crate::error::Error;
 use crate::tier::Tier;
@@ -34,12 +32,11 @@ impl<T> Clone for Answer<T> {
 /// What a waiter holds: the flight's outcome, once published.
 pub(crate) type Slot<T> = watch::Receiver<Option<Answer<T>>>;
 
-/// In-flight loads of this node, by key, and the breaker of each source.
+/// In-flight loads of this node, by key.
 #[derive(Default)]
 pub(crate) struct Flights {
     /// Values are `Slot<T>` for the caller's `T`, type-erased.
     map: Mutex<HashMap<String, Registered>>,
-    breakers: Mutex<HashMap<Arc<str>, Arc<Breaker>>>,
 }
 
 /// A flight in the map: its slot (type-erased) and the fill token taken
@@ -47,17 +44,6 @@ pub(crate) struct Flights {
 type Registered = (Arc<dyn Any + Send + Sync>, FillToken);
 
 impl Flights {
-    /// The breaker for `source`, created with `config` on first use.
-    pub(crate) fn breaker(&self, source: &Arc<str>, config: BreakerConfig) -> Arc<Breaker> {
-        Arc::clone(
-            self.breakers
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .entry(Arc::clone(source))
-                .or_insert_with(|| Arc::new(Breaker::new(config))),
-        )
-    }
-
     /// The slot of `key`'s flight if the caller may join it (`joinable` says
     /// whether its start token is still valid); else registers a new flight
     /// — unless a live flight of another type for the key keeps its place,
@@ -92,25 +78,6 @@ impl Flights {
         if map.get(key).is_some_and(|(m, _)| Arc::ptr_eq(m, marker)) {
             map.remove(key);
         }
-    }
-
-    /// Every source's breaker state, for the metrics.
-    pub(crate) fn breaker_states(&self) -> Vec<(Arc<str>, BreakerState)> {
-        self.breakers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|(source, b)| (Arc::clone(source), b.state()))
-            .collect()
-    }
-
-    /// The state of `source`'s breaker (`Closed` if it has never been used).
-    pub(crate) fn breaker_state(&self, source: &str) -> BreakerState {
-        self.breakers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(source)
-            .map_or(BreakerState::Closed, |b| b.state())
     }
 }
 

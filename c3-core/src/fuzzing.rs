@@ -4,7 +4,8 @@
 //! Each one feeds untrusted input to a parser and checks what must hold for
 //! every input, beyond "does not panic".
 
-use crate::key::{MAX_KEY_BYTES_LIMIT, RESERVED_PREFIX, quote_ident, validate_ident, validate_key};
+use crate::ident::{quote_ident, validate_ident};
+use crate::key::{MAX_KEY_BYTES_LIMIT, RESERVED_PREFIX, validate_key};
 use crate::protocol::{self, Body, MAX_PAYLOAD_BYTES};
 
 /// A notification payload. Whatever parses as `k` lines is packed again

@@ -70,6 +70,8 @@
 //!   cross-node stampede protection, fail-safe stale answers, soft/hard
 //!   timeouts, negative caching and eager refresh.
 //! * `breaker` — the circuit breakers guarding L2 and each loader source.
+//! * `l2` — the one way into L2: breaker, timeout, span and counters
+//!   around every store call.
 //! * `coherency` — L1 and the rules that keep it coherent (versions, fill
 //!   tokens, fail-safe purge); what a feed calls to apply notifications.
 //! * `combiner` — concurrent writes sharing one transaction and one NOTIFY.
@@ -78,18 +80,23 @@
 //! * `memory` — [`MemoryServer`]: the in-process store and its feed.
 //! * `postgres` — everything PostgreSQL: `sql` (statement text), `schema`
 //!   (migrate, verify), `session` (bounded transactions), `store` (the
-//!   operations), `listen` (the LISTEN feed and heartbeat), `replay` (warm
-//!   reconnect), [`tls`]. A second invalidation transport is a sibling of
-//!   `postgres/listen.rs`: a task that calls `coherency`'s apply, purge and
-//!   state methods, started from `start`.
+//!   operations), `listen` (the LISTEN feed and heartbeat), `warm_reconnect`
+//!   (the change-log replay), [`tls`]. A second invalidation transport is a sibling of
+//!   `postgres/listen.rs`: a task holding a `feed::Feed`, started from
+//!   `start`.
+//! * `feed` — the invalidation feed a transport drives: messages and
+//!   liveness ([`ListenerState`]).
 //! * `protocol` — the notification payload grammar.
 //! * `events` — [`Applied`], the observer hook for each applied notification.
+//! * `operation`, `tier` — one vocabulary for operations, tiers and
+//!   outcomes (span names, metric attributes).
 //! * `telemetry` — the tracing spans (`c3.get`, `c3.l2`, …) and the
 //!   OpenTelemetry metrics (instruments listed on [`C3Builder::meter`]).
 //! * `otlp` — one-call OTLP export (feature `otlp`).
 //! * `codec` — [`Codec`]: how values are encoded in L2 (JSON, MessagePack,
 //!   postcard, each optionally LZ4-compressed; `absent`).
-//! * `key`, `clock`, `stats`, `error` — key rules, injectable time, counters, errors.
+//! * `key`, `ident`, `clock`, `stats`, `error` — key rules, SQL identifiers,
+//!   injectable time, counters, errors.
 //!
 //! [moka]: https://docs.rs/moka
 
@@ -110,6 +117,7 @@ mod flights;
 #[cfg(fuzzing)]
 #[doc(hidden)]
 pub mod fuzzing;
+mod ident;
 mod key;
 mod l2;
 mod loader;

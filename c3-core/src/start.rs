@@ -38,7 +38,7 @@ impl C3Builder {
         let node_id = self.node_id.clone().unwrap_or_else(random_node_id);
         let counters = Arc::new(Counters::default());
         let sql_names = SqlNames {
-            table: crate::key::qualified(&self.schema, &self.table),
+            table: crate::ident::qualified(&self.schema, &self.table),
             channel: self.channel.clone(),
             invalidate_function: postgres::invalidate_function(&self.schema, &self.table),
         };
@@ -91,7 +91,7 @@ impl C3Builder {
             },
             shutdown: shutdown_tx,
             tasks: Mutex::new(tasks),
-            loader_breaker: self.loader_breaker,
+            loader_breakers: crate::breaker::SourceBreakers::new(self.loader_breaker),
             flights: Flights::default(),
             #[cfg(feature = "test-util")]
             fill_hook: self.fill_hook,

@@ -155,10 +155,7 @@ where
                 Err(answer) => return self.publish(answer),
             }
         };
-        let breaker = self
-            .c3
-            .flights()
-            .breaker(&self.opts.source, self.c3.loader_breaker_config());
+        let breaker = self.c3.loader_breakers().of(&self.opts.source);
         let (outcome, answered) = if breaker.allow() == Permit::Refused {
             (self.answer_stale(Repr::CircuitOpen.into()), false)
         } else {

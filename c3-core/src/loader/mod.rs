@@ -189,7 +189,7 @@ impl C3 {
     /// has never been used).
     #[must_use]
     pub fn loader_breaker_state(&self, source: &str) -> BreakerState {
-        self.flights().breaker_state(source)
+        self.loader_breakers().state(source)
     }
 
     fn refresh_due(&self, fresh_until_us: u64, now_us: u64, opts: &LoadOptions) -> bool {

@@ -16,7 +16,7 @@
 //! missing: PostgreSQL queues nothing for a disconnected listener). After
 //! reconnecting and LISTENing again, L1 is purged once more before it is used.
 //! With warm reconnect on, L1 is only bypassed, and after reconnecting the
-//! change log tells which keys to drop (see [`crate::postgres::replay`]); each
+//! change log tells which keys to drop (see [`crate::postgres::warm_reconnect`]); each
 //! heartbeat's echo moves the mark that replay starts from.
 
 use std::future::poll_fn;
@@ -29,8 +29,8 @@ use tokio_postgres::AsyncMessage;
 use tracing::{debug, warn};
 
 use crate::feed::Feed;
-use crate::key::quote_ident;
-use crate::postgres::replay::{self, Decision, Mark, Replay};
+use crate::ident::quote_ident;
+use crate::postgres::warm_reconnect::{self, Decision, Mark, WarmReconnect};
 use crate::stats::Counters;
 
 /// Settings for the Postgres listener task.
@@ -47,7 +47,7 @@ pub(crate) struct ListenerSettings {
     pub(crate) tls: tokio_postgres_rustls::MakeRustlsConnect,
     pub(crate) ssl_mode: crate::postgres::tls::SslMode,
     /// Warm reconnect, if on.
-    pub(crate) replay: Option<Replay>,
+    pub(crate) warm_reconnect: Option<WarmReconnect>,
 }
 
 enum Event {
@@ -101,7 +101,7 @@ pub(crate) async fn run_postgres(
     let mut ever_connected = false;
     let mut rng = Jitter::new(feed.node_id());
     // Warm reconnect: the snapshot whose every transaction this node has
-    // heard of (see `crate::postgres::replay`).
+    // heard of (see `crate::postgres::warm_reconnect`).
     let mut mark: Option<Mark> = None;
     // When the last session was lost, for the log line when LISTEN is back.
     let mut lost_at: Option<std::time::Instant> = None;
@@ -156,7 +156,7 @@ async fn l1_back(
     mark: Option<Mark>,
     outage: Option<Duration>,
 ) -> Option<Mark> {
-    if let Some(r) = &settings.replay {
+    if let Some(r) = &settings.warm_reconnect {
         let link = (client, events, settings.heartbeat_channel.as_str());
         return catch_up(feed, link, r, mark, outage).await;
     }
@@ -191,7 +191,7 @@ async fn catch_up(
         &mut mpsc::Receiver<Event>,
         &str,
     ),
-    replay: &Replay,
+    replay: &WarmReconnect,
     mark: Option<Mark>,
     outage: Option<Duration>,
 ) -> Option<Mark> {
@@ -202,7 +202,7 @@ async fn catch_up(
     // a burst would fill the channel, the driver would stop reading the
     // socket, and the replay's own answer would wait behind it.
     let observed = {
-        let observe = replay::observe(client, replay, mark.as_ref());
+        let observe = warm_reconnect::observe(client, replay, mark.as_ref());
         tokio::pin!(observe);
         loop {
             tokio::select! {
@@ -231,7 +231,7 @@ async fn catch_up(
             return None;
         }
     };
-    match replay::decide(mark.as_ref(), &seen, replay, feed.highest_version()) {
+    match warm_reconnect::decide(mark.as_ref(), &seen, replay, feed.highest_version()) {
         Decision::Warm(changed) => {
             feed.up_dropping(&changed);
             Counters::inc(&feed.counters().warm_reconnects);
@@ -479,7 +479,7 @@ fn advance_mark(
 /// would stop it draining its events, which the reply may be queued behind.
 /// The snapshot is taken in the heartbeat's own transaction: every notifying
 /// transaction visible in it is delivered before the echo (see
-/// `crate::postgres::replay`).
+/// `crate::postgres::warm_reconnect`).
 fn send_heartbeat(
     client: &Arc<tokio_postgres::Client>,
     channel: &str,

@@ -5,12 +5,12 @@
 //! notifications the LISTEN task applies.
 
 pub(crate) mod listen;
-pub(crate) mod replay;
 mod schema;
 mod session;
 mod sql;
 mod store;
 pub mod tls;
+pub(crate) mod warm_reconnect;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,14 +20,14 @@ use tokio::sync::watch;
 use crate::builder::{C3Builder, MAX_DERIVED_IDENT, Source};
 use crate::error::{Error, Result};
 use crate::feed::{Feed, ListenerState};
-use crate::key::validate_ident;
+use crate::ident::validate_ident;
 use crate::store::Store;
 use listen::{ListenerSettings, NotListening};
-use replay::replay_sql;
 use schema::SchemaStep;
 pub(crate) use sql::invalidate_function;
 use sql::migration_sql;
 use store::{PgStore, PoolSettings, build_pool};
+use warm_reconnect::replay_sql;
 
 impl C3Builder {
     /// The DDL `build()` runs for this builder's schema and table: for a DBA,
@@ -184,13 +184,15 @@ fn listener_settings(
             .connector(settings.tls_config.as_ref(), "the LISTEN connection")
             .map_err(Error::config)?,
         ssl_mode: listen_tls.mode,
-        replay: settings.warm_reconnect.then(|| replay::Replay {
-            sql: replay_sql(&settings.schema, &settings.table),
-            table: crate::key::qualified(&settings.schema, &settings.table),
-            window: replay::WINDOW,
-            max_keys: 1_000_000,
-            timeout: settings.op_timeout,
-        }),
+        warm_reconnect: settings
+            .warm_reconnect
+            .then(|| warm_reconnect::WarmReconnect {
+                sql: replay_sql(&settings.schema, &settings.table),
+                table: crate::ident::qualified(&settings.schema, &settings.table),
+                window: warm_reconnect::WINDOW,
+                max_keys: 1_000_000,
+                timeout: settings.op_timeout,
+            }),
     })
 }
 

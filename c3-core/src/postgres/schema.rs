@@ -10,7 +10,7 @@ use tokio_postgres::types::Type;
 use super::sql::{ADVISORY_XACT_LOCK, Q};
 use super::store::PgStore;
 use crate::error::{Error, Result};
-use crate::key::qualified;
+use crate::ident::qualified;
 use crate::store::Durability;
 use crate::store::bounded;
 

@@ -3,7 +3,7 @@
 
 use tokio_postgres::types::Type;
 
-use crate::key::{qualified, quote_ident};
+use crate::ident::{qualified, quote_ident};
 use crate::store::Durability;
 
 /// One statement and the types of its parameters. It runs as a cached

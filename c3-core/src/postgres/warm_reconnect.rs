@@ -20,7 +20,7 @@
 //! been delivered (or was accounted for when this session began): `S` is the
 //! new mark.
 //!
-//! # Replay
+//! # WarmReconnect
 //!
 //! While disconnected the node keeps L1's entries but does not use them (nor
 //! add to them), and voids every fill in flight. After LISTEN is back and its
@@ -42,11 +42,11 @@
 
 use std::time::Duration;
 
-use crate::key::qualified;
+use crate::ident::qualified;
 
 /// How a node replays the change log, when warm reconnect is on.
 #[derive(Clone, Debug)]
-pub(crate) struct Replay {
+pub(crate) struct WarmReconnect {
     /// The statement (see `postgres::replay_sql`).
     pub(crate) sql: String,
     /// The table's qualified name, for its persistence.
@@ -108,7 +108,7 @@ pub(crate) enum Decision {
 /// Runs the replay statement on the (new) LISTEN connection.
 pub(crate) async fn observe(
     client: &tokio_postgres::Client,
-    replay: &Replay,
+    replay: &WarmReconnect,
     mark: Option<&Mark>,
 ) -> Result<Observed, String> {
     let limit = i64::try_from(replay.max_keys.saturating_add(1)).unwrap_or(i64::MAX);
@@ -148,7 +148,7 @@ pub(crate) async fn observe(
 pub(crate) fn decide(
     mark: Option<&Mark>,
     seen: &Observed,
-    replay: &Replay,
+    replay: &WarmReconnect,
     highest: u64,
 ) -> Decision {
     let Some(mark) = mark else {
@@ -194,7 +194,7 @@ impl Mark {
 }
 
 /// The change-log query a reconnecting node runs on its LISTEN connection
-/// (see `crate::postgres::replay`): in one statement, so one snapshot, the server's
+/// (see `crate::postgres::warm_reconnect`): in one statement, so one snapshot, the server's
 /// identity and every key changed by a transaction not visible in `$1` (the
 /// node's mark; NULL: identity only) — rows written (their `xid`) and
 /// deletions recorded (`''`: a clear) — at most `$2` of them. `$3` is the
@@ -237,8 +237,8 @@ mod tests {
         }
     }
 
-    fn replay() -> Replay {
-        Replay {
+    fn replay() -> WarmReconnect {
+        WarmReconnect {
             sql: String::new(),
             table: String::new(),
             window: Duration::from_secs(60),
@@ -258,7 +258,7 @@ mod tests {
     }
 
     /// `decide` for a node whose highest version seen is 100.
-    fn dec(mark: Option<&Mark>, seen: &Observed, replay: &Replay) -> Decision {
+    fn dec(mark: Option<&Mark>, seen: &Observed, replay: &WarmReconnect) -> Decision {
         decide(mark, seen, replay, 100)
     }
 
