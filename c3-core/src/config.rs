@@ -114,19 +114,35 @@ fn boolean(name: &str, v: &str) -> Result<bool, Error> {
 
 /// Applies every variable that is set, stopping at the first invalid one.
 fn apply(b: &mut C3Builder, get: &impl Fn(&str) -> Option<String>) -> Result<C3Builder, Error> {
-    let mut out = std::mem::take(b);
     let var = |name: &str| get(name).filter(|v| !v.trim().is_empty());
+    let out = std::mem::take(b);
+    let out = postgres_vars(out, &var)?;
+    let out = l1_vars(out, &var)?;
+    let out = timing_vars(out, &var)?;
+    limit_and_name_vars(out, &var)
+}
+
+/// A variable's value, if set and not blank.
+type Var<'a> = dyn Fn(&str) -> Option<String> + 'a;
+
+/// Where L2 is and how c3 uses it.
+fn postgres_vars(mut out: C3Builder, var: &Var<'_>) -> Result<C3Builder, Error> {
     if let Some(url) = var("C3_DATABASE_URL").or_else(|| var("DATABASE_URL")) {
         out = out.postgres(&url);
     }
     if let Some(url) = var("C3_LISTEN_DATABASE_URL") {
         out = out.listen_postgres(&url);
     }
-    if let Some(v) = var("C3_PREPARED_STATEMENTS") {
-        out = out.prepared_statements(boolean("C3_PREPARED_STATEMENTS", &v)?);
-    }
-    if let Some(v) = var("C3_MIGRATE") {
-        out = out.migrate(boolean("C3_MIGRATE", &v)?);
+    let switches: [(&str, Setter<bool>); 4] = [
+        ("C3_PREPARED_STATEMENTS", C3Builder::prepared_statements),
+        ("C3_MIGRATE", C3Builder::migrate),
+        ("C3_WARM_RECONNECT", C3Builder::warm_reconnect),
+        ("C3_START_DEGRADED", C3Builder::start_degraded),
+    ];
+    for (name, set) in switches {
+        if let Some(v) = var(name) {
+            out = set(out, boolean(name, &v)?);
+        }
     }
     if let Some(v) = var("C3_DURABILITY") {
         let d = match v.trim().to_ascii_lowercase().as_str() {
@@ -136,12 +152,11 @@ fn apply(b: &mut C3Builder, get: &impl Fn(&str) -> Option<String>) -> Result<C3B
         };
         out = out.durability(d);
     }
-    if let Some(v) = var("C3_WARM_RECONNECT") {
-        out = out.warm_reconnect(boolean("C3_WARM_RECONNECT", &v)?);
-    }
-    if let Some(v) = var("C3_START_DEGRADED") {
-        out = out.start_degraded(boolean("C3_START_DEGRADED", &v)?);
-    }
+    Ok(out)
+}
+
+/// L1's size and eviction policy.
+fn l1_vars(mut out: C3Builder, var: &Var<'_>) -> Result<C3Builder, Error> {
     if let Some(v) = var("C3_L1_MAX_BYTES") {
         let bytes = parse_bytes(&v)
             .ok_or_else(|| invalid("C3_L1_MAX_BYTES", &v, "bytes, e.g. 268435456 or 256M"))?;
@@ -155,6 +170,11 @@ fn apply(b: &mut C3Builder, get: &impl Fn(&str) -> Option<String>) -> Result<C3B
         };
         out = out.l1_eviction(policy);
     }
+    Ok(out)
+}
+
+/// Lifetimes, timeouts and the heartbeat.
+fn timing_vars(mut out: C3Builder, var: &Var<'_>) -> Result<C3Builder, Error> {
     let durations: [(&str, Setter<Option<Duration>>); 3] = [
         ("C3_L1_TTL", C3Builder::l1_ttl),
         ("C3_L1_TIME_TO_IDLE", C3Builder::l1_time_to_idle),
@@ -188,6 +208,11 @@ fn apply(b: &mut C3Builder, get: &impl Fn(&str) -> Option<String>) -> Result<C3B
         let t = parse("C3_HEARTBEAT_TIMEOUT", hb_t, out.heartbeat_timeout)?;
         out = out.heartbeat(i, t);
     }
+    Ok(out)
+}
+
+/// Size limits, names, and which keys push their values.
+fn limit_and_name_vars(mut out: C3Builder, var: &Var<'_>) -> Result<C3Builder, Error> {
     let sizes: [(&str, Setter<usize>); 3] = [
         ("C3_MAX_KEY_BYTES", C3Builder::max_key_bytes),
         ("C3_MAX_VALUE_BYTES", C3Builder::max_value_bytes),

@@ -157,7 +157,18 @@ type Series = (&'static [(&'static str, &'static str)], Read);
 /// collects.
 pub(crate) fn observe<I: Observed>(meter: &Meter, cache: &str, inner: &Arc<I>) {
     let cache = KeyValue::new("c3.cache", cache.to_owned());
-    let counters: [(&str, &str, &str, Vec<Series>); 15] = [
+    observe_counters(meter, &cache, inner);
+    observe_l1(meter, &cache, inner);
+    observe_listener(meter, &cache, inner);
+    observe_breakers(meter, &cache, inner);
+}
+
+/// One observable counter: name, unit, description, and its series.
+type Counter = (&'static str, &'static str, &'static str, Vec<Series>);
+
+/// Every observable counter, read from the node's counters.
+fn counters() -> [Counter; 15] {
+    [
         (
             "c3.hits",
             "{hit}",
@@ -281,11 +292,14 @@ pub(crate) fn observe<I: Observed>(meter: &Meter, cache: &str, inner: &Arc<I>) {
                 ),
             ],
         ),
-    ];
-    for (name, unit, description, series) in counters {
+    ]
+}
+
+fn observe_counters<I: Observed>(meter: &Meter, cache: &KeyValue, inner: &Arc<I>) {
+    for (name, unit, description, series) in counters() {
         let series: Vec<(Vec<KeyValue>, Read)> = series
             .into_iter()
-            .map(|(attrs, read)| (with_cache(&cache, attrs), read))
+            .map(|(attrs, read)| (with_cache(cache, attrs), read))
             .collect();
         let weak = Arc::downgrade(inner);
         meter
@@ -301,8 +315,10 @@ pub(crate) fn observe<I: Observed>(meter: &Meter, cache: &str, inner: &Arc<I>) {
             })
             .build();
     }
+}
 
-    let (entries, bytes) = (with_cache(&cache, &[]), with_cache(&cache, &[]));
+fn observe_l1<I: Observed>(meter: &Meter, cache: &KeyValue, inner: &Arc<I>) {
+    let (entries, bytes) = (with_cache(cache, &[]), with_cache(cache, &[]));
     gauge(
         meter,
         inner,
@@ -323,10 +339,12 @@ pub(crate) fn observe<I: Observed>(meter: &Meter, cache: &str, inner: &Arc<I>) {
             obs.observe(inner.l1_size().1, &bytes);
         },
     );
+}
 
+fn observe_listener<I: Observed>(meter: &Meter, cache: &KeyValue, inner: &Arc<I>) {
     let states: Vec<(&str, Vec<KeyValue>)> = ["starting", "listening", "reconnecting", "stopped"]
         .into_iter()
-        .map(|s| (s, with_cache(&cache, &[("c3.listener.state", s)])))
+        .map(|s| (s, with_cache(cache, &[("c3.listener.state", s)])))
         .collect();
     gauge(
         meter,
@@ -341,7 +359,9 @@ pub(crate) fn observe<I: Observed>(meter: &Meter, cache: &str, inner: &Arc<I>) {
             }
         },
     );
+}
 
+fn observe_breakers<I: Observed>(meter: &Meter, cache: &KeyValue, inner: &Arc<I>) {
     let states: Vec<(BreakerState, Vec<KeyValue>)> = [
         (BreakerState::Closed, "closed"),
         (BreakerState::Open, "open"),
@@ -351,7 +371,7 @@ pub(crate) fn observe<I: Observed>(meter: &Meter, cache: &str, inner: &Arc<I>) {
     .map(|(st, name)| {
         (
             st,
-            with_cache(&cache, &[("c3.breaker", "l2"), ("c3.breaker.state", name)]),
+            with_cache(cache, &[("c3.breaker", "l2"), ("c3.breaker.state", name)]),
         )
     })
     .collect();
