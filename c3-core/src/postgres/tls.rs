@@ -287,6 +287,25 @@ fn percent_decode(s: &str) -> Result<String, String> {
     String::from_utf8(out).map_err(|_| "a URL parameter is not UTF-8".into())
 }
 
+/// The crypto c3's own TLS connections use: the process-level default when
+/// the application installed one (`CryptoProvider::install_default`, e.g.
+/// aws-lc-rs for its post-quantum key exchange), else *ring*, which c3
+/// depends on because it builds without a C toolchain beyond `cc`.
+///
+/// rustls 0.23.48 deprecated `ring::default_provider` because *ring* offers
+/// no post-quantum key exchange, and gives no other way to build a *ring*
+/// provider; rustls itself picks it the same way (with the same `allow`)
+/// when *ring* is the only provider compiled in. The deprecation is about
+/// what the provider lacks, not about a replacement API: the choice stays
+/// the application's, through `install_default`.
+fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    if let Some(installed) = rustls::crypto::CryptoProvider::get_default() {
+        return Arc::clone(installed);
+    }
+    #[allow(deprecated)]
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
 impl TlsSettings {
     /// The connector for one kind of connection (`role`: "the pool", "the
     /// LISTEN connection"), from `custom` if the builder was given one.
@@ -298,7 +317,7 @@ impl TlsSettings {
         if let Some(c) = custom {
             return Ok(MakeRustlsConnect::new((**c).clone()));
         }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = crypto_provider();
         let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
             .with_safe_default_protocol_versions()
             .map_err(|e| format!("TLS setup: {e}"))?;
