@@ -553,6 +553,18 @@ fn explain(e: &rustls::Error) -> String {
 mod tests {
     use super::*;
 
+    /// The application's provider, once installed, is the one c3 uses (an
+    /// application that chose aws-lc-rs for post-quantum key exchange keeps
+    /// it on c3's connections). Installing *ring*'s is harmless to the other
+    /// tests in this process: it is what they would use anyway.
+    #[test]
+    fn an_installed_process_provider_is_used() {
+        #[allow(deprecated)]
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let installed = rustls::crypto::CryptoProvider::get_default().expect("installed");
+        assert!(Arc::ptr_eq(&crypto_provider(), installed));
+    }
+
     #[test]
     fn libpq_words_are_taken_out_of_urls_and_key_value_strings() {
         let (cfg, tls) =
