@@ -62,7 +62,9 @@
 //! * `config` — [`C3Builder::from_env`]: the `C3_*` variables.
 //! * `start` — [`C3Builder::build`]: from settings to a running [`C3`]
 //!   (L1, the store, the feed, the sweeper).
-//! * `cache` — [`C3`], the typed get/set/delete/invalidate API.
+//! * `cache` — [`C3`], the typed get/set/delete/invalidate API: the handle in
+//!   `cache/mod.rs`, each kind of operation beside it (`read`, `write`,
+//!   `invalidate`).
 //! * `fill` — [`C3::begin_fill`] and [`Fill`]: caching what was read from a
 //!   source, fenced against writes that committed after the read began
 //!   (writers `set`, fillers `fill`).
