@@ -14,16 +14,31 @@ pub(crate) const SURROGATE_KEY: &str = "surrogate-key";
 pub(crate) const CACHE_TAG: &str = "cache-tag";
 const MAX_TAGS: usize = 64;
 
+/// How a stored response ages (RFC 9111 §4.2–§4.2.4), decided once when
+/// it is stored and kept with it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Freshness {
+    /// Freshness lifetime in seconds (0: stale on arrival, revalidate first).
+    pub(crate) lifetime: u64,
+    /// RFC 9111 §4.2.3 `corrected_initial_age`, in seconds.
+    pub(crate) initial_age: u64,
+    /// `stale-while-revalidate` window, seconds.
+    pub(crate) swr: u64,
+    /// `stale-if-error` window, seconds.
+    pub(crate) sie: u64,
+    /// `must-revalidate`/`proxy-revalidate`: never served stale.
+    pub(crate) must_revalidate: bool,
+    /// `no-cache`: always revalidated before use.
+    pub(crate) no_cache: bool,
+    /// Carries `public`, `s-maxage` or `must-revalidate`, so it may answer a
+    /// request with `Authorization` (RFC 9111 §3.5).
+    pub(crate) auth_ok: bool,
+}
+
 /// How a stored response must be treated, computed when it was received.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Storage {
-    pub(crate) lifetime: u64,
-    pub(crate) initial_age: u64,
-    pub(crate) swr: u64,
-    pub(crate) sie: u64,
-    pub(crate) must_revalidate: bool,
-    pub(crate) no_cache: bool,
-    pub(crate) auth_ok: bool,
+    pub(crate) freshness: Freshness,
     /// Lower-case names from `Vary`.
     pub(crate) vary: Vec<String>,
     /// From `Surrogate-Key` / `Cache-Tag`.
@@ -196,13 +211,15 @@ pub(crate) fn decide(
         return Err("stale on arrival");
     }
     Ok(Storage {
-        lifetime,
-        initial_age,
-        swr,
-        sie,
-        must_revalidate,
-        no_cache: d.no_cache,
-        auth_ok,
+        freshness: Freshness {
+            lifetime,
+            initial_age,
+            swr,
+            sie,
+            must_revalidate,
+            no_cache: d.no_cache,
+            auth_ok,
+        },
         vary,
         tags: tags(&res.headers),
         keep: Duration::from_secs(keep),
@@ -275,7 +292,7 @@ mod tests {
             ok().header("cache-control", "max-age=60").body(()).unwrap(),
         )
         .unwrap();
-        assert_eq!((s.lifetime, s.keep.as_secs()), (60, 60));
+        assert_eq!((s.freshness.lifetime, s.keep.as_secs()), (60, 60));
         for cc in ["no-store", "private", "max-age=x, no-store"] {
             assert!(
                 check(
@@ -373,7 +390,11 @@ mod tests {
                 .unwrap(),
         )
         .unwrap();
-        assert!((119..=120).contains(&s.lifetime), "{}", s.lifetime);
+        assert!(
+            (119..=120).contains(&s.freshness.lifetime),
+            "{}",
+            s.freshness.lifetime
+        );
         let s = check(
             get().body(()).unwrap(),
             ok().header("cache-control", "max-age=100, s-maxage=10")
@@ -382,8 +403,11 @@ mod tests {
                 .unwrap(),
         )
         .unwrap();
-        assert_eq!((s.lifetime, s.initial_age), (10, 4));
-        assert!(s.must_revalidate, "s-maxage implies proxy-revalidate");
+        assert_eq!((s.freshness.lifetime, s.freshness.initial_age), (10, 4));
+        assert!(
+            s.freshness.must_revalidate,
+            "s-maxage implies proxy-revalidate"
+        );
         let r = check(
             get().body(()).unwrap(),
             ok().header("expires", "0")
@@ -392,7 +416,7 @@ mod tests {
                 .unwrap(),
         )
         .unwrap();
-        assert_eq!(r.lifetime, 0, "invalid Expires is stale");
+        assert_eq!(r.freshness.lifetime, 0, "invalid Expires is stale");
         let r = check(
             get().body(()).unwrap(),
             ok().header(
@@ -403,7 +427,10 @@ mod tests {
             .unwrap(),
         )
         .unwrap();
-        assert_eq!((r.swr, r.sie, r.keep.as_secs()), (30, 60, 61));
+        assert_eq!(
+            (r.freshness.swr, r.freshness.sie, r.keep.as_secs()),
+            (30, 60, 61)
+        );
     }
 
     #[test]

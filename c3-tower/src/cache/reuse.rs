@@ -55,31 +55,31 @@ pub(crate) fn decide(
     {
         return Reuse::Never("vary");
     }
-    if req.headers.contains_key(AUTHORIZATION) && !stored.auth_ok {
+    if req.headers.contains_key(AUTHORIZATION) && !stored.freshness.auth_ok {
         return Reuse::Never("authorization");
     }
     let age = stored.age(now_us);
     let ttl = stored.ttl(now_us);
-    let must_check = stored.no_cache || dirs.no_cache;
+    let must_check = stored.freshness.no_cache || dirs.no_cache;
     let within_request_limits =
         dirs.max_age.is_none_or(|m| age <= m) && dirs.min_fresh.is_none_or(|m| ttl >= m as i64);
     if !must_check && ttl > 0 && within_request_limits {
         return Reuse::Fresh { age, ttl };
     }
     let staleness = (-ttl).max(0) as u64;
-    if !must_check && ttl <= 0 && !stored.must_revalidate {
+    if !must_check && ttl <= 0 && !stored.freshness.must_revalidate {
         if let Some(max_stale) = dirs.max_stale
             && max_stale.is_none_or(|m| staleness <= m)
         {
             return Reuse::MaxStale { age };
         }
-        if staleness <= stored.swr {
+        if staleness <= stored.freshness.swr {
             return Reuse::WhileRevalidate { age };
         }
     }
     Reuse::Revalidate {
         age,
-        stale_if_error: !stored.must_revalidate && staleness <= stored.sie,
+        stale_if_error: !stored.freshness.must_revalidate && staleness <= stored.freshness.sie,
     }
 }
 
@@ -91,7 +91,10 @@ mod tests {
 
     fn stored(lifetime: u64) -> StoredResponse {
         let storage = crate::cache::freshness::Storage {
-            lifetime,
+            freshness: crate::cache::freshness::Freshness {
+                lifetime,
+                ..Default::default()
+            },
             ..Default::default()
         };
         StoredResponse::new(
@@ -143,12 +146,12 @@ mod tests {
             decide(&s, &req(&[("authorization", "x")]), &d, 0),
             Reuse::Never("authorization")
         );
-        s.no_cache = true;
+        s.freshness.no_cache = true;
         assert!(matches!(
             decide(&s, &req(&[]), &d, 0),
             Reuse::Revalidate { .. }
         ));
-        s.no_cache = false;
+        s.freshness.no_cache = false;
         let d = Directives {
             no_cache: true,
             ..Directives::default()
@@ -171,7 +174,7 @@ mod tests {
                 ..
             }
         ));
-        s.swr = 10;
+        s.freshness.swr = 10;
         assert!(matches!(
             decide(&s, &req(&[]), &d, now),
             Reuse::WhileRevalidate { .. }
@@ -184,7 +187,7 @@ mod tests {
             decide(&s, &req(&[]), &d, now),
             Reuse::MaxStale { .. }
         ));
-        s.must_revalidate = true;
+        s.freshness.must_revalidate = true;
         assert!(matches!(
             decide(&s, &req(&[]), &d, now),
             Reuse::Revalidate { .. }

@@ -231,7 +231,10 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(header::ETAG, HeaderValue::from_static("\"v1\""));
         let storage = crate::cache::freshness::Storage {
-            lifetime: 60,
+            freshness: crate::cache::freshness::Freshness {
+                lifetime: 60,
+                ..Default::default()
+            },
             ..Default::default()
         };
         StoredResponse::new(

@@ -12,6 +12,8 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use serde::{Deserialize, Serialize};
 
+use super::freshness::Freshness;
+
 /// The value under a primary or variant key.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -31,21 +33,8 @@ pub(crate) struct StoredResponse {
     pub(crate) body: Bytes,
     /// When the response was received, µs since the Unix epoch (cache clock).
     pub(crate) response_time_us: u64,
-    /// RFC 9111 §4.2.3 `corrected_initial_age`, in seconds.
-    pub(crate) initial_age: u64,
-    /// Freshness lifetime in seconds (0: stale on arrival, revalidate first).
-    pub(crate) lifetime: u64,
-    /// `stale-while-revalidate` window, seconds.
-    pub(crate) swr: u64,
-    /// `stale-if-error` window, seconds.
-    pub(crate) sie: u64,
-    /// `must-revalidate`/`proxy-revalidate`: never served stale.
-    pub(crate) must_revalidate: bool,
-    /// `no-cache`: always revalidated before use.
-    pub(crate) no_cache: bool,
-    /// Carries `public`, `s-maxage` or `must-revalidate`, so it may answer a
-    /// request with `Authorization` (RFC 9111 §3.5).
-    pub(crate) auth_ok: bool,
+    /// How it ages (decided when it was stored).
+    pub(crate) freshness: Freshness,
     /// The (lower-case) header names of its `Vary`, and the values the
     /// request that got it had for them (`key::selection`): it answers only
     /// requests with the same selection (RFC 9111 §4.1).
@@ -69,13 +58,7 @@ impl StoredResponse {
             headers,
             body,
             response_time_us,
-            initial_age: storage.initial_age,
-            lifetime: storage.lifetime,
-            swr: storage.swr,
-            sie: storage.sie,
-            must_revalidate: storage.must_revalidate,
-            no_cache: storage.no_cache,
-            auth_ok: storage.auth_ok,
+            freshness: storage.freshness,
             vary: storage.vary.clone(),
             selected,
         }
@@ -83,12 +66,12 @@ impl StoredResponse {
 
     /// RFC 9111 §4.2.3 `current_age`, in seconds.
     pub(crate) fn age(&self, now_us: u64) -> u64 {
-        self.initial_age + now_us.saturating_sub(self.response_time_us) / 1_000_000
+        self.freshness.initial_age + now_us.saturating_sub(self.response_time_us) / 1_000_000
     }
 
     /// Seconds of freshness left (negative when stale).
     pub(crate) fn ttl(&self, now_us: u64) -> i64 {
-        self.lifetime as i64 - self.age(now_us) as i64
+        self.freshness.lifetime as i64 - self.age(now_us) as i64
     }
 
     pub(crate) fn etag(&self) -> Option<&HeaderValue> {
@@ -135,13 +118,13 @@ impl Serialize for StoredResponse {
                 .collect(),
             body: base64_encode(&self.body),
             response_time_us: self.response_time_us,
-            initial_age: self.initial_age,
-            lifetime: self.lifetime,
-            swr: self.swr,
-            sie: self.sie,
-            must_revalidate: self.must_revalidate,
-            no_cache: self.no_cache,
-            auth_ok: self.auth_ok,
+            initial_age: self.freshness.initial_age,
+            lifetime: self.freshness.lifetime,
+            swr: self.freshness.swr,
+            sie: self.freshness.sie,
+            must_revalidate: self.freshness.must_revalidate,
+            no_cache: self.freshness.no_cache,
+            auth_ok: self.freshness.auth_ok,
             vary: self.vary.clone(),
             selected: self.selected.clone(),
         }
@@ -174,13 +157,15 @@ impl<'de> Deserialize<'de> for StoredResponse {
                 base64_decode(&w.body).ok_or_else(|| D::Error::custom("bad base64 body"))?,
             ),
             response_time_us: w.response_time_us,
-            initial_age: w.initial_age,
-            lifetime: w.lifetime,
-            swr: w.swr,
-            sie: w.sie,
-            must_revalidate: w.must_revalidate,
-            no_cache: w.no_cache,
-            auth_ok: w.auth_ok,
+            freshness: Freshness {
+                initial_age: w.initial_age,
+                lifetime: w.lifetime,
+                swr: w.swr,
+                sie: w.sie,
+                must_revalidate: w.must_revalidate,
+                no_cache: w.no_cache,
+                auth_ok: w.auth_ok,
+            },
             vary: w.vary,
             selected: w.selected,
         })
@@ -272,13 +257,15 @@ mod tests {
             headers,
             body: Bytes::from_static(b"\x00\x01binary\xff"),
             response_time_us: 5,
-            initial_age: 1,
-            lifetime: 60,
-            swr: 0,
-            sie: 10,
-            must_revalidate: true,
-            no_cache: false,
-            auth_ok: false,
+            freshness: Freshness {
+                initial_age: 1,
+                lifetime: 60,
+                swr: 0,
+                sie: 10,
+                must_revalidate: true,
+                no_cache: false,
+                auth_ok: false,
+            },
             vary: vec!["accept".into()],
             selected: "accept=text/plain;".into(),
         };
@@ -289,7 +276,7 @@ mod tests {
         assert_eq!(back.status, r.status);
         assert_eq!(back.headers, r.headers);
         assert_eq!(back.body, r.body);
-        assert_eq!(back.sie, 10);
+        assert_eq!(back.freshness, r.freshness);
         assert_eq!(back.selected, r.selected);
         assert!(serde_json::from_str::<Entry>("{\"kind\":\"response\",\"status\":1}").is_err());
     }
