@@ -469,3 +469,65 @@ async fn an_unfenced_fill_keeps_only_the_keys_named_before_the_read() {
     );
     link.forward();
 }
+
+/// A node that goes silent while it holds a key's cross-node load lock
+/// (`LoadOptions::cluster_lock`) loses the lock to the server within the
+/// load's bound — its hard timeout plus two operation timeouts — instead
+/// of holding it for the other nodes until TCP gives up. Node A's pool
+/// goes through a link that freezes while its loader runs: the lock's
+/// transaction sits idle on the server; the advisory lock must be gone
+/// before the deadline.
+#[tokio::test]
+async fn a_frozen_nodes_load_lock_is_released_by_the_server() {
+    let db = TestDb::new("frozen_load_lock").await;
+    let link = FaultProxy::start(support::database_addr()).await;
+    let a = db
+        .pool_through(&link)
+        .op_timeout(Duration::from_secs(1))
+        .build()
+        .await
+        .unwrap();
+    let hard = Duration::from_secs(2);
+    let opts = c3::core::LoadOptions::new()
+        .cluster_lock(Duration::from_secs(1))
+        .hard_timeout(hard);
+    let started = std::sync::Arc::new(tokio::sync::Notify::new());
+    let loading = {
+        let (a, started) = (a.clone(), std::sync::Arc::clone(&started));
+        tokio::spawn(async move {
+            a.get_or_load::<i64, _, _, std::io::Error>("hot", &opts, move || async move {
+                started.notify_one();
+                std::future::pending().await
+            })
+            .await
+        })
+    };
+    started.notified().await;
+    // The key's advisory lock (`c3:load:<schema>.<table>:<key>`, hashed):
+    // its low 32 bits are the lock's `objid`.
+    let lock_name = format!("c3:load:{}.cache_data:hot", db.schema);
+    let held = || async {
+        let row = db
+            .client
+            .query_one(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted \
+                 AND objsubid = 1 AND objid = (hashtext($1)::bigint & 4294967295)::oid",
+                &[&lock_name],
+            )
+            .await
+            .unwrap();
+        row.get::<_, i64>(0)
+    };
+    assert_eq!(held().await, 1, "A holds the key's load lock while loading");
+    link.freeze_all();
+    // The bound: the hard timeout and two operation timeouts (the L2 read
+    // before the load, the store after it), and the server's own slack.
+    wait_until(
+        "the server ends the frozen node's lock",
+        hard + Duration::from_secs(2) + Duration::from_secs(5),
+        || async { held().await == 0 },
+    )
+    .await;
+    link.thaw();
+    let _ = loading.await;
+}

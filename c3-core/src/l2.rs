@@ -79,8 +79,17 @@ impl L2 {
     /// Takes the cross-node load lock for `key` if L2 is usable (`None`:
     /// not taken — breaker open, timed out, or the store has none). The
     /// wait itself may last `wait`; the operation timeout bounds the rest.
-    pub(crate) async fn load_lock(&self, key: &str, wait: Duration) -> Option<LoadLock> {
-        let fut = self.store.load_lock(key, wait);
+    /// The lock is held for a load of at most `load` (its hard timeout),
+    /// between an L2 read and an L2 store: a node that goes silent holding
+    /// it loses it after that.
+    pub(crate) async fn load_lock(
+        &self,
+        key: &str,
+        wait: Duration,
+        load: Duration,
+    ) -> Option<LoadLock> {
+        let hold = load + self.op_timeout * 2;
+        let fut = self.store.load_lock(key, wait, hold);
         if self.breaker.allow() == Permit::Refused {
             return None;
         }

@@ -372,7 +372,12 @@ impl Store for MemoryStore {
     }
 
     /// One process: the per-node singleflight is all there is to have.
-    fn load_lock<'a>(&'a self, _key: &'a str, _wait: Duration) -> Call<'a, Option<LoadLock>> {
+    fn load_lock<'a>(
+        &'a self,
+        _key: &'a str,
+        _wait: Duration,
+        _hold: Duration,
+    ) -> Call<'a, Option<LoadLock>> {
         Box::pin(std::future::ready(Ok(None)))
     }
 

@@ -137,9 +137,15 @@ pub(crate) trait Store: Send + Sync {
     /// Deletes every row and publishes `payload` (a clear message) atomically.
     fn clear<'a>(&'a self, payload: &'a str) -> Call<'a, ()>;
 
-    /// A cross-node lock for loading `key` (`None`: not taken, or the store
-    /// has no other nodes to exclude).
-    fn load_lock<'a>(&'a self, key: &'a str, wait: Duration) -> Call<'a, Option<LoadLock>>;
+    /// A cross-node lock for loading `key`, waiting at most `wait` for it
+    /// and held at most `hold` by a node that goes silent (`None`: not
+    /// taken, or the store has no other nodes to exclude).
+    fn load_lock<'a>(
+        &'a self,
+        key: &'a str,
+        wait: Duration,
+        hold: Duration,
+    ) -> Call<'a, Option<LoadLock>>;
 
     /// Deletes rows past their hard expiry (recording what it deletes);
     /// returns how many.

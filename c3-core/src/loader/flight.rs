@@ -211,7 +211,8 @@ where
         let Some(wait) = self.opts.cluster_wait else {
             return Ok(None);
         };
-        let Some(lock) = self.c3.l2().load_lock(self.key, wait).await else {
+        let hard = self.opts.hard_timeout;
+        let Some(lock) = self.c3.l2().load_lock(self.key, wait, hard).await else {
             return Ok(None);
         };
         let token = self.c3.coherency().fill_token(self.key);

@@ -660,15 +660,26 @@ impl PgStore {
 
     /// Takes a transaction-scoped advisory lock on `key`, waiting at most
     /// `wait`. `Ok(None)` means the wait ran out: the caller loads by itself.
-    pub(crate) async fn load_lock(&self, key: &str, wait: Duration) -> Result<Option<LoadLock>> {
+    pub(crate) async fn load_lock(
+        &self,
+        key: &str,
+        wait: Duration,
+        hold: Duration,
+    ) -> Result<Option<LoadLock>> {
         let s = self.session("load_lock").await?;
         let pg = |e| Error::postgres("load_lock", e);
         let ms = millis(wait);
-        // SET LOCAL cannot take a parameter; `ms` is an integer we formatted.
-        // The transaction holds only the advisory lock, for as long as the
-        // load runs; it writes nothing.
+        // SET LOCAL cannot take a parameter; the values are integers we
+        // formatted. The transaction holds only the advisory lock, for as
+        // long as the load runs; it writes nothing. Idle (the load runs on
+        // this node meanwhile), it is ended by the server after `hold` —
+        // longer than any load may take — so a node that froze or lost its
+        // link while loading does not hold the key's lock for the other
+        // nodes until TCP gives up, hours later.
+        let hold = millis(hold);
         s.batch_execute(&format!(
-            "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL lock_timeout = '{ms}ms'"
+            "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL lock_timeout = '{ms}ms'; \
+             SET LOCAL idle_in_transaction_session_timeout = '{hold}ms'"
         ))
         .await
         .map_err(pg)?;
@@ -805,8 +816,13 @@ impl Store for PgStore {
         Box::pin(PgStore::clear(self, payload))
     }
 
-    fn load_lock<'a>(&'a self, key: &'a str, wait: Duration) -> Call<'a, Option<LoadLock>> {
-        Box::pin(PgStore::load_lock(self, key, wait))
+    fn load_lock<'a>(
+        &'a self,
+        key: &'a str,
+        wait: Duration,
+        hold: Duration,
+    ) -> Call<'a, Option<LoadLock>> {
+        Box::pin(PgStore::load_lock(self, key, wait, hold))
     }
 
     fn sweep(&self, now: SystemTime, batch: i64) -> Call<'_, u64> {
