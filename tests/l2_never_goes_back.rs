@@ -531,3 +531,30 @@ async fn a_frozen_nodes_load_lock_is_released_by_the_server() {
     link.thaw();
     let _ = loading.await;
 }
+
+/// A fill whose fence is older than the deletion records can vouch for is
+/// refused (PROTOCOL.md, "Fills": a deletion after the fence may have been
+/// recorded and swept since). The 30-minute bound is shortened to 500 ms
+/// (`fence_max_age`, feature `test-util`); a fill stored right after its
+/// fence goes in, one stored after the bound does not.
+#[tokio::test]
+async fn a_fill_through_a_fence_older_than_the_records_vouch_for_is_refused() {
+    let db = TestDb::new("old_fence").await;
+    let max_age = Duration::from_millis(500);
+    let a = db.builder().fence_max_age(max_age).build().await.unwrap();
+    let fresh = a.begin_fill(&["k:fresh"]).await.unwrap();
+    assert!(
+        fresh.store("k:fresh", &1i64, None, &[]).await.unwrap(),
+        "a fill right after its fence is stored"
+    );
+    let old = a.begin_fill(&["k:old"]).await.unwrap();
+    let taken = std::time::Instant::now();
+    // The fence's age is measured on the server's clock, the same clock as
+    // this host's here: past the bound by a margin, it is old there too.
+    tokio::time::sleep_until((taken + max_age * 2).into()).await;
+    assert!(
+        !old.store("k:old", &1i64, None, &[]).await.unwrap(),
+        "a fill through a fence older than the bound was stored"
+    );
+    assert!(db.row_version("k:old").await.is_none(), "nothing in L2");
+}

@@ -82,6 +82,9 @@ pub struct C3Builder {
     pub(crate) loader_breaker: BreakerConfig,
     #[cfg(feature = "test-util")]
     pub(crate) fill_hook: Option<FillHook>,
+    /// The oldest fence a fill may be stored through (PROTOCOL.md, "Fills":
+    /// half the deletion records' retention); only tests shorten it.
+    pub(crate) fence_max_age: Duration,
     pub(crate) on_applied: Option<crate::events::AppliedObserver>,
     pub(crate) trace_keys: bool,
     pub(crate) meter: Option<opentelemetry::metrics::Meter>,
@@ -125,6 +128,7 @@ impl Default for C3Builder {
             loader_breaker: BreakerConfig::default(),
             #[cfg(feature = "test-util")]
             fill_hook: None,
+            fence_max_age: Duration::from_secs(30 * 60),
             on_applied: None,
             trace_keys: false,
             meter: None,
@@ -493,6 +497,16 @@ impl C3Builder {
     #[cfg(feature = "test-util")]
     pub fn fill_hook(mut self, hook: FillHook) -> Self {
         self.fill_hook = Some(hook);
+        self
+    }
+
+    /// Shortens the oldest fence a fill may be stored through (30 minutes:
+    /// half the deletion records' retention), so tests can see an old fence
+    /// refused without waiting half an hour. Only ever shorter: a longer one
+    /// would let a fill miss a deletion whose record was swept.
+    #[cfg(feature = "test-util")]
+    pub fn fence_max_age(mut self, age: Duration) -> Self {
+        self.fence_max_age = age.min(self.fence_max_age);
         self
     }
 

@@ -76,6 +76,7 @@ pub(crate) async fn start(
         !settings.prepared_statements,
         (&settings.schema, &settings.table, &settings.channel),
         settings.durability,
+        settings.fence_max_age,
     );
     let step = SchemaStep {
         migrate: settings.migrate,

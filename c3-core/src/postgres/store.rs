@@ -90,6 +90,9 @@ pub(crate) struct PgStore {
     unnamed: bool,
     /// How the tables are stored; `verify` checks it.
     pub(crate) durability: Durability,
+    /// The oldest fence a fill may be stored through, µs (see
+    /// [`FENCE_MAX_AGE_US`]; tests may shorten it).
+    fence_max_age_us: i64,
 }
 
 /// Settings the pool is built with.
@@ -176,9 +179,11 @@ impl PgStore {
         unnamed: bool,
         names: (&str, &str, &str),
         durability: Durability,
+        fence_max_age: Duration,
     ) -> Self {
         let (schema, table, channel) = names;
         PgStore {
+            fence_max_age_us: i64::try_from(fence_max_age.as_micros()).unwrap_or(FENCE_MAX_AGE_US),
             pool,
             owns_pool: ssl_mode.is_some(),
             ssl_mode,
@@ -510,7 +515,7 @@ impl PgStore {
             return Ok(false);
         }
         if let (Some(taken), Some(now)) = (fence.taken_us, now_us)
-            && now.saturating_sub(taken) > FENCE_MAX_AGE_US
+            && now.saturating_sub(taken) > self.fence_max_age_us
         {
             // The source was read so long ago that a deletion after it may
             // have been recorded and swept since: nothing proves it fresh.
