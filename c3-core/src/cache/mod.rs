@@ -292,6 +292,11 @@ impl C3 {
     /// built it (a pool passed to [`C3Builder::pool`] stays open). Later
     /// calls on any clone of this handle fail with
     /// [`ErrorKind::Shutdown`](crate::ErrorKind::Shutdown).
+    ///
+    /// Work the HTTP layer runs after a response has gone out (storing a
+    /// response that finished streaming, a background revalidation) is not
+    /// waited for: one cut short by the shutdown stores nothing — a cache
+    /// miss later, never a wrong answer.
     pub async fn shutdown(&self) {
         let _ = tokio::time::timeout(
             self.inner.limits.op_timeout,
