@@ -56,7 +56,10 @@ where
             if ctx.dirs.only_if_cached {
                 return Ok(gateway_timeout());
             }
-            miss::miss(&ctx, inner, body, key, fwd).await
+            // Boxed: the miss's state (the upstream call, the store) would
+            // otherwise be part of every lookup's future, hits included,
+            // and be copied each time the future moves.
+            Box::pin(miss::miss(&ctx, inner, body, key, fwd)).await
         }
         Found::Hit { stored, key, tier } => answer(&ctx, inner, body, stored, key, tier).await,
     }
@@ -110,11 +113,21 @@ where
         }
         // Stored for another selection under this key (an entry written
         // before selections were recorded this way): a miss that replaces it.
-        Reuse::Never(_) => miss::miss(ctx, inner, body, Some(key), Fwd::VaryMiss).await,
+        Reuse::Never(_) => Box::pin(miss::miss(ctx, inner, body, Some(key), Fwd::VaryMiss)).await,
         Reuse::Revalidate { .. } if ctx.dirs.only_if_cached => Ok(gateway_timeout()),
         Reuse::Revalidate {
             age,
             stale_if_error,
-        } => revalidate::revalidate(ctx, inner, stored, key, age, stale_if_error).await,
+        } => {
+            Box::pin(revalidate::revalidate(
+                ctx,
+                inner,
+                stored,
+                key,
+                age,
+                stale_if_error,
+            ))
+            .await
+        }
     }
 }
