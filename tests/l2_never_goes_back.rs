@@ -90,13 +90,7 @@ async fn everyone_serves(db: &TestDb, nodes: &[&C3], key: &str, value: i64) {
 /// a 1 s operation timeout.
 async fn filler_and_writer(name: &str) -> (TestDb, FaultProxy, C3, C3) {
     let db = TestDb::new(name).await;
-    let link = FaultProxy::start(support::database_addr()).await;
-    let a = db
-        .pool_through(&link)
-        .op_timeout(FILLER_TIMEOUT)
-        .build()
-        .await
-        .unwrap();
+    let (link, a) = node_through_a_link(&db, FILLER_TIMEOUT).await;
     let b = db
         .builder()
         .op_timeout(Duration::from_secs(1))
@@ -104,6 +98,19 @@ async fn filler_and_writer(name: &str) -> (TestDb, FaultProxy, C3, C3) {
         .await
         .unwrap();
     (db, link, a, b)
+}
+
+/// A node whose pool goes through a fault link of its own, its operations
+/// bounded by `op_timeout`.
+async fn node_through_a_link(db: &TestDb, op_timeout: Duration) -> (FaultProxy, C3) {
+    let link = FaultProxy::start(support::database_addr()).await;
+    let node = db
+        .pool_through(&link)
+        .op_timeout(op_timeout)
+        .build()
+        .await
+        .unwrap();
+    (link, node)
 }
 
 /// A filler (node A, its pool through `link`) stores `key` and its link
@@ -199,13 +206,7 @@ async fn a_combined_batch_behind_a_frozen_fill_never_commits_after_its_callers_g
 async fn function_against_a_held_fill(name: &str, keys: &[&str]) {
     const KEY: &str = "held:fill";
     let db = TestDb::new(name).await;
-    let link = FaultProxy::start(support::database_addr()).await;
-    let a = db
-        .pool_through(&link)
-        .op_timeout(Duration::from_secs(30))
-        .build()
-        .await
-        .unwrap();
+    let (link, a) = node_through_a_link(&db, Duration::from_secs(30)).await;
     let fill = a.begin_fill(&[KEY]).await.unwrap();
     // The fill's upsert has run (row and tag stored, uncommitted) when its
     // reply, carrying the key, is held: the COMMIT waits behind it.
@@ -447,13 +448,7 @@ async fn the_isolation_phase_is_in_effect() {
 #[tokio::test]
 async fn an_unfenced_fill_keeps_only_the_keys_named_before_the_read() {
     let db = TestDb::new("late_token").await;
-    let link = FaultProxy::start(support::database_addr()).await;
-    let a = db
-        .pool_through(&link)
-        .op_timeout(Duration::from_millis(500))
-        .build()
-        .await
-        .unwrap();
+    let (link, a) = node_through_a_link(&db, Duration::from_millis(500)).await;
     link.blackhole(); // L2 cannot answer: no fence
     let fill = a.begin_fill(&["named"]).await.unwrap();
     assert!(!fill.is_fenced());
@@ -480,13 +475,7 @@ async fn an_unfenced_fill_keeps_only_the_keys_named_before_the_read() {
 #[tokio::test]
 async fn a_frozen_nodes_load_lock_is_released_by_the_server() {
     let db = TestDb::new("frozen_load_lock").await;
-    let link = FaultProxy::start(support::database_addr()).await;
-    let a = db
-        .pool_through(&link)
-        .op_timeout(Duration::from_secs(1))
-        .build()
-        .await
-        .unwrap();
+    let (link, a) = node_through_a_link(&db, Duration::from_secs(1)).await;
     let hard = Duration::from_secs(2);
     let opts = c3::core::LoadOptions::new()
         .cluster_lock(Duration::from_secs(1))
