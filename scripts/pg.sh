@@ -70,3 +70,13 @@ c3_ensure_pgbouncer() {
   $sudo apt-get update -qq && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null \
     || { echo "could not install pgbouncer" >&2; return 1; }
 }
+
+c3_ensure_nats_server() {
+  # The relay tests and the relay example start their own nats-server on a
+  # free port; they need the binary (Debian's package; JetStream is not used).
+  if [ -x /usr/sbin/nats-server ] || command -v nats-server >/dev/null 2>&1; then return 0; fi
+  echo "No nats-server found; installing Debian's nats-server package" >&2
+  local sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  $sudo apt-get update -qq && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server >/dev/null \
+    || { echo "could not install nats-server" >&2; return 1; }
+}

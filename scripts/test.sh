@@ -5,7 +5,8 @@
 # postgres://postgres@127.0.0.1:5432/postgres; otherwise starts a throwaway
 # cluster from the local PostgreSQL binaries (installing Debian's `postgresql`
 # package if they are missing) and stops it on exit. Installs Debian's
-# `pgbouncer` package when missing (the pooler tests start their own).
+# `pgbouncer` and `nats-server` packages when missing (the pooler and relay
+# tests start their own).
 #
 # Extra arguments go to `cargo test`, e.g. `scripts/test.sh -- --nocapture`.
 set -euo pipefail
@@ -14,6 +15,7 @@ cd "$(dirname "$0")/.."
 source scripts/pg.sh
 c3_find_or_start_postgres
 c3_ensure_pgbouncer
+c3_ensure_nats_server
 echo "scripts/test.sh: using DATABASE_URL=$DATABASE_URL"
 log=$(mktemp)
 trap 'c3_stop_postgres; rm -f "$log"' EXIT

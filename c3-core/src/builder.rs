@@ -91,6 +91,12 @@ pub struct C3Builder {
     pub(crate) push_prefixes: Vec<String>,
     pub(crate) compress_above: Option<usize>,
     pub(crate) codecs: crate::codec::CodecPolicy,
+    /// Relay mode: invalidations through NATS instead of LISTEN.
+    #[cfg(feature = "relay")]
+    pub(crate) relay: Option<crate::relay::Nats>,
+    /// A relay run inside this node (one leader per slot across the fleet).
+    #[cfg(feature = "relay")]
+    pub(crate) embedded_relay: Option<crate::relay::RelayBuilder>,
 }
 
 impl Default for C3Builder {
@@ -135,6 +141,10 @@ impl Default for C3Builder {
             push_prefixes: Vec::new(),
             compress_above: None,
             codecs: crate::codec::CodecPolicy::default(),
+            #[cfg(feature = "relay")]
+            relay: None,
+            #[cfg(feature = "relay")]
+            embedded_relay: None,
         }
     }
 }
@@ -305,6 +315,43 @@ impl C3Builder {
     pub fn warm_reconnect(mut self, on: bool) -> Self {
         self.warm_reconnect = on;
         self
+    }
+
+    /// Relay mode (feature `relay`): this node hears invalidations through
+    /// NATS, published by a relay that reads them from PostgreSQL's logical
+    /// decoding, instead of holding a LISTEN session. Writes announce with
+    /// a transactional logical message (no NOTIFY lock at commit); the
+    /// node's own heartbeats go the same way — WAL, slot, relay, NATS — and
+    /// must come back within the [`heartbeat`](Self::heartbeat) timeout, or
+    /// L1 is purged and bypassed until they do. The node holds no
+    /// PostgreSQL session but its pool, which may go through a transaction
+    /// pooler. Every node of a table must use the same transport; the
+    /// table remembers which (PROTOCOL.md §6, README "More than a few dozen
+    /// replicas").
+    #[cfg(feature = "relay")]
+    pub fn relay(mut self, nats: crate::relay::Nats) -> Self {
+        self.relay = Some(nats);
+        self
+    }
+
+    /// Runs a relay inside this node (implies nothing about the node's
+    /// own transport: set [`relay`](Self::relay) too). Every node may
+    /// embed one: they elect one leader per slot, the others wait hot. The
+    /// relay takes the node's PostgreSQL URL and NATS settings unless
+    /// `relay` names its own; its replication session needs a role with
+    /// `REPLICATION` and a server with `wal_level = logical`.
+    #[cfg(feature = "relay")]
+    pub fn embedded_relay(mut self, relay: crate::relay::RelayBuilder) -> Self {
+        self.embedded_relay = Some(relay);
+        self
+    }
+
+    /// Whether this node hears invalidations through the relay.
+    pub(crate) fn relay_mode(&self) -> bool {
+        #[cfg(feature = "relay")]
+        return self.relay.is_some();
+        #[cfg(not(feature = "relay"))]
+        return false;
     }
 
     /// How the L2 tables are stored (default [`Durability::Logged`]).

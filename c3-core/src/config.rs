@@ -21,6 +21,9 @@
 //! | `C3_HEARTBEAT_INTERVAL` / `C3_HEARTBEAT_TIMEOUT` | half-open detection | `1s` |
 //! | `C3_POOL_SIZE` | L2 connections | `8` |
 //! | `C3_NODE_ID` | this node's id in notifications | `api-7` |
+//! | `C3_TRANSPORT` | `listen` (default) or `relay`: invalidations through NATS from logical decoding (feature `relay`; needs `C3_NATS_URL`) | `relay` |
+//! | `C3_NATS_URL` / `C3_NATS_CREDS` / `C3_NATS_NKEY` / `C3_NATS_CA` | relay mode: the NATS server, a `.creds` file, an nkey seed, a CA file (TLS) | `nats://nats:4222` |
+//! | `C3_EMBEDDED_RELAY` | relay mode: `true` runs a relay inside the node (one leader per slot); `C3_RELAY_SLOT` names the slot | `true` |
 //! | `C3_PUSH_VALUES` | comma-separated key prefixes whose values are pushed to peers | `flag:,config:` |
 //!
 //! Durations are a number and a unit: `ms`, `s`, `m`, `h`, `d`.
@@ -119,7 +122,42 @@ fn apply(b: &mut C3Builder, get: &impl Fn(&str) -> Option<String>) -> Result<C3B
     let out = postgres_vars(out, &var)?;
     let out = l1_vars(out, &var)?;
     let out = timing_vars(out, &var)?;
+    let out = transport_vars(out, &var)?;
     limit_and_name_vars(out, &var)
+}
+
+/// How invalidations reach the node: LISTEN, or NATS through the relay.
+fn transport_vars(out: C3Builder, var: &Var<'_>) -> Result<C3Builder, Error> {
+    let Some(v) = var("C3_TRANSPORT") else {
+        return Ok(out);
+    };
+    match v.trim().to_ascii_lowercase().as_str() {
+        "listen" => Ok(out),
+        "relay" => relay_vars(out, var),
+        _ => Err(invalid("C3_TRANSPORT", &v, "`listen` or `relay`")),
+    }
+}
+
+#[cfg(feature = "relay")]
+fn relay_vars(mut out: C3Builder, var: &Var<'_>) -> Result<C3Builder, Error> {
+    let nats = crate::relay::Nats::from_lookup(var)
+        .ok_or_else(|| invalid("C3_TRANSPORT", "relay", "`relay` with C3_NATS_URL set"))?;
+    out = out.relay(nats);
+    if let Some(v) = var("C3_EMBEDDED_RELAY")
+        && boolean("C3_EMBEDDED_RELAY", &v)?
+    {
+        out = out.embedded_relay(crate::relay::RelayBuilder::from_lookup(var));
+    }
+    Ok(out)
+}
+
+#[cfg(not(feature = "relay"))]
+fn relay_vars(_: C3Builder, _: &Var<'_>) -> Result<C3Builder, Error> {
+    Err(invalid(
+        "C3_TRANSPORT",
+        "relay",
+        "`listen`: this build has no relay transport (enable c3's `relay` feature)",
+    ))
 }
 
 /// A variable's value, if set and not blank.

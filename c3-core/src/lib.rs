@@ -129,12 +129,14 @@ mod operation;
 pub mod otlp;
 mod postgres;
 mod protocol;
+#[cfg(feature = "relay")]
+pub mod relay;
 mod start;
 mod stats;
 mod store;
 mod telemetry;
 mod tier;
-pub use postgres::tls;
+pub mod tls;
 
 pub use breaker::{BreakerConfig, BreakerState};
 pub use builder::C3Builder;

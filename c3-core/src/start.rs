@@ -126,6 +126,8 @@ async fn start_store(
             postgres::start(settings, source, node_id, feed, shutdown_tx, &mut tasks).await?
         }
     };
+    #[cfg(feature = "relay")]
+    start_relay(settings, &store, feed, &shutdown_rx, &mut tasks).await?;
     if let Some(every) = settings.sweep_interval {
         tasks.push(tokio::spawn(crate::store::sweeper(
             Arc::clone(&store),
@@ -137,6 +139,64 @@ async fn start_store(
         )));
     }
     Ok((store, tasks))
+}
+
+/// Relay mode: the embedded relay, if asked for, and the NATS subscription
+/// in place of LISTEN — waited for (bounded), like LISTEN, so L1 is in use
+/// as soon as `build` returns when the relay path works.
+#[cfg(feature = "relay")]
+async fn start_relay(
+    settings: &C3Builder,
+    store: &Arc<dyn Store>,
+    feed: &Feed,
+    shutdown: &watch::Receiver<bool>,
+    tasks: &mut Vec<JoinHandle<()>>,
+) -> Result<()> {
+    if let Some(relay) = settings.embedded_relay.clone() {
+        let mut relay = relay;
+        if relay.postgres.is_none() {
+            relay = match &settings.listener_url {
+                Some(url) => relay.postgres(url.clone()),
+                None => relay,
+            };
+        }
+        if relay.nats.is_none()
+            && let Some(nats) = &settings.relay
+        {
+            relay = relay.nats(nats.clone());
+        }
+        let handle = relay.build()?.spawn();
+        let mut shutdown = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            let _ = shutdown.wait_for(|s| *s).await;
+            handle.shutdown().await;
+        }));
+    }
+    let Some(nats) = settings.relay.clone() else {
+        return Ok(());
+    };
+    nats.validate().map_err(Error::config)?;
+    let mut state = feed.subscribe();
+    tasks.push(tokio::spawn(crate::relay::subscribe::run(
+        feed.clone(),
+        Arc::clone(store),
+        crate::relay::subscribe::Settings {
+            nats,
+            channel: settings.channel.clone(),
+            connect_timeout: settings.connect_timeout,
+            heartbeat_interval: settings.heartbeat_interval,
+            heartbeat_timeout: settings.heartbeat_timeout,
+            backoff: settings.backoff,
+        },
+        shutdown.clone(),
+    )));
+    let wait = settings.connect_timeout * 2 + settings.heartbeat_timeout;
+    let _ = tokio::time::timeout(
+        wait,
+        state.wait_for(|s| *s == crate::ListenerState::Listening),
+    )
+    .await;
+    Ok(())
 }
 
 /// A node id unlikely to collide: process id, time and a per-process counter,

@@ -96,6 +96,10 @@ counters! {
     /// Reconnects with warm reconnect on that purged L1 all the same (the
     /// log could not prove what was missed; the reason is logged).
     warm_reconnect_fallbacks,
+    /// Relay mode: times this node found relayed messages missing — a
+    /// sequence gap, a new epoch (a relay restarted reading the slot) or a
+    /// slow-consumer report from NATS. Each purged L1.
+    relay_gaps,
     /// L2 calls that failed or timed out.
     l2_errors,
     /// Times the L2 circuit breaker opened.

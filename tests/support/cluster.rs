@@ -145,6 +145,21 @@ impl Cluster {
         (c, ca)
     }
 
+    /// A cluster with `wal_level = logical` (the relay's slot), replication
+    /// slots and walsenders to spare, and a short `wal_sender_timeout` so a
+    /// vanished relay's walsender lets go of the slot within seconds.
+    pub fn start_logical(name: &str) -> Cluster {
+        Self::start_with(name, |c| {
+            let conf = PathBuf::from(c.data()).join("postgresql.conf");
+            let mut text = std::fs::read_to_string(&conf).unwrap();
+            text.push_str(
+                "\nwal_level = logical\nmax_replication_slots = 16\nmax_wal_senders = 16\n\
+                 wal_sender_timeout = 5s\nmax_connections = 300\n",
+            );
+            std::fs::write(&conf, text).unwrap();
+        })
+    }
+
     /// `start`, with `prepare` run between initdb and the first start.
     fn start_with(name: &str, prepare: impl FnOnce(&Cluster)) -> Cluster {
         let c = Self::fresh(name);

@@ -7,6 +7,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod cluster;
+pub mod nats;
 pub mod pgbouncer;
 pub mod proxy;
 pub mod web;

@@ -45,7 +45,7 @@ pub(crate) struct ListenerSettings {
     pub(crate) backoff_max: Duration,
     /// How the LISTEN connection is secured (see `crate::tls`).
     pub(crate) tls: tokio_postgres_rustls::MakeRustlsConnect,
-    pub(crate) ssl_mode: crate::postgres::tls::SslMode,
+    pub(crate) ssl_mode: crate::tls::SslMode,
     /// Warm reconnect, if on.
     pub(crate) warm_reconnect: Option<WarmReconnect>,
 }
@@ -266,7 +266,7 @@ async fn connect(
     .await
     .map_err(|_| format!("connect timed out after {:?}", settings.connect_timeout))?
     .map_err(|e| {
-        crate::postgres::tls::describe("the LISTEN connection", settings.ssl_mode, &e)
+        crate::tls::describe("the LISTEN connection", settings.ssl_mode, &e)
             .unwrap_or_else(|| format!("connect failed: {e}"))
     })?;
     // Bounded: if the engine falls behind, the driver stops reading the socket

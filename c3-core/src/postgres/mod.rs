@@ -9,7 +9,7 @@ mod schema;
 mod session;
 mod sql;
 mod store;
-pub mod tls;
+
 pub(crate) mod warm_reconnect;
 
 use std::sync::Arc;
@@ -22,8 +22,10 @@ use crate::error::{Error, Result};
 use crate::feed::{Feed, ListenerState};
 use crate::ident::validate_ident;
 use crate::store::Store;
+use crate::tls;
 use listen::{ListenerSettings, NotListening};
 use schema::SchemaStep;
+pub(crate) use sql::Announce;
 pub(crate) use sql::invalidate_function;
 use sql::migration_sql;
 use store::{PgStore, PoolSettings, build_pool};
@@ -40,15 +42,30 @@ impl C3Builder {
     pub fn migration_sql(&self) -> Result<String> {
         validate_ident("schema", &self.schema, 63).map_err(Error::config)?;
         validate_ident("table", &self.table, MAX_DERIVED_IDENT).map_err(Error::config)?;
-        Ok(migration_sql(&self.schema, &self.table, self.durability))
+        Ok(migration_sql(
+            &self.schema,
+            &self.table,
+            self.durability,
+            announce(self),
+        ))
+    }
+}
+
+/// How this node's writes announce themselves: LISTEN/NOTIFY, or the relay.
+fn announce(settings: &C3Builder) -> Announce {
+    if settings.relay_mode() {
+        Announce::Relay
+    } else {
+        Announce::Notify
     }
 }
 
 /// Builds the pool (or takes the one given), checks or migrates the
-/// schema, and starts the LISTEN task — waiting for it to listen, so a
-/// listener that can never work is a configuration error now. Returns
-/// the backend, and the schema step still to retry in the background
-/// when PostgreSQL did not answer and `start_degraded` allowed that.
+/// schema, and — unless the node hears invalidations through the relay —
+/// starts the LISTEN task, waiting for it to listen, so a listener that
+/// can never work is a configuration error now. Returns the backend, and
+/// the schema step still to retry in the background when PostgreSQL did
+/// not answer and `start_degraded` allowed that.
 pub(crate) async fn start(
     settings: &C3Builder,
     source: Source,
@@ -57,25 +74,29 @@ pub(crate) async fn start(
     shutdown_tx: &watch::Sender<bool>,
     tasks: &mut Vec<tokio::task::JoinHandle<()>>,
 ) -> Result<Arc<dyn Store>> {
-    let Some(listen_url) = &settings.listener_url else {
-        return Err(Error::config(
-            "a pool was given but no URL for the LISTEN connection: also call .postgres(url)",
-        ));
+    let listen = if settings.relay_mode() {
+        None
+    } else {
+        let Some(listen_url) = &settings.listener_url else {
+            return Err(Error::config(
+                "a pool was given but no URL for the LISTEN connection: also call .postgres(url)",
+            ));
+        };
+        Some(tls::parse(listen_url).map_err(|e| {
+            Error::config(if settings.listener_explicit {
+                format!("listener URL: {e}")
+            } else {
+                e
+            })
+        })?)
     };
-    let (mut listen_cfg, listen_tls) = tls::parse(listen_url).map_err(|e| {
-        Error::config(if settings.listener_explicit {
-            format!("listener URL: {e}")
-        } else {
-            e
-        })
-    })?;
     let (pool, pool_ssl) = pool_for(settings, source, node_id)?;
     let pg = PgStore::new(
         pool,
         pool_ssl,
         !settings.prepared_statements,
         (&settings.schema, &settings.table, &settings.channel),
-        settings.durability,
+        (settings.durability, announce(settings)),
         settings.fence_max_age,
     );
     let step = SchemaStep {
@@ -84,6 +105,7 @@ pub(crate) async fn start(
         table: settings.table.clone(),
         timeout: settings.connect_timeout + settings.op_timeout,
         backoff: settings.backoff,
+        announce: announce(settings),
     };
     let schema_ready = match step.once(&pg).await {
         Ok(()) => true,
@@ -94,18 +116,20 @@ pub(crate) async fn start(
         }
         Err(e) => return Err(e),
     };
-    let listen = listener_settings(settings, node_id, &mut listen_cfg, &listen_tls)?;
-    let state = feed.subscribe();
-    let (problem_tx, problem) = watch::channel(None);
-    tasks.push(tokio::spawn(listen::run_postgres(
-        feed.clone(),
-        listen_cfg,
-        listen,
-        problem_tx,
-        shutdown_tx.subscribe(),
-    )));
-    if schema_ready {
-        wait_listening(settings, shutdown_tx, state, problem).await?;
+    if let Some((mut listen_cfg, listen_tls)) = listen {
+        let listen = listener_settings(settings, node_id, &mut listen_cfg, &listen_tls)?;
+        let state = feed.subscribe();
+        let (problem_tx, problem) = watch::channel(None);
+        tasks.push(tokio::spawn(listen::run_postgres(
+            feed.clone(),
+            listen_cfg,
+            listen,
+            problem_tx,
+            shutdown_tx.subscribe(),
+        )));
+        if schema_ready {
+            wait_listening(settings, shutdown_tx, state, problem).await?;
+        }
     }
     let pg = Arc::new(pg);
     if !schema_ready {

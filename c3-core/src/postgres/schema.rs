@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_postgres::types::Type;
 
-use super::sql::{ADVISORY_XACT_LOCK, Q};
+use super::sql::{ADVISORY_XACT_LOCK, Announce, Q, announce_function};
 use super::store::PgStore;
 use crate::error::{Error, Result};
 use crate::ident::qualified;
@@ -39,6 +39,7 @@ impl PgStore {
                 "{}(text, text[], text[])",
                 q(&format!("{table}_invalidate"))
             ),
+            format!("{}(text, text)", announce_function(schema, table)),
         ];
         let pg = |e| Error::postgres("verify", e);
         let check = Q::new(
@@ -125,6 +126,26 @@ impl PgStore {
             .collect())
     }
 
+    /// The transport the table announces through, as its announce
+    /// function's body says (`None`: no such function yet).
+    pub(crate) async fn announce(&self, schema: &str, table: &str) -> Result<Option<Announce>> {
+        let s = self.session("verify").await?;
+        let q = Q::new(
+            "SELECT prosrc FROM pg_proc WHERE oid = to_regprocedure($1)",
+            &[Type::TEXT],
+        );
+        let f = format!("{}(text, text)", announce_function(schema, table));
+        let rows = s
+            .rows(&q, &[&f])
+            .await
+            .map_err(|e| Error::postgres("verify", e))?;
+        s.done();
+        Ok(rows
+            .first()
+            .and_then(|r| r.try_get::<_, String>(0).ok())
+            .map(|body| Announce::of_body(&body)))
+    }
+
     /// Creates or upgrades the schema; safe to run from many nodes at once.
     pub(crate) async fn migrate(&self) -> Result<()> {
         let pg = |e| Error::postgres("migrate", e);
@@ -156,10 +177,35 @@ pub(crate) struct SchemaStep {
     pub(crate) table: String,
     pub(crate) timeout: Duration,
     pub(crate) backoff: (Duration, Duration),
+    /// The transport this node is configured for; the table must announce
+    /// through the same.
+    pub(crate) announce: Announce,
 }
 
 impl SchemaStep {
     pub(crate) async fn once(&self, pg: &PgStore) -> Result<()> {
+        self.schema_ready(pg).await?;
+        let found = bounded(
+            "verify",
+            self.timeout,
+            pg.announce(&self.schema, &self.table),
+        )
+        .await?;
+        match found {
+            Some(found) if found != self.announce => Err(Error::config(format!(
+                "the cache table {}.{} announces writes through {}, but this node is configured \
+                 for {}: every node of a table must use one transport. Switching is a fleet-wide \
+                 step (README, \"More than a few dozen replicas\")",
+                self.schema,
+                self.table,
+                found.as_str(),
+                self.announce.as_str()
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    async fn schema_ready(&self, pg: &PgStore) -> Result<()> {
         if self.migrate {
             return bounded("migrate", self.timeout, pg.migrate()).await;
         }

@@ -35,13 +35,44 @@ pub(crate) static TRY_ADVISORY_XACT_LOCK: std::sync::LazyLock<Q> = std::sync::La
     )
 });
 
-/// `pg_notify` for each payload.
-pub(crate) static NOTIFY_Q: std::sync::LazyLock<Q> =
-    std::sync::LazyLock::new(|| Q::new(NOTIFY, &[Type::TEXT, Type::TEXT_ARRAY]));
+/// How this table's writes announce themselves (PROTOCOL.md §3, §6): the
+/// SQL every statement and function calls with `(channel, payload)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Announce {
+    /// `pg_notify`, heard by LISTEN sessions.
+    Notify,
+    /// `<table>_announce`, which emits a transactional logical message for
+    /// the relay (`pg_logical_emit_message(true, 'c3:' || channel, payload)`).
+    Relay,
+}
+
+impl Announce {
+    /// The transport the announce function's body implements.
+    pub(crate) fn of_body(body: &str) -> Announce {
+        if body.contains("pg_logical_emit_message") {
+            Announce::Relay
+        } else {
+            Announce::Notify
+        }
+    }
+
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Announce::Notify => "LISTEN/NOTIFY",
+            Announce::Relay => "the relay (logical decoding and NATS)",
+        }
+    }
+}
+
+/// The publication the relay's slot reads through: pgoutput needs one even
+/// though c3 replicates no table, only logical messages.
+pub(crate) const RELAY_PUBLICATION: &str = "c3_relay";
 
 /// The SQL for one configured table, built once with validated, quoted names.
 pub(crate) struct Sql {
     pub(crate) ddl: String,
+    /// One notification per payload: `($1 channel, $2 payloads)`.
+    pub(crate) notify: Q,
     pub(crate) get: Q,
     pub(crate) get_many: Q,
     pub(crate) set_one: Q,
@@ -66,8 +97,20 @@ pub(crate) struct Sql {
 
 /// The DDL c3 runs at start-up for `schema`.`table` (idempotent), for a DBA
 /// or a migration tool when the application may not run DDL.
-pub(crate) fn migration_sql(schema: &str, table: &str, durability: Durability) -> String {
-    Sql::new(schema, table, durability).ddl
+pub(crate) fn migration_sql(
+    schema: &str,
+    table: &str,
+    durability: Durability,
+    announce: Announce,
+) -> String {
+    Sql::new(schema, table, durability, announce).ddl
+}
+
+/// The quoted, schema-qualified name of the SQL function every write
+/// announces through: `(channel text, payload text)`, `pg_notify` or a
+/// logical message depending on the table's transport.
+pub(crate) fn announce_function(schema: &str, table: &str) -> String {
+    qualified(schema, &format!("{table}_announce"))
 }
 
 /// The quoted, schema-qualified name of the SQL function that deletes keys
@@ -82,11 +125,61 @@ pub(crate) const SHORT_KEY: usize = 200;
 /// The server's clock in µs since the Unix epoch, as SQL.
 pub(crate) const CLOCK_US: &str = "(extract(epoch FROM clock_timestamp()) * 1000000)::bigint";
 
-pub(crate) const NOTIFY: &str = "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p";
+/// The announce function's DDL: created when absent, never replaced — its
+/// body *is* the table's transport, chosen by whoever created it, and
+/// changed only deliberately (README, "More than a few dozen replicas").
+/// In relay mode it runs as its owner (SECURITY DEFINER), so writers need no
+/// right to emit logical messages themselves; a superuser migration also
+/// revokes that right from PUBLIC.
+fn announce_ddl(ann: &str, announce: Announce) -> String {
+    let (body, security, extra) = match announce {
+        Announce::Notify => ("PERFORM pg_notify(channel, payload);", "", String::new()),
+        Announce::Relay => (
+            "PERFORM pg_logical_emit_message(true, 'c3:' || channel, payload);",
+            " SECURITY DEFINER SET search_path = pg_catalog, pg_temp",
+            format!(
+                "    IF NOT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = '{RELAY_PUBLICATION}') THEN
+        CREATE PUBLICATION {RELAY_PUBLICATION};
+    END IF;
+    IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+        REVOKE EXECUTE ON FUNCTION pg_catalog.pg_logical_emit_message(boolean, text, text) FROM PUBLIC;
+        REVOKE EXECUTE ON FUNCTION pg_catalog.pg_logical_emit_message(boolean, text, bytea) FROM PUBLIC;
+    END IF;
+"
+            ),
+        ),
+    };
+    // The name is validated to [a-z0-9_] and quoted: it can sit in a literal.
+    format!(
+        "DO $c3$
+BEGIN
+    IF to_regprocedure('{ann}(text, text)') IS NULL THEN
+        CREATE FUNCTION {ann}(channel text, payload text) RETURNS void LANGUAGE plpgsql{security}
+            AS $f$ BEGIN {body} END $f$;
+    END IF;
+{extra}END
+$c3$;
+"
+    )
+}
 
 impl Sql {
-    pub(crate) fn new(schema: &str, table: &str, durability: Durability) -> Sql {
+    pub(crate) fn new(
+        schema: &str,
+        table: &str,
+        durability: Durability,
+        announce: Announce,
+    ) -> Sql {
         let t = qualified(schema, table);
+        let ann = announce_function(schema, table);
+        let announce_ddl = announce_ddl(&ann, announce);
+        // What the statements below call per payload: LISTEN's tables call
+        // pg_notify directly (the function would only add a call), relay
+        // tables their announce function.
+        let notify = match announce {
+            Announce::Notify => "pg_notify".to_owned(),
+            Announce::Relay => ann.clone(),
+        };
         let seq = qualified(schema, &format!("{table}_version_seq"));
         let func = qualified(schema, &format!("{table}_bump_version"));
         let trigger = quote_ident(&format!("{table}_bump_version"));
@@ -175,7 +268,7 @@ CREATE {unlogged}TABLE IF NOT EXISTS {deleted_tags} (
     at  timestamptz NOT NULL DEFAULT now()
 );
 {switch}
-CREATE OR REPLACE FUNCTION {inv}(channel text, keys text[], tags text[] DEFAULT '{{}}')
+{announce_ddl}CREATE OR REPLACE FUNCTION {inv}(channel text, keys text[], tags text[] DEFAULT '{{}}')
 RETURNS bigint LANGUAGE plpgsql AS $c3$
 DECLARE
     ks text[];
@@ -231,18 +324,18 @@ BEGIN
     FOREACH k IN ARRAY ks LOOP
         IF k = '' OR octet_length(k) > 7000 OR left(k, 3) = 'c3|' OR k ~ '[\\x01-\\x1f\\x7f-\\x9f]' THEN
             -- No node could read this key in a message: drop every L1 instead.
-            PERFORM pg_notify(channel, head || 'c');
+            PERFORM {ann}(channel, head || 'c');
             CONTINUE;
         END IF;
         line := v || ' ' || k;
         IF msg <> head || 'k' AND octet_length(msg) + 1 + octet_length(line) > 7999 THEN
-            PERFORM pg_notify(channel, msg);
+            PERFORM {ann}(channel, msg);
             msg := head || 'k';
         END IF;
         msg := msg || E'\\n' || line;
     END LOOP;
     IF msg <> head || 'k' THEN
-        PERFORM pg_notify(channel, msg);
+        PERFORM {ann}(channel, msg);
     END IF;
     RETURN v;
 END
@@ -255,6 +348,10 @@ COMMENT ON TABLE {t} IS 'c3 cache (protocol 1): see docs/PROTOCOL.md';"
 encoding = EXCLUDED.encoding, expires_at = EXCLUDED.expires_at, stale_until = EXCLUDED.stale_until";
         Sql {
             ddl,
+            notify: Q::new(
+                format!("SELECT {notify}($1, p) FROM unnest($2::text[]) AS p"),
+                &[Type::TEXT, Type::TEXT_ARRAY],
+            ),
             get: Q::new(
                 format!(
                     "SELECT value, encoding, version, expires_at, stale_until FROM {t} WHERE key = $1 AND {live}"
@@ -274,7 +371,7 @@ WHERE key = ANY($1) AND {live}"
                 format!(
                     "WITH up AS (INSERT INTO {t} (key, value, encoding, expires_at, stale_until) \
 VALUES ($1, $2, $3, $4, $5) {upsert_set} RETURNING version) \
-SELECT version, pg_notify($6, $7 || E'\\n' || version || ' ' || $1) FROM up"
+SELECT version, {notify}($6, $7 || E'\\n' || version || ' ' || $1) FROM up"
                 ),
                 &[
                     Type::TEXT,
@@ -297,7 +394,7 @@ SELECT * FROM unnest($1::text[], $2::bytea[], $3::text[], $4::timestamptz[], $5:
 {upsert_set} RETURNING key, version), \
 lines AS (SELECT version || ' ' || key AS line, \
 sum(octet_length(key) + 21) OVER (ORDER BY version, key) AS pos FROM up), \
-sent AS (SELECT pg_notify($6, $7 || E'\\n' || string_agg(line, E'\\n' ORDER BY pos)) AS x \
+sent AS (SELECT {notify}($6, $7 || E'\\n' || string_agg(line, E'\\n' ORDER BY pos)) AS x \
 FROM lines GROUP BY pos / 7000) \
 SELECT key, version, (SELECT count(*) FROM sent) FROM up"
                 ),

@@ -11,7 +11,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::types::ToSql;
 
 use super::session::{Session, begin_sql, commit_sql, first, millis, time_left};
-use super::sql::{ADVISORY_XACT_LOCK, NOTIFY_Q, SHORT_KEY, Sql, TRY_ADVISORY_XACT_LOCK};
+use super::sql::{ADVISORY_XACT_LOCK, Announce, SHORT_KEY, Sql, TRY_ADVISORY_XACT_LOCK};
 use crate::clock::unix_micros;
 use crate::entry::{Row, WriteItem};
 use crate::error::{Error, Result};
@@ -85,7 +85,7 @@ pub(crate) struct PgStore {
     /// application lent it (then it stays open for the application).
     owns_pool: bool,
     /// The pool's `sslmode`, when c3 built it: TLS failures name it.
-    ssl_mode: Option<crate::postgres::tls::SslMode>,
+    ssl_mode: Option<crate::tls::SslMode>,
     /// Unnamed statements instead of cached prepared ones (see [`Q`]).
     unnamed: bool,
     /// How the tables are stored; `verify` checks it.
@@ -175,10 +175,10 @@ fn row_from(r: &tokio_postgres::Row, offset: usize) -> Result<Row> {
 impl PgStore {
     pub(crate) fn new(
         pool: Pool,
-        ssl_mode: Option<crate::postgres::tls::SslMode>,
+        ssl_mode: Option<crate::tls::SslMode>,
         unnamed: bool,
         names: (&str, &str, &str),
-        durability: Durability,
+        (durability, announce): (Durability, Announce),
         fence_max_age: Duration,
     ) -> Self {
         let (schema, table, channel) = names;
@@ -188,7 +188,7 @@ impl PgStore {
             owns_pool: ssl_mode.is_some(),
             ssl_mode,
             unnamed,
-            sql: Sql::new(schema, table, durability),
+            sql: Sql::new(schema, table, durability, announce),
             durability,
             channel: channel.to_owned(),
             sweep_lock: format!("c3:sweep:{schema}.{table}"),
@@ -209,7 +209,7 @@ impl PgStore {
         let conn = self.pool.get().await.map_err(|e| {
             let tls = self
                 .ssl_mode
-                .and_then(|mode| crate::postgres::tls::describe("the pool connection", mode, &e));
+                .and_then(|mode| crate::tls::describe("the pool connection", mode, &e));
             let refused = matches!(
                 &e,
                 deadpool_postgres::PoolError::Backend(pg)
@@ -242,7 +242,7 @@ impl PgStore {
         if payloads.is_empty() {
             return s.batch_execute(&commit).await.map_err(pg);
         }
-        let r = s.ready(&NOTIFY_Q).await.map_err(pg)?;
+        let r = s.ready(&self.sql.notify).await.map_err(pg)?;
         let params: [&(dyn ToSql + Sync); 2] = [&self.channel, &payloads];
         let (n, c) = tokio::join!(biased; s.run(&r, &params), s.batch_execute(&commit));
         n.map_err(pg)?;
@@ -631,7 +631,7 @@ impl PgStore {
     pub(crate) async fn publish(&self, payloads: &[String]) -> Result<()> {
         let s = self.session("publish").await?;
         let pg = |e| Error::postgres("publish", e);
-        s.rows(&NOTIFY_Q, &[&self.channel, &payloads])
+        s.rows(&self.sql.notify, &[&self.channel, &payloads])
             .await
             .map_err(pg)?;
         s.done();
@@ -645,7 +645,7 @@ impl PgStore {
         let pg = |e| Error::postgres(op, e);
         let s = self.session(op).await?;
         let begin = begin_sql(op, None)?;
-        let notify = s.ready(&NOTIFY_Q).await.map_err(pg)?;
+        let notify = s.ready(&self.sql.notify).await.map_err(pg)?;
         let payloads = [payload.to_owned()];
         let params: [&(dyn ToSql + Sync); 2] = [&self.channel, &payloads.as_slice()];
         let (b, c, n, done) = tokio::join!(

@@ -127,6 +127,19 @@ pub(crate) struct TlsSettings {
     client_cert: Option<(PathBuf, PathBuf)>,
 }
 
+impl TlsSettings {
+    /// `sslrootcert`, if given (the relay's replication session applies
+    /// its own TLS with it).
+    pub(crate) fn root_cert(&self) -> Option<&str> {
+        self.root_cert.as_deref()
+    }
+
+    /// `sslcert` and `sslkey`, if given.
+    pub(crate) fn client_cert(&self) -> Option<&(PathBuf, PathBuf)> {
+        self.client_cert.as_ref()
+    }
+}
+
 /// Parses a PostgreSQL URL or libpq key=value string into what
 /// tokio-postgres understands and the TLS settings c3 applies itself.
 pub(crate) fn parse(url: &str) -> Result<(tokio_postgres::Config, TlsSettings), String> {

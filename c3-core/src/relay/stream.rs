@@ -1,0 +1,267 @@
+//! Streaming, while leading: decode the slot, publish each c3 message of
+//! each commit, in commit order, and acknowledge to PostgreSQL only what
+//! NATS has confirmed.
+//!
+//! *Confirmed* means: after the commit's messages, the relay publishes a
+//! token on an inbox only it subscribes to, and the token came back. A
+//! NATS server handles one connection's messages in order, so by then it
+//! has routed every message before the token to every subscriber. (A core
+//! NATS flush only proves the bytes left this process.) Then — and only
+//! then — the commit's end LSN is reported as flushed: the slot may drop
+//! WAL up to it. A relay that dies before that leaves the commit to be
+//! decoded again; nodes apply duplicates idempotently (versions).
+//!
+//! When the stream is idle, keepalives are acknowledged with the server's
+//! WAL end, so a quiet database does not keep WAL for the slot; only when
+//! no transaction is open and everything published was confirmed.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use pgwire_replication::{Lsn, ReplicationClient, ReplicationEvent};
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Duration, Instant, sleep_until};
+use tracing::info;
+
+use super::leadership::Leadership;
+use super::settings::{RelayStatus, Settings};
+use super::slot;
+use super::wire;
+
+/// Why streaming stopped.
+pub(crate) enum Ended {
+    /// The relay was asked to stop.
+    Stopped,
+    /// The leadership session stopped answering: another relay may lead.
+    LostLead(String),
+    /// The stream or NATS failed; `streamed`: it had started.
+    Failed { why: String, streamed: bool },
+}
+
+/// Sets up the slot, opens the replication session and streams until
+/// something ends it.
+pub(crate) async fn run(
+    settings: &Settings,
+    lead: &mut Leadership,
+    nats: &async_nats::Client,
+    events: &mut mpsc::UnboundedReceiver<async_nats::Event>,
+    status: &Arc<watch::Sender<RelayStatus>>,
+    stop: &mut watch::Receiver<bool>,
+) -> Ended {
+    let failed = |why: String| Ended::Failed {
+        why,
+        streamed: false,
+    };
+    let prepared = match slot::prepare(&lead.client, &settings.slot, &settings.publication).await {
+        Ok(p) => p,
+        Err(why) => return failed(why),
+    };
+    let started = tokio::time::timeout(settings.connect_timeout, start(settings)).await;
+    let (mut client, system) = match started {
+        Ok(Ok(c)) => c,
+        Ok(Err(why)) => return failed(why),
+        Err(_) => return failed("starting replication timed out".to_owned()),
+    };
+    // Whatever NATS reported before now concerns streams that are over.
+    while events.try_recv().is_ok() {}
+    let inbox = nats.new_inbox();
+    let mut confirms = match nats.subscribe(inbox.clone()).await {
+        Ok(s) => s,
+        Err(e) => return failed(format!("subscribing to the confirmation inbox: {e}")),
+    };
+    let epoch = new_epoch();
+    status.send_modify(|s| {
+        s.epoch = Some(epoch.clone());
+        s.epochs += 1;
+        s.slots_created += u64::from(prepared.created);
+        s.last_error = None;
+    });
+    info!(target: "c3::relay", slot = %settings.slot, %epoch, system = %system.0, timeline = system.1,
+        created = prepared.created, "streaming in a new epoch");
+    let mut s = Stream {
+        epoch,
+        subject_prefix: &settings.nats.subject_prefix,
+        seqs: HashMap::new(),
+        pending: Vec::new(),
+        in_transaction: false,
+        published: Lsn(0),
+        confirmed: Lsn(0),
+        sync: None,
+        token: 0,
+    };
+    let mut next_sync = Instant::now();
+    let ended = loop {
+        let want_sync = s.sync.is_none() && s.published > s.confirmed;
+        tokio::select! {
+            biased;
+            _ = stop.changed() => break Ended::Stopped,
+            why = lead.lost() => break Ended::LostLead(why),
+            Some(event) = events.recv() => {
+                if let async_nats::Event::Disconnected | async_nats::Event::Closed = event {
+                    // What the client held may never reach the server:
+                    // start over from the last confirmed position.
+                    break Ended::Failed { why: format!("NATS {event}"), streamed: true };
+                }
+            }
+            Some(echo) = confirms.next() => {
+                if let Some(lsn) = s.confirmed_by(&echo.payload) {
+                    client.update_applied_lsn(lsn);
+                    status.send_modify(|st| st.acked_lsn = lsn.as_u64());
+                }
+            }
+            event = client.recv() => match event {
+                Ok(Some(event)) => {
+                    if let Err(why) = s.apply(event, nats, &client, status).await {
+                        break Ended::Failed { why, streamed: true };
+                    }
+                }
+                Ok(None) => break Ended::Failed { why: "the replication stream ended".to_owned(), streamed: true },
+                Err(e) => break Ended::Failed { why: format!("the replication stream: {e}"), streamed: true },
+            },
+            _ = sleep_until(next_sync), if want_sync => {
+                s.token += 1;
+                s.sync = Some((s.token, s.published));
+                if let Err(e) = nats.publish(inbox.clone(), s.token.to_string().into()).await {
+                    break Ended::Failed { why: format!("NATS publish: {e}"), streamed: true };
+                }
+                next_sync = Instant::now() + settings.ack_interval;
+            }
+        }
+    };
+    // Nothing more is acknowledged; the session ends with the client.
+    client.stop();
+    ended
+}
+
+/// IDENTIFY_SYSTEM, then START_REPLICATION on the same session. A slot
+/// still held by a lingering walsender fails here (55006), to be retried.
+async fn start(settings: &Settings) -> Result<(ReplicationClient, (String, u32)), String> {
+    let config = settings.postgres.replication(
+        &settings.slot,
+        &settings.publication,
+        settings.ack_interval.max(Duration::from_millis(10)),
+    );
+    let mut client = ReplicationClient::connect_gated(config)
+        .await
+        .map_err(|e| format!("replication session: {e}"))?;
+    let system = client
+        .identify_system()
+        .await
+        .map_err(|e| format!("IDENTIFY_SYSTEM: {e}"))?;
+    client
+        .start()
+        .await
+        .map_err(|e| format!("START_REPLICATION: {e}"))?;
+    client
+        .wait_started()
+        .await
+        .map_err(|e| format!("START_REPLICATION: {e}"))?;
+    Ok((client, (system.system_id, system.timeline)))
+}
+
+/// An epoch: opaque and unique (a time and a random part, so that a
+/// relay on a promoted standby — whose catalog may have missed the old
+/// primary's last writes — can never repeat one).
+fn new_epoch() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros())
+        .unwrap_or(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(now);
+    format!("{now}-{:08x}", h.finish() as u32)
+}
+
+/// One stream's state.
+struct Stream<'a> {
+    epoch: String,
+    subject_prefix: &'a str,
+    /// The last sequence number published per subject in this epoch.
+    seqs: HashMap<String, u64>,
+    /// The open transaction's c3 messages: (subject, payload).
+    pending: Vec<(String, bytes::Bytes)>,
+    in_transaction: bool,
+    /// End LSN of the last commit whose messages were all published.
+    published: Lsn,
+    /// The position NATS confirmed (and that was acknowledged).
+    confirmed: Lsn,
+    /// The confirmation in flight: its token and the position it covers.
+    sync: Option<(u64, Lsn)>,
+    token: u64,
+}
+
+impl Stream<'_> {
+    async fn apply(
+        &mut self,
+        event: ReplicationEvent,
+        nats: &async_nats::Client,
+        client: &ReplicationClient,
+        status: &watch::Sender<RelayStatus>,
+    ) -> Result<(), String> {
+        match event {
+            ReplicationEvent::Begin { .. } => {
+                self.in_transaction = true;
+                self.pending.clear();
+            }
+            // Transactional messages arrive between Begin and Commit, only
+            // for transactions that committed. c3 sends no others.
+            ReplicationEvent::Message {
+                transactional: true,
+                prefix,
+                content,
+                ..
+            } => {
+                if let Some(channel) = wire::channel_of(&prefix) {
+                    self.pending
+                        .push((wire::subject(self.subject_prefix, channel), content));
+                }
+            }
+            ReplicationEvent::Commit { end_lsn, .. } => {
+                self.in_transaction = false;
+                let n = self.pending.len() as u64;
+                for (subject, payload) in std::mem::take(&mut self.pending) {
+                    let seq = self.seqs.entry(subject.clone()).or_insert(0);
+                    *seq += 1;
+                    let mut headers = async_nats::HeaderMap::new();
+                    headers.insert(wire::HEADER_EPOCH, self.epoch.as_str());
+                    headers.insert(wire::HEADER_SEQ, seq.to_string());
+                    headers.insert(wire::HEADER_LSN, end_lsn.to_pg_string());
+                    nats.publish_with_headers(subject, headers, payload)
+                        .await
+                        .map_err(|e| format!("NATS publish: {e}"))?;
+                }
+                self.published = self.published.max(end_lsn);
+                status.send_modify(|s| {
+                    s.published += n;
+                    s.published_lsn = self.published.as_u64();
+                });
+            }
+            ReplicationEvent::KeepAlive { wal_end, .. } => {
+                let idle =
+                    !self.in_transaction && self.sync.is_none() && self.published <= self.confirmed;
+                if idle && wal_end > self.confirmed {
+                    self.confirmed = wal_end;
+                    self.published = self.published.max(wal_end);
+                    client.update_applied_lsn(wal_end);
+                    status.send_modify(|s| s.acked_lsn = wal_end.as_u64());
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The position a returned confirmation token covers, if it is the
+    /// one in flight.
+    fn confirmed_by(&mut self, payload: &[u8]) -> Option<Lsn> {
+        let (token, lsn) = self.sync?;
+        if payload != token.to_string().as_bytes() {
+            return None;
+        }
+        self.sync = None;
+        self.confirmed = self.confirmed.max(lsn);
+        Some(self.confirmed)
+    }
+}

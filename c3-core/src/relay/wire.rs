@@ -1,0 +1,152 @@
+//! The relay transport on the wire (PROTOCOL.md §6): what a writer emits
+//! into the WAL, what the relay publishes to NATS, and how a node checks
+//! that it heard every message. One home for these names, shared by the
+//! relay and the nodes.
+
+/// Every c3 message in the WAL is a transactional logical message whose
+/// prefix is this, followed by the channel it was sent on:
+/// `pg_logical_emit_message(true, 'c3:' || channel, payload)`.
+pub const MESSAGE_PREFIX: &str = "c3:";
+
+/// The header carrying the relay's epoch: an opaque token, new each time a
+/// relay (re)starts reading the slot. Compare for equality only.
+pub const HEADER_EPOCH: &str = "C3-Epoch";
+/// The header carrying the message's sequence number: 1, 2, 3… per subject
+/// within an epoch, without gaps.
+pub const HEADER_SEQ: &str = "C3-Seq";
+/// The header carrying the end LSN of the commit the message belongs to
+/// (`X/Y`, as PostgreSQL prints it): for operators and duplicate tracing.
+pub const HEADER_LSN: &str = "C3-Lsn";
+
+/// The subject a channel's messages are published on: `<prefix>.<channel>`.
+#[must_use]
+pub fn subject(subject_prefix: &str, channel: &str) -> String {
+    format!("{subject_prefix}.{channel}")
+}
+
+/// The channel a logical message was emitted on, if it is a c3 message
+/// for a channel a node could subscribe to (`[a-z_][a-z0-9_]*`, at most 40
+/// bytes, as PROTOCOL.md §1 names channels).
+#[must_use]
+pub fn channel_of(message_prefix: &str) -> Option<&str> {
+    let channel = message_prefix.strip_prefix(MESSAGE_PREFIX)?;
+    let mut bytes = channel.bytes();
+    let first_ok = bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_lowercase() || b == b'_');
+    let rest_ok = bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    (first_ok && rest_ok && channel.len() <= 40).then_some(channel)
+}
+
+/// What one received message means for the continuity of a node's stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// The next message of the epoch this node follows.
+    InOrder,
+    /// The first message this node saw since it started following.
+    First,
+    /// A message of another epoch: a relay (re)started reading the slot —
+    /// what was committed meanwhile may never be published.
+    NewEpoch,
+    /// Messages of this epoch were lost (or reordered) between the relay
+    /// and this node.
+    Gap {
+        /// The sequence number this node expected.
+        expected: u64,
+        /// The one it received.
+        got: u64,
+    },
+    /// The message carries no epoch or sequence this node can read.
+    Unreadable,
+}
+
+/// A node's position in the relay's stream for one subject: the epoch it
+/// follows and the sequence number it expects next.
+#[derive(Debug, Default)]
+pub struct Continuity {
+    epoch: Option<String>,
+    next: u64,
+}
+
+impl Continuity {
+    /// Forget the position: the next message is taken as the first
+    /// (after a reconnect, when L1 was purged anyway).
+    pub fn reset(&mut self) {
+        self.epoch = None;
+        self.next = 0;
+    }
+
+    /// Classifies a received message by its headers and moves the position
+    /// past it. Anything but [`Step::InOrder`] and [`Step::First`] means
+    /// messages may have been missed.
+    pub fn observe(&mut self, epoch: Option<&str>, seq: Option<&str>) -> Step {
+        let (Some(epoch), Some(seq)) = (epoch, seq.and_then(|s| s.parse::<u64>().ok())) else {
+            self.reset();
+            return Step::Unreadable;
+        };
+        let step = match &self.epoch {
+            None => Step::First,
+            Some(e) if e != epoch => Step::NewEpoch,
+            Some(_) if seq == self.next => Step::InOrder,
+            Some(_) => Step::Gap {
+                expected: self.next,
+                got: seq,
+            },
+        };
+        if self.epoch.as_deref() != Some(epoch) {
+            self.epoch = Some(epoch.to_owned());
+        }
+        self.next = seq.saturating_add(1);
+        step
+    }
+
+    /// The epoch followed, if any.
+    #[must_use]
+    pub fn epoch(&self) -> Option<&str> {
+        self.epoch.as_deref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn continuity_sees_gaps_and_new_epochs() {
+        let mut c = Continuity::default();
+        assert_eq!(c.observe(Some("e1"), Some("5")), Step::First);
+        assert_eq!(c.observe(Some("e1"), Some("6")), Step::InOrder);
+        assert_eq!(
+            c.observe(Some("e1"), Some("8")),
+            Step::Gap {
+                expected: 7,
+                got: 8
+            }
+        );
+        assert_eq!(c.observe(Some("e1"), Some("9")), Step::InOrder);
+        // A repeated or older number is not the next one either.
+        assert_eq!(
+            c.observe(Some("e1"), Some("9")),
+            Step::Gap {
+                expected: 10,
+                got: 9
+            }
+        );
+        assert_eq!(c.observe(Some("e2"), Some("1")), Step::NewEpoch);
+        assert_eq!(c.observe(Some("e2"), Some("2")), Step::InOrder);
+        assert_eq!(c.observe(None, Some("3")), Step::Unreadable);
+        assert_eq!(c.observe(Some("e2"), Some("x")), Step::Unreadable);
+        assert_eq!(c.observe(Some("e2"), Some("4")), Step::First);
+    }
+
+    #[test]
+    fn only_c3_prefixes_with_valid_channels_are_relayed() {
+        assert_eq!(channel_of("c3:cache_invalidate"), Some("cache_invalidate"));
+        assert_eq!(channel_of("c3:"), None);
+        assert_eq!(channel_of("c3:Bad"), None);
+        assert_eq!(channel_of("c3:a.b"), None);
+        assert_eq!(channel_of("c3:a b"), None);
+        assert_eq!(channel_of("other:x"), None);
+        assert_eq!(channel_of(&format!("c3:{}", "a".repeat(41))), None);
+    }
+}

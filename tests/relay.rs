@@ -1,0 +1,278 @@
+//! Relay mode (PROTOCOL.md §6): invalidations from logical decoding,
+//! fanned out through NATS. Each test starts its own PostgreSQL cluster
+//! with `wal_level = logical` and its own `nats-server`, so it can drop the
+//! slot, kill the relay or restart NATS under the nodes.
+
+mod support;
+
+use std::time::Duration;
+
+use c3::C3;
+use c3::core::ListenerState;
+use c3::core::relay::{Nats, Relay, RelayHandle};
+use support::cluster::Cluster;
+use support::nats::NatsServer;
+use support::{DELIVERY, connect, wait_until};
+
+const SLOT: &str = "c3_relay";
+
+/// A relay-mode node on `cluster`, hearing through `nats`.
+async fn node(cluster: &Cluster, nats: &NatsServer, heartbeat: (Duration, Duration)) -> C3 {
+    C3::builder()
+        .postgres(&cluster.url())
+        .relay(Nats::new(nats.url()))
+        .heartbeat(heartbeat.0, heartbeat.1)
+        .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(500))
+        .build()
+        .await
+        .expect("build a relay-mode node")
+}
+
+fn relay(cluster: &Cluster, nats: &NatsServer, name: &str) -> RelayHandle {
+    Relay::builder()
+        .postgres(cluster.url())
+        .nats(Nats::new(nats.url()))
+        .name(name)
+        .backoff(Duration::from_millis(50), Duration::from_millis(500))
+        .build()
+        .expect("relay settings")
+        .spawn()
+}
+
+const QUICK: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(2));
+
+async fn listening(nodes: &[&C3]) {
+    for n in nodes {
+        wait_until(
+            "the node hears its heartbeats through the relay",
+            DELIVERY,
+            || async { n.listener_state() == ListenerState::Listening },
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn writes_reach_every_node_through_the_relay_and_no_node_listens() {
+    let cluster = Cluster::start_logical("relay_basic");
+    let nats = NatsServer::start();
+    let relay = relay(&cluster, &nats, "relay-a");
+    let (a, b) = (
+        node(&cluster, &nats, QUICK).await,
+        node(&cluster, &nats, QUICK).await,
+    );
+    listening(&[&a, &b]).await;
+
+    a.set("user:1", &"v1".to_owned()).await.unwrap();
+    assert_eq!(*b.get::<String>("user:1").await.unwrap().unwrap(), "v1");
+    assert!(b.is_cached_locally("user:1"), "B filled its L1");
+    a.set("user:1", &"v2".to_owned()).await.unwrap();
+    wait_until("B drops v1", DELIVERY, || async {
+        !b.is_cached_locally("user:1")
+    })
+    .await;
+    assert_eq!(*b.get::<String>("user:1").await.unwrap().unwrap(), "v2");
+
+    // A foreign writer, through the SQL function, reaches both nodes too.
+    assert!(a.get::<String>("user:1").await.unwrap().is_some());
+    assert!(a.is_cached_locally("user:1") && b.is_cached_locally("user:1"));
+    let sql = connect(&cluster.url()).await;
+    sql.execute(
+        "SELECT public.cache_data_invalidate('cache_invalidate', ARRAY['user:1'])",
+        &[],
+    )
+    .await
+    .unwrap();
+    wait_until("both nodes drop user:1", DELIVERY, || async {
+        !a.is_cached_locally("user:1") && !b.is_cached_locally("user:1")
+    })
+    .await;
+
+    // No LISTEN session anywhere: every server session of the nodes is a
+    // pool connection.
+    let listeners: i64 = sql
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'c3-listener%' \
+             OR query ILIKE 'LISTEN%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(listeners, 0);
+    // And the writes announced without NOTIFY.
+    let notify_queue: f64 = sql
+        .query_one("SELECT pg_notification_queue_usage()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(notify_queue, 0.0);
+    let status = relay.status();
+    assert!(status.leader && status.published >= 3, "{status:?}");
+    wait_until(
+        "the slot is acknowledged past the writes",
+        DELIVERY,
+        || async { relay.status().acked_lsn >= status.published_lsn },
+    )
+    .await;
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_slot_dropped_under_the_relay_is_recreated_in_a_new_epoch_and_every_node_purges() {
+    let cluster = Cluster::start_logical("relay_slot");
+    let nats = NatsServer::start();
+    let relay = relay(&cluster, &nats, "relay-a");
+    // Heartbeats so slow that only the new epoch can make the nodes purge.
+    let slow = (Duration::from_secs(60), Duration::from_secs(60));
+    let (a, b) = (
+        node(&cluster, &nats, slow).await,
+        node(&cluster, &nats, slow).await,
+    );
+    listening(&[&a, &b]).await;
+    a.set("k", &"old".to_owned()).await.unwrap();
+    for n in [&a, &b] {
+        assert_eq!(*n.get::<String>("k").await.unwrap().unwrap(), "old");
+        assert!(n.is_cached_locally("k"));
+    }
+    let first = relay.status();
+    assert_eq!((first.epochs, first.slots_created), (1, 1), "{first:?}");
+
+    // Drop the slot from under the relay (its walsender first), and write
+    // while no slot exists: that write's message is never decoded.
+    let sql = connect(&cluster.url()).await;
+    wait_until("the slot is dropped", DELIVERY, || async {
+        // Waits (up to 1 s) for the walsender to exit, so the drop below
+        // does not find the slot still active.
+        let _ = sql
+            .execute(
+                "SELECT pg_terminate_backend(active_pid, 1000) FROM pg_replication_slots \
+                 WHERE slot_name = $1 AND active_pid IS NOT NULL",
+                &[&SLOT],
+            )
+            .await;
+        sql.execute(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
+            &[&SLOT],
+        )
+        .await
+        .is_ok_and(|n| n == 1)
+    })
+    .await;
+    sql.execute(
+        "UPDATE public.cache_data SET value = convert_to('\"new\"', 'UTF8') WHERE key = 'k'",
+        &[],
+    )
+    .await
+    .unwrap();
+    sql.execute(
+        "SELECT public.cache_data_announce('cache_invalidate', 'k')",
+        &[],
+    )
+    .await
+    .unwrap();
+
+    wait_until(
+        "the relay recreated the slot in a new epoch",
+        DELIVERY * 3,
+        || async {
+            let s = relay.status();
+            s.slots_created == 2 && s.epochs >= 2 && s.epoch.is_some() && s.epoch != first.epoch
+        },
+    )
+    .await;
+    // The next message of the new epoch (here a write elsewhere) tells every
+    // node; each purges, and neither serves "old" again.
+    a.set("other", &1u32).await.unwrap();
+    for n in [&a, &b] {
+        wait_until("the node dropped its copy of k", DELIVERY, || async {
+            !n.is_cached_locally("k")
+        })
+        .await;
+        assert_eq!(*n.get::<String>("k").await.unwrap().unwrap(), "new");
+        assert!(n.stats().relay_gaps >= 1, "{:?}", n.stats());
+    }
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_standby_relay_takes_over_when_the_leader_dies() {
+    let cluster = Cluster::start_logical("relay_takeover");
+    let nats = NatsServer::start();
+    let first = relay(&cluster, &nats, "relay-a");
+    wait_until("relay-a leads", DELIVERY, || async {
+        first.status().epoch.is_some()
+    })
+    .await;
+    let second = relay(&cluster, &nats, "relay-b");
+    let (a, b) = (
+        node(&cluster, &nats, QUICK).await,
+        node(&cluster, &nats, QUICK).await,
+    );
+    listening(&[&a, &b]).await;
+    assert!(!second.status().leader, "only one leader per slot");
+
+    // Killed, as a process would be: no goodbye to PostgreSQL or NATS.
+    first.abort();
+    wait_until("relay-b leads and streams", DELIVERY * 10, || async {
+        second.status().epoch.is_some()
+    })
+    .await;
+    listening(&[&a, &b]).await;
+    a.set("k", &"v1".to_owned()).await.unwrap();
+    assert_eq!(*b.get::<String>("k").await.unwrap().unwrap(), "v1");
+    a.set("k", &"v2".to_owned()).await.unwrap();
+    wait_until("B drops v1 through the new leader", DELIVERY, || async {
+        !b.is_cached_locally("k")
+    })
+    .await;
+    assert_eq!(*b.get::<String>("k").await.unwrap().unwrap(), "v2");
+    second.shutdown().await;
+}
+
+#[tokio::test]
+async fn nodes_stop_trusting_l1_while_nats_is_down_and_resume_after() {
+    let cluster = Cluster::start_logical("relay_nats");
+    let mut nats = NatsServer::start();
+    let relay = relay(&cluster, &nats, "relay-a");
+    let b = node(&cluster, &nats, QUICK).await;
+    listening(&[&b]).await;
+    b.set("k", &"v1".to_owned()).await.unwrap();
+    assert!(b.get::<String>("k").await.unwrap().is_some());
+    assert!(b.is_cached_locally("k"));
+
+    nats.kill();
+    wait_until("B bypasses L1", DELIVERY * 3, || async {
+        b.listener_state() != ListenerState::Listening && !b.is_cached_locally("k")
+    })
+    .await;
+    // A write while NATS is down is never heard; L1 must not come back
+    // with the old value.
+    let sql = connect(&cluster.url()).await;
+    sql.execute(
+        "SELECT public.cache_data_invalidate('cache_invalidate', ARRAY['k'])",
+        &[],
+    )
+    .await
+    .unwrap();
+    nats.start_again();
+    listening(&[&b]).await;
+    assert!(b.get::<String>("k").await.unwrap().is_none());
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_table_keeps_its_transport() {
+    let cluster = Cluster::start_logical("relay_mismatch");
+    let nats = NatsServer::start();
+    let relay_node = node(&cluster, &nats, QUICK).await;
+    drop(relay_node);
+    let Err(err) = C3::builder().postgres(&cluster.url()).build().await else {
+        panic!("a LISTEN node on a relay table is refused");
+    };
+    assert!(
+        err.to_string()
+            .contains("announces writes through the relay"),
+        "{err}"
+    );
+}
