@@ -80,3 +80,64 @@ c3_ensure_nats_server() {
   $sudo apt-get update -qq && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server >/dev/null \
     || { echo "could not install nats-server" >&2; return 1; }
 }
+
+c3_free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()' 2>/dev/null \
+    || echo $((20000 + RANDOM % 20000))
+}
+
+c3_start_logical_postgres() {
+  # A throwaway cluster with wal_level = logical (the relay's slot) on a free
+  # port: the server on 5432 usually runs `replica`, and changing that needs
+  # a restart. Exports C3_LOGICAL_DATABASE_URL; stopped by c3_stop_logical.
+  local bindir
+  if ! bindir=$(c3_pg_bindir); then
+    echo "No PostgreSQL binaries found; installing Debian's postgresql package" >&2
+    local sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    $sudo apt-get update -qq && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+    bindir=$(c3_pg_bindir) || { echo "could not install PostgreSQL" >&2; return 1; }
+  fi
+  local port dir
+  port=$(c3_free_port)
+  dir=$(mktemp -d /tmp/c3-logical.XXXXXX)
+  local as=()
+  if [ "$(id -u)" -eq 0 ]; then
+    id postgres >/dev/null 2>&1 || useradd --system --home "$dir" postgres
+    chown postgres "$dir"
+    as=(runuser -u postgres --)
+  fi
+  "${as[@]}" "$bindir/initdb" -D "$dir/data" -A trust -U postgres >/dev/null
+  "${as[@]}" "$bindir/pg_ctl" -D "$dir/data" -l "$dir/log" -w \
+    -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c max_connections=400 -c wal_level=logical \
+        -c max_replication_slots=16 -c max_wal_senders=16 -c wal_sender_timeout=10s" start >/dev/null
+  C3_LOGICAL_STOP=("${as[@]}" "$bindir/pg_ctl" -D "$dir/data" -m fast stop)
+  C3_LOGICAL_DIR="$dir"
+  export C3_LOGICAL_DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"
+  echo "started a throwaway PostgreSQL (wal_level = logical) in $dir on port $port" >&2
+}
+
+c3_stop_logical() {
+  if [ -n "${C3_LOGICAL_STOP:-}" ]; then "${C3_LOGICAL_STOP[@]}" >/dev/null 2>&1 || true; fi
+  if [ -n "${C3_LOGICAL_DIR:-}" ]; then rm -rf "$C3_LOGICAL_DIR"; fi
+}
+
+c3_start_nats() {
+  # A nats-server of our own on a free port. Exports C3_NATS_URL.
+  c3_ensure_nats_server || return 1
+  local bin port
+  bin=$(command -v nats-server || echo /usr/sbin/nats-server)
+  port=$(c3_free_port)
+  "$bin" -a 127.0.0.1 -p "$port" >/dev/null 2>&1 &
+  C3_NATS_PID=$!
+  local i
+  for i in $(seq 1 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+    sleep 0.05
+  done
+  export C3_NATS_URL="nats://127.0.0.1:$port"
+  echo "started nats-server on port $port" >&2
+}
+
+c3_stop_nats() {
+  if [ -n "${C3_NATS_PID:-}" ]; then kill "$C3_NATS_PID" 2>/dev/null || true; wait "$C3_NATS_PID" 2>/dev/null || true; fi
+}

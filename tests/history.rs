@@ -52,8 +52,12 @@
 //! writes and fills the same keys as the others (fills share tags) whose
 //! whole link **freezes mid-transaction** for 3 s at a time (bytes held,
 //! its closes hidden from the server, then every connection closed), with
-//! and without warm reconnect; and the freezing run again with every
-//! node's sessions defaulting to REPEATABLE READ.
+//! and without warm reconnect; the freezing run again with every
+//! node's sessions defaulting to REPEATABLE READ; and the freezing run in
+//! relay mode (PROTOCOL.md §6: a cluster with `wal_level = logical` and a
+//! NATS server of the test's own, two relays), where meanwhile the leading
+//! relay is killed (the standby takes over), NATS is restarted and the
+//! slot's walsender is terminated, in turn.
 
 mod support;
 
@@ -62,7 +66,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use c3::core::relay::{Nats, Relay, RelayHandle};
 use c3::core::{C3, ListenerState};
+use support::cluster::Cluster;
+use support::nats::NatsServer;
 use support::proxy::FaultProxy;
 use support::{Rng, TestDb};
 
@@ -220,6 +227,9 @@ struct Variant {
     warm: bool,
     /// Every node's sessions default to REPEATABLE READ.
     repeatable_read: bool,
+    /// Relay mode: nodes hear each other through NATS (the URL), fed by
+    /// relays that the run kills, and whose NATS and walsender it breaks.
+    relay: bool,
 }
 
 /// `url` with its sessions defaulting to REPEATABLE READ.
@@ -228,7 +238,12 @@ fn repeatable(url: &str) -> String {
     format!("{url}{sep}options=-c%20default_transaction_isolation%3Drepeatable%5C%20read")
 }
 
-async fn node_with_view(db: &TestDb, url: Option<&str>, v: Variant) -> (C3, Arc<NodeView>) {
+async fn node_with_view(
+    db: &TestDb,
+    url: Option<&str>,
+    v: Variant,
+    nats: Option<&str>,
+) -> (C3, Arc<NodeView>) {
     let view = Arc::new(NodeView::default());
     let sink = Arc::clone(&view);
     let mut b = db
@@ -261,6 +276,9 @@ async fn node_with_view(db: &TestDb, url: Option<&str>, v: Variant) -> (C3, Arc<
         Fault::Freeze => b.op_timeout(Duration::from_secs(1)),
     };
     b = b.warm_reconnect(v.warm);
+    if let Some(nats) = nats {
+        b = b.relay(Nats::new(nats));
+    }
     (b.build().await.expect("node"), view)
 }
 
@@ -633,6 +651,76 @@ fn inject_faults(
     })
 }
 
+/// What the relay faults did.
+#[derive(Default, Debug)]
+struct RelayFaults {
+    leaders_killed: u64,
+    nats_restarts: u64,
+    walsenders_terminated: u64,
+}
+
+fn relay(cluster: &Cluster, nats: &str, name: String) -> RelayHandle {
+    Relay::builder()
+        .postgres(cluster.url())
+        .nats(Nats::new(nats))
+        .name(name)
+        .backoff(Duration::from_millis(50), Duration::from_millis(500))
+        .build()
+        .expect("relay")
+        .spawn()
+}
+
+/// Relay mode's own faults, in turn every 1.5 s: the leading relay killed
+/// (a standby takes over; a new standby starts), NATS restarted, the slot's
+/// walsender terminated.
+fn inject_relay_faults(
+    (cluster, mut nats, mut relays): (Arc<Cluster>, NatsServer, Vec<RelayHandle>),
+    admin: Arc<TestDb>,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<RelayFaults> {
+    tokio::spawn(async move {
+        let url = nats.url();
+        let mut done = RelayFaults::default();
+        let mut turn = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(1_500)).await;
+            match turn % 3 {
+                0 => {
+                    if let Some(i) = relays.iter().position(|r| r.status().leader) {
+                        // Killed as a process would be.
+                        relays.swap_remove(i).abort();
+                        relays.push(relay(&cluster, &url, format!("relay-{}", turn + 2)));
+                        done.leaders_killed += 1;
+                    }
+                }
+                1 => {
+                    tokio::task::block_in_place(|| nats.kill());
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    tokio::task::block_in_place(|| nats.start_again());
+                    done.nats_restarts += 1;
+                }
+                _ => {
+                    let n = admin
+                        .client
+                        .execute(
+                            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots \
+                             WHERE active_pid IS NOT NULL",
+                            &[],
+                        )
+                        .await
+                        .unwrap_or(0);
+                    done.walsenders_terminated += n;
+                }
+            }
+            turn += 1;
+        }
+        for r in relays {
+            r.shutdown().await;
+        }
+        done
+    })
+}
+
 async fn run(name: &str, v: Variant) {
     let (duration, seed) = settings();
     // A freeze lasts 3 s: the run outlasts two of them, and the frozen node
@@ -643,15 +731,34 @@ async fn run(name: &str, v: Variant) {
         duration
     };
     eprintln!("{name}: seed {seed}, {duration:?} (C3_HISTORY_SEED / C3_HISTORY_SECS)");
-    let db = Arc::new(TestDb::new(name).await);
-    let proxy = FaultProxy::start(support::database_addr()).await;
+    // Relay mode needs wal_level = logical and NATS: both the run's own.
+    let relay_env = v
+        .relay
+        .then(|| (Arc::new(Cluster::start_logical(name)), NatsServer::start()));
+    let (db, upstream) = match &relay_env {
+        Some((cluster, _)) => (
+            Arc::new(TestDb::on(&cluster.url(), name).await),
+            format!("127.0.0.1:{}", cluster.port()),
+        ),
+        None => (Arc::new(TestDb::new(name).await), support::database_addr()),
+    };
+    let nats_url = relay_env.as_ref().map(|(_, n)| n.url());
+    // Two relays from the start (one leads): nodes wait for their first
+    // heartbeat to come back when they are built.
+    let relays: Vec<RelayHandle> = match (&relay_env, &nats_url) {
+        (Some((cluster, _)), Some(url)) => (0..2)
+            .map(|i| relay(cluster, url, format!("relay-{i}")))
+            .collect(),
+        _ => Vec::new(),
+    };
+    let proxy = FaultProxy::start(upstream).await;
     let proxied = proxy.url(&db.url);
     let faulty = v.fault != Fault::None;
     let mut nodes = Vec::new();
     for i in 0..4 {
         // Node 3 reaches PostgreSQL through the proxy.
         let url = (faulty && i == 3).then_some(proxied.as_str());
-        nodes.push(node_with_view(&db, url, v).await);
+        nodes.push(node_with_view(&db, url, v, nats_url.as_deref()).await);
     }
     let keys = if v.warm { WARM_KEYS } else { KEYS };
     let history = Arc::new(History {
@@ -679,6 +786,12 @@ async fn run(name: &str, v: Variant) {
         );
         inject_faults(proxy, v, Arc::clone(&db), writers, shared)
     });
+    // The cluster must outlive the injector (it holds a clone): the checks
+    // below read L2.
+    let cluster = relay_env.as_ref().map(|(c, _)| Arc::clone(c));
+    let relay_faults = relay_env.map(|(cluster, nats)| {
+        inject_relay_faults((cluster, nats, relays), Arc::clone(&db), Arc::clone(&stop))
+    });
     let mut tasks = Vec::new();
     let mut seeds = Rng(seed);
     for (i, (node, view)) in nodes.iter().enumerate() {
@@ -705,6 +818,10 @@ async fn run(name: &str, v: Variant) {
     let faults = match injector {
         Some(f) => f.await.unwrap(),
         None => 0,
+    };
+    let relay_faults = match relay_faults {
+        Some(f) => Some(f.await.unwrap()),
+        None => None,
     };
     let mut logs = Vec::new();
     for l in &history.logs {
@@ -783,6 +900,19 @@ async fn run(name: &str, v: Variant) {
         anomalies.len(),
         &anomalies[..anomalies.len().min(10)]
     );
+    if let Some(rf) = relay_faults {
+        let (purges, gaps) = nodes.iter().fold((0, 0), |(p, g), (n, _)| {
+            let s = n.stats();
+            (p + s.purges, g + s.relay_gaps)
+        });
+        eprintln!(
+            "{name}: relay faults {rf:?}; {purges} purges, {gaps} relay gaps seen by the nodes"
+        );
+        assert!(
+            rf.leaders_killed > 0 && rf.nats_restarts > 0 && rf.walsenders_terminated > 0,
+            "not every relay fault happened: {rf:?}"
+        );
+    }
     if v.warm {
         let (kept, purged): (u64, u64) = nodes.iter().fold((0, 0), |(k, p), (n, _)| {
             let s = n.stats();
@@ -797,12 +927,14 @@ async fn run(name: &str, v: Variant) {
     for (n, _) in nodes {
         n.shutdown().await;
     }
+    drop(cluster);
 }
 
 const HEALTHY: Variant = Variant {
     fault: Fault::None,
     warm: false,
     repeatable_read: false,
+    relay: false,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -856,4 +988,15 @@ async fn histories_stay_clean_under_repeatable_read_defaults_while_a_node_freeze
         ..HEALTHY
     };
     run("history_freeze_rr", v).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn histories_stay_clean_in_relay_mode_through_relay_kills_nats_restarts_and_a_freezing_node()
+{
+    let v = Variant {
+        fault: Fault::Freeze,
+        relay: true,
+        ..HEALTHY
+    };
+    run("history_relay", v).await;
 }

@@ -41,15 +41,33 @@ fn relay(cluster: &Cluster, nats: &NatsServer, name: &str) -> RelayHandle {
 
 const QUICK: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(2));
 
-async fn listening(nodes: &[&C3]) {
-    for n in nodes {
-        wait_until(
-            "the node hears its heartbeats through the relay",
-            DELIVERY,
-            || async { n.listener_state() == ListenerState::Listening },
-        )
-        .await;
+/// Waits until every node hears its heartbeats through the relay; on a
+/// timeout, says what the nodes and the relays were doing.
+async fn listening(nodes: &[&C3], relays: &[&RelayHandle]) {
+    let deadline = std::time::Instant::now() + DELIVERY;
+    while nodes
+        .iter()
+        .any(|n| n.listener_state() != ListenerState::Listening)
+    {
+        if std::time::Instant::now() > deadline {
+            let states: Vec<_> = nodes.iter().map(|n| n.listener_state()).collect();
+            let relays: Vec<_> = relays.iter().map(|r| r.status()).collect();
+            panic!(
+                "timed out after {DELIVERY:?} waiting for the nodes to hear their heartbeats \
+                 through the relay; nodes: {states:?}; relays: {relays:#?}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// Waits until `relay` streams (it leads, the slot exists): a heartbeat
+/// committed before its slot existed is never decoded.
+async fn streaming(relay: &RelayHandle) {
+    wait_until("the relay streams", DELIVERY, || async {
+        relay.status().epoch.is_some()
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -57,11 +75,12 @@ async fn writes_reach_every_node_through_the_relay_and_no_node_listens() {
     let cluster = Cluster::start_logical("relay_basic");
     let nats = NatsServer::start();
     let relay = relay(&cluster, &nats, "relay-a");
+    streaming(&relay).await;
     let (a, b) = (
         node(&cluster, &nats, QUICK).await,
         node(&cluster, &nats, QUICK).await,
     );
-    listening(&[&a, &b]).await;
+    listening(&[&a, &b], &[&relay]).await;
 
     a.set("user:1", &"v1".to_owned()).await.unwrap();
     assert_eq!(*b.get::<String>("user:1").await.unwrap().unwrap(), "v1");
@@ -123,13 +142,14 @@ async fn a_slot_dropped_under_the_relay_is_recreated_in_a_new_epoch_and_every_no
     let cluster = Cluster::start_logical("relay_slot");
     let nats = NatsServer::start();
     let relay = relay(&cluster, &nats, "relay-a");
+    streaming(&relay).await;
     // Heartbeats so slow that only the new epoch can make the nodes purge.
     let slow = (Duration::from_secs(60), Duration::from_secs(60));
     let (a, b) = (
         node(&cluster, &nats, slow).await,
         node(&cluster, &nats, slow).await,
     );
-    listening(&[&a, &b]).await;
+    listening(&[&a, &b], &[&relay]).await;
     a.set("k", &"old".to_owned()).await.unwrap();
     for n in [&a, &b] {
         assert_eq!(*n.get::<String>("k").await.unwrap().unwrap(), "old");
@@ -200,16 +220,13 @@ async fn a_standby_relay_takes_over_when_the_leader_dies() {
     let cluster = Cluster::start_logical("relay_takeover");
     let nats = NatsServer::start();
     let first = relay(&cluster, &nats, "relay-a");
-    wait_until("relay-a leads", DELIVERY, || async {
-        first.status().epoch.is_some()
-    })
-    .await;
+    streaming(&first).await;
     let second = relay(&cluster, &nats, "relay-b");
     let (a, b) = (
         node(&cluster, &nats, QUICK).await,
         node(&cluster, &nats, QUICK).await,
     );
-    listening(&[&a, &b]).await;
+    listening(&[&a, &b], &[&first, &second]).await;
     assert!(!second.status().leader, "only one leader per slot");
 
     // Killed, as a process would be: no goodbye to PostgreSQL or NATS.
@@ -218,7 +235,7 @@ async fn a_standby_relay_takes_over_when_the_leader_dies() {
         second.status().epoch.is_some()
     })
     .await;
-    listening(&[&a, &b]).await;
+    listening(&[&a, &b], &[&second]).await;
     a.set("k", &"v1".to_owned()).await.unwrap();
     assert_eq!(*b.get::<String>("k").await.unwrap().unwrap(), "v1");
     a.set("k", &"v2".to_owned()).await.unwrap();
@@ -235,8 +252,9 @@ async fn nodes_stop_trusting_l1_while_nats_is_down_and_resume_after() {
     let cluster = Cluster::start_logical("relay_nats");
     let mut nats = NatsServer::start();
     let relay = relay(&cluster, &nats, "relay-a");
+    streaming(&relay).await;
     let b = node(&cluster, &nats, QUICK).await;
-    listening(&[&b]).await;
+    listening(&[&b], &[&relay]).await;
     b.set("k", &"v1".to_owned()).await.unwrap();
     assert!(b.get::<String>("k").await.unwrap().is_some());
     assert!(b.is_cached_locally("k"));
@@ -256,7 +274,7 @@ async fn nodes_stop_trusting_l1_while_nats_is_down_and_resume_after() {
     .await
     .unwrap();
     nats.start_again();
-    listening(&[&b]).await;
+    listening(&[&b], &[&relay]).await;
     assert!(b.get::<String>("k").await.unwrap().is_none());
     relay.shutdown().await;
 }

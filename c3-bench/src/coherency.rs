@@ -54,7 +54,7 @@ struct Seen {
     at: Mutex<Vec<(u64, Instant)>>,
 }
 
-fn rate_name(rate: Option<u32>) -> String {
+pub(crate) fn rate_name(rate: Option<u32>) -> String {
     rate.map_or_else(|| "max".to_owned(), |r| format!("{r}/s"))
 }
 
@@ -185,16 +185,45 @@ async fn pace(start: Instant, i: u64, rate: Option<u32>) {
     }
 }
 
-async fn c3_run(
+/// How the nodes of a series hear each other.
+#[derive(Clone, Copy)]
+pub(crate) enum Transport<'a> {
+    /// A LISTEN session per node (the default).
+    Listen,
+    /// NATS, fed by a relay reading logical decoding; the table is another
+    /// one, since a table keeps one transport.
+    Relay { nats: &'a str },
+}
+
+impl Transport<'_> {
+    fn system(self) -> &'static str {
+        match self {
+            Transport::Listen => "c3 (LISTEN/NOTIFY)",
+            Transport::Relay { .. } => "c3 (relay: WAL → NATS)",
+        }
+    }
+
+    fn node(self, env: &Env, channel: &str, l1: u64) -> c3::C3Builder {
+        match self {
+            Transport::Listen => env.node(channel, l1),
+            Transport::Relay { nats } => env
+                .node(channel, l1)
+                .table(crate::relay::TABLE)
+                .relay(c3::core::relay::Nats::new(nats)),
+        }
+    }
+}
+
+pub(crate) async fn c3_run(
     env: &Env,
     listeners: usize,
     rate: Option<u32>,
-    writers: usize,
+    (writers, transport): (usize, Transport<'_>),
     run: usize,
 ) -> Propagation {
     let channel = format!("c3_bench_coh_{run}");
-    let writer = env
-        .node(&channel, 64 << 20)
+    let writer = transport
+        .node(env, &channel, 64 << 20)
         .node_id("bench-writer")
         .build()
         .await
@@ -211,8 +240,8 @@ async fn c3_run(
         let s = Arc::new(Seen::default());
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(u64, String)>();
         let sink = Arc::clone(&s);
-        let node = env
-            .node(&channel, 16 << 20)
+        let node = transport
+            .node(env, &channel, 16 << 20)
             .pool_size(1)
             .on_applied(move |n| {
                 if n.from != Some("bench-writer") {
@@ -252,7 +281,7 @@ async fn c3_run(
     let (writes, elapsed) = write_series_on(&writer, env.series, rate, writers).await;
     let i = writes.acked.len() as u64;
     drain(&seen, i, Duration::from_secs(10)).await;
-    let mut p = summarise("c3 (LISTEN/NOTIFY)", rate, &writes, &seen, elapsed);
+    let mut p = summarise(transport.system(), rate, &writes, &seen, elapsed);
     p.writers = writers;
     // Let the last checks finish before counting them.
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -313,7 +342,7 @@ async fn redis_run(env: &Env, listeners: usize, rate: Option<u32>, run: usize) -
 }
 
 /// Writers for a series one writer cannot drive.
-const SEVERAL: usize = 4;
+pub(crate) const SEVERAL: usize = 4;
 
 pub(crate) async fn run(env: &Env) -> Vec<Propagation> {
     let (fanouts, rates): (&[usize], &[Option<u32>]) = if env.quick {
@@ -327,7 +356,7 @@ pub(crate) async fn run(env: &Env) -> Vec<Propagation> {
         for &rate in rates {
             run += 1;
             eprintln!("  {n} listeners at {}", rate_name(rate));
-            let one = c3_run(env, n, rate, 1, run).await;
+            let one = c3_run(env, n, rate, (1, Transport::Listen), run).await;
             // One writer could not drive the rate asked: several can, their
             // writes sharing commits (the write combiner).
             let short = rate.is_some_and(|r| one.achieved_rate < 0.95 * f64::from(r));
@@ -335,7 +364,7 @@ pub(crate) async fn run(env: &Env) -> Vec<Propagation> {
             if short {
                 run += 1;
                 eprintln!("  {n} listeners at {}, {SEVERAL} writers", rate_name(rate));
-                out.push(c3_run(env, n, rate, SEVERAL, run).await);
+                out.push(c3_run(env, n, rate, (SEVERAL, Transport::Listen), run).await);
             }
             out.push(redis_run(env, n, rate, run).await);
         }

@@ -16,6 +16,9 @@
 //! * `read` — read path: c3 L1/L2 against moka, Redis `GET` and a `SELECT`.
 //! * `http` — an axum endpoint without cache, with the layer (L1, L2), and static.
 //! * `coherency` — invalidation propagation to N listeners, against Redis pub/sub.
+//! * `relay` — the relay transport (logical decoding → NATS) beside LISTEN/NOTIFY,
+//!   1 to 128 listeners, on a server with `wal_level = logical`
+//!   (`C3_RELAY_DATABASE_URL`, `C3_NATS_URL`: `scripts/with-relay-env.sh` starts both).
 //! * `loader` — `get_or_load` under a 100-way stampede and while the source is down.
 //! * `write` — `set` (upsert + notify) against the bare upsert; batching.
 //! * `memory` — bytes per L1 entry against moka alone.
@@ -31,6 +34,7 @@ mod memory;
 mod read;
 mod reconnect;
 mod redis;
+mod relay;
 mod report;
 mod stats;
 mod write;
@@ -132,9 +136,16 @@ async fn run_one(env: &Env, section: &str) {
         "loader" => serde_json::to_string_pretty(&loader::run(env).await),
         "memory" => serde_json::to_string_pretty(&memory::run()),
         "reconnect" => serde_json::to_string_pretty(&reconnect::run(env).await),
+        "relay" => match relay::env() {
+            Some((url, nats)) => serde_json::to_string_pretty(&relay::run(env, &url, &nats).await),
+            None => {
+                eprintln!("{}", relay::SKIPPED);
+                std::process::exit(2);
+            }
+        },
         other => {
             eprintln!(
-                "unknown section {other:?}: read, http, coherency, loader, write, memory, reconnect"
+                "unknown section {other:?}: read, http, coherency, relay, loader, write, memory, reconnect"
             );
             std::process::exit(2);
         }

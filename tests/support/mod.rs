@@ -84,7 +84,13 @@ static SEQ: AtomicU64 = AtomicU64::new(0);
 impl TestDb {
     /// Creates a fresh schema named after the test.
     pub async fn new(test: &str) -> TestDb {
-        let url = database_url();
+        Self::on(&database_url(), test).await
+    }
+
+    /// [`new`](Self::new), on the server at `url` (a cluster of the test's
+    /// own).
+    pub async fn on(url: &str, test: &str) -> TestDb {
+        let url = url.to_owned();
         let client = connect(&url).await;
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
         let nanos = std::time::SystemTime::now()

@@ -116,6 +116,18 @@ async fn follow(
         Ok(s) => s,
         Err(e) => return Ended::Lost(format!("subscribing to {subject}: {e}")),
     };
+    // The first heartbeat must not overtake the subscription: wait until
+    // the client is connected and has written the SUB to the server.
+    match tokio::time::timeout(settings.connect_timeout, client.flush()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Ended::Lost(format!("NATS: {e}")),
+        Err(_) => {
+            return Ended::Lost(format!(
+                "NATS did not connect within {:?}",
+                settings.connect_timeout
+            ));
+        }
+    }
     // Nonces are this subscription's alone: an echo from an earlier one, or
     // someone else's heartbeat, proves nothing.
     let session = crate::key::fnv1a(
