@@ -487,14 +487,21 @@ fn check(history: &History, logs: &[Log]) -> Vec<String> {
                     r.node, r.key
                 )),
                 Some(at) if at < floor => anomalies.push(format!(
-                    "node {} {} of h{} = {w} (entry {at}) after applying entry {floor} (version {}); log around: {:?}",
+                    "node {} {} of h{} = {w} (entry {at}) after applying entry {floor} (bound {}; \
+                     read at clock {}..{}, recovered from a lost listener at {}; entry {floor} \
+                     written at {}..{}); log around (version, value, acked, done): {:?}",
                     r.node,
                     r.op,
                     r.key,
                     r.bound,
+                    r.started,
+                    r.ended,
+                    r.covered,
+                    log[floor].began,
+                    log[floor].done,
                     log[at.saturating_sub(1)..(floor + 2).min(log.len())]
                         .iter()
-                        .map(|e| (e.version, e.value, e.acked))
+                        .map(|e| (e.version, e.value, e.acked, e.done))
                         .collect::<Vec<_>>()
                 )),
                 Some(at) => {
@@ -545,7 +552,9 @@ fn check(history: &History, logs: &[Log]) -> Vec<String> {
                     // A delete that completed before the read began is now
                     // this task's floor too (one still under way may have
                     // reached only the source).
-                    Some(i) if log[i].value.is_none() && log[i].acked && log[i].done < r.started => {
+                    Some(i)
+                        if log[i].value.is_none() && log[i].acked && log[i].done < r.started =>
+                    {
                         *seen = (*seen).max(i)
                     }
                     Some(_) => {}

@@ -13,7 +13,13 @@
 //! 3. **No stale fill.** A read that goes to L2 takes a [`FillToken`] first.
 //!    Its fill is applied only if nothing that could make the value stale was
 //!    applied to the key's stripe since: no bare invalidation, no purge, and no
-//!    versioned write newer than the value read. Check and insert happen under
+//!    versioned write newer than the value read. "Newer than the value read",
+//!    not "newer than anything seen before": commits do not arrive in version
+//!    order (a transaction may draw its version before another that commits
+//!    first), so a stripe's highest version can already be above a write that
+//!    arrives later and makes the read stale. Each stripe therefore counts
+//!    the versions it applies and remembers the last few; a fill checks every
+//!    one applied since its token (too many to check: dropped). Check and insert happen under
 //!    the stripe's lock, the same lock invalidations take, so an invalidation
 //!    is either fully before the fill (and the fill is dropped) or fully after
 //!    (and it evicts the filled entry).
@@ -42,10 +48,34 @@ const STRIPES: usize = 256;
 /// and the entry replaced by the typed value).
 pub(crate) struct PushedJson(pub(crate) String);
 
+/// How many of a stripe's latest versions it remembers (rule 3).
+const RECENT: usize = 8;
+
 #[derive(Default)]
 struct Stripe {
     bare_gen: u64,
     max_version: u64,
+    /// Versions applied or noted so far.
+    writes: u64,
+    /// The version of write number `w` is at `recent[w % RECENT]`.
+    recent: [u64; RECENT],
+}
+
+impl Stripe {
+    fn record(&mut self, version: u64) {
+        self.max_version = self.max_version.max(version);
+        self.writes += 1;
+        self.recent[(self.writes % RECENT as u64) as usize] = version;
+    }
+
+    /// Whether a version above `ceiling` was recorded since `token` (or
+    /// more versions than it remembers, which it must assume).
+    fn newer_since(&self, token: &FillToken, ceiling: u64) -> bool {
+        let since = self.writes - token.writes;
+        since > RECENT as u64
+            || (token.writes + 1..=self.writes)
+                .any(|w| self.recent[(w % RECENT as u64) as usize] > ceiling)
+    }
 }
 
 /// Taken before reading L2; see rule 3 above.
@@ -53,7 +83,7 @@ struct Stripe {
 pub(crate) struct FillToken {
     stripe: usize,
     bare_gen: u64,
-    max_version: u64,
+    writes: u64,
     epoch: u64,
 }
 
@@ -206,7 +236,7 @@ impl Coherency {
         Some(FillToken {
             stripe,
             bare_gen: s.bare_gen,
-            max_version: s.max_version,
+            writes: s.writes,
             epoch: self.epoch.load(Ordering::Acquire),
         })
     }
@@ -218,7 +248,7 @@ impl Coherency {
         self.l1_enabled()
             && self.epoch.load(Ordering::Acquire) == token.epoch
             && s.bare_gen == token.bare_gen
-            && s.max_version == token.max_version
+            && s.writes == token.writes
     }
 
     /// Puts `entry` in L1 unless something invalidated `key` since `token` was
@@ -245,7 +275,7 @@ impl Coherency {
         let untouched = self.l1_enabled()
             && self.epoch.load(Ordering::Acquire) == token.epoch
             && s.bare_gen == token.bare_gen
-            && (s.max_version == token.max_version || s.max_version <= ceiling);
+            && !s.newer_since(&token, ceiling);
         if !untouched {
             drop(s);
             Counters::inc(&self.counters.fills_dropped);
@@ -402,7 +432,7 @@ impl Coherency {
     /// A write at `version` committed for `key`.
     pub(crate) fn apply_written(&self, key: &str, version: u64) {
         let mut s = self.lock(Self::stripe_of(key));
-        s.max_version = s.max_version.max(version);
+        s.record(version);
         if let Some(e) = self.l1.get(key)
             && e.version < version
         {
@@ -418,8 +448,7 @@ impl Coherency {
     /// or a load that started earlier — and so may hold an older value —
     /// from being kept or joined afterwards.
     pub(crate) fn note_version(&self, key: &str, version: u64) {
-        let mut s = self.lock(Self::stripe_of(key));
-        s.max_version = s.max_version.max(version);
+        self.lock(Self::stripe_of(key)).record(version);
     }
 
     /// A token for joining a load in flight: like a fill token, but taken
@@ -431,7 +460,7 @@ impl Coherency {
         FillToken {
             stripe,
             bare_gen: s.bare_gen,
-            max_version: s.max_version,
+            writes: s.writes,
             epoch: self.epoch.load(Ordering::Acquire),
         }
     }
@@ -441,7 +470,7 @@ impl Coherency {
         let s = self.lock(token.stripe);
         self.epoch.load(Ordering::Acquire) == token.epoch
             && s.bare_gen == token.bare_gen
-            && s.max_version == token.max_version
+            && s.writes == token.writes
     }
 
     /// `key` changed in a way we cannot order: drop it whatever its version.
@@ -578,6 +607,39 @@ mod tests {
         let t = c.fill_token("k").unwrap();
         c.purge();
         assert!(!c.fill("k", t, entry(11)));
+    }
+
+    /// Commits arrive in commit order, not version order: a stripe's
+    /// highest version can already be above the write that makes a read
+    /// stale. The relay's history checker found this (a read filling L1 with
+    /// the value before a write whose message had just been applied).
+    #[test]
+    fn a_write_below_the_stripes_highest_version_still_drops_an_older_fill() {
+        let c = engine();
+        let other = (0..10_000)
+            .map(|i| format!("other{i}"))
+            .find(|k| Coherency::stripe_of(k) == Coherency::stripe_of("k") && k != "k")
+            .expect("a key sharing k's stripe");
+        // Another key of the stripe committed later with a higher version,
+        // and its message came first.
+        c.apply_written(&other, 110);
+        let t = c.fill_token("k").unwrap();
+        // The read returned k at version 100; then k's write at 105 lands.
+        c.apply_written("k", 105);
+        assert!(
+            !c.fill("k", t, entry(100)),
+            "kept a value older than an applied write"
+        );
+        // A write at or below the version read does not make it stale.
+        let t = c.fill_token("k").unwrap();
+        c.apply_written("k", 100);
+        assert!(c.fill("k", t, entry(100)));
+        // More writes than the stripe remembers: dropped, to be safe.
+        let t = c.fill_token("k").unwrap();
+        for v in 0..=RECENT as u64 {
+            c.apply_written(&other, v);
+        }
+        assert!(!c.fill("k", t, entry(120)));
     }
 
     #[test]

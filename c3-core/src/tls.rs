@@ -130,11 +130,13 @@ pub(crate) struct TlsSettings {
 impl TlsSettings {
     /// `sslrootcert`, if given (the relay's replication session applies
     /// its own TLS with it).
+    #[cfg(feature = "relay")]
     pub(crate) fn root_cert(&self) -> Option<&str> {
         self.root_cert.as_deref()
     }
 
     /// `sslcert` and `sslkey`, if given.
+    #[cfg(feature = "relay")]
     pub(crate) fn client_cert(&self) -> Option<&(PathBuf, PathBuf)> {
         self.client_cert.as_ref()
     }

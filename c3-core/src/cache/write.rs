@@ -209,8 +209,9 @@ impl C3 {
         self.keep_committed::<T>(items, &versions, tokens)
     }
 
-    /// After a commit: counts it, records its versions, and puts each item
-    /// in L1 unless it was invalidated meanwhile (see `Coherency::fill_up_to`).
+    /// After a commit: counts it, applies its versions to L1 (dropping older
+    /// copies), and puts each item in L1 unless it was invalidated meanwhile
+    /// (see `Coherency::fill_up_to`).
     pub(crate) fn keep_committed<T>(
         &self,
         items: Vec<WriteItem>,
@@ -225,7 +226,12 @@ impl C3 {
         let now_us = self.now_us();
         let ceiling = versions.iter().copied().max().unwrap_or(0);
         for ((item, &version), token) in items.into_iter().zip(versions).zip(tokens) {
-            self.inner.coherency.note_version(&item.key, version);
+            // As if its own message had arrived: an older copy in L1 goes
+            // now, whether or not the new value can be kept below. Waiting
+            // for the echo served the old value to this node's callers
+            // after their write returned — for as long as the echo took
+            // (a relay restarting: seconds; found by the relay history).
+            self.inner.coherency.apply_written(&item.key, version);
             let Some(token) = token else { continue };
             let key = item.key.clone();
             // Round-trip through the encoding so L1 holds what peers will read.

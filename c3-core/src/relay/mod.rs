@@ -21,6 +21,7 @@
 
 mod election;
 mod leadership;
+mod metrics;
 mod nats;
 mod settings;
 mod slot;
@@ -47,6 +48,7 @@ use settings::Settings;
 /// | [`slot`](Self::slot) | `c3_relay` |
 /// | [`publication`](Self::publication) | `c3_relay` |
 /// | [`ack_interval`](Self::ack_interval) | 50 ms |
+/// | [`batch_window`](Self::batch_window) | 1 ms |
 #[derive(Clone, Debug)]
 #[must_use = "a builder does nothing until build() is called"]
 pub struct RelayBuilder {
@@ -55,6 +57,7 @@ pub struct RelayBuilder {
     slot: String,
     publication: String,
     ack_interval: Duration,
+    batch_window: Duration,
     connect_timeout: Duration,
     backoff: (Duration, Duration),
     name: Option<String>,
@@ -68,6 +71,7 @@ impl Default for RelayBuilder {
             slot: "c3_relay".to_owned(),
             publication: "c3_relay".to_owned(),
             ack_interval: Duration::from_millis(50),
+            batch_window: Duration::from_millis(1),
             connect_timeout: Duration::from_secs(5),
             backoff: (Duration::from_millis(100), Duration::from_secs(5)),
             name: None,
@@ -134,6 +138,16 @@ impl RelayBuilder {
         self
     }
 
+    /// How long commits may wait to share one NATS message. The first
+    /// commit after a quiet window is published at once; commits that
+    /// follow within the window go out together at its end — fewer
+    /// messages for every subscriber to receive when writes are frequent,
+    /// no delay when they are not. Zero publishes every commit on its own.
+    pub fn batch_window(mut self, window: Duration) -> Self {
+        self.batch_window = window;
+        self
+    }
+
     /// Bound on connecting to PostgreSQL or NATS.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
@@ -191,6 +205,7 @@ impl RelayBuilder {
                 slot: self.slot,
                 publication: self.publication,
                 ack_interval: self.ack_interval,
+                batch_window: self.batch_window,
                 connect_timeout: self.connect_timeout,
                 backoff: self.backoff,
                 name,
@@ -221,6 +236,12 @@ impl Relay {
     pub fn spawn(self) -> RelayHandle {
         let (stop, stopped) = watch::channel(false);
         let status = self.status.subscribe();
+        let meter = opentelemetry::global::meter_with_scope(
+            opentelemetry::InstrumentationScope::builder("c3")
+                .with_version(env!("CARGO_PKG_VERSION"))
+                .build(),
+        );
+        metrics::observe(&meter, &self.settings.slot, &status);
         let task = tokio::spawn(election::run(self.settings, self.status, stopped));
         RelayHandle { stop, status, task }
     }

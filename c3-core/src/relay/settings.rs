@@ -14,6 +14,7 @@ pub(crate) struct Settings {
     pub(crate) slot: String,
     pub(crate) publication: String,
     pub(crate) ack_interval: Duration,
+    pub(crate) batch_window: Duration,
     pub(crate) connect_timeout: Duration,
     pub(crate) backoff: (Duration, Duration),
     pub(crate) name: String,

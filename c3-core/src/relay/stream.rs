@@ -70,6 +70,16 @@ pub(crate) async fn run(
         Ok(s) => s,
         Err(e) => return failed(format!("subscribing to the confirmation inbox: {e}")),
     };
+    match tokio::time::timeout(settings.connect_timeout, nats.flush()).await {
+        Ok(Ok(())) => {}
+        _ => return failed("NATS is not connected".to_owned()),
+    }
+    // A reconnect is seen here before its event arrives: NATS' event
+    // callback runs on another task, so an echo through the new connection
+    // can come first. Nothing published on the old one is confirmed by it.
+    let stats = nats.statistics();
+    let connects = stats.connects.load(std::sync::atomic::Ordering::SeqCst);
+    let reconnected = || stats.connects.load(std::sync::atomic::Ordering::SeqCst) != connects;
     let epoch = new_epoch();
     status.send_modify(|s| {
         s.epoch = Some(epoch.clone());
@@ -82,8 +92,13 @@ pub(crate) async fn run(
     let mut s = Stream {
         epoch,
         subject_prefix: &settings.nats.subject_prefix,
+        window: settings.batch_window,
         seqs: HashMap::new(),
         pending: Vec::new(),
+        batches: HashMap::new(),
+        last_sent: HashMap::new(),
+        flush_at: None,
+        decoded: Lsn(0),
         in_transaction: false,
         published: Lsn(0),
         confirmed: Lsn(0),
@@ -105,6 +120,9 @@ pub(crate) async fn run(
                 }
             }
             Some(echo) = confirms.next() => {
+                if reconnected() {
+                    break Ended::Failed { why: "NATS reconnected".to_owned(), streamed: true };
+                }
                 if let Some(lsn) = s.confirmed_by(&echo.payload) {
                     client.update_applied_lsn(lsn);
                     status.send_modify(|st| st.acked_lsn = lsn.as_u64());
@@ -119,6 +137,11 @@ pub(crate) async fn run(
                 Ok(None) => break Ended::Failed { why: "the replication stream ended".to_owned(), streamed: true },
                 Err(e) => break Ended::Failed { why: format!("the replication stream: {e}"), streamed: true },
             },
+            _ = sleep_until(s.flush_at.unwrap_or(next_sync)), if s.flush_at.is_some() => {
+                if let Err(why) = s.publish_due(nats, status).await {
+                    break Ended::Failed { why, streamed: true };
+                }
+            }
             _ = sleep_until(next_sync), if want_sync => {
                 s.token += 1;
                 s.sync = Some((s.token, s.published));
@@ -174,14 +197,39 @@ fn new_epoch() -> String {
     format!("{now}-{:08x}", h.finish() as u32)
 }
 
+/// Batches past this size are published at once (NATS' default maximum
+/// payload is 1 MiB).
+const MAX_BATCH: usize = 256 * 1024;
+
+/// Committed messages for one subject, waiting for their batch window.
+struct Batch {
+    /// Payloads separated by `wire::SEPARATOR`.
+    payload: bytes::BytesMut,
+    /// End LSN of the last commit in the batch.
+    lsn: Lsn,
+    /// End LSN of the last commit decoded before the batch's first one:
+    /// everything up to it may be acknowledged while the batch waits.
+    before: Lsn,
+    count: u64,
+}
+
 /// One stream's state.
 struct Stream<'a> {
     epoch: String,
     subject_prefix: &'a str,
+    window: Duration,
     /// The last sequence number published per subject in this epoch.
     seqs: HashMap<String, u64>,
     /// The open transaction's c3 messages: (subject, payload).
     pending: Vec<(String, bytes::Bytes)>,
+    /// Committed messages not yet published, per subject.
+    batches: HashMap<String, Batch>,
+    /// When each subject was last published to.
+    last_sent: HashMap<String, Instant>,
+    /// When the earliest waiting batch is due.
+    flush_at: Option<Instant>,
+    /// End LSN of the last commit decoded.
+    decoded: Lsn,
     in_transaction: bool,
     /// End LSN of the last commit whose messages were all published.
     published: Lsn,
@@ -220,27 +268,29 @@ impl Stream<'_> {
             }
             ReplicationEvent::Commit { end_lsn, .. } => {
                 self.in_transaction = false;
-                let n = self.pending.len() as u64;
+                let before = self.decoded;
+                self.decoded = self.decoded.max(end_lsn);
                 for (subject, payload) in std::mem::take(&mut self.pending) {
-                    let seq = self.seqs.entry(subject.clone()).or_insert(0);
-                    *seq += 1;
-                    let mut headers = async_nats::HeaderMap::new();
-                    headers.insert(wire::HEADER_EPOCH, self.epoch.as_str());
-                    headers.insert(wire::HEADER_SEQ, seq.to_string());
-                    headers.insert(wire::HEADER_LSN, end_lsn.to_pg_string());
-                    nats.publish_with_headers(subject, headers, payload)
-                        .await
-                        .map_err(|e| format!("NATS publish: {e}"))?;
+                    let batch = self.batches.entry(subject).or_insert_with(|| Batch {
+                        payload: bytes::BytesMut::new(),
+                        lsn: end_lsn,
+                        before,
+                        count: 0,
+                    });
+                    if batch.count > 0 {
+                        batch.payload.extend_from_slice(&[wire::SEPARATOR]);
+                    }
+                    batch.payload.extend_from_slice(&payload);
+                    batch.lsn = end_lsn;
+                    batch.count += 1;
                 }
-                self.published = self.published.max(end_lsn);
-                status.send_modify(|s| {
-                    s.published += n;
-                    s.published_lsn = self.published.as_u64();
-                });
+                self.publish_due(nats, status).await?;
             }
             ReplicationEvent::KeepAlive { wal_end, .. } => {
-                let idle =
-                    !self.in_transaction && self.sync.is_none() && self.published <= self.confirmed;
+                let idle = !self.in_transaction
+                    && self.batches.is_empty()
+                    && self.sync.is_none()
+                    && self.published <= self.confirmed;
                 if idle && wal_end > self.confirmed {
                     self.confirmed = wal_end;
                     self.published = self.published.max(wal_end);
@@ -249,6 +299,61 @@ impl Stream<'_> {
                 }
             }
             _ => {}
+        }
+        Ok(())
+    }
+
+    /// Publishes every batch whose window has passed (or that is full);
+    /// when none is left waiting, everything decoded is published.
+    async fn publish_due(
+        &mut self,
+        nats: &async_nats::Client,
+        status: &watch::Sender<RelayStatus>,
+    ) -> Result<(), String> {
+        let now = Instant::now();
+        let due: Vec<String> = self
+            .batches
+            .iter()
+            .filter(|(subject, batch)| {
+                batch.payload.len() >= MAX_BATCH
+                    || self
+                        .last_sent
+                        .get(*subject)
+                        .is_none_or(|at| *at + self.window <= now)
+            })
+            .map(|(subject, _)| subject.clone())
+            .collect();
+        for subject in due {
+            let Some(batch) = self.batches.remove(&subject) else {
+                continue;
+            };
+            let seq = self.seqs.entry(subject.clone()).or_insert(0);
+            *seq += 1;
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(wire::HEADER_EPOCH, self.epoch.as_str());
+            headers.insert(wire::HEADER_SEQ, seq.to_string());
+            headers.insert(wire::HEADER_LSN, batch.lsn.to_pg_string());
+            self.last_sent.insert(subject.clone(), now);
+            nats.publish_with_headers(subject, headers, batch.payload.freeze())
+                .await
+                .map_err(|e| format!("NATS publish: {e}"))?;
+            status.send_modify(|s| s.published += batch.count);
+        }
+        self.flush_at = self
+            .batches
+            .keys()
+            .filter_map(|subject| self.last_sent.get(subject).map(|at| *at + self.window))
+            .min();
+        // Published: every commit before the oldest one still waiting.
+        let floor = self
+            .batches
+            .values()
+            .map(|b| b.before)
+            .min()
+            .unwrap_or(self.decoded);
+        if floor > self.published {
+            self.published = floor;
+            status.send_modify(|s| s.published_lsn = self.published.as_u64());
         }
         Ok(())
     }

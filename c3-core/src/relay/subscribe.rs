@@ -112,6 +112,9 @@ async fn follow(
     lost_at: &mut Option<std::time::Instant>,
 ) -> Ended {
     let subject = wire::subject(&settings.nats.subject_prefix, &settings.channel);
+    // A reconnect is seen on the next message, before its event arrives
+    // (the event callback runs on another task): the client resubscribes by
+    // itself, and what was published meanwhile is lost.
     let mut sub = match client.subscribe(subject.clone()).await {
         Ok(s) => s,
         Err(e) => return Ended::Lost(format!("subscribing to {subject}: {e}")),
@@ -128,6 +131,12 @@ async fn follow(
             ));
         }
     }
+    // Connected now: a later reconnect is seen on the next message, before
+    // its event arrives (the event callback runs on another task) — the
+    // client resubscribes by itself, and what was published meanwhile is
+    // lost.
+    let stats = client.statistics();
+    let connects = stats.connects.load(std::sync::atomic::Ordering::SeqCst);
     // Nonces are this subscription's alone: an echo from an earlier one, or
     // someone else's heartbeat, proves nothing.
     let session = crate::key::fnv1a(
@@ -159,6 +168,9 @@ async fn follow(
                 let Some(message) = message else {
                     return Ended::Lost("the subscription ended".to_owned());
                 };
+                if stats.connects.load(std::sync::atomic::Ordering::SeqCst) != connects {
+                    return Ended::Lost("NATS reconnected".to_owned());
+                }
                 let headers = message.headers.as_ref();
                 let header = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.as_str());
                 match continuity.observe(header(wire::HEADER_EPOCH), header(wire::HEADER_SEQ)) {
@@ -170,25 +182,29 @@ async fn follow(
                     }
                     Step::Unreadable => missed(feed, up, "a relayed message without epoch or sequence"),
                 }
-                let payload = String::from_utf8_lossy(&message.payload);
-                if let Some((expected, _)) = &awaiting
-                    && is_echo(&payload, expected)
-                {
-                    awaiting = None;
-                    if !up {
-                        up = true;
-                        feed.up();
-                        if let Some(t) = lost_at.take() {
-                            info!(target: "c3::listener", outage = ?t.elapsed(),
-                                "relay heartbeats are back; L1 purged (what changed meanwhile is unknown)");
+                // One message may carry several payloads (commits that
+                // shared the relay's batch window), in commit order.
+                for payload in wire::payloads(&message.payload) {
+                    let payload = String::from_utf8_lossy(payload);
+                    if let Some((expected, _)) = &awaiting
+                        && is_echo(&payload, expected)
+                    {
+                        awaiting = None;
+                        if !up {
+                            up = true;
+                            feed.up();
+                            if let Some(t) = lost_at.take() {
+                                info!(target: "c3::listener", outage = ?t.elapsed(),
+                                    "relay heartbeats are back; L1 purged (what changed meanwhile is unknown)");
+                            }
                         }
-                    }
-                } else {
-                    feed.message(&payload);
-                    // Messages arriving prove the path; a burst may hold
-                    // the echo up behind it.
-                    if let Some((_, deadline)) = &mut awaiting {
-                        *deadline = (*deadline).max(Instant::now() + settings.heartbeat_timeout);
+                    } else {
+                        feed.message(&payload);
+                        // Messages arriving prove the path; a burst may hold
+                        // the echo up behind it.
+                        if let Some((_, deadline)) = &mut awaiting {
+                            *deadline = (*deadline).max(Instant::now() + settings.heartbeat_timeout);
+                        }
                     }
                 }
             }

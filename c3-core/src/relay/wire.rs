@@ -8,6 +8,15 @@
 /// `pg_logical_emit_message(true, 'c3:' || channel, payload)`.
 pub const MESSAGE_PREFIX: &str = "c3:";
 
+/// Separates the c3 payloads one NATS message carries (commits that shared
+/// a batch window). PostgreSQL text cannot contain NUL, so no payload does.
+pub const SEPARATOR: u8 = 0;
+
+/// The c3 payloads of one relayed NATS message, in order.
+pub fn payloads(message: &[u8]) -> impl Iterator<Item = &[u8]> {
+    message.split(|b| *b == SEPARATOR)
+}
+
 /// The header carrying the relay's epoch: an opaque token, new each time a
 /// relay (re)starts reading the slot. Compare for equality only.
 pub const HEADER_EPOCH: &str = "C3-Epoch";
@@ -137,6 +146,13 @@ mod tests {
         assert_eq!(c.observe(None, Some("3")), Step::Unreadable);
         assert_eq!(c.observe(Some("e2"), Some("x")), Step::Unreadable);
         assert_eq!(c.observe(Some("e2"), Some("4")), Step::First);
+    }
+
+    #[test]
+    fn a_message_carries_payloads_separated_by_nul() {
+        let got: Vec<&[u8]> = payloads(b"c3|1|-|1|k\n1 a\0c3|1|-|2|k\n2 b").collect();
+        assert_eq!(got, [&b"c3|1|-|1|k\n1 a"[..], &b"c3|1|-|2|k\n2 b"[..]]);
+        assert_eq!(payloads(b"user:1").count(), 1);
     }
 
     #[test]

@@ -167,7 +167,7 @@ pub(crate) fn observe<I: Observed>(meter: &Meter, cache: &str, inner: &Arc<I>) {
 type Counter = (&'static str, &'static str, &'static str, Vec<Series>);
 
 /// Every observable counter, read from the node's counters.
-fn counters() -> [Counter; 15] {
+fn counters() -> [Counter; 16] {
     [
         (
             "c3.hits",
@@ -236,6 +236,12 @@ fn counters() -> [Counter; 15] {
             "{purge}",
             "Whole-L1 fail-safe purges (listener loss, reconnect, clear, malformed input).",
             vec![(&[], |s| s.purges)],
+        ),
+        (
+            "c3.relay.gaps",
+            "{gap}",
+            "Relay mode: times relayed messages were found missing (a sequence gap, a new epoch, a slow-consumer report); each purged L1.",
+            vec![(&[], |s| s.relay_gaps)],
         ),
         (
             "c3.listener.reconnects",
