@@ -150,8 +150,28 @@ async fn observing(url: String) -> Result<(), BoxError> {
     Ok(())
 }
 
+/// "More than a few dozen replicas" (compiled, not run: it needs NATS and
+/// `wal_level = logical`; `examples/relay_fleet.rs` runs a relay-mode fleet).
+#[rustfmt::skip] // the README's layout, verbatim
+async fn relay_mode(url: String) -> Result<(), BoxError> {
+    use c3::C3;
+    // README block: relay mode
+    use c3::core::relay::{Nats, Relay};
+    let cache = C3::builder()
+        .postgres(&url)
+        .relay(Nats::new("nats://nats:4222"))          // this node hears through NATS
+        .embedded_relay(Relay::builder())              // and runs a relay (one leads)
+        .build()
+        .await?;
+    // end of block
+    drop(cache);
+    Ok(())
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), BoxError> {
+    // Compiled only: relay mode needs NATS and a logical-decoding server.
+    let _ = relay_mode;
     // A short tour of the parts that need nothing but PostgreSQL.
     let url = std::env::var("DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());

@@ -197,6 +197,16 @@ fn main() {
         let http = http::run(&env).await;
         eprintln!("c3-bench: coherency");
         let coherency = coherency::run(&env).await;
+        let relay = match relay::env() {
+            Some((url, nats)) => {
+                eprintln!("c3-bench: relay transport");
+                Some(relay::run(&env, &url, &nats).await)
+            }
+            None => {
+                eprintln!("c3-bench: {}", relay::SKIPPED);
+                None
+            }
+        };
         eprintln!("c3-bench: loading");
         let loading = loader::run(&env).await;
         eprintln!("c3-bench: write cost");
@@ -212,6 +222,7 @@ fn main() {
             read,
             http,
             coherency,
+            relay,
             loading,
             write,
             reconnect,

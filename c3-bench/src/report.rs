@@ -20,6 +20,8 @@ pub(crate) struct Report {
     pub(crate) read: Vec<Summary>,
     pub(crate) http: Vec<Summary>,
     pub(crate) coherency: Vec<Propagation>,
+    /// The relay transport beside NOTIFY (`None`: no logical server and NATS).
+    pub(crate) relay: Option<crate::relay::RelayReport>,
     pub(crate) loading: crate::loader::Loading,
     pub(crate) write: (Vec<WriteCost>, Batching),
     pub(crate) reconnect: Vec<crate::reconnect::Outage>,
@@ -215,6 +217,45 @@ fn targets(r: &Report) -> Vec<(String, String, Option<bool>)> {
         format!("{stale} stale in {checked} reads checked"),
         Some(stale == 0 && checked > 0),
     ));
+    match &r.relay {
+        None => t.push((
+            "relay: commit rate at 128 listeners ≥ 90 % of 1; p99 ≤ 5 ms at 1,000 writes/s to 128"
+                .into(),
+            crate::relay::SKIPPED.into(),
+            None,
+        )),
+        Some(relay) => {
+            let rate = relay
+                .commit_rates
+                .iter()
+                .find(|(sys, n, _, _)| sys.contains("relay") && *n == 128);
+            t.push((
+                "relay: writer commit rate at 128 listeners ≥ 90 % of its rate at 1".into(),
+                rate.map_or_else(
+                    || "not run (--quick)".into(),
+                    |(_, _, per_s, share)| format!("{per_s:.0} commits/s, {:.0} %", share * 100.0),
+                ),
+                rate.map(|(_, _, _, share)| *share >= 0.9),
+            ));
+            let p = relay.series.iter().find(|p| {
+                p.system.contains("relay") && p.listeners == 128 && p.target_rate == "1000/s"
+            });
+            t.push((
+                "relay: propagation p99 ≤ 5 ms at 1,000 writes/s to 128 listeners".into(),
+                p.map_or_else(
+                    || "not run (--quick)".into(),
+                    |p| {
+                        format!(
+                            "p99 {:.2} ms at an achieved {:.0} writes/s",
+                            p.p99_us / 1000.0,
+                            p.achieved_rate
+                        )
+                    },
+                ),
+                p.map(|p| p.p99_us <= 5000.0 && p.achieved_rate >= 950.0),
+            ));
+        }
+    }
     t
 }
 
@@ -306,6 +347,7 @@ fn markdown(r: &Report, took: Duration) -> String {
             p.p99_after_ack_us
         );
     }
+    relay_section(&mut md, r.relay.as_ref());
     let l = &r.loading;
     let _ = writeln!(
         md,
@@ -424,6 +466,58 @@ fn svg(r: &Report) -> String {
     }
     s.push_str("</svg>\n");
     s
+}
+
+/// The relay transport and LISTEN/NOTIFY side by side, on one server.
+fn relay_section(md: &mut String, relay: Option<&crate::relay::RelayReport>) {
+    let _ = writeln!(
+        md,
+        "\n## Past one PostgreSQL's NOTIFY: the relay transport\n\nThe same propagation measure, on a \
+         server with `wal_level = logical`: through the relay (commit → logical decoding → relay → NATS → \
+         node; PROTOCOL.md §6) and through LISTEN/NOTIFY, in the same run. Four writers on the writer node, \
+         at full speed (the commit rate) or together at 1,000 writes/s; listeners are nodes in this \
+         process (NATS subscribers, or LISTEN sessions), the relay too. Run it alone with \
+         `scripts/with-relay-env.sh cargo run -p c3-bench --release -- --only relay`.\n"
+    );
+    let Some(relay) = relay else {
+        let _ = writeln!(md, "Not run: {}.", crate::relay::SKIPPED);
+        return;
+    };
+    let _ = writeln!(
+        md,
+        "| transport | listeners | target | achieved/s | deliveries | lost | p50 µs | p99 µs | max µs | stale reads |\n|---|---|---|---|---|---|---|---|---|---|"
+    );
+    for p in &relay.series {
+        let stale = match (p.stale_reads, p.reads_checked) {
+            (Some(s), Some(c)) => format!("{s} / {c} checked"),
+            _ => "n/a".into(),
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {:.0} | {} | {} | {:.0} | {:.0} | {:.0} | {stale} |",
+            p.system,
+            p.listeners,
+            p.target_rate,
+            p.achieved_rate,
+            p.deliveries,
+            p.lost,
+            p.p50_us,
+            p.p99_us,
+            p.max_us
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nWriter commit rate at full speed, against the same transport's rate with one listener:\n\n\
+         | transport | listeners | commits/s | of 1 listener |\n|---|---|---|---|"
+    );
+    for (system, n, per_s, share) in &relay.commit_rates {
+        let _ = writeln!(
+            md,
+            "| {system} | {n} | {per_s:.0} | {:.0} % |",
+            share * 100.0
+        );
+    }
 }
 
 pub(crate) fn write(r: &Report, took: Duration) -> std::io::Result<()> {
