@@ -83,6 +83,11 @@ impl Stripe {
 pub(crate) struct FillToken {
     stripe: usize,
     bare_gen: u64,
+    /// The stripe's highest version: a value of unknown version (a load in
+    /// flight, a fill not yet stored) is judged by whether it moved.
+    max_version: u64,
+    /// How many versions the stripe had recorded: a value of known version
+    /// is judged by each one recorded since (see `Stripe::newer_since`).
     writes: u64,
     epoch: u64,
 }
@@ -236,6 +241,7 @@ impl Coherency {
         Some(FillToken {
             stripe,
             bare_gen: s.bare_gen,
+            max_version: s.max_version,
             writes: s.writes,
             epoch: self.epoch.load(Ordering::Acquire),
         })
@@ -248,7 +254,7 @@ impl Coherency {
         self.l1_enabled()
             && self.epoch.load(Ordering::Acquire) == token.epoch
             && s.bare_gen == token.bare_gen
-            && s.writes == token.writes
+            && s.max_version == token.max_version
     }
 
     /// Puts `entry` in L1 unless something invalidated `key` since `token` was
@@ -460,6 +466,7 @@ impl Coherency {
         FillToken {
             stripe,
             bare_gen: s.bare_gen,
+            max_version: s.max_version,
             writes: s.writes,
             epoch: self.epoch.load(Ordering::Acquire),
         }
@@ -470,7 +477,7 @@ impl Coherency {
         let s = self.lock(token.stripe);
         self.epoch.load(Ordering::Acquire) == token.epoch
             && s.bare_gen == token.bare_gen
-            && s.writes == token.writes
+            && s.max_version == token.max_version
     }
 
     /// `key` changed in a way we cannot order: drop it whatever its version.
