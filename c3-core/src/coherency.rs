@@ -17,9 +17,10 @@
 //!    not "newer than anything seen before": commits do not arrive in version
 //!    order (a transaction may draw its version before another that commits
 //!    first), so a stripe's highest version can already be above a write that
-//!    arrives later and makes the read stale. Each stripe therefore counts
-//!    the versions it applies and remembers the last few; a fill checks every
-//!    one applied since its token (too many to check: dropped). Check and insert happen under
+//!    arrives later and makes the read stale. Each stripe therefore keeps,
+//!    for any point since its oldest out-of-order version, the highest
+//!    version recorded after it; a fill of known version compares that with
+//!    its own. Check and insert happen under
 //!    the stripe's lock, the same lock invalidations take, so an invalidation
 //!    is either fully before the fill (and the fill is dropped) or fully after
 //!    (and it evicts the filled entry).
@@ -48,8 +49,8 @@ const STRIPES: usize = 256;
 /// and the entry replaced by the typed value).
 pub(crate) struct PushedJson(pub(crate) String);
 
-/// How many of a stripe's latest versions it remembers (rule 3).
-const RECENT: usize = 8;
+/// How many out-of-order versions a stripe keeps track of (rule 3).
+const SUFFIX: usize = 32;
 
 #[derive(Default)]
 struct Stripe {
@@ -57,24 +58,45 @@ struct Stripe {
     max_version: u64,
     /// Versions applied or noted so far.
     writes: u64,
-    /// The version of write number `w` is at `recent[w % RECENT]`.
-    recent: [u64; RECENT],
+    /// For any point in the stripe's history, the highest version recorded
+    /// after it: `(record number, version)` pairs, numbers rising and
+    /// versions falling — the highest version since record `n` is that of
+    /// the first pair numbered above `n`. Versions mostly rise, so it
+    /// mostly holds one pair.
+    suffix: std::collections::VecDeque<(u64, u64)>,
+    /// Pairs numbered up to here were dropped (more out-of-order versions
+    /// than `SUFFIX`): a token older than that cannot be judged.
+    forgotten: u64,
 }
 
 impl Stripe {
     fn record(&mut self, version: u64) {
         self.max_version = self.max_version.max(version);
         self.writes += 1;
-        self.recent[(self.writes % RECENT as u64) as usize] = version;
+        while self.suffix.back().is_some_and(|(_, v)| *v <= version) {
+            self.suffix.pop_back();
+        }
+        self.suffix.push_back((self.writes, version));
+        if self.suffix.len() > SUFFIX
+            && let Some((n, _)) = self.suffix.pop_front()
+        {
+            self.forgotten = n;
+        }
     }
 
     /// Whether a version above `ceiling` was recorded since `token` (or
-    /// more versions than it remembers, which it must assume).
+    /// the stripe no longer knows, which it must take as yes).
     fn newer_since(&self, token: &FillToken, ceiling: u64) -> bool {
-        let since = self.writes - token.writes;
-        since > RECENT as u64
-            || (token.writes + 1..=self.writes)
-                .any(|w| self.recent[(w % RECENT as u64) as usize] > ceiling)
+        if token.writes == self.writes {
+            return false;
+        }
+        if token.writes < self.forgotten {
+            return true;
+        }
+        self.suffix
+            .iter()
+            .find(|(n, _)| *n > token.writes)
+            .is_some_and(|(_, v)| *v > ceiling)
     }
 }
 
@@ -641,12 +663,18 @@ mod tests {
         let t = c.fill_token("k").unwrap();
         c.apply_written("k", 100);
         assert!(c.fill("k", t, entry(100)));
-        // More writes than the stripe remembers: dropped, to be safe.
+        // Many writes below the value's version (a batch of its own): kept.
         let t = c.fill_token("k").unwrap();
-        for v in 0..=RECENT as u64 {
+        for v in 111..200 {
             c.apply_written(&other, v);
         }
-        assert!(!c.fill("k", t, entry(120)));
+        assert!(c.fill("k", t, entry(200)));
+        // More out-of-order versions than the stripe tracks: dropped, to be safe.
+        let t = c.fill_token("k").unwrap();
+        for v in (300..300 + 2 * SUFFIX as u64).rev() {
+            c.apply_written(&other, v);
+        }
+        assert!(!c.fill("k", t, entry(1_000)));
     }
 
     #[test]

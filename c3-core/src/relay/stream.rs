@@ -100,6 +100,7 @@ pub(crate) async fn run(
         flush_at: None,
         decoded: Lsn(0),
         in_transaction: false,
+        xid: 0,
         published: Lsn(0),
         confirmed: Lsn(0),
         sync: None,
@@ -130,7 +131,7 @@ pub(crate) async fn run(
             }
             event = client.recv() => match event {
                 Ok(Some(event)) => {
-                    if let Err(why) = s.apply(event, nats, &client, status).await {
+                    if let Err(why) = s.apply(event, (nats, &lead.client), &client, status).await {
                         break Ended::Failed { why, streamed: true };
                     }
                 }
@@ -138,7 +139,7 @@ pub(crate) async fn run(
                 Err(e) => break Ended::Failed { why: format!("the replication stream: {e}"), streamed: true },
             },
             _ = sleep_until(s.flush_at.unwrap_or(next_sync)), if s.flush_at.is_some() => {
-                if let Err(why) = s.publish_due(nats, status).await {
+                if let Err(why) = s.publish_due(nats, &lead.client, status).await {
                     break Ended::Failed { why, streamed: true };
                 }
             }
@@ -155,6 +156,29 @@ pub(crate) async fn run(
     // Nothing more is acknowledged; the session ends with the client.
     client.stop();
     ended
+}
+
+/// Whether every transaction in `xids` (32-bit ids, as decoding reports
+/// them) is visible to a new snapshot. Decoding can deliver a commit before
+/// the committing backend made it visible — the commit record is flushed
+/// first, the transaction leaves the running set after — and a node that
+/// heard of the write and read L2 in between would keep the old row in L1
+/// with nothing left to evict it (found by the relay history: a read that
+/// began after the node applied a write returned the value before it, while
+/// the writer still waited for its commit's reply). NOTIFY is delivered
+/// only once the transaction is visible; the relay publishes no sooner.
+async fn visible(pg: &tokio_postgres::Client, xids: &[i64]) -> Result<bool, String> {
+    // The 32-bit ids are widened with the epoch of the snapshot's xmax (the
+    // previous epoch for an id above its low half).
+    const VISIBLE: &str = "SELECT coalesce(bool_and(pg_visible_in_snapshot((((( \
+        pg_snapshot_xmax(q.s)::text::bigint >> 32) \
+        - (x > (pg_snapshot_xmax(q.s)::text::bigint & 4294967295))::int) << 32) | x)::text::xid8, q.s)), true) \
+        FROM (SELECT pg_current_snapshot() AS s) AS q, unnest($1::bigint[]) AS x";
+    let row = tokio::time::timeout(Duration::from_secs(5), pg.query_one(VISIBLE, &[&xids]))
+        .await
+        .map_err(|_| "the visibility check did not answer within 5 s".to_owned())?
+        .map_err(|e| format!("the visibility check: {e}"))?;
+    Ok(row.get(0))
 }
 
 /// IDENTIFY_SYSTEM, then START_REPLICATION on the same session. A slot
@@ -207,6 +231,9 @@ struct Batch {
     payload: bytes::BytesMut,
     /// End LSN of the last commit in the batch.
     lsn: Lsn,
+    /// The batch's transactions: published only once visible (see
+    /// `visible`).
+    xids: Vec<u32>,
     /// End LSN of the last commit decoded before the batch's first one:
     /// everything up to it may be acknowledged while the batch waits.
     before: Lsn,
@@ -231,6 +258,8 @@ struct Stream<'a> {
     /// End LSN of the last commit decoded.
     decoded: Lsn,
     in_transaction: bool,
+    /// The open transaction's id.
+    xid: u32,
     /// End LSN of the last commit whose messages were all published.
     published: Lsn,
     /// The position NATS confirmed (and that was acknowledged).
@@ -244,13 +273,14 @@ impl Stream<'_> {
     async fn apply(
         &mut self,
         event: ReplicationEvent,
-        nats: &async_nats::Client,
+        (nats, pg): (&async_nats::Client, &tokio_postgres::Client),
         client: &ReplicationClient,
         status: &watch::Sender<RelayStatus>,
     ) -> Result<(), String> {
         match event {
-            ReplicationEvent::Begin { .. } => {
+            ReplicationEvent::Begin { xid, .. } => {
                 self.in_transaction = true;
+                self.xid = xid;
                 self.pending.clear();
             }
             // Transactional messages arrive between Begin and Commit, only
@@ -274,9 +304,13 @@ impl Stream<'_> {
                     let batch = self.batches.entry(subject).or_insert_with(|| Batch {
                         payload: bytes::BytesMut::new(),
                         lsn: end_lsn,
+                        xids: Vec::new(),
                         before,
                         count: 0,
                     });
+                    if batch.xids.last() != Some(&self.xid) {
+                        batch.xids.push(self.xid);
+                    }
                     if batch.count > 0 {
                         batch.payload.extend_from_slice(&[wire::SEPARATOR]);
                     }
@@ -284,7 +318,7 @@ impl Stream<'_> {
                     batch.lsn = end_lsn;
                     batch.count += 1;
                 }
-                self.publish_due(nats, status).await?;
+                self.publish_due(nats, pg, status).await?;
             }
             ReplicationEvent::KeepAlive { wal_end, .. } => {
                 let idle = !self.in_transaction
@@ -308,6 +342,7 @@ impl Stream<'_> {
     async fn publish_due(
         &mut self,
         nats: &async_nats::Client,
+        pg: &tokio_postgres::Client,
         status: &watch::Sender<RelayStatus>,
     ) -> Result<(), String> {
         let now = Instant::now();
@@ -323,6 +358,17 @@ impl Stream<'_> {
             })
             .map(|(subject, _)| subject.clone())
             .collect();
+        let xids: Vec<i64> = due
+            .iter()
+            .filter_map(|subject| self.batches.get(subject))
+            .flat_map(|b| b.xids.iter().map(|x| i64::from(*x)))
+            .collect();
+        if !xids.is_empty() && !visible(pg, &xids).await? {
+            // Not yet: look again shortly (it is a matter of microseconds).
+            let again = now + Duration::from_micros(200);
+            self.flush_at = Some(self.flush_at.map_or(again, |at| at.min(again)));
+            return Ok(());
+        }
         for subject in due {
             let Some(batch) = self.batches.remove(&subject) else {
                 continue;
