@@ -1,7 +1,8 @@
 //! # c3-bench: c3 against what users would pick instead, in one run
 //!
 //! ```text
-//! cargo run -p c3-bench --release            # full run, under 10 minutes
+//! scripts/with-relay-env.sh cargo run -p c3-bench --release   # full run with the relay section
+//! cargo run -p c3-bench --release            # full run, under 10 minutes (relay section skipped)
 //! cargo run -p c3-bench --release -- --quick # under 2 minutes
 //! cargo run -p c3-bench --release -- --only write  # one section, printed, docs untouched
 //! ```

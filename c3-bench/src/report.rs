@@ -265,7 +265,9 @@ fn markdown(r: &Report, took: Duration) -> String {
     let _ = writeln!(md, "# c3 benchmarks\n");
     let _ = writeln!(
         md,
-        "Regenerate everything on this page (about {} minutes; `--quick` takes under 2):\n\n```sh\ncargo run -p c3-bench --release\n```\n",
+        "Regenerate everything on this page (about {} minutes; `--quick` takes under 2) — the wrapper starts the \
+         PostgreSQL with `wal_level = logical` and the NATS server the relay section needs, and every section \
+         runs on that server:\n\n```sh\nscripts/with-relay-env.sh cargo run -p c3-bench --release\n```\n",
         if r.quick {
             2
         } else {
