@@ -294,3 +294,59 @@ async fn a_table_keeps_its_transport() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn the_slot_is_not_acknowledged_past_a_commit_made_while_nats_is_down() {
+    let cluster = Cluster::start_logical("relay_ack");
+    let mut nats = NatsServer::start();
+    let relay = relay(&cluster, &nats, "relay-a");
+    streaming(&relay).await;
+    // A relay-mode node creates the table and its announce function.
+    let a = node(&cluster, &nats, QUICK).await;
+    listening(&[&a], &[&relay]).await;
+    let sql = connect(&cluster.url()).await;
+    let confirmed = || async {
+        let row = sql
+            .query_one(
+                "SELECT (confirmed_flush_lsn - '0/0'::pg_lsn)::bigint FROM pg_replication_slots \
+                 WHERE slot_name = $1",
+                &[&SLOT],
+            )
+            .await
+            .unwrap();
+        row.get::<_, i64>(0)
+    };
+    let wal = || async {
+        let row = sql
+            .query_one("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint", &[])
+            .await
+            .unwrap();
+        row.get::<_, i64>(0)
+    };
+    nats.kill();
+    // A write while NATS is down: decoded, never confirmed by NATS.
+    sql.execute(
+        "SELECT public.cache_data_announce('cache_invalidate', 'k')",
+        &[],
+    )
+    .await
+    .unwrap();
+    let written = wal().await;
+    // Forty acknowledgement intervals: the slot must not move past it.
+    let until = std::time::Instant::now() + Duration::from_secs(2);
+    while std::time::Instant::now() < until {
+        assert!(
+            confirmed().await < written,
+            "the slot was acknowledged past a commit NATS never confirmed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    nats.start_again();
+    wait_until(
+        "the slot is acknowledged past the write",
+        DELIVERY,
+        || async { confirmed().await >= written },
+    )
+    .await;
+    relay.shutdown().await;
+}
