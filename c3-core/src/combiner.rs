@@ -69,6 +69,7 @@ impl Combiner {
         header: String,
     ) -> Result<Vec<u64>> {
         let (done, rx) = oneshot::channel();
+        let started = Instant::now();
         // Called under `C3::l2`, whose deadline is in scope.
         let deadline = crate::store::deadline()
             .unwrap_or_else(|| Instant::now() + std::time::Duration::from_secs(60));
@@ -91,7 +92,14 @@ impl Combiner {
         }
         match rx.await {
             Ok(r) => r,
-            // Only when the runtime is going away under us.
+            // A flusher drops a write whose deadline passed (it must never
+            // commit after its caller was told it failed): that caller timed
+            // out, even if its own timer has not fired yet.
+            Err(_) if Instant::now() >= deadline => Err(Error::timeout(
+                "set",
+                deadline.saturating_duration_since(started),
+            )),
+            // Otherwise only when the runtime is going away under us.
             Err(_) => Err(Error::from(Repr::Shutdown)),
         }
     }
