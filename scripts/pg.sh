@@ -21,25 +21,19 @@ c3_pg_bindir() {
   return 1
 }
 
-c3_find_or_start_postgres() {
-  if [ -n "${DATABASE_URL:-}" ]; then
-    if c3_pg_reachable "$DATABASE_URL"; then export DATABASE_URL; return 0; fi
-    echo "DATABASE_URL=$DATABASE_URL is not reachable; looking for another server" >&2
-  fi
-  local default="postgres://postgres@127.0.0.1:5432/postgres"
-  if c3_pg_reachable "$default"; then export DATABASE_URL="$default"; return 0; fi
-
-  local bindir
+c3_start_cluster() {
+  # initdb and start a throwaway cluster on port $1 with the extra server
+  # options $2 (installing Debian's postgresql package when no binaries are
+  # found; initdb refuses to run as root, so the cluster then belongs to the
+  # postgres user). Sets C3_CLUSTER_DIR and C3_CLUSTER_STOP (the stop command).
+  local port="$1" options="$2" bindir dir
   if ! bindir=$(c3_pg_bindir); then
     echo "No PostgreSQL binaries found; installing Debian's postgresql package" >&2
     local sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
     $sudo apt-get update -qq && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
     bindir=$(c3_pg_bindir) || { echo "could not install PostgreSQL" >&2; return 1; }
   fi
-  local port=${C3_TEST_PG_PORT:-54329}
-  local dir
   dir=$(mktemp -d /tmp/c3-pg.XXXXXX)
-  # initdb refuses to run as root, so the cluster belongs to the postgres user.
   local as=()
   if [ "$(id -u)" -eq 0 ]; then
     id postgres >/dev/null 2>&1 || useradd --system --home "$dir" postgres
@@ -48,12 +42,26 @@ c3_find_or_start_postgres() {
   fi
   "${as[@]}" "$bindir/initdb" -D "$dir/data" -A trust -U postgres >/dev/null
   "${as[@]}" "$bindir/pg_ctl" -D "$dir/data" -l "$dir/log" -w \
-    -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c max_connections=300" start >/dev/null
-  C3_PG_STOP=("${as[@]}" "$bindir/pg_ctl" -D "$dir/data" -m fast stop)
-  C3_PG_DIR="$dir"
+    -o "-p $port -k $dir -c listen_addresses=127.0.0.1 $options" start >/dev/null
+  C3_CLUSTER_STOP=("${as[@]}" "$bindir/pg_ctl" -D "$dir/data" -m fast stop)
+  C3_CLUSTER_DIR="$dir"
+}
+
+c3_find_or_start_postgres() {
+  if [ -n "${DATABASE_URL:-}" ]; then
+    if c3_pg_reachable "$DATABASE_URL"; then export DATABASE_URL; return 0; fi
+    echo "DATABASE_URL=$DATABASE_URL is not reachable; looking for another server" >&2
+  fi
+  local default="postgres://postgres@127.0.0.1:5432/postgres"
+  if c3_pg_reachable "$default"; then export DATABASE_URL="$default"; return 0; fi
+
+  local port=${C3_TEST_PG_PORT:-54329}
+  c3_start_cluster "$port" "-c max_connections=300" || return 1
+  C3_PG_STOP=("${C3_CLUSTER_STOP[@]}")
+  C3_PG_DIR="$C3_CLUSTER_DIR"
   trap 'c3_stop_postgres' EXIT
   export DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"
-  echo "started a throwaway PostgreSQL in $dir on port $port" >&2
+  echo "started a throwaway PostgreSQL in $C3_PG_DIR on port $port" >&2
 }
 
 c3_stop_postgres() {
@@ -90,30 +98,14 @@ c3_start_logical_postgres() {
   # A throwaway cluster with wal_level = logical (the relay's slot) on a free
   # port: the server on 5432 usually runs `replica`, and changing that needs
   # a restart. Exports C3_LOGICAL_DATABASE_URL; stopped by c3_stop_logical.
-  local bindir
-  if ! bindir=$(c3_pg_bindir); then
-    echo "No PostgreSQL binaries found; installing Debian's postgresql package" >&2
-    local sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
-    $sudo apt-get update -qq && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
-    bindir=$(c3_pg_bindir) || { echo "could not install PostgreSQL" >&2; return 1; }
-  fi
-  local port dir
+  local port
   port=$(c3_free_port)
-  dir=$(mktemp -d /tmp/c3-logical.XXXXXX)
-  local as=()
-  if [ "$(id -u)" -eq 0 ]; then
-    id postgres >/dev/null 2>&1 || useradd --system --home "$dir" postgres
-    chown postgres "$dir"
-    as=(runuser -u postgres --)
-  fi
-  "${as[@]}" "$bindir/initdb" -D "$dir/data" -A trust -U postgres >/dev/null
-  "${as[@]}" "$bindir/pg_ctl" -D "$dir/data" -l "$dir/log" -w \
-    -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c max_connections=400 -c wal_level=logical \
-        -c max_replication_slots=16 -c max_wal_senders=16 -c wal_sender_timeout=10s" start >/dev/null
-  C3_LOGICAL_STOP=("${as[@]}" "$bindir/pg_ctl" -D "$dir/data" -m fast stop)
-  C3_LOGICAL_DIR="$dir"
+  c3_start_cluster "$port" "-c max_connections=400 -c wal_level=logical \
+    -c max_replication_slots=16 -c max_wal_senders=16 -c wal_sender_timeout=10s" || return 1
+  C3_LOGICAL_STOP=("${C3_CLUSTER_STOP[@]}")
+  C3_LOGICAL_DIR="$C3_CLUSTER_DIR"
   export C3_LOGICAL_DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"
-  echo "started a throwaway PostgreSQL (wal_level = logical) in $dir on port $port" >&2
+  echo "started a throwaway PostgreSQL (wal_level = logical) in $C3_LOGICAL_DIR on port $port" >&2
 }
 
 c3_stop_logical() {

@@ -329,10 +329,7 @@ fn markdown(r: &Report, took: Duration) -> String {
          | system | listeners | writers | target | achieved/s | deliveries | lost | p50 µs | p99 µs | max µs | p99 after ack µs | stale reads |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for p in &r.coherency {
-        let stale = match (p.stale_reads, p.reads_checked) {
-            (Some(s), Some(c)) => format!("{s} / {c} checked"),
-            _ => "n/a".into(),
-        };
+        let stale = stale_cell(p);
         let _ = writeln!(
             md,
             "| {} | {} | {} | {} | {:.0} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {stale} |",
@@ -470,6 +467,14 @@ fn svg(r: &Report) -> String {
     s
 }
 
+/// A propagation series' stale-read check, as a table cell.
+fn stale_cell(p: &Propagation) -> String {
+    match (p.stale_reads, p.reads_checked) {
+        (Some(s), Some(c)) => format!("{s} / {c} checked"),
+        _ => "n/a".into(),
+    }
+}
+
 /// The relay transport and LISTEN/NOTIFY side by side, on one server.
 fn relay_section(md: &mut String, relay: Option<&crate::relay::RelayReport>) {
     let _ = writeln!(
@@ -490,10 +495,7 @@ fn relay_section(md: &mut String, relay: Option<&crate::relay::RelayReport>) {
         "| transport | listeners | target | achieved/s | deliveries | lost | p50 µs | p99 µs | max µs | stale reads |\n|---|---|---|---|---|---|---|---|---|---|"
     );
     for p in &relay.series {
-        let stale = match (p.stale_reads, p.reads_checked) {
-            (Some(s), Some(c)) => format!("{s} / {c} checked"),
-            _ => "n/a".into(),
-        };
+        let stale = stale_cell(p);
         let _ = writeln!(
             md,
             "| {} | {} | {} | {:.0} | {} | {} | {:.0} | {:.0} | {:.0} | {stale} |",

@@ -40,19 +40,11 @@ pub(crate) fn observe(meter: &Meter, slot: &str, status: &watch::Receiver<RelayS
         ),
     ];
     for (name, unit, description, read) in gauges {
-        let (status, attrs) = (
-            status.clone(),
-            vec![KeyValue::new("c3.relay.slot", slot.to_owned())],
-        );
         meter
             .u64_observable_gauge(name)
             .with_unit(unit)
             .with_description(description)
-            .with_callback(move |obs: &dyn AsyncInstrument<u64>| {
-                if let Some(v) = read(&status.borrow()) {
-                    obs.observe(v, &attrs);
-                }
-            })
+            .with_callback(reader(status, slot, read))
             .build();
     }
     let counters: [(&'static str, &'static str, &'static str, Read); 2] = [
@@ -70,19 +62,28 @@ pub(crate) fn observe(meter: &Meter, slot: &str, status: &watch::Receiver<RelayS
         ),
     ];
     for (name, unit, description, read) in counters {
-        let (status, attrs) = (
-            status.clone(),
-            vec![KeyValue::new("c3.relay.slot", slot.to_owned())],
-        );
         meter
             .u64_observable_counter(name)
             .with_unit(unit)
             .with_description(description)
-            .with_callback(move |obs: &dyn AsyncInstrument<u64>| {
-                if let Some(v) = read(&status.borrow()) {
-                    obs.observe(v, &attrs);
-                }
-            })
+            .with_callback(reader(status, slot, read))
             .build();
+    }
+}
+
+/// The callback that reports `read` of the relay's latest status.
+fn reader(
+    status: &watch::Receiver<RelayStatus>,
+    slot: &str,
+    read: Read,
+) -> impl Fn(&dyn AsyncInstrument<u64>) + Send + Sync + 'static {
+    let (status, attrs) = (
+        status.clone(),
+        [KeyValue::new("c3.relay.slot", slot.to_owned())],
+    );
+    move |obs: &dyn AsyncInstrument<u64>| {
+        if let Some(v) = read(&status.borrow()) {
+            obs.observe(v, &attrs);
+        }
     }
 }
