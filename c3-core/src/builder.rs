@@ -78,6 +78,8 @@ pub struct C3Builder {
     pub(crate) pool_size: usize,
     pub(crate) node_id: Option<String>,
     pub(crate) clock: Arc<dyn Clock>,
+    /// False once `clock` was given: then no coarse shortcut (see `Inner`).
+    pub(crate) system_clock: bool,
     pub(crate) l2_breaker: BreakerConfig,
     pub(crate) loader_breaker: BreakerConfig,
     #[cfg(feature = "test-util")]
@@ -130,6 +132,7 @@ impl Default for C3Builder {
             pool_size: 4,
             node_id: None,
             clock: Arc::new(SystemClock),
+            system_clock: true,
             l2_breaker: BreakerConfig::default(),
             loader_breaker: BreakerConfig::default(),
             #[cfg(feature = "test-util")]
@@ -525,6 +528,7 @@ impl C3Builder {
     /// The wall clock used for expiry (tests pass a [`ManualClock`](crate::ManualClock)).
     pub fn clock(mut self, clock: impl Clock) -> Self {
         self.clock = Arc::new(clock);
+        self.system_clock = false;
         self
     }
 

@@ -34,9 +34,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
-
-use moka::Expiry;
+use std::time::Duration;
 
 use crate::entry::{ENTRY_OVERHEAD, L1Entry};
 use crate::protocol::{Body, Notification};
@@ -114,42 +112,6 @@ pub(crate) struct FillToken {
     epoch: u64,
 }
 
-/// An entry lives in L1 as long as it may be served (fresh or fail-safe
-/// stale), and never longer than the configured L1 TTL.
-struct EntryExpiry {
-    cap: Option<Duration>,
-}
-
-impl EntryExpiry {
-    fn keep(&self, value: &L1Entry) -> Option<Duration> {
-        match (value.keep_for, self.cap) {
-            (Some(k), Some(c)) => Some(k.min(c)),
-            (k, c) => k.or(c),
-        }
-    }
-}
-
-impl Expiry<String, Arc<L1Entry>> for EntryExpiry {
-    fn expire_after_create(
-        &self,
-        _key: &String,
-        value: &Arc<L1Entry>,
-        _created_at: Instant,
-    ) -> Option<Duration> {
-        self.keep(value)
-    }
-
-    fn expire_after_update(
-        &self,
-        _key: &String,
-        value: &Arc<L1Entry>,
-        _updated_at: Instant,
-        _duration_until_expiry: Option<Duration>,
-    ) -> Option<Duration> {
-        self.keep(value)
-    }
-}
-
 /// How L1 chooses what to evict when it is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -173,7 +135,9 @@ pub(crate) struct L1Settings {
 }
 
 pub(crate) struct Coherency {
-    l1: moka::sync::Cache<String, Arc<L1Entry>>,
+    // Entries by value: cloning one (what moka's `get` does) bumps only the
+    // value's `Arc`, the one a hit hands out.
+    l1: moka::sync::Cache<String, L1Entry>,
     stripes: Box<[Mutex<Stripe>]>,
     /// Bumped by every whole-L1 purge; a fill whose token predates it is dropped.
     epoch: AtomicU64,
@@ -199,15 +163,21 @@ impl Coherency {
     ) -> Self {
         let mut l1 = moka::sync::Cache::builder()
             .max_capacity(l1_max_bytes)
-            .weigher(|k: &String, e: &Arc<L1Entry>| {
+            .weigher(|k: &String, e: &L1Entry| {
                 e.weight
                     .saturating_add(u32::try_from(k.len()).unwrap_or(u32::MAX))
             })
             .eviction_policy(match settings.eviction {
                 L1Eviction::TinyLfu => moka::policy::EvictionPolicy::tiny_lfu(),
                 L1Eviction::Lru => moka::policy::EvictionPolicy::lru(),
-            })
-            .expire_after(EntryExpiry { cap: settings.ttl });
+            });
+        // No per-entry expiry: moka's costs a fifth of every hit (its timer
+        // wheel), and the hit already checks the entry's own times. An
+        // expired copy is never served; it stays, counted against capacity,
+        // until read again, replaced, evicted for room or past `l1_ttl`.
+        if let Some(ttl) = settings.ttl {
+            l1 = l1.time_to_live(ttl);
+        }
         if let Some(idle) = settings.time_to_idle {
             l1 = l1.time_to_idle(idle);
         }
@@ -242,7 +212,7 @@ impl Coherency {
     }
 
     /// The L1 entry for `key`, if L1 is in use and holds one.
-    pub(crate) fn peek(&self, key: &str) -> Option<Arc<L1Entry>> {
+    pub(crate) fn peek(&self, key: &str) -> Option<L1Entry> {
         if !self.l1_enabled() {
             return None;
         }
@@ -315,7 +285,7 @@ impl Coherency {
         {
             return false;
         }
-        self.l1.insert(key.to_owned(), Arc::new(entry));
+        self.l1.insert(key.to_owned(), entry);
         drop(s);
         true
     }
@@ -400,22 +370,21 @@ impl Coherency {
     /// is already known (a late push never overwrites a newer value) or the
     /// value has already expired.
     fn keep_pushed(&self, p: &crate::protocol::Pushed) {
-        if !self.l1_configured {
+        // Only keys a write could have made reach L1: a read that hits it
+        // skips the key's character checks (see `C3::get_with_tier`).
+        if !self.l1_configured || crate::key::validate_key(&p.key, usize::MAX).is_err() {
             return;
         }
         let now_us = crate::clock::unix_micros(self.clock.now());
         if p.stale_until_us <= now_us {
             return;
         }
-        let keep_for = (p.stale_until_us != u64::MAX)
-            .then(|| Duration::from_micros(p.stale_until_us - now_us));
         let entry = L1Entry {
             value: Arc::new(PushedJson(p.json.clone())),
             version: p.version,
             fresh_until_us: p.fresh_until_us,
             stale_until_us: p.stale_until_us,
             weight: u32::try_from(p.json.len() + ENTRY_OVERHEAD).unwrap_or(u32::MAX),
-            keep_for,
         };
         // `enabled` is read under the stripe lock, as in `fill_up_to`: a
         // purge takes every stripe lock after clearing it, so no push can
@@ -427,32 +396,27 @@ impl Coherency {
         {
             return;
         }
-        self.l1.insert(p.key.clone(), Arc::new(entry));
+        self.l1.insert(p.key.clone(), entry);
         drop(s);
         Counters::inc(&self.counters.pushed_values_kept);
     }
 
     /// Replaces a pushed entry by its decoded value, if L1 still holds that
-    /// very entry (a newer write may have replaced or dropped it meanwhile).
+    /// very entry (a newer write may have replaced or dropped it meanwhile;
+    /// the pushed value's `Arc` is the entry's identity).
     pub(crate) fn replace_decoded(
         &self,
         key: &str,
-        pushed: &Arc<L1Entry>,
-        value: Arc<dyn std::any::Any + Send + Sync>,
+        pushed: &Arc<dyn std::any::Any + Send + Sync>,
+        decoded: L1Entry,
     ) {
         let s = self.lock(Self::stripe_of(key));
-        if self.l1.get(key).is_some_and(|e| Arc::ptr_eq(&e, pushed)) {
-            self.l1.insert(
-                key.to_owned(),
-                Arc::new(L1Entry {
-                    value,
-                    version: pushed.version,
-                    fresh_until_us: pushed.fresh_until_us,
-                    stale_until_us: pushed.stale_until_us,
-                    weight: pushed.weight,
-                    keep_for: pushed.keep_for,
-                }),
-            );
+        if self
+            .l1
+            .get(key)
+            .is_some_and(|e| Arc::ptr_eq(&e.value, pushed))
+        {
+            self.l1.insert(key.to_owned(), decoded);
         }
         drop(s);
     }
@@ -585,7 +549,6 @@ mod tests {
             fresh_until_us: u64::MAX,
             stale_until_us: u64::MAX,
             weight: 8,
-            keep_for: None,
         }
     }
 
@@ -700,7 +663,7 @@ mod tests {
     fn listening_again_purges_what_reached_l1_meanwhile() {
         let c = engine();
         c.disable();
-        c.l1.insert("k".into(), Arc::new(entry(3)));
+        c.l1.insert("k".into(), entry(3));
         let purges = c.counters.purges.load(Ordering::Relaxed);
         c.enable();
         assert!(

@@ -4,8 +4,8 @@
 //!
 //! An entry is **fresh** until its `fresh_until`; then **stale** — served
 //! only as a fail-safe fallback, when the source of truth is failing — until
-//! its `stale_until`; then **dead**: no read path serves it, and moka drops
-//! it (`keep_for`). A value replaced by a newer write is *superseded*, which
+//! its `stale_until`; then **dead**: no read path serves it, and L1 keeps
+//! it only until it is replaced or evicted for room. A value replaced by a newer write is *superseded*, which
 //! is the coherency engine's business (versions), not this clock's.
 //!
 //! Every read path asks [`L1Entry::state`] or [`Row::state`]: `get`, `get_many`
@@ -14,7 +14,7 @@
 
 use std::any::Any;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use serde::de::DeserializeOwned;
 
@@ -93,6 +93,7 @@ pub(crate) fn state(fresh_until_us: u64, stale_until_us: u64, now_us: u64) -> St
 }
 
 /// What L1 holds for one key: the decoded value, so a hit does no work.
+#[derive(Clone)]
 pub(crate) struct L1Entry {
     pub(crate) value: Arc<dyn Any + Send + Sync>,
     pub(crate) version: u64,
@@ -103,8 +104,6 @@ pub(crate) struct L1Entry {
     pub(crate) stale_until_us: u64,
     /// Bytes charged against the L1 capacity.
     pub(crate) weight: u32,
-    /// How long moka should keep the entry, computed when it was made.
-    pub(crate) keep_for: Option<Duration>,
 }
 
 impl L1Entry {
@@ -150,20 +149,21 @@ pub(crate) const ENTRY_OVERHEAD: usize = 96;
 /// Marker stored in L1 for a cached "not found".
 pub(crate) struct Absent;
 
-/// The value of an L1 entry as `Option<T>` (`Some(None)`: cached "not found");
-/// `None` if the entry holds another type.
+/// The value of an L1 entry as `Option<T>` (`Some(None)`: cached "not
+/// found"); the value back if it holds another type. Takes the `Arc`: a
+/// hit hands out the one its lookup cloned.
 pub(crate) fn typed_value<T: Send + Sync + 'static>(
-    v: &Arc<dyn Any + Send + Sync>,
-) -> Option<Option<Arc<T>>> {
+    v: Arc<dyn Any + Send + Sync>,
+) -> Result<Option<Arc<T>>, Arc<dyn Any + Send + Sync>> {
     if v.is::<Absent>() {
-        return Some(None);
+        return Ok(None);
     }
-    Arc::clone(v).downcast::<T>().ok().map(Some)
+    v.downcast::<T>().map(Some)
 }
 
 /// Decodes an L2 row into a `T` (`None` for a negative entry) and the L1
 /// entry that would hold it.
-pub(crate) fn decode_row<T>(key: &str, row: Row, now_us: u64) -> Result<(Option<Arc<T>>, L1Entry)>
+pub(crate) fn decode_row<T>(key: &str, row: Row) -> Result<(Option<Arc<T>>, L1Entry)>
 where
     T: DeserializeOwned + Send + Sync + 'static,
 {
@@ -176,15 +176,12 @@ where
         }
     };
     let (fresh_until_us, stale_until_us) = row.until_us();
-    let keep_for = (stale_until_us != u64::MAX)
-        .then(|| Duration::from_micros(stale_until_us.saturating_sub(now_us)));
     let entry = L1Entry {
         value: stored,
         version: row.version,
         fresh_until_us,
         stale_until_us,
         weight: u32::try_from(row.value.len() + ENTRY_OVERHEAD).unwrap_or(u32::MAX),
-        keep_for,
     };
     Ok((value, entry))
 }

@@ -349,7 +349,7 @@ where
     }
     let Some(token) = token else { return };
     let key = item.key.clone();
-    if let Ok((_, entry)) = decode_row::<T>(&key, Row::written(item, 0), c3.now_us()) {
+    if let Ok((_, entry)) = decode_row::<T>(&key, Row::written(item, 0)) {
         c3.coherency().fill(&key, token, entry);
     }
 }

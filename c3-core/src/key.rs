@@ -62,7 +62,14 @@ pub(crate) fn validate_key(key: &str, max: usize) -> Result<(), KeyError> {
             max,
         });
     }
-    if let Some((at, c)) = key.char_indices().find(|(_, c)| c.is_control()) {
+    // Control characters are C0 and DEL (single bytes) and C1 (U+0080 to
+    // U+009F, encoded 0xC2 0x80..=0x9F). A branch-free byte scan clears an
+    // ordinary key (every read pays this); only a key holding a suspect byte
+    // is walked character by character.
+    let suspect = key
+        .bytes()
+        .fold(false, |s, b| s | (b < 0x20) | (b == 0x7F) | (b == 0xC2));
+    if suspect && let Some((at, c)) = key.char_indices().find(|(_, c)| c.is_control()) {
         return Err(KeyError::ControlCharacter { code: c as u32, at });
     }
     if key.starts_with(RESERVED_PREFIX) {
@@ -101,5 +108,17 @@ mod tests {
         assert_eq!(validate_key("c3|x", 10), Err(KeyError::ReservedPrefix));
         assert!(validate_key("'; DROP TABLE x; --", 100).is_ok());
         assert!(validate_key("ключ", 100).is_ok());
+    }
+
+    #[test]
+    fn the_byte_scan_finds_every_control_character() {
+        for c in (0..=0x10_FFFF).filter_map(char::from_u32) {
+            let key = format!("k{c}k");
+            let refused = matches!(
+                validate_key(&key, 100),
+                Err(KeyError::ControlCharacter { at: 1, .. })
+            );
+            assert_eq!(refused, c.is_control(), "U+{:04X}", c as u32);
+        }
     }
 }

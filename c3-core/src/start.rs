@@ -3,6 +3,7 @@
 //! sweeper). The one place that picks a store: the in-process server
 //! (`crate::memory`) or PostgreSQL (`crate::postgres`).
 
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
@@ -76,6 +77,7 @@ impl C3Builder {
                 sql_names.table.clone(),
             ),
             clock: self.clock,
+            system_clock: self.system_clock,
             counters,
             sql_names,
             trace_keys: self.trace_keys,
@@ -90,6 +92,7 @@ impl C3Builder {
                 push_prefixes: self.push_prefixes,
             },
             shutdown: shutdown_tx,
+            closed: AtomicBool::new(false),
             tasks: Mutex::new(tasks),
             loader_breakers: crate::breaker::SourceBreakers::new(self.loader_breaker),
             flights: Flights::default(),

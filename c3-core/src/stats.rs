@@ -2,15 +2,72 @@
 //!
 //! Plain relaxed atomics: each counter is independent, and a snapshot that is a
 //! few increments behind is fine for monitoring. The telemetry layer reads the
-//! same counters instead of keeping its own.
+//! same counters instead of keeping its own. The counters every read bumps
+//! are [`Striped`], so cores serving hits do not fight over one cache line.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+/// A counter: bumped on the hot path, summed when read.
+pub(crate) trait Count {
+    fn inc(&self);
+    fn get(&self) -> u64;
+}
+
+impl Count for AtomicU64 {
+    fn inc(&self) {
+        self.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn get(&self) -> u64 {
+        self.load(Ordering::Relaxed)
+    }
+}
+
+/// A counter split over cache lines, each thread bumping its own slot
+/// (threads share slots round-robin beyond [`SLOTS`]): increments from
+/// different cores do not bounce one line between them. Reads add the slots.
+#[derive(Debug, Default)]
+pub(crate) struct Striped {
+    slots: [Slot; SLOTS],
+}
+
+const SLOTS: usize = 8;
+
+#[derive(Debug, Default)]
+#[repr(align(128))] // two lines: adjacent-line prefetching pairs them
+struct Slot(AtomicU64);
+
+impl Striped {
+    fn slot() -> usize {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        thread_local! {
+            static SLOT: Cell<usize> = const { Cell::new(usize::MAX) };
+        }
+        SLOT.with(|s| {
+            if s.get() == usize::MAX {
+                s.set(NEXT.fetch_add(1, Ordering::Relaxed) % SLOTS);
+            }
+            s.get()
+        })
+    }
+}
+
+impl Count for Striped {
+    fn inc(&self) {
+        self.slots[Self::slot()].0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn get(&self) -> u64 {
+        self.slots.iter().map(|s| s.0.load(Ordering::Relaxed)).sum()
+    }
+}
 
 macro_rules! counters {
-    ($( $(#[$doc:meta])* $name:ident ),* $(,)?) => {
+    ($( $(#[$doc:meta])* $name:ident $(: $ty:ty)? ),* $(,)?) => {
         #[derive(Debug, Default)]
         pub(crate) struct Counters {
-            $( pub(crate) $name: AtomicU64, )*
+            $( pub(crate) $name: counters!(@ty $($ty)?), )*
         }
 
         /// A point-in-time copy of a cache's counters.
@@ -33,7 +90,7 @@ macro_rules! counters {
         impl Counters {
             pub(crate) fn snapshot(&self) -> Stats {
                 let mut s = Stats {
-                    $( $name: self.$name.load(Ordering::Relaxed), )*
+                    $( $name: self.$name.get(), )*
                     ..Stats::default()
                 };
                 s.invalidations_sent =
@@ -43,13 +100,15 @@ macro_rules! counters {
             }
         }
     };
+    (@ty) => { AtomicU64 };
+    (@ty $ty:ty) => { $ty };
 }
 
 counters! {
     /// Reads answered from L1.
-    l1_hits,
+    l1_hits: Striped,
     /// Reads that found nothing usable in L1 (including while L1 was bypassed).
-    l1_misses,
+    l1_misses: Striped,
     /// Reads answered from L2.
     l2_hits,
     /// Reads that found nothing in L2 either.
@@ -113,7 +172,7 @@ counters! {
 }
 
 impl Counters {
-    pub(crate) fn inc(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
+    pub(crate) fn inc(counter: &impl Count) {
+        counter.inc();
     }
 }

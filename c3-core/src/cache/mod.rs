@@ -7,6 +7,7 @@ mod invalidate;
 mod read;
 mod write;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,7 +17,7 @@ use tokio::task::JoinHandle;
 use crate::builder::C3Builder;
 use crate::clock::{Clock, unix_micros};
 use crate::coherency::Coherency;
-use crate::entry::State;
+use crate::entry::{L1Entry, State};
 use crate::error::{Repr, Result};
 use crate::feed::{Feed, ListenerState};
 use crate::flights::Flights;
@@ -94,10 +95,16 @@ pub(crate) struct Inner {
     /// The one way into L2 (breaker, timeout, span, counters).
     pub(crate) l2: crate::l2::L2,
     pub(crate) clock: Arc<dyn Clock>,
+    /// Whether `clock` is the system clock, whose coarse reading lets an L1
+    /// hit skip the precise one (`clock::system_now_at_most_us`).
+    pub(crate) system_clock: bool,
     pub(crate) counters: Arc<Counters>,
     pub(crate) metrics: Arc<crate::telemetry::Metrics>,
     pub(crate) limits: Limits,
     pub(crate) shutdown: watch::Sender<bool>,
+    /// Set with `shutdown`: what every call checks (a load, where reading
+    /// the watch channel takes its lock).
+    pub(crate) closed: AtomicBool,
     pub(crate) tasks: Mutex<Vec<JoinHandle<()>>>,
     /// The loaders' breakers, one per source.
     pub(crate) loader_breakers: crate::breaker::SourceBreakers,
@@ -230,19 +237,38 @@ impl C3 {
     /// diagnostics and tests; reads decide on their own.
     #[must_use]
     pub fn is_cached_locally(&self, key: &str) -> bool {
-        let now = self.now_us();
         self.inner
             .coherency
             .peek(key)
-            .is_some_and(|e| e.state(now) == State::Fresh)
+            .is_some_and(|e| self.fresh_now(&e))
     }
 
     pub(crate) fn now_us(&self) -> u64 {
         unix_micros(self.inner.clock.now())
     }
 
-    fn check_open(&self) -> Result<()> {
-        if *self.inner.shutdown.borrow() {
+    /// Whether an L1 entry is fresh now. The hit path's one clock question:
+    /// the coarse bound answers it for every entry not about to expire
+    /// (a precise read plus its conversion is a sixth of a bare moka get);
+    /// the cache's own clock decides the rest.
+    pub(crate) fn fresh_now(&self, e: &L1Entry) -> bool {
+        if self.inner.system_clock
+            && crate::clock::system_now_at_most_us()
+                .is_some_and(|at_most| e.fresh_until_us > at_most)
+        {
+            return true;
+        }
+        e.state(self.now_us()) == State::Fresh
+    }
+
+    /// Whether `key` is non-empty and within `max_key_bytes`: the part of
+    /// [`validate_key`](Self::validate_key) an L1 hit still needs.
+    pub(crate) fn key_length_ok(&self, key: &str) -> bool {
+        !key.is_empty() && key.len() <= self.inner.limits.max_key_bytes
+    }
+
+    pub(crate) fn check_open(&self) -> Result<()> {
+        if self.inner.closed.load(Ordering::Acquire) {
             return Err(Repr::Shutdown.into());
         }
         Ok(())
@@ -303,6 +329,7 @@ impl C3 {
             self.inner.combiner.wait_idle(),
         )
         .await;
+        self.inner.closed.store(true, Ordering::Release);
         self.inner.shutdown.send_replace(true);
         let tasks =
             std::mem::take(&mut *self.inner.tasks.lock().unwrap_or_else(|e| e.into_inner()));

@@ -65,25 +65,32 @@ impl C3 {
     where
         T: DeserializeOwned + Send + Sync + 'static,
     {
-        let mut op = telemetry::op!(self, Get, key, read);
-        self.check_key(key)?;
-        if let Some(v) = self.l1_get::<T>(key) {
-            // Answered in memory: no child span, no I/O.
-            op.record(
-                Some(Tier::L1),
-                if v.is_some() {
+        self.check_open()?;
+        // Only valid keys ever enter L1 (every write and fill checks its
+        // key, and peers' pushes are checked on arrival), so a hit needs no
+        // character scan: the length check alone keeps a too-long key from
+        // being hashed, and a miss checks the rest before L2 sees the key.
+        if self.key_length_ok(key)
+            && let Some(v) = self.l1_get::<T>(key)
+        {
+            // Answered in memory: no child span, no I/O, and no span at all
+            // when nothing listens.
+            if telemetry::spans::listening() {
+                let outcome = if v.is_some() {
                     Outcome::Hit
                 } else {
                     Outcome::Miss
-                },
-            );
+                };
+                telemetry::op!(self, Get, key, read).record(Some(Tier::L1), outcome);
+            }
             return Ok((v, Tier::L1));
         }
+        let mut op = telemetry::op!(self, Get, key, read);
+        self.validate_key(key)?;
         op.start_timer();
-        let r = self
-            .get_from_l2::<T>(key, &op)
-            .instrument(op.span.clone())
-            .await;
+        // Boxed: the L2 read's state is most of this future's size, and an
+        // L1 hit would otherwise move it around (twice) for nothing.
+        let r = Box::pin(self.get_from_l2::<T>(key, &op).instrument(op.span.clone())).await;
         op.record_result(&r);
         Ok((r?, Tier::L2))
     }
@@ -107,7 +114,7 @@ impl C3 {
         };
         Counters::inc(&self.inner.counters.l2_hits);
         op.record(Some(Tier::L2), Outcome::Hit);
-        let (value, entry) = decode_row::<T>(key, row, unix_micros(now))?;
+        let (value, entry) = decode_row::<T>(key, row)?;
         self.keep_read(key, token, entry);
         Ok(value)
     }
@@ -134,30 +141,34 @@ impl C3 {
         T: DeserializeOwned + Send + Sync + 'static,
     {
         let e = self.inner.coherency.peek(key)?;
-        if e.state(self.now_us()) != State::Fresh {
+        if !self.fresh_now(&e) {
             return None;
         }
         // A different type under the same key is treated as a miss; the L2
         // read that follows replaces the entry with the requested type.
-        let v = self.l1_value::<T>(key, &e)?;
+        let v = self.l1_value::<T>(key, e)?;
         Counters::inc(&self.inner.counters.l1_hits);
         Some(v)
     }
 
     /// The value of an L1 entry as a `T`; a value a peer pushed is decoded
     /// here, once (the entry is replaced by the decoded value).
-    pub(crate) fn l1_value<T>(&self, key: &str, e: &Arc<L1Entry>) -> Option<Option<Arc<T>>>
+    pub(crate) fn l1_value<T>(&self, key: &str, e: L1Entry) -> Option<Option<Arc<T>>>
     where
         T: DeserializeOwned + Send + Sync + 'static,
     {
-        if let Some(v) = typed_value::<T>(&e.value) {
-            return Some(v);
-        }
-        let pushed = e.value.downcast_ref::<crate::coherency::PushedJson>()?;
+        let L1Entry { value, .. } = e;
+        let other = match typed_value::<T>(value) {
+            Ok(v) => return Some(v),
+            Err(other) => other,
+        };
+        let pushed = other.downcast_ref::<crate::coherency::PushedJson>()?;
         let v: Arc<T> = Arc::new(serde_json::from_str(&pushed.0).ok()?);
-        self.inner
-            .coherency
-            .replace_decoded(key, e, Arc::clone(&v) as Arc<dyn Any + Send + Sync>);
+        let decoded = L1Entry {
+            value: Arc::clone(&v) as Arc<dyn Any + Send + Sync>,
+            ..e
+        };
+        self.inner.coherency.replace_decoded(key, &other, decoded);
         Some(Some(v))
     }
 
@@ -221,7 +232,7 @@ impl C3 {
             match rows.remove(k).filter(|r| r.state(now_us) == State::Fresh) {
                 Some(row) => {
                     Counters::inc(&self.inner.counters.l2_hits);
-                    let (value, entry) = decode_row::<T>(k, row, now_us)?;
+                    let (value, entry) = decode_row::<T>(k, row)?;
                     self.keep_read(k, token, entry);
                     out[i] = value;
                 }

@@ -223,7 +223,6 @@ impl C3 {
     {
         Counters::inc(&self.inner.counters.writes);
         Counters::inc(&self.inner.counters.key_invalidations_sent);
-        let now_us = self.now_us();
         let ceiling = versions.iter().copied().max().unwrap_or(0);
         for ((item, &version), token) in items.into_iter().zip(versions).zip(tokens) {
             // As if its own message had arrived: an older copy in L1 goes
@@ -235,7 +234,7 @@ impl C3 {
             let Some(token) = token else { continue };
             let key = item.key.clone();
             // Round-trip through the encoding so L1 holds what peers will read.
-            let (_, entry) = decode_row::<T>(&key, Row::written(item, version), now_us)?;
+            let (_, entry) = decode_row::<T>(&key, Row::written(item, version))?;
             self.inner.coherency.fill_up_to(&key, token, entry, ceiling);
         }
         Ok(())

@@ -309,7 +309,7 @@ where
         let fresh = row.state(now_us) == State::Fresh;
         // A row that cannot be decoded as `T` is as good as missing here: the
         // loader will replace it.
-        let Ok((value, entry)) = decode_row::<T>(key, row, now_us) else {
+        let Ok((value, entry)) = decode_row::<T>(key, row) else {
             return L2Read::Nothing;
         };
         if !fresh {

@@ -104,7 +104,7 @@ impl C3 {
         let now = self.now_us();
         let mut stale: Option<Option<Arc<T>>> = None;
         if let Some(e) = self.coherency().peek(key) {
-            let typed = self.l1_value::<T>(key, &e);
+            let typed = self.l1_value::<T>(key, e.clone());
             if let Some(v) = typed.clone() {
                 match e.state(now) {
                     State::Fresh => {

@@ -11,7 +11,8 @@
 //! span: it does no I/O.
 //!
 //! With `tracing-opentelemetry` in the application these become OTel spans;
-//! without a subscriber they cost a callsite check.
+//! without a subscriber (or with none enabled at INFO) they cost one load
+//! of tracing's global level filter.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Instant;
@@ -101,6 +102,12 @@ impl Drop for Op<'_> {
     }
 }
 
+/// Whether any subscriber may want c3's operation spans (INFO): one load of
+/// tracing's global level filter.
+pub(crate) fn listening() -> bool {
+    tracing::Level::INFO <= tracing::level_filters::LevelFilter::current()
+}
+
 /// Opens the span of one cache operation and starts timing it (a read:
 /// `read` at the end, and `start_timer` after an L1 miss).
 macro_rules! op {
@@ -111,14 +118,22 @@ macro_rules! op {
         $crate::telemetry::op!(@ $c3, $kind, $key, false)
     };
     (@ $c3:expr, $kind:ident, $key:expr, $timed:expr) => {{
-        let span = tracing::info_span!(
-            target: "c3",
-            $crate::operation::Operation::$kind.span_name(),
-            c3.cache = %$c3.inner.sql_names.table,
-            c3.tier = tracing::field::Empty,
-            c3.outcome = tracing::field::Empty,
-            c3.key = tracing::field::Empty,
-        );
+        // Nothing listening at INFO: no span at all. The macro's own
+        // disabled path would still hand every field to `log` when
+        // tracing's `log` feature is on (sqlx turns it on) and no subscriber
+        // was ever set — a tenth of an L1 hit, for records nobody reads.
+        let span = if $crate::telemetry::spans::listening() {
+            tracing::info_span!(
+                target: "c3",
+                $crate::operation::Operation::$kind.span_name(),
+                c3.cache = %$c3.inner.sql_names.table,
+                c3.tier = tracing::field::Empty,
+                c3.outcome = tracing::field::Empty,
+                c3.key = tracing::field::Empty,
+            )
+        } else {
+            tracing::Span::none()
+        };
         if $c3.inner.trace_keys && !span.is_disabled() {
             span.record("c3.key", $key);
         }
