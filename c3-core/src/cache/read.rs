@@ -1,4 +1,4 @@
-//! Reads: `get`, `get_with_tier`, `get_many` — L1 first (no I/O, no
+//! Reads: `get`, `get_with_tier`, `get_many`, `get_local` — L1 first (no I/O, no
 //! decoding), then one L2 round trip for what L1 could not answer, filling
 //! L1 through the fill token taken before the read.
 
@@ -66,23 +66,7 @@ impl C3 {
         T: DeserializeOwned + Send + Sync + 'static,
     {
         self.check_open()?;
-        // Only valid keys ever enter L1 (every write and fill checks its
-        // key, and peers' pushes are checked on arrival), so a hit needs no
-        // character scan: the length check alone keeps a too-long key from
-        // being hashed, and a miss checks the rest before L2 sees the key.
-        if self.key_length_ok(key)
-            && let Some(v) = self.l1_get::<T>(key)
-        {
-            // Answered in memory: no child span, no I/O, and no span at all
-            // when nothing listens.
-            if telemetry::spans::listening() {
-                let outcome = if v.is_some() {
-                    Outcome::Hit
-                } else {
-                    Outcome::Miss
-                };
-                telemetry::op!(self, Get, key, read).record(Some(Tier::L1), outcome);
-            }
+        if let Some(v) = self.l1_answer::<T>(key) {
             return Ok((v, Tier::L1));
         }
         let mut op = telemetry::op!(self, Get, key, read);
@@ -93,6 +77,68 @@ impl C3 {
         let r = Box::pin(self.get_from_l2::<T>(key, &op).instrument(op.span.clone())).await;
         op.record_result(&r);
         Ok((r?, Tier::L2))
+    }
+
+    /// Reads `key` from L1 only — no I/O, never waits: for a layer that
+    /// answers a hit inside a synchronous call and takes the asynchronous
+    /// path only when L1 cannot answer.
+    ///
+    /// `Some(value)` is what [`get`](Self::get) would have answered from
+    /// L1 (`Some(None)`: a cached "not found"); `None` means L1 cannot
+    /// answer (absent, expired, bypassed while the invalidation feed is
+    /// down, or another type), and is not counted as a miss: the read that
+    /// follows counts it. An answer is counted and traced as `get`'s.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), c3_core::Error> {
+    /// let c3 = c3_core::C3::builder().memory(&c3_core::MemoryServer::new()).build().await?;
+    /// assert!(c3.get_local::<u8>("k")?.is_none());
+    /// c3.set("k", &7u8).await?;
+    /// assert_eq!(c3.get_local::<u8>("k")?.flatten().as_deref(), Some(&7));
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Shutdown`](crate::ErrorKind::Shutdown) after shutdown;
+    /// [`ErrorKind::InvalidKey`](crate::ErrorKind::InvalidKey) for a key L1
+    /// cannot hold (only valid keys ever enter it, so a hit needs no check).
+    pub fn get_local<T>(&self, key: &str) -> Result<Option<Option<Arc<T>>>>
+    where
+        T: DeserializeOwned + Send + Sync + 'static,
+    {
+        self.check_open()?;
+        if let Some(v) = self.l1_answer::<T>(key) {
+            return Ok(Some(v));
+        }
+        self.validate_key(key)?;
+        Ok(None)
+    }
+
+    /// What L1 answers for `key` on its own, with the `c3.get` span of an
+    /// answer (tier `l1`; opened only when something listens).
+    ///
+    /// Only valid keys ever enter L1 (every write and fill checks its key,
+    /// and peers' pushes are checked on arrival), so this needs no
+    /// character scan: the length check alone keeps a too-long key from
+    /// being hashed, and a miss checks the rest before L2 sees the key.
+    fn l1_answer<T>(&self, key: &str) -> Option<Option<Arc<T>>>
+    where
+        T: DeserializeOwned + Send + Sync + 'static,
+    {
+        if !self.key_length_ok(key) {
+            return None;
+        }
+        let v = self.l1_get::<T>(key)?;
+        if telemetry::spans::listening() {
+            let outcome = if v.is_some() {
+                Outcome::Hit
+            } else {
+                Outcome::Miss
+            };
+            telemetry::op!(self, Get, key, read).record(Some(Tier::L1), outcome);
+        }
+        Some(v)
     }
 
     async fn get_from_l2<T>(&self, key: &str, op: &telemetry::Op<'_>) -> Result<Option<Arc<T>>>

@@ -28,6 +28,8 @@ pin_project! {
         Bypass { #[pin] future: F },
         // Lookups, misses, revalidation and invalidating writes.
         Cache { future: BoxFuture<B, E> },
+        // An L1 hit, answered in `call`: no allocation.
+        Ready { response: Option<Response<C3Body<B>>> },
     }
 }
 
@@ -35,6 +37,14 @@ impl<F, B, E> ResponseFuture<F, B, E> {
     pub(crate) fn bypass(future: F) -> Self {
         ResponseFuture {
             kind: Kind::Bypass { future },
+        }
+    }
+
+    pub(crate) fn ready(response: Response<C3Body<B>>) -> Self {
+        ResponseFuture {
+            kind: Kind::Ready {
+                response: Some(response),
+            },
         }
     }
 
@@ -61,6 +71,9 @@ where
                 Poll::Ready(Ok(res))
             }
             KindProj::Cache { future } => future.as_mut().poll(cx),
+            KindProj::Ready { response } => Poll::Ready(Ok(response
+                .take()
+                .expect("a ResponseFuture polled after it completed"))),
         }
     }
 }

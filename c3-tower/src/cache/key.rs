@@ -46,51 +46,17 @@ impl RequestUri {
         default_scheme: &str,
         fixed_authority: Option<&str>,
     ) -> Option<RequestUri> {
-        let scheme = parts
-            .uri
-            .scheme_str()
-            .unwrap_or(default_scheme)
-            .to_ascii_lowercase();
-        let authority = match (fixed_authority, parts.uri.authority()) {
-            (Some(f), _) => f.to_owned(),
-            (None, Some(a)) => a.as_str().to_owned(),
-            (None, None) => parts
-                .headers
-                .get(http::header::HOST)?
-                .to_str()
-                .ok()?
-                .to_owned(),
-        };
-        let path = parts.uri.path();
-        Self::build(&scheme, &authority, path, parts.uri.query())
+        let (scheme, authority) = scheme_and_authority(parts, default_scheme, fixed_authority)?;
+        Self::build(scheme, authority, parts.uri.path(), parts.uri.query())
     }
 
     fn build(scheme: &str, authority: &str, path: &str, query: Option<&str>) -> Option<RequestUri> {
-        let authority = normalise_authority(scheme, authority)?;
-        let path = if path.is_empty() { "/" } else { path };
-        let mut url = format!("{scheme}://{authority}{}", normalise_escapes(path));
-        if let Some(q) = query {
-            let mut params: Vec<String> = q
-                .split('&')
-                .filter(|p| !p.is_empty())
-                .map(normalise_escapes)
-                .collect();
-            params.sort();
-            if !params.is_empty() {
-                url.push('?');
-                url.push_str(&params.join("&"));
-            }
-        }
-        // http::Uri already refuses control characters; this keeps the key
-        // rules of c3-core true whatever produced the parts.
-        if url.chars().any(char::is_control) {
-            return None;
-        }
+        let mut url = String::new();
+        let host = write_url(&mut url, scheme, authority, path, query)?;
+        let scheme = url[..host.start - "://".len()].to_owned();
+        let authority = url[host].to_owned();
         Some(RequestUri {
-            origin: Origin {
-                scheme: scheme.to_owned(),
-                authority,
-            },
+            origin: Origin { scheme, authority },
             url,
         })
     }
@@ -178,44 +144,156 @@ pub(crate) fn variant_key(primary: &str, selection: &str) -> String {
     format!("{primary} vary:{selection}")
 }
 
-fn normalise_authority(scheme: &str, authority: &str) -> Option<String> {
-    let authority = authority.rsplit('@').next()?.to_ascii_lowercase();
+/// Appends the primary key of the request `parts` to `out` — what
+/// `RequestUri::from_request_with(..).primary_key()` is, without building
+/// the `RequestUri`: an L1 hit builds its key in a reused buffer and
+/// allocates nothing. `None` (and `out` unspecified) if it cannot be keyed.
+pub(crate) fn write_primary_key(
+    out: &mut String,
+    parts: &Parts,
+    default_scheme: &str,
+    fixed_authority: Option<&str>,
+) -> Option<()> {
+    let (scheme, authority) = scheme_and_authority(parts, default_scheme, fixed_authority)?;
+    out.push_str(KEY_PREFIX);
+    write_url(out, scheme, authority, parts.uri.path(), parts.uri.query()).map(|_| ())
+}
+
+/// Where a request is aimed: the URI's own scheme and authority (client
+/// side) or `default_scheme` and the `Host` header (server side); a fixed
+/// authority replaces whatever the request says.
+fn scheme_and_authority<'a>(
+    parts: &'a Parts,
+    default_scheme: &'a str,
+    fixed_authority: Option<&'a str>,
+) -> Option<(&'a str, &'a str)> {
+    let scheme = parts.uri.scheme_str().unwrap_or(default_scheme);
+    let authority = match (fixed_authority, parts.uri.authority()) {
+        (Some(f), _) => f,
+        (None, Some(a)) => a.as_str(),
+        (None, None) => parts.headers.get(http::header::HOST)?.to_str().ok()?,
+    };
+    Some((scheme, authority))
+}
+
+/// How long the URI tag of a primary key is (`http-uri:` + the URL).
+pub(crate) fn uri_tag_len(primary_key: &str) -> usize {
+    primary_key.len() - KEY_PREFIX.len() + URI_TAG_PREFIX.len()
+}
+
+/// Query parameters sorted on the stack up to this many; more take a `Vec`.
+const SORTED_ON_STACK: usize = 16;
+
+/// Appends the normalised `scheme://authority/path?query` to `out` (the one
+/// normalisation every key and tag derives from) and returns where the
+/// authority landed in `out`; `None` if it cannot be keyed.
+fn write_url(
+    out: &mut String,
+    scheme: &str,
+    authority: &str,
+    path: &str,
+    query: Option<&str>,
+) -> Option<std::ops::Range<usize>> {
+    let start = out.len();
+    out.extend(scheme.chars().map(|c| c.to_ascii_lowercase()));
+    let scheme = &out[start..];
+    // Userinfo is not part of the origin.
+    let authority = authority.rsplit('@').next()?;
+    let default_port = if scheme.eq_ignore_ascii_case("http") {
+        Some(":80")
+    } else if scheme.eq_ignore_ascii_case("https") {
+        Some(":443")
+    } else {
+        None
+    };
     if authority.is_empty() {
         return None;
     }
-    let default_port = match scheme {
-        "http" => Some(":80"),
-        "https" => Some(":443"),
-        _ => None,
+    let authority = match default_port {
+        Some(p) => authority.strip_suffix(p).unwrap_or(authority),
+        None => authority,
     };
-    Some(match default_port {
-        Some(p) if authority.ends_with(p) => authority[..authority.len() - p.len()].to_owned(),
-        _ => authority,
+    out.push_str("://");
+    let host_start = out.len();
+    out.extend(authority.chars().map(|c| c.to_ascii_lowercase()));
+    let host = host_start..out.len();
+    write_escapes(out, if path.is_empty() { "/" } else { path });
+    if let Some(q) = query {
+        let mut on_stack = [""; SORTED_ON_STACK];
+        let mut spilled = Vec::new();
+        let mut n = 0;
+        for p in q.split('&').filter(|p| !p.is_empty()) {
+            if n < SORTED_ON_STACK {
+                on_stack[n] = p;
+            } else {
+                if spilled.is_empty() {
+                    spilled.extend_from_slice(&on_stack);
+                }
+                spilled.push(p);
+            }
+            n += 1;
+        }
+        let params = if n > SORTED_ON_STACK {
+            &mut spilled[..]
+        } else {
+            &mut on_stack[..n]
+        };
+        params.sort_unstable_by(|a, b| escapes_normalised(a).cmp(escapes_normalised(b)));
+        for (i, p) in params.iter().enumerate() {
+            out.push(if i == 0 { '?' } else { '&' });
+            write_escapes(out, p);
+        }
+    }
+    // http::Uri already refuses control characters; this keeps the key
+    // rules of c3-core true whatever produced the parts (a Host header).
+    if out[start..].chars().any(char::is_control) {
+        return None;
+    }
+    Some(host)
+}
+
+/// `s` with the hex digits of its percent-escapes upper-cased (RFC 3986
+/// §6.2.2.1), byte by byte: what [`write_escapes`] writes, to sort by.
+fn escapes_normalised(s: &str) -> impl Iterator<Item = u8> + '_ {
+    let b = s.as_bytes();
+    b.iter().enumerate().map(move |(i, &c)| {
+        let escaped = |j: usize| {
+            b[j] == b'%'
+                && j + 2 < b.len()
+                && b[j + 1].is_ascii_hexdigit()
+                && b[j + 2].is_ascii_hexdigit()
+        };
+        if (i >= 1 && escaped(i - 1)) || (i >= 2 && escaped(i - 2)) {
+            c.to_ascii_uppercase()
+        } else {
+            c
+        }
     })
 }
 
-/// Upper-cases the hex digits of percent-escapes (RFC 3986 §6.2.2.1).
-fn normalise_escapes(s: &str) -> String {
+/// Appends `s` to `out` with the hex digits of its percent-escapes
+/// upper-cased (RFC 3986 §6.2.2.1).
+fn write_escapes(out: &mut String, s: &str) {
     let b = s.as_bytes();
-    let mut out = String::with_capacity(s.len());
     let mut i = 0;
+    let mut plain = 0;
     while i < b.len() {
         if b[i] == b'%'
             && i + 2 < b.len()
             && b[i + 1].is_ascii_hexdigit()
             && b[i + 2].is_ascii_hexdigit()
         {
+            out.push_str(&s[plain..i]);
             out.push('%');
             out.push(b[i + 1].to_ascii_uppercase() as char);
             out.push(b[i + 2].to_ascii_uppercase() as char);
             i += 3;
+            plain = i;
         } else {
-            let c = s[i..].chars().next().unwrap_or_default();
-            out.push(c);
-            i += c.len_utf8().max(1);
+            i += 1;
         }
     }
-    out
+    out.push_str(&s[plain..]);
 }
 
 #[cfg(test)]
@@ -225,6 +303,25 @@ mod tests {
     fn uri(s: &str) -> RequestUri {
         let (parts, ()) = http::Request::get(s).body(()).unwrap().into_parts();
         RequestUri::from_request(&parts, "http").unwrap()
+    }
+
+    #[test]
+    fn a_written_primary_key_is_the_request_uris() {
+        for s in [
+            "http://Example.COM:80/a?b=2&a=1",
+            "https://x:443/",
+            "https://x:8443/p%2fq?x=%aa&X=%Ab&&y",
+            "http://u:p@Host/%7e?q=1&q=%7e&p",
+            "http://h/?a=%zz&a=%2g&%41=1",
+            "http://h/?17&16&15&14&13&12&11&10&9&8&7&6&5&4&3&2&1&0",
+        ] {
+            let (parts, ()) = http::Request::get(s).body(()).unwrap().into_parts();
+            let mut out = String::from("left alone|");
+            write_primary_key(&mut out, &parts, "http", None).unwrap();
+            let uri = RequestUri::from_request(&parts, "http").unwrap();
+            assert_eq!(out, format!("left alone|{}", uri.primary_key()), "{s}");
+            assert_eq!(uri_tag_len(&uri.primary_key()), uri.uri_tag().len());
+        }
     }
 
     #[test]

@@ -123,6 +123,7 @@ mod future;
 #[cfg(fuzzing)]
 #[doc(hidden)]
 pub mod fuzzing;
+mod hit;
 mod invalidate;
 mod key;
 mod layer;

@@ -1,6 +1,8 @@
 //! Answering from a stored response: the full response, a 304 when the
 //! request's own validators match it, or a byte range of it (RFC 9110 §14).
 
+use std::sync::OnceLock;
+
 use http::header::{self, CACHE_CONTROL, CONTENT_LOCATION, IF_MODIFIED_SINCE, IF_NONE_MATCH};
 use http::{HeaderValue, Method, Response, StatusCode, request};
 
@@ -70,8 +72,17 @@ pub(crate) fn serve<B>(
             };
             let mut res = Response::new(body);
             *res.status_mut() = stored.status;
-            *res.headers_mut() = stored.headers.clone();
-            res
+            // Made when the response was stored: one clone, then the two
+            // values that change overwritten in place.
+            let headers = res.headers_mut();
+            *headers = stored.served().clone();
+            headers.insert(header::AGE, age_value(age));
+            if let header::Entry::Occupied(mut ours) = headers.entry(CACHE_STATUS)
+                && let Some(last) = ours.iter_mut().last()
+            {
+                *last = status.header_value();
+            }
+            return res;
         }
     };
     if stored.status == StatusCode::OK {
@@ -82,11 +93,24 @@ pub(crate) fn serve<B>(
 }
 
 fn finish<B>(mut res: Response<C3Body<B>>, age: u64, status: CacheStatus) -> Response<C3Body<B>> {
-    res.headers_mut()
-        .insert(header::AGE, HeaderValue::from(age));
+    res.headers_mut().insert(header::AGE, age_value(age));
     res.headers_mut()
         .append(CACHE_STATUS, status.header_value());
     res
+}
+
+/// An `Age` value. The first ages are made once and kept for the life of
+/// the process (static strings, so a clone is a copy, not a shared count):
+/// most hits are younger than that.
+fn age_value(age: u64) -> HeaderValue {
+    const KEPT: usize = 1024;
+    static AGES: [OnceLock<HeaderValue>; KEPT] = [const { OnceLock::new() }; KEPT];
+    match usize::try_from(age).ok().and_then(|i| AGES.get(i)) {
+        Some(kept) => kept
+            .get_or_init(|| HeaderValue::from_static(Box::leak(age.to_string().into_boxed_str())))
+            .clone(),
+        None => HeaderValue::from(age),
+    }
 }
 
 /// The 504 of an `only-if-cached` request the cache cannot answer.

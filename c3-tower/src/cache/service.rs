@@ -1,6 +1,7 @@
 //! [`C3Cache`]: the [`Service`], which only routes each request to its flow.
 //!
-//! * GET and HEAD → [`lookup`](super::lookup): answer from the cache, or
+//! * GET and HEAD → an L1 hit is answered right here ([`hit`](super::hit));
+//!   otherwise [`lookup`](super::lookup): answer from the cache, or
 //!   revalidate, or go upstream on a miss;
 //! * OPTIONS and TRACE (safe, never cached) → straight through;
 //! * every other method — POST, PUT, PATCH, DELETE, and any method not known
@@ -18,8 +19,9 @@ use tower_service::Service;
 use super::body::C3Body;
 use super::context::Shared;
 use super::future::{BoxFuture, ResponseFuture};
+use super::hit::from_l1;
 use super::policy::Policy;
-use super::trace::{http_span, traced};
+use super::trace::{http_span, record_answer, traced};
 
 /// A [`Service`] answering from a coherent HTTP cache. Build it with
 /// [`C3CacheLayer`](super::C3CacheLayer).
@@ -49,6 +51,18 @@ impl<S, P> C3Cache<S, P> {
     }
 }
 
+impl<S: Clone, P> C3Cache<S, P> {
+    /// The service that was polled ready, to handle this request (a clone
+    /// stays for the next one), and what the flows share.
+    fn take_inner(&mut self) -> (S, Arc<Shared<P>>) {
+        let clone = self.inner.clone();
+        (
+            std::mem::replace(&mut self.inner, clone),
+            Arc::clone(&self.shared),
+        )
+    }
+}
+
 impl<S, P, ReqBody, ResBody> Service<Request<ReqBody>> for C3Cache<S, P>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
@@ -68,25 +82,32 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        // The service that was polled ready handles this request; the clone
-        // stays for the next one.
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
-        let shared = Arc::clone(&self.shared);
-        let span = http_span(&req);
+        // An L1 hit is answered here and never reaches `inner`, which stays
+        // ready for the next request.
+        let span = http_span(req.method(), req.uri());
         #[cfg(feature = "otel")]
-        if shared.config.propagate_trace_context {
+        if self.shared.config.propagate_trace_context && !span.is_disabled() {
             super::trace::continue_trace(&span, req.headers());
         }
         let f: BoxFuture<ResBody, S::Error> = match *req.method() {
             Method::GET | Method::HEAD => {
+                let (parts, body) = req.into_parts();
+                if let Some(res) = span.in_scope(|| from_l1(&self.shared, &parts)) {
+                    record_answer(&span, &res);
+                    return ResponseFuture::ready(res);
+                }
+                let req = Request::from_parts(parts, body);
+                let (inner, shared) = self.take_inner();
                 Box::pin(traced(span, super::lookup::lookup(shared, inner, req)))
             }
             Method::OPTIONS | Method::TRACE => {
-                let mut inner = inner;
+                let (mut inner, _) = self.take_inner();
                 return ResponseFuture::bypass(inner.call(req));
             }
-            _ => Box::pin(traced(span, super::invalidate::forward(shared, inner, req))),
+            _ => {
+                let (inner, shared) = self.take_inner();
+                Box::pin(traced(span, super::invalidate::forward(shared, inner, req)))
+            }
         };
         ResponseFuture::cache(f)
     }

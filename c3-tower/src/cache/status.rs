@@ -1,6 +1,9 @@
 //! [`CacheStatus`]: how the cache handled a request, as an RFC 9211
 //! `Cache-Status` field value (`c3; hit; ttl=42; detail=l1`).
 
+use std::cell::RefCell;
+use std::hash::{BuildHasherDefault, DefaultHasher};
+
 use http::HeaderValue;
 use http::header::HeaderName;
 
@@ -8,7 +11,7 @@ use http::header::HeaderName;
 pub(crate) const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
 /// Why a request went to the origin (RFC 9211 `fwd`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Fwd {
     /// The cache was not used for this request (policy, method, key).
     Bypass,
@@ -38,7 +41,7 @@ impl Fwd {
 }
 
 /// One `Cache-Status` member for c3, built up as the request is handled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct CacheStatus {
     fwd: Option<Fwd>,
     fwd_status: Option<u16>,
@@ -88,7 +91,34 @@ impl CacheStatus {
         self
     }
 
+    /// The field value. A thread keeps the last values it made (a hit's
+    /// `ttl` changes once a second), so most answers reuse one instead of
+    /// formatting and allocating it again.
     pub(crate) fn header_value(&self) -> HeaderValue {
+        use std::hash::BuildHasher;
+        const SLOTS: usize = 64;
+        thread_local! {
+            static MADE: RefCell<[Option<(CacheStatus, HeaderValue)>; SLOTS]> =
+                const { RefCell::new([const { None }; SLOTS]) };
+        }
+        // Fixed keys: the slot only spreads the statuses; nothing is keyed
+        // by input an attacker chooses beyond a number of seconds.
+        let slot = (BuildHasherDefault::<DefaultHasher>::default().hash_one(self) as usize) % SLOTS;
+        MADE.try_with(|made| {
+            let mut made = made.borrow_mut();
+            if let Some((status, value)) = &made[slot]
+                && status == self
+            {
+                return value.clone();
+            }
+            let value = self.render();
+            made[slot] = Some((*self, value.clone()));
+            value
+        })
+        .unwrap_or_else(|_| self.render())
+    }
+
+    fn render(&self) -> HeaderValue {
         use std::fmt::Write;
         let mut s = String::from("c3");
         match self.fwd {

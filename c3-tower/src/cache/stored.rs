@@ -9,10 +9,12 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use http::header::{ACCEPT_RANGES, AGE};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use serde::{Deserialize, Serialize};
 
 use super::freshness::Freshness;
+use super::status::CACHE_STATUS;
 
 /// The value under a primary or variant key.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -40,6 +42,8 @@ pub(crate) struct StoredResponse {
     /// requests with the same selection (RFC 9111 §4.1).
     pub(crate) vary: Vec<String>,
     pub(crate) selected: String,
+    /// `headers` as a full answer sends them (see [`served`](Self::served)).
+    served: HeaderMap,
 }
 
 impl StoredResponse {
@@ -54,6 +58,7 @@ impl StoredResponse {
         selected: String,
     ) -> Self {
         StoredResponse {
+            served: served(status, &headers),
             status,
             headers,
             body,
@@ -62,6 +67,15 @@ impl StoredResponse {
             vary: storage.vary.clone(),
             selected,
         }
+    }
+
+    /// The headers of a full answer from this response, made once when it
+    /// is stored or read: `headers`, `Accept-Ranges` for a `200`, then an
+    /// `Age` and a c3 `Cache-Status` member whose values each answer
+    /// overwrites in place — so serving clones one map and neither grows
+    /// nor rehashes it.
+    pub(crate) fn served(&self) -> &HeaderMap {
+        &self.served
     }
 
     /// RFC 9111 §4.2.3 `current_age`, in seconds.
@@ -150,8 +164,10 @@ impl<'de> Deserialize<'de> for StoredResponse {
                 HeaderValue::from_bytes(&bytes).map_err(D::Error::custom)?,
             );
         }
+        let status = StatusCode::from_u16(w.status).map_err(D::Error::custom)?;
         Ok(StoredResponse {
-            status: StatusCode::from_u16(w.status).map_err(D::Error::custom)?,
+            served: served(status, &headers),
+            status,
             headers,
             body: Bytes::from(
                 base64_decode(&w.body).ok_or_else(|| D::Error::custom("bad base64 body"))?,
@@ -170,6 +186,20 @@ impl<'de> Deserialize<'de> for StoredResponse {
             selected: w.selected,
         })
     }
+}
+
+/// See [`StoredResponse::served`].
+fn served(status: StatusCode, headers: &HeaderMap) -> HeaderMap {
+    let mut served = HeaderMap::with_capacity(headers.len() + 3);
+    for (name, value) in headers {
+        served.append(name.clone(), value.clone());
+    }
+    if status == StatusCode::OK {
+        served.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    }
+    served.insert(AGE, HeaderValue::from_static("0"));
+    served.append(CACHE_STATUS, HeaderValue::from_static("c3"));
+    served
 }
 
 const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -253,6 +283,7 @@ mod tests {
         headers.append("x-bin", HeaderValue::from_bytes(b"caf\xe9").unwrap());
         headers.append("x-bin", HeaderValue::from_static("two"));
         let r = StoredResponse {
+            served: served(StatusCode::NOT_FOUND, &headers),
             status: StatusCode::NOT_FOUND,
             headers,
             body: Bytes::from_static(b"\x00\x01binary\xff"),

@@ -1,7 +1,7 @@
 //! The layer's `c3.http` span: OpenTelemetry HTTP attributes, the outcome's
 //! `Cache-Status`, and (feature `otel`) continuation of the caller's trace.
 
-use http::Request;
+use http::{Method, Uri};
 
 use super::status::CACHE_STATUS;
 
@@ -10,13 +10,20 @@ use super::status::CACHE_STATUS;
 /// (`c3.http.store`, `c3.http.revalidate`). Of kind SERVER: it is the
 /// handling of an incoming request (`otel.kind`, read by
 /// tracing-opentelemetry).
-pub(crate) fn http_span<B>(req: &Request<B>) -> tracing::Span {
+///
+/// Nothing listening at INFO: no span at all (the macro's disabled path
+/// would still hand its fields to `log` when tracing's `log` feature is on
+/// and no subscriber was ever set — a cost on every hit, for nobody).
+pub(crate) fn http_span(method: &Method, uri: &Uri) -> tracing::Span {
+    if tracing::Level::INFO > tracing::level_filters::LevelFilter::current() {
+        return tracing::Span::none();
+    }
     tracing::info_span!(
         target: "c3::http",
         "c3.http",
         otel.kind = "server",
-        http.request.method = %req.method(),
-        url.path = req.uri().path(),
+        http.request.method = %method,
+        url.path = uri.path(),
         http.response.status_code = tracing::field::Empty,
         c3.cache_status = tracing::field::Empty,
     )
@@ -51,21 +58,29 @@ pub(crate) async fn traced<B, E>(
     use tracing::Instrument;
     let r = flow.instrument(span.clone()).await;
     if let Ok(res) = &r {
-        // An integer, as the semantic conventions say: tracing-opentelemetry
-        // exports an i64 as one, but a u64 through `Debug`, as a string.
-        span.record(
-            "http.response.status_code",
-            i64::from(res.status().as_u16()),
-        );
-        if let Some(v) = res
-            .headers()
-            .get_all(CACHE_STATUS)
-            .iter()
-            .next_back()
-            .and_then(|v| v.to_str().ok())
-        {
-            span.record("c3.cache_status", v);
-        }
+        record_answer(&span, res);
     }
     r
+}
+
+/// Records on `span` how the request was answered.
+pub(crate) fn record_answer<B>(span: &tracing::Span, res: &http::Response<B>) {
+    if span.is_disabled() {
+        return;
+    }
+    // An integer, as the semantic conventions say: tracing-opentelemetry
+    // exports an i64 as one, but a u64 through `Debug`, as a string.
+    span.record(
+        "http.response.status_code",
+        i64::from(res.status().as_u16()),
+    );
+    if let Some(v) = res
+        .headers()
+        .get_all(CACHE_STATUS)
+        .iter()
+        .next_back()
+        .and_then(|v| v.to_str().ok())
+    {
+        span.record("c3.cache_status", v);
+    }
 }
