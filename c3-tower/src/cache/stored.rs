@@ -190,7 +190,10 @@ impl<'de> Deserialize<'de> for StoredResponse {
 
 /// See [`StoredResponse::served`].
 fn served(status: StatusCode, headers: &HeaderMap) -> HeaderMap {
-    let mut served = HeaderMap::with_capacity(headers.len() + 3);
+    // Three more names, and room for a fourth: `HeaderMap::insert` makes
+    // room for a new name before it looks for the existing one, so a map
+    // filled to its capacity would grow (allocate, rehash) on every answer.
+    let mut served = HeaderMap::with_capacity(headers.len() + 4);
     for (name, value) in headers {
         served.append(name.clone(), value.clone());
     }

@@ -1,0 +1,128 @@
+//! An HTTP L1 hit allocates nothing but the response it returns.
+//!
+//! A counting global allocator (this test binary's own, hence one test in
+//! it: libtest's other threads would be counted too) watches the layer
+//! answer hits: every allocation must be one the response's header map
+//! needs (its clone of the stored map), nothing for the key, the lookup,
+//! the decision, `Age` or `Cache-Status`. The cache's clock stands still,
+//! so `Cache-Status: ttl=` does not change between the hits measured.
+
+use std::alloc::System;
+use std::future::Future;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+
+use axum::Router;
+use axum::body::Body;
+use axum::routing::get;
+use c3::core::ManualClock;
+use c3::tower::C3CacheLayer;
+use c3::{C3, MemoryServer};
+use http::Request;
+use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
+use tower::{Layer, Service};
+
+#[global_allocator]
+static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+
+async fn handler() -> ([(&'static str, &'static str); 2], &'static str) {
+    (
+        [
+            ("cache-control", "public, max-age=3600"),
+            ("content-type", "application/json"),
+        ],
+        r#"{"id":42,"name":"Ada Lovelace"}"#,
+    )
+}
+
+fn request() -> Request<Body> {
+    Request::get("http://api.test/users/42?fields=all&expand=team&b=%7e")
+        .header("accept", "application/json")
+        .header("user-agent", "bench/1.0")
+        .body(Body::empty())
+        .unwrap()
+}
+
+/// Calls the service and polls its future once: a hit is ready at once.
+fn hit<S>(svc: &mut S, req: Request<Body>) -> S::Response
+where
+    S: Service<Request<Body>>,
+    S::Error: std::fmt::Debug,
+{
+    let mut cx = Context::from_waker(Waker::noop());
+    assert!(svc.poll_ready(&mut cx).is_ready());
+    let mut fut = pin!(svc.call(req));
+    match fut.as_mut().poll(&mut cx) {
+        Poll::Ready(r) => r.unwrap(),
+        Poll::Pending => panic!("an L1 hit is answered without waiting"),
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_http_l1_hit_allocates_only_its_response() {
+    let c3 = C3::builder()
+        .memory(&MemoryServer::new())
+        .clock(ManualClock::new())
+        .build()
+        .await
+        .unwrap();
+    let router = Router::new().route("/users/{id}", get(handler));
+    let mut svc = C3CacheLayer::new(c3.clone()).layer(router);
+    // A miss that stores the response (after it went out), then hits.
+    let res = tower::ServiceExt::<Request<Body>>::ready(&mut svc)
+        .await
+        .unwrap()
+        .call(request())
+        .await
+        .unwrap();
+    http_body_util::BodyExt::collect(res.into_body())
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !c3.is_cached_locally("http-cache:http://api.test/users/42?b=%7E&expand=team&fields=all")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the response was never stored"
+        );
+        tokio::task::yield_now().await;
+    }
+    // Warm this thread's key buffer and status values.
+    for _ in 0..3 {
+        drop(hit(&mut svc, request()));
+    }
+
+    const HITS: usize = 200;
+    let requests: Vec<_> = (0..HITS).map(|_| request()).collect();
+    let hits_before = c3.stats().l1_hits;
+    let mut responses = Vec::with_capacity(HITS);
+    let region = Region::new(GLOBAL);
+    for req in requests {
+        responses.push(hit(&mut svc, req));
+    }
+    let during = region.change();
+    assert_eq!(c3.stats().l1_hits - hits_before, HITS as u64);
+
+    // What the response itself needs: its header map, cloned from the
+    // stored one (a map of the same shape as the one it holds).
+    let first = &responses[0];
+    let status = first.headers()["cache-status"].to_str().unwrap();
+    assert!(
+        status.starts_with("c3; hit;") && status.ends_with("detail=l1"),
+        "{status}"
+    );
+    let region = Region::new(GLOBAL);
+    let copy = first.headers().clone();
+    let per_response = region.change().allocations;
+    drop(copy);
+    assert!(per_response >= 1);
+    assert_eq!(
+        during.allocations,
+        HITS * per_response,
+        "{HITS} hits made {} allocations; the responses' header maps account for {} \
+         ({per_response} each)",
+        during.allocations,
+        HITS * per_response
+    );
+    assert_eq!(during.reallocations, 0, "a hit grows nothing");
+}
