@@ -8,6 +8,9 @@
 //! cargo bench --bench read_path
 //! ```
 //!
+//! The in-process pair runs twice: without telemetry (`read/…`), then with
+//! the OpenTelemetry pipeline installed (`read_otel/…`).
+//!
 //! L2 and SELECT need `DATABASE_URL` (or the local default); without it they
 //! are skipped with a message and the in-process pair still runs.
 
@@ -150,6 +153,7 @@ fn read_path(c: &mut Criterion) {
         });
     }
     g.finish();
+    l1_hit_with_otel(c, &rt);
     if let Some((c3, client, _)) = pg {
         rt.block_on(async {
             let _ = client
@@ -160,6 +164,37 @@ fn read_path(c: &mut Criterion) {
             c3.shutdown().await;
         });
     }
+}
+
+/// The L1 hit pair again with the OpenTelemetry pipeline installed (how
+/// users run c3): an answer from L1 is a DEBUG span, so at the pipeline's
+/// INFO it should cost what it costs without.
+fn l1_hit_with_otel(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
+    let otel = rt.block_on(common::install_otel("read-path-bench"));
+    let mut g = c.benchmark_group("read_otel");
+    let moka: moka::sync::Cache<String, Arc<User>> = moka::sync::Cache::new(10_000);
+    moka.insert("user:42".into(), Arc::new(user()));
+    g.bench_function("moka_get", |b| {
+        b.iter(|| std::hint::black_box(moka.get("user:42")));
+    });
+    let mem = rt.block_on(async {
+        let c3 = C3::builder()
+            .memory(&MemoryServer::new())
+            .build()
+            .await
+            .unwrap();
+        c3.set("user:42", &user()).await.unwrap();
+        c3
+    });
+    g.bench_function("c3_l1_hit", |b| {
+        b.iter_custom(|n| {
+            timed(rt, n, || async {
+                std::hint::black_box(mem.get::<User>("user:42").await.unwrap());
+            })
+        });
+    });
+    g.finish();
+    rt.block_on(async { drop(otel.shutdown().await) });
 }
 
 /// Times only `reader`'s first read after each of `writer`'s writes has

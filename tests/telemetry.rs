@@ -28,11 +28,19 @@ impl Traces {
     /// `#[tokio::test]` runs on one thread, so spawned tasks (load flights)
     /// report here too.
     fn start() -> Traces {
+        Self::start_at(tracing_subscriber::filter::LevelFilter::TRACE)
+    }
+
+    /// Exports only spans at `level` and above (c3's OTLP layer: INFO).
+    fn start_at(level: tracing_subscriber::filter::LevelFilter) -> Traces {
+        use tracing_subscriber::Layer;
         let exporter = InMemorySpanExporter::default();
         let provider = SdkTracerProvider::builder()
             .with_simple_exporter(exporter.clone())
             .build();
-        let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("test"));
+        let layer = tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("test"))
+            .with_filter(level);
         let guard = tracing::subscriber::set_default(Registry::default().with(layer));
         Traces {
             exporter,
@@ -222,10 +230,14 @@ async fn the_http_layer_span_carries_http_attributes_the_cache_status_and_the_ca
         "{http:?}"
     );
     assert!(
-        children(&all, http)
-            .iter()
-            .any(|s| s.name == "c3.get" && attr(s, "c3.tier").as_deref() == Some("l1")),
-        "{:#?}",
+        attr(http, "c3.cache_status")
+            .unwrap()
+            .ends_with("detail=l1"),
+        "{http:?}"
+    );
+    assert!(
+        children(&all, http).is_empty(),
+        "an L1 hit does no I/O and opens no span inside the layer's: {:#?}",
         names(&all)
     );
 
@@ -259,6 +271,50 @@ async fn the_http_layer_span_carries_http_attributes_the_cache_status_and_the_ca
             .filter(|s| s.name == "c3.get")
             .all(|s| s.span_context.trace_id() == caller_trace),
         "the cache's spans join the caller's trace"
+    );
+}
+
+#[tokio::test]
+async fn answers_from_l1_are_debug_spans_and_io_is_info() {
+    use axum::body::Body;
+    use support::web::{Origin, cached, get, resp, send, stored};
+
+    // What `c3::core::otlp`'s layer exports: INFO and above.
+    let traces = Traces::start_at(tracing_subscriber::filter::LevelFilter::INFO);
+    let db = TestDb::new("debug_hits").await;
+    let c3 = db.node().await;
+    c3.set("k", &1u8).await.unwrap();
+    traces.take();
+    let (_, tier) = c3.get_with_tier::<u8>("k").await.unwrap();
+    assert_eq!(tier, c3::core::Tier::L1);
+    assert!(traces.take().is_empty(), "an L1 hit exported a span");
+    c3.delete("k").await.unwrap();
+    c3.get::<u8>("k").await.unwrap();
+    let all = traces.take();
+    let read = named(&all, "c3.get");
+    assert_eq!(attr(read, "c3.tier").as_deref(), Some("l2"));
+
+    let origin = Origin::new(|_, n| resp(&[("cache-control", "max-age=60")], format!("v{n}")));
+    let svc = cached(&c3, &origin);
+    let w = c3.stats().writes;
+    send(&svc, get("http://app.test/x").body(Body::empty()).unwrap()).await;
+    stored(&c3, w, 1).await;
+    let all = traces.until("c3.http").await;
+    assert!(
+        attr(named(&all, "c3.http"), "c3.cache_status")
+            .unwrap()
+            .contains("fwd=uri-miss")
+    );
+    let hits = c3.stats().l1_hits;
+    send(&svc, get("http://app.test/x").body(Body::empty()).unwrap()).await;
+    assert_eq!(
+        c3.stats().l1_hits,
+        hits + 1,
+        "the second request was an L1 hit"
+    );
+    assert!(
+        traces.take().iter().all(|s| s.name != "c3.http"),
+        "an HTTP L1 hit exported a span at INFO"
     );
 }
 

@@ -87,7 +87,8 @@ impl C3 {
     /// L1 (`Some(None)`: a cached "not found"); `None` means L1 cannot
     /// answer (absent, expired, bypassed while the invalidation feed is
     /// down, or another type), and is not counted as a miss: the read that
-    /// follows counts it. An answer is counted and traced as `get`'s.
+    /// follows counts it. An answer is counted as `get`'s but opens no span:
+    /// the caller's own span says how it answered.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), c3_core::Error> {
@@ -108,7 +109,9 @@ impl C3 {
         T: DeserializeOwned + Send + Sync + 'static,
     {
         self.check_open()?;
-        if let Some(v) = self.l1_answer::<T>(key) {
+        if self.key_length_ok(key)
+            && let Some(v) = self.l1_get::<T>(key)
+        {
             return Ok(Some(v));
         }
         self.validate_key(key)?;
@@ -116,7 +119,7 @@ impl C3 {
     }
 
     /// What L1 answers for `key` on its own, with the `c3.get` span of an
-    /// answer (tier `l1`; opened only when something listens).
+    /// answer (tier `l1`; a DEBUG span, see `telemetry::op!`).
     ///
     /// Only valid keys ever enter L1 (every write and fill checks its key,
     /// and peers' pushes are checked on arrival), so this needs no
@@ -130,13 +133,13 @@ impl C3 {
             return None;
         }
         let v = self.l1_get::<T>(key)?;
-        if telemetry::spans::listening() {
+        if telemetry::spans::listening(tracing::Level::DEBUG) {
             let outcome = if v.is_some() {
                 Outcome::Hit
             } else {
                 Outcome::Miss
             };
-            telemetry::op!(self, Get, key, read).record(Some(Tier::L1), outcome);
+            telemetry::op!(self, Get, key, l1).record(Some(Tier::L1), outcome);
         }
         Some(v)
     }

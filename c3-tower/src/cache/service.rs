@@ -21,7 +21,7 @@ use super::context::Shared;
 use super::future::{BoxFuture, ResponseFuture};
 use super::hit::from_l1;
 use super::policy::Policy;
-use super::trace::{http_span, record_answer, traced};
+use super::trace::{hit_span, http_span, record_answer, traced};
 
 /// A [`Service`] answering from a coherent HTTP cache. Build it with
 /// [`C3CacheLayer`](super::C3CacheLayer).
@@ -48,6 +48,18 @@ impl<S, P> std::fmt::Debug for C3Cache<S, P> {
 impl<S, P> C3Cache<S, P> {
     pub(crate) fn new(inner: S, shared: Arc<Shared<P>>) -> Self {
         C3Cache { inner, shared }
+    }
+}
+
+impl<S, P> C3Cache<S, P> {
+    /// Parents `span` on the caller's trace, if the layer was told to.
+    fn continue_trace(&self, span: &tracing::Span, headers: &http::HeaderMap) {
+        #[cfg(feature = "otel")]
+        if self.shared.config.propagate_trace_context && !span.is_disabled() {
+            super::trace::continue_trace(span, headers);
+        }
+        #[cfg(not(feature = "otel"))]
+        let _ = (span, headers);
     }
 }
 
@@ -82,32 +94,33 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        // An L1 hit is answered here and never reaches `inner`, which stays
-        // ready for the next request.
-        let span = http_span(req.method(), req.uri());
-        #[cfg(feature = "otel")]
-        if self.shared.config.propagate_trace_context && !span.is_disabled() {
-            super::trace::continue_trace(&span, req.headers());
-        }
-        let f: BoxFuture<ResBody, S::Error> = match *req.method() {
+        let req = match *req.method() {
             Method::GET | Method::HEAD => {
+                // An L1 hit is answered here and never reaches `inner`,
+                // which stays ready for the next request.
                 let (parts, body) = req.into_parts();
-                if let Some(res) = span.in_scope(|| from_l1(&self.shared, &parts)) {
+                if let Some(res) = from_l1(&self.shared, &parts) {
+                    let span = hit_span(&parts.method, &parts.uri);
+                    self.continue_trace(&span, &parts.headers);
                     record_answer(&span, &res);
                     return ResponseFuture::ready(res);
                 }
-                let req = Request::from_parts(parts, body);
-                let (inner, shared) = self.take_inner();
-                Box::pin(traced(span, super::lookup::lookup(shared, inner, req)))
+                Request::from_parts(parts, body)
             }
             Method::OPTIONS | Method::TRACE => {
                 let (mut inner, _) = self.take_inner();
                 return ResponseFuture::bypass(inner.call(req));
             }
-            _ => {
-                let (inner, shared) = self.take_inner();
-                Box::pin(traced(span, super::invalidate::forward(shared, inner, req)))
+            _ => req,
+        };
+        let span = http_span(req.method(), req.uri());
+        self.continue_trace(&span, req.headers());
+        let (inner, shared) = self.take_inner();
+        let f: BoxFuture<ResBody, S::Error> = match *req.method() {
+            Method::GET | Method::HEAD => {
+                Box::pin(traced(span, super::lookup::lookup(shared, inner, req)))
             }
+            _ => Box::pin(traced(span, super::invalidate::forward(shared, inner, req))),
         };
         ResponseFuture::cache(f)
     }
