@@ -620,14 +620,28 @@ fn inject_faults(
     proxy: FaultProxy,
     v: Variant,
     db: Arc<TestDb>,
-    writers: Vec<C3>,
+    (writers, faulted): (Vec<C3>, C3),
     (history, recovered, stop): (Arc<History>, Arc<AtomicU64>, Arc<AtomicBool>),
 ) -> tokio::task::JoinHandle<u64> {
     tokio::spawn(async move {
         let mut faults = 0u64;
+        let mut marks_since = 0;
         while !stop.load(Ordering::Relaxed) {
             if v.fault == Fault::Freeze {
                 tokio::time::sleep(Duration::from_millis(700)).await;
+                if v.warm {
+                    // A warm reconnect needs a mark: a heartbeat echo heard
+                    // since the node's last reconnect. Freezing before it
+                    // has one can only test the purge again (and a purge
+                    // leaves no mark for the next one): wait for it.
+                    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+                    while faulted.stats().replay_marks <= marks_since
+                        && tokio::time::Instant::now() < deadline
+                        && !stop.load(Ordering::Relaxed)
+                    {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
                 // The whole link freezes, mid-transaction wherever a
                 // transaction was: bytes held both ways, closes hidden from
                 // the server. Then every connection closes, as a dead link
@@ -635,6 +649,7 @@ fn inject_faults(
                 proxy.freeze_all();
                 tokio::time::sleep(Duration::from_secs(3)).await;
                 proxy.thaw();
+                marks_since = faulted.stats().replay_marks;
             } else {
                 tokio::time::sleep(Duration::from_millis(250)).await;
                 // With warm reconnect: also blackholes (a half-open link,
@@ -788,12 +803,13 @@ async fn run(name: &str, v: Variant) {
     }
     let injector = faulty.then(|| {
         let writers = nodes[..3].iter().map(|(n, _)| n.clone()).collect();
+        let faulted = nodes[3].0.clone();
         let shared = (
             Arc::clone(&history),
             Arc::clone(&recovered),
             Arc::clone(&stop),
         );
-        inject_faults(proxy, v, Arc::clone(&db), writers, shared)
+        inject_faults(proxy, v, Arc::clone(&db), (writers, faulted), shared)
     });
     // The cluster must outlive the injector (it holds a clone): the checks
     // below read L2.

@@ -101,10 +101,14 @@ fn targets(r: &Report) -> Vec<(String, String, Option<bool>)> {
     let mut t = Vec::new();
     if let (Some(c3), Some(moka)) = (find(&r.read, "c3 L1", 1), find(&r.read, "moka", 1)) {
         let x = mean_ns(c3) / mean_ns(moka);
+        // Each operation here is timed on its own (two clock reads) and the
+        // c3 one clones its handle into the future: the 1.2× target is held
+        // by criterion (`cargo bench --bench read_path`), which times loops.
         t.push((
-            "L1 hit within 2× the bare moka get".into(),
+            "L1 hit within 1.5× the bare moka get (per-op timing; criterion `read_path`: ≤ 1.2×)"
+                .into(),
             format!("{:.0} ns vs {:.0} ns: {x:.2}×", mean_ns(c3), mean_ns(moka)),
-            Some(x <= 2.0),
+            Some(x <= 1.5),
         ));
     }
     let (st, l1, un) = (
@@ -116,14 +120,14 @@ fn targets(r: &Report) -> Vec<(String, String, Option<bool>)> {
         let of_static = l1.ops_per_s / st.ops_per_s;
         let over_uncached = l1.ops_per_s / un.ops_per_s;
         t.push((
-            "HTTP L1-hit throughput ≥ 80% of the static ceiling".into(),
+            "HTTP L1-hit throughput ≥ 90% of the static ceiling".into(),
             format!(
                 "{:.0} vs {:.0} req/s: {:.0}%",
                 l1.ops_per_s,
                 st.ops_per_s,
                 of_static * 100.0
             ),
-            Some(of_static >= 0.8),
+            Some(of_static >= 0.9),
         ));
         t.push((
             "HTTP L1-hit throughput ≥ 10× the uncached endpoint".into(),

@@ -238,7 +238,10 @@ impl C3Builder {
 
     /// Caps how long any L1 copy lives, whatever the entry's TTL (`None`,
     /// the default: the entry's TTL). A short cap bounds staleness even if a
-    /// notification were lost, at the price of more L2 reads.
+    /// notification were lost, at the price of more L2 reads. Without a cap,
+    /// a copy past its TTL is never served and stays, counted against
+    /// [`l1_max_bytes`](Self::l1_max_bytes), until it is replaced or evicted
+    /// (a per-entry expiry in moka would cost every hit a fifth more).
     pub fn l1_ttl(mut self, ttl: Option<Duration>) -> Self {
         self.l1.ttl = ttl;
         self
