@@ -42,6 +42,9 @@ async fn spans_and_metrics_reach_an_otlp_http_collector() {
     let c3 = db.node().await;
     c3.set("user:1", &"Ada".to_owned()).await.unwrap();
     assert!(c3.get::<String>("user:1").await.unwrap().is_some());
+    // That was an L1 hit, a DEBUG span the layer does not export; this
+    // read goes to L2, an INFO `c3.get` with its `c3.l2`.
+    assert!(c3.get::<String>("user:2").await.unwrap().is_none());
     c3.shutdown().await;
     otel.shutdown().await.unwrap();
 
