@@ -341,11 +341,25 @@ async fn the_slot_is_not_acknowledged_past_a_commit_made_while_nats_is_down() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // The slot's lag in time keeps growing while nothing is acknowledged,
+    // however little was written.
+    wait_until(
+        "the slot's lag in time passes 2 s while NATS is down",
+        Duration::from_secs(10),
+        || async { relay.status().slot_lag_millis.is_some_and(|ms| ms >= 2_000) },
+    )
+    .await;
     nats.start_again();
     wait_until(
         "the slot is acknowledged past the write",
         DELIVERY,
         || async { confirmed().await >= written },
+    )
+    .await;
+    wait_until(
+        "the slot's lag in time falls back once acknowledged",
+        Duration::from_secs(10),
+        || async { relay.status().slot_lag_millis.is_some_and(|ms| ms < 2_000) },
     )
     .await;
     relay.shutdown().await;

@@ -11,7 +11,7 @@
 //! ("replication slot … is active for PID", 55006).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tokio::time::sleep;
@@ -122,7 +122,8 @@ pub(crate) async fn acquire(
 }
 
 /// Checks every second that the leadership session answers, and reads the
-/// slot's lag meanwhile. Reports on `lost` when it does not.
+/// slot's lag meanwhile, in bytes and in time. Reports on `lost` when it
+/// does not.
 async fn watch_session(
     client: Arc<tokio_postgres::Client>,
     mut driver: tokio::task::JoinHandle<String>,
@@ -130,6 +131,7 @@ async fn watch_session(
     slot: String,
     status: Arc<watch::Sender<RelayStatus>>,
 ) {
+    let mut clock = LagClock::default();
     let why = loop {
         tokio::select! {
             r = &mut driver => break r.unwrap_or_else(|e| format!("the session driver: {e}")),
@@ -137,18 +139,30 @@ async fn watch_session(
         }
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&slot];
         let check = client.query_opt(
-            "SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint \
+            "SELECT (pg_current_wal_lsn() - '0/0')::bigint, \
+                    (confirmed_flush_lsn - '0/0')::bigint \
              FROM pg_replication_slots WHERE slot_name = $1",
             &params,
         );
         match tokio::time::timeout(Duration::from_secs(5), check).await {
             Ok(Ok(row)) => {
-                let lag = row
-                    .and_then(|r| r.get::<_, Option<i64>>(0))
-                    .and_then(|l| u64::try_from(l).ok());
+                let positions = row.and_then(|r| {
+                    let wal = u64::try_from(r.get::<_, Option<i64>>(0)?).ok()?;
+                    let confirmed = u64::try_from(r.get::<_, Option<i64>>(1)?).ok()?;
+                    Some((wal, confirmed))
+                });
+                let lag = positions.map(|(wal, confirmed)| {
+                    let behind = clock.observe(Instant::now(), wal, confirmed);
+                    (
+                        wal.saturating_sub(confirmed),
+                        u64::try_from(behind.as_millis()).unwrap_or(u64::MAX),
+                    )
+                });
                 status.send_if_modified(|s| {
-                    let changed = s.slot_lag_bytes != lag;
-                    s.slot_lag_bytes = lag;
+                    let (bytes, millis) = (lag.map(|l| l.0), lag.map(|l| l.1));
+                    let changed = s.slot_lag_bytes != bytes || s.slot_lag_millis != millis;
+                    s.slot_lag_bytes = bytes;
+                    s.slot_lag_millis = millis;
                     changed
                 });
             }
@@ -157,4 +171,71 @@ async fn watch_session(
         }
     };
     let _ = lost.send(Some(why));
+}
+
+/// The slot's lag in time. PostgreSQL does not date WAL positions, so the
+/// leader keeps what it reads every second — (when, the server's WAL
+/// position) — and the lag is how long ago the newest sample the slot has
+/// confirmed was taken: everything not yet acknowledged was written after
+/// it. An upper bound on the age of the oldest unacknowledged change, to
+/// within the sampling second (PostgreSQL's own lag tracker works this way);
+/// zero when the slot has confirmed the server's position. While no sample
+/// is confirmed yet, the age of the oldest one kept (a lower bound).
+#[derive(Debug, Default)]
+struct LagClock {
+    samples: std::collections::VecDeque<(Instant, u64)>,
+}
+
+/// Samples kept: an hour at one a second.
+const LAG_SAMPLES: usize = 3_600;
+
+impl LagClock {
+    fn observe(&mut self, now: Instant, wal: u64, confirmed: u64) -> Duration {
+        if confirmed >= wal {
+            self.samples.clear();
+            self.samples.push_back((now, wal));
+            return Duration::ZERO;
+        }
+        self.samples.push_back((now, wal));
+        if self.samples.len() > LAG_SAMPLES {
+            self.samples.pop_front();
+        }
+        // Keep the newest sample at or below the confirmed position first.
+        while self.samples.get(1).is_some_and(|&(_, at)| at <= confirmed) {
+            self.samples.pop_front();
+        }
+        self.samples.front().map_or(Duration::ZERO, |&(when, _)| {
+            now.saturating_duration_since(when)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lag_is_the_age_of_the_newest_confirmed_sample() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut c = LagClock::default();
+        assert_eq!(c.observe(at(0), 100, 100), Duration::ZERO, "caught up");
+        // Writes at 100..400; the slot stays at 100.
+        assert_eq!(c.observe(at(1), 200, 100), Duration::from_secs(1));
+        assert_eq!(c.observe(at(2), 300, 100), Duration::from_secs(2));
+        assert_eq!(c.observe(at(3), 400, 100), Duration::from_secs(3));
+        // The slot confirms up to 300 (the sample taken at 2 s): what is
+        // left was written after 2 s.
+        assert_eq!(c.observe(at(4), 400, 300), Duration::from_secs(2));
+        assert_eq!(c.observe(at(5), 450, 350), Duration::from_secs(3));
+        assert_eq!(
+            c.observe(at(6), 450, 450),
+            Duration::ZERO,
+            "caught up again"
+        );
+        // Behind from the first sample on: the oldest sample's age.
+        let mut c = LagClock::default();
+        assert_eq!(c.observe(at(0), 500, 100), Duration::ZERO);
+        assert_eq!(c.observe(at(7), 600, 100), Duration::from_secs(7));
+    }
 }

@@ -13,7 +13,7 @@ type Read = fn(&RelayStatus) -> Option<u64>;
 /// Registers the instruments on `meter` (the global one unless the
 /// application installed its own provider first).
 pub(crate) fn observe(meter: &Meter, slot: &str, status: &watch::Receiver<RelayStatus>) {
-    let gauges: [(&'static str, &'static str, &'static str, Read); 4] = [
+    let gauges: [(&'static str, &'static str, &'static str, Read); 5] = [
         (
             "c3.relay.leader",
             "{relay}",
@@ -25,6 +25,14 @@ pub(crate) fn observe(meter: &Meter, slot: &str, status: &watch::Receiver<RelayS
             "By",
             "WAL the slot holds back: the server's position minus the slot's confirmed one.",
             |s| s.slot_lag_bytes,
+        ),
+        (
+            "c3.relay.slot.lag_time",
+            "ms",
+            "How long the slot has held WAL back: the age of the newest position it confirmed, \
+             sampled every second (an upper bound on the oldest unacknowledged change's age); \
+             0 when caught up.",
+            |s| s.slot_lag_millis,
         ),
         (
             "c3.relay.published_lsn",

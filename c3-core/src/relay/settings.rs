@@ -42,6 +42,13 @@ pub struct RelayStatus {
     /// WAL the slot holds back (`pg_current_wal_lsn()` minus its confirmed
     /// position), bytes, as last read by the leader.
     pub slot_lag_bytes: Option<u64>,
+    /// How long the slot has held back what it holds back, in ms: the age
+    /// of the newest WAL position it has confirmed, among the positions the
+    /// leader samples every second — an upper bound on the age of the
+    /// oldest unacknowledged change, to within that second; 0 when caught
+    /// up. Keeps growing while nothing is acknowledged (NATS down, a relay
+    /// stuck), however little is written.
+    pub slot_lag_millis: Option<u64>,
     /// The last failure, if streaming is not running.
     pub last_error: Option<String>,
 }
