@@ -5,7 +5,6 @@
 //! same counters instead of keeping its own. The counters every read bumps
 //! are [`Striped`], so cores serving hits do not fight over one cache line.
 
-use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// A counter: bumped on the hot path, summed when read.
@@ -24,38 +23,79 @@ impl Count for AtomicU64 {
     }
 }
 
-/// A counter split over cache lines, each thread bumping its own slot
-/// (threads share slots round-robin beyond [`SLOTS`]): increments from
-/// different cores do not bounce one line between them. Reads add the slots.
+/// A counter split over cache lines: increments from different cores do not
+/// bounce one line between them, and need no locked instruction. A thread
+/// owns a slot while it lives ([`Owner`]): only it writes there, so a load
+/// and a store count exactly. Threads beyond [`OWNED`] share the last slot,
+/// with a locked add. Reads add the slots.
 #[derive(Debug, Default)]
 pub(crate) struct Striped {
-    slots: [Slot; SLOTS],
+    slots: [Slot; OWNED + 1],
 }
 
-const SLOTS: usize = 8;
+/// Slots threads can own, per counter (each 128 bytes).
+const OWNED: usize = 16;
 
 #[derive(Debug, Default)]
 #[repr(align(128))] // two lines: adjacent-line prefetching pairs them
 struct Slot(AtomicU64);
 
-impl Striped {
-    fn slot() -> usize {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        thread_local! {
-            static SLOT: Cell<usize> = const { Cell::new(usize::MAX) };
-        }
-        SLOT.with(|s| {
-            if s.get() == usize::MAX {
-                s.set(NEXT.fetch_add(1, Ordering::Relaxed) % SLOTS);
+/// Which slot this thread owns, the same in every counter; given back when
+/// the thread ends (with its count left in place for the next owner to add
+/// to), so short-lived threads do not use the slots up.
+struct Owner(Option<usize>);
+
+/// Bit `i` set: some thread owns slot `i`.
+static OWNED_SLOTS: AtomicUsize = AtomicUsize::new(0);
+
+impl Owner {
+    fn claim() -> Owner {
+        let mut taken = OWNED_SLOTS.load(Ordering::Relaxed);
+        loop {
+            let free = (!taken).trailing_zeros() as usize;
+            if free >= OWNED {
+                return Owner(None);
             }
-            s.get()
-        })
+            // Acquire: the previous owner's last counts are visible before
+            // this thread adds to them.
+            match OWNED_SLOTS.compare_exchange_weak(
+                taken,
+                taken | (1 << free),
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Owner(Some(free)),
+                Err(now) => taken = now,
+            }
+        }
     }
 }
 
+impl Drop for Owner {
+    fn drop(&mut self) {
+        if let Some(i) = self.0 {
+            // Release: this thread's counts happen before the next claim.
+            OWNED_SLOTS.fetch_and(!(1 << i), Ordering::Release);
+        }
+    }
+}
+
+thread_local! {
+    static OWNER: Owner = Owner::claim();
+}
+
 impl Count for Striped {
+    #[inline]
     fn inc(&self) {
-        self.slots[Self::slot()].0.fetch_add(1, Ordering::Relaxed);
+        match OWNER.try_with(|o| o.0).ok().flatten() {
+            Some(i) => {
+                let slot = &self.slots[i].0;
+                slot.store(slot.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+            }
+            None => {
+                self.slots[OWNED].0.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 
     fn get(&self) -> u64 {
@@ -174,5 +214,33 @@ counters! {
 impl Counters {
     pub(crate) fn inc(counter: &impl Count) {
         counter.inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn striped_counts_are_exact_across_threads_that_come_and_go() {
+        let c = std::sync::Arc::new(Striped::default());
+        // More threads than slots, in waves: owned slots are reused, the
+        // rest share one.
+        for _ in 0..3 {
+            let threads: Vec<_> = (0..OWNED + 8)
+                .map(|_| {
+                    let c = std::sync::Arc::clone(&c);
+                    std::thread::spawn(move || {
+                        for _ in 0..10_000 {
+                            c.inc();
+                        }
+                    })
+                })
+                .collect();
+            for t in threads {
+                t.join().unwrap();
+            }
+        }
+        assert_eq!(c.get(), 3 * (OWNED as u64 + 8) * 10_000);
     }
 }

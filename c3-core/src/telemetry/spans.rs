@@ -107,6 +107,7 @@ impl Drop for Op<'_> {
 /// macros' own disabled path would still hand every field to `log` when
 /// tracing's `log` feature is on (sqlx turns it on) and no subscriber was
 /// ever set, a tenth of an L1 hit for records nobody reads.
+#[inline]
 pub(crate) fn listening(level: tracing::Level) -> bool {
     level <= tracing::level_filters::LevelFilter::current()
 }
