@@ -12,14 +12,20 @@ use c3::core::ListenerState;
 use c3::core::relay::{Nats, Relay, RelayHandle};
 use support::cluster::Cluster;
 use support::nats::NatsServer;
+use support::proxy::FaultProxy;
 use support::{DELIVERY, connect, wait_until};
 
 const SLOT: &str = "c3_relay";
 
 /// A relay-mode node on `cluster`, hearing through `nats`.
 async fn node(cluster: &Cluster, nats: &NatsServer, heartbeat: (Duration, Duration)) -> C3 {
+    node_at(&cluster.url(), nats, heartbeat).await
+}
+
+/// A relay-mode node on the server at `url`.
+async fn node_at(url: &str, nats: &NatsServer, heartbeat: (Duration, Duration)) -> C3 {
     C3::builder()
-        .postgres(&cluster.url())
+        .postgres(url)
         .relay(Nats::new(nats.url()))
         .heartbeat(heartbeat.0, heartbeat.1)
         .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(500))
@@ -29,8 +35,12 @@ async fn node(cluster: &Cluster, nats: &NatsServer, heartbeat: (Duration, Durati
 }
 
 fn relay(cluster: &Cluster, nats: &NatsServer, name: &str) -> RelayHandle {
+    relay_at(&cluster.url(), nats, name)
+}
+
+fn relay_at(url: &str, nats: &NatsServer, name: &str) -> RelayHandle {
     Relay::builder()
-        .postgres(cluster.url())
+        .postgres(url)
         .nats(Nats::new(nats.url()))
         .name(name)
         .backoff(Duration::from_millis(50), Duration::from_millis(500))
@@ -293,6 +303,109 @@ async fn a_table_keeps_its_transport() {
             .contains("announces writes through the relay"),
         "{err}"
     );
+}
+
+/// A real failover: the primary stops, an asynchronous standby that missed
+/// the last commit is promoted, and the relay and the nodes — behind one
+/// address, as clients behind a DNS name or a pooler see it — reach the new
+/// primary. PostgreSQL 15 keeps no slot on a standby: the relay creates it
+/// there, in a new epoch, and every node purges, so the write the promoted
+/// server never had is not served from L1 (no invalidation for it will
+/// ever come).
+#[tokio::test]
+async fn after_a_promotion_the_relay_recreates_its_slot_and_no_node_serves_the_lost_write() {
+    let primary = Cluster::start_logical("relay_promote_primary");
+    let addr = |port: u16| format!("127.0.0.1:{port}");
+    let replication = FaultProxy::start(addr(primary.port())).await;
+    let db = FaultProxy::start(addr(primary.port())).await;
+    let url = db.url(&primary.url());
+    let nats = NatsServer::start();
+    let relay = relay_at(&url, &nats, "relay-a");
+    streaming(&relay).await;
+    // Heartbeats so slow that only the new epoch can make the nodes purge.
+    let slow = (Duration::from_secs(60), Duration::from_secs(60));
+    let (a, b) = (
+        node_at(&url, &nats, slow).await,
+        node_at(&url, &nats, slow).await,
+    );
+    listening(&[&a, &b], &[&relay]).await;
+    a.set("k", &"kept".to_owned()).await.unwrap();
+
+    // pg_basebackup goes through the proxy, which runs on this runtime.
+    let port = replication.port;
+    let standby =
+        tokio::task::spawn_blocking(move || Cluster::standby("relay_promote_standby", port))
+            .await
+            .unwrap();
+    let probe = connect(&primary.url()).await;
+    let standby_sql = connect(&standby.url()).await;
+    wait_until(
+        "the standby has replayed the first write",
+        DELIVERY,
+        || async {
+            let lsn: String = probe
+                .query_one("SELECT pg_current_wal_lsn()::text", &[])
+                .await
+                .unwrap()
+                .get(0);
+            standby_sql
+                .query_one(
+                    "SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn",
+                    &[&lsn],
+                )
+                .await
+                .unwrap()
+                .get::<_, bool>(0)
+        },
+    )
+    .await;
+
+    // Replication stops; a write the standby never gets, relayed to B,
+    // which keeps it.
+    replication.drop_all();
+    a.set("k", &"lost".to_owned()).await.unwrap();
+    wait_until("B hears the write", DELIVERY, || async {
+        !b.is_cached_locally("k")
+    })
+    .await;
+    assert_eq!(*b.get::<String>("k").await.unwrap().unwrap(), "lost");
+    assert!(b.is_cached_locally("k"));
+    let first = relay.status();
+    let gaps = b.stats().relay_gaps;
+
+    primary.stop_immediately();
+    standby.promote();
+    db.drop_all();
+    db.set_upstream(addr(standby.port()));
+    db.forward();
+    wait_until(
+        "the relay created its slot on the promoted server, in a new epoch",
+        DELIVERY * 3,
+        || async {
+            let s = relay.status();
+            s.slots_created == first.slots_created + 1
+                && s.epoch.is_some()
+                && s.epoch != first.epoch
+        },
+    )
+    .await;
+    // The next message of the new epoch (a write elsewhere, once A's pool
+    // reaches the new primary) tells every node.
+    wait_until("A writes on the promoted server", DELIVERY, || async {
+        a.set("other", &1u32).await.is_ok()
+    })
+    .await;
+    wait_until("B dropped its copy of the lost write", DELIVERY, || async {
+        !b.is_cached_locally("k")
+    })
+    .await;
+    assert!(b.stats().relay_gaps > gaps, "{:?}", b.stats());
+    assert_eq!(
+        *b.get::<String>("k").await.unwrap().unwrap(),
+        "kept",
+        "B serves what the promoted server holds, not the write it lost"
+    );
+    relay.shutdown().await;
 }
 
 #[tokio::test]
