@@ -47,13 +47,19 @@ pub(crate) async fn run(env: &Env, url: &str, nats: &str) -> RelayReport {
         ))
         .await
         .expect("bench schema on the relay's server");
-    let relay = c3::core::relay::Relay::builder()
+    let mut relay = c3::core::relay::Relay::builder()
         .postgres(url)
         .nats(c3::core::relay::Nats::new(nats))
-        .slot("c3_bench")
-        .build()
-        .expect("relay")
-        .spawn();
+        .slot("c3_bench");
+    // C3_BENCH_RELAY_WINDOW_MS: the relay's batch window, to see what
+    // fewer, larger messages do to the fan-out.
+    if let Some(ms) = std::env::var("C3_BENCH_RELAY_WINDOW_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        relay = relay.batch_window(std::time::Duration::from_millis(ms));
+    }
+    let relay = relay.build().expect("relay").spawn();
     // C3_BENCH_LISTENERS=128 C3_BENCH_TRANSPORTS=relay C3_BENCH_RATES=1000:
     // one series alone, e.g. to profile it.
     let list = |var: &str| -> Option<Vec<String>> {
