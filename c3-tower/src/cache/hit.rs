@@ -3,10 +3,13 @@
 //! one reuse decision, and a response cloned from what was stored.
 //!
 //! Only what needs nothing else is answered here: a stored response found in
-//! L1 that [`reuse::decide`] lets answer as it is (fresh, or within the
-//! request's `max-stale`). Everything else — L2, variants, revalidation,
-//! misses — takes the [`lookup`](super::lookup) flow, which decides again on
-//! its own.
+//! L1 — under the URI, or under the request's variant when the URI varies —
+//! that [`reuse::decide`] lets answer as it is (fresh, or within the
+//! request's `max-stale`). Everything else — L2, revalidation, misses —
+//! takes the [`lookup`](super::lookup) flow, which decides again on its own.
+//! A response without `Vary` allocates nothing but itself
+//! (`tests/hit_allocations.rs`); a variant also builds its selection and key
+//! as strings.
 
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -16,7 +19,7 @@ use http::{Response, request};
 
 use super::body::C3Body;
 use super::context::{Shared, request_directives};
-use super::key::{uri_tag_len, write_primary_key};
+use super::key::{selection, uri_tag_len, variant_key, write_primary_key};
 use super::policy::Policy;
 use super::reuse::{self, Reuse};
 use super::serve::serve;
@@ -71,6 +74,14 @@ fn found<P>(
     }
     match c3.get_local::<Entry>(key).ok()??.as_deref()? {
         Entry::Response(r) => Some(Arc::clone(r)),
-        Entry::Variants { .. } => None,
+        // The URI varies: this request's variant, as `find` looks it up
+        // (its key and selection are built as strings, as there).
+        Entry::Variants { vary } => {
+            let variant = variant_key(key, &selection(vary, &parts.headers)?);
+            match c3.get_local::<Entry>(&variant).ok()??.as_deref()? {
+                Entry::Response(r) => Some(Arc::clone(r)),
+                Entry::Variants { .. } => None,
+            }
+        }
     }
 }
