@@ -287,6 +287,12 @@ async fn answers_from_l1_are_debug_spans_and_io_is_info() {
     traces.take();
     let (_, tier) = c3.get_with_tier::<u8>("k").await.unwrap();
     assert_eq!(tier, c3::core::Tier::L1);
+    let opts = c3::core::LoadOptions::default();
+    let loaded = c3
+        .get_or_load("k", &opts, || async { Ok::<_, std::io::Error>(Some(2u8)) })
+        .await
+        .unwrap();
+    assert_eq!(loaded.as_deref(), Some(&1), "answered from L1");
     assert!(traces.take().is_empty(), "an L1 hit exported a span");
     c3.delete("k").await.unwrap();
     c3.get::<u8>("k").await.unwrap();

@@ -99,7 +99,6 @@ impl C3 {
         Fut: Future<Output = Result<Option<T>, E>> + Send + 'static,
         E: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
     {
-        let mut op = crate::telemetry::op!(self, GetOrLoad, key, read);
         self.check_key(key)?;
         let now = self.now_us();
         let mut stale: Option<Option<Arc<T>>> = None;
@@ -109,19 +108,24 @@ impl C3 {
                 match e.state(now) {
                     State::Fresh => {
                         Counters::inc(&self.counters().l1_hits);
+                        let outcome = if v.is_some() {
+                            Outcome::Ok
+                        } else {
+                            Outcome::Miss
+                        };
                         if self.refresh_due(e.fresh_until_us, now, opts) {
+                            // The refresh goes to the source: an INFO
+                            // operation, as all I/O is.
+                            let op = crate::telemetry::op!(self, GetOrLoad, key, read);
                             op.span.in_scope(|| {
                                 flight::join_or_start(self, key, opts, loader, None, true)
                             });
+                            op.record(Some(Tier::L1), outcome);
+                        } else if crate::telemetry::spans::listening(tracing::Level::DEBUG) {
+                            // An answer from memory: a DEBUG span (see `op!`).
+                            crate::telemetry::op!(self, GetOrLoad, key, l1)
+                                .record(Some(Tier::L1), outcome);
                         }
-                        op.record(
-                            Some(Tier::L1),
-                            if v.is_some() {
-                                Outcome::Ok
-                            } else {
-                                Outcome::Miss
-                            },
-                        );
                         return Ok(v);
                     }
                     // The fail-safe fallback, should the load fail.
@@ -131,6 +135,7 @@ impl C3 {
             }
         }
         Counters::inc(&self.counters().l1_misses);
+        let mut op = crate::telemetry::op!(self, GetOrLoad, key, read);
         op.start_timer();
         let mut rx = op
             .span
