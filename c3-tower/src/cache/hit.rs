@@ -7,9 +7,7 @@
 //! that [`reuse::decide`] lets answer as it is (fresh, or within the
 //! request's `max-stale`). Everything else — L2, revalidation, misses —
 //! takes the [`lookup`](super::lookup) flow, which decides again on its own.
-//! A response without `Vary` allocates nothing but itself
-//! (`tests/hit_allocations.rs`); a variant also builds its selection and key
-//! as strings.
+//! Nothing is allocated but the response (`tests/hit_allocations.rs`).
 
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -19,7 +17,7 @@ use http::{Response, request};
 
 use super::body::C3Body;
 use super::context::{Shared, request_directives};
-use super::key::{selection, uri_tag_len, variant_key, write_primary_key};
+use super::key::{uri_tag_len, write_primary_key, write_variant_key};
 use super::policy::Policy;
 use super::reuse::{self, Reuse};
 use super::serve::serve;
@@ -74,11 +72,11 @@ fn found<P>(
     }
     match c3.get_local::<Entry>(key).ok()??.as_deref()? {
         Entry::Response(r) => Some(Arc::clone(r)),
-        // The URI varies: this request's variant, as `find` looks it up
-        // (its key and selection are built as strings, as there).
+        // The URI varies: this request's variant, as `find` looks it up,
+        // its key written in the same buffer.
         Entry::Variants { vary } => {
-            let variant = variant_key(key, &selection(vary, &parts.headers)?);
-            match c3.get_local::<Entry>(&variant).ok()??.as_deref()? {
+            write_variant_key(key, vary, &parts.headers)?;
+            match c3.get_local::<Entry>(key).ok()??.as_deref()? {
                 Entry::Response(r) => Some(Arc::clone(r)),
                 Entry::Variants { .. } => None,
             }

@@ -10,6 +10,8 @@
 //! Keys that would be longer than the cache allows are not hashed (a weak hash
 //! could be made to collide); such requests simply bypass the cache.
 
+use std::cell::RefCell;
+
 use http::HeaderMap;
 use http::request::Parts;
 
@@ -119,29 +121,56 @@ pub(crate) fn user_tag(tag: &str) -> String {
 /// value cannot be part of a key.
 pub(crate) fn selection(vary: &[String], request: &HeaderMap) -> Option<String> {
     let mut s = String::new();
-    for name in vary {
-        let values: Vec<&str> = request
-            .get_all(name.as_str())
-            .iter()
-            .map(|v| v.to_str().map(str::trim))
-            .collect::<Result<_, _>>()
-            .ok()?;
-        s.push_str(name);
-        if !values.is_empty() {
-            s.push('=');
-            s.push_str(&values.join(","));
-        }
-        s.push(';');
-    }
-    if s.chars().any(char::is_control) {
-        return None;
-    }
+    write_selection(&mut s, vary, request)?;
     Some(s)
 }
 
+/// Appends [`selection`] to `out` (unspecified on `None`).
+fn write_selection(out: &mut String, vary: &[String], request: &HeaderMap) -> Option<()> {
+    let start = out.len();
+    for name in vary {
+        out.push_str(name);
+        for (i, v) in request.get_all(name.as_str()).iter().enumerate() {
+            out.push(if i == 0 { '=' } else { ',' });
+            out.push_str(v.to_str().ok()?.trim());
+        }
+        out.push(';');
+    }
+    (!out[start..].chars().any(char::is_control)).then_some(())
+}
+
+/// Whether `request`'s [`selection`] is `selected`, without allocating
+/// once the thread has compared one (a reused buffer).
+pub(crate) fn selection_is(vary: &[String], request: &HeaderMap, selected: &str) -> bool {
+    thread_local! {
+        static SCRATCH: RefCell<String> = const { RefCell::new(String::new()) };
+    }
+    SCRATCH
+        .try_with(|s| {
+            let mut s = s.borrow_mut();
+            s.clear();
+            write_selection(&mut s, vary, request).is_some() && *s == selected
+        })
+        .unwrap_or_else(|_| selection(vary, request).as_deref() == Some(selected))
+}
+
+/// What separates a primary key from a variant's selection.
+const VARIANT: &str = " vary:";
+
 /// The key of the variant with `selection` under the `primary` key.
 pub(crate) fn variant_key(primary: &str, selection: &str) -> String {
-    format!("{primary} vary:{selection}")
+    format!("{primary}{VARIANT}{selection}")
+}
+
+/// Turns `key`, a primary key, into the key of `request`'s variant (what
+/// [`variant_key`] makes from [`selection`]), in place.
+pub(crate) fn write_variant_key(
+    key: &mut String,
+    vary: &[String],
+    request: &HeaderMap,
+) -> Option<()> {
+    key.push_str(VARIANT);
+    write_selection(key, vary, request)
 }
 
 /// Appends the primary key of the request `parts` to `out` — what
@@ -385,9 +414,25 @@ mod tests {
         let vary = ["accept-language".to_owned(), "accept".to_owned()];
         let k = variant_key("p", &selection(&vary, &h).unwrap());
         assert_eq!(k, "p vary:accept-language=de;accept;");
+        let mut written = "p".to_owned();
+        write_variant_key(&mut written, &vary, &h).unwrap();
+        assert_eq!(written, k);
+        assert!(selection_is(&vary, &h, "accept-language=de;accept;"));
+        assert!(!selection_is(&vary, &h, "accept-language=de;accept=;"));
         h.insert("accept", http::HeaderValue::from_static(""));
         assert_eq!(selection(&vary, &h).unwrap(), "accept-language=de;accept=;");
+        h.append("accept", http::HeaderValue::from_static(" a "));
+        assert_eq!(
+            selection(&vary, &h).unwrap(),
+            "accept-language=de;accept=,a;"
+        );
         h.insert("accept", http::HeaderValue::from_bytes(b"\xff").unwrap());
         assert!(selection(&["accept".into()], &h).is_none());
+        assert!(!selection_is(&["accept".into()], &h, ""));
+        h.insert("accept", http::HeaderValue::from_static("a\tb"));
+        assert!(
+            selection(&["accept".into()], &h).is_none(),
+            "a control character"
+        );
     }
 }

@@ -22,7 +22,7 @@ use http::header::AUTHORIZATION;
 use http::request;
 
 use super::cache_control::Directives;
-use super::key::selection;
+use super::key::selection_is;
 use super::stored::StoredResponse;
 
 /// What a stored response may do for a request.
@@ -50,9 +50,7 @@ pub(crate) fn decide(
     dirs: &Directives,
     now_us: u64,
 ) -> Reuse {
-    if !stored.vary.is_empty()
-        && selection(&stored.vary, &req.headers).as_deref() != Some(stored.selected.as_str())
-    {
+    if !stored.vary.is_empty() && !selection_is(&stored.vary, &req.headers, &stored.selected) {
         return Reuse::Never("vary");
     }
     if req.headers.contains_key(AUTHORIZATION) && !stored.freshness.auth_ok {
