@@ -42,6 +42,9 @@
 //! # Serving
 //!
 //! * Fresh hits carry `Age` and `Cache-Status: c3; hit; ttl=N; detail=l1|l2`.
+//!   An L1 hit is answered inside `call` — no future to box, nothing
+//!   allocated but the response — and its `c3.http` span is at DEBUG (an
+//!   exported span would cost several times the hit; `c3.hits` counts it).
 //! * Every answer from a stored response — an L1 or L2 hit, a request that
 //!   waited for another's miss, a 304-refreshed response — is first allowed
 //!   by one decision (`reuse`): the Vary selection, credentials, freshness and
