@@ -339,26 +339,7 @@ async fn after_a_promotion_the_relay_recreates_its_slot_and_no_node_serves_the_l
             .unwrap();
     let probe = connect(&primary.url()).await;
     let standby_sql = connect(&standby.url()).await;
-    wait_until(
-        "the standby has replayed the first write",
-        DELIVERY,
-        || async {
-            let lsn: String = probe
-                .query_one("SELECT pg_current_wal_lsn()::text", &[])
-                .await
-                .unwrap()
-                .get(0);
-            standby_sql
-                .query_one(
-                    "SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn",
-                    &[&lsn],
-                )
-                .await
-                .unwrap()
-                .get::<_, bool>(0)
-        },
-    )
-    .await;
+    support::standby_caught_up(&probe, &standby_sql).await;
 
     // Replication stops; a write the standby never gets, relayed to B,
     // which keeps it.

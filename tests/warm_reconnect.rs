@@ -312,26 +312,7 @@ async fn a_promoted_standby_that_lost_commits_purges_l1() {
         )
         .await
         .unwrap();
-    wait_until(
-        "the standby has replayed the first write",
-        DELIVERY,
-        || async {
-            let lsn: String = probe
-                .query_one("SELECT pg_current_wal_lsn()::text", &[])
-                .await
-                .unwrap()
-                .get(0);
-            standby_sql
-                .query_one(
-                    "SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn",
-                    &[&lsn],
-                )
-                .await
-                .unwrap()
-                .get::<_, bool>(0)
-        },
-    )
-    .await;
+    support::standby_caught_up(&probe, &standby_sql).await;
 
     // Replication stops; the node writes again and hears its own write.
     replication.drop_all();

@@ -39,6 +39,31 @@ pub fn database_addr() -> String {
         .to_owned()
 }
 
+/// Waits until the standby behind `standby` has replayed everything the
+/// primary behind `primary` had written when called.
+pub async fn standby_caught_up(primary: &tokio_postgres::Client, standby: &tokio_postgres::Client) {
+    let lsn: String = primary
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    wait_until(
+        "the standby has replayed the primary's writes",
+        DELIVERY,
+        || async {
+            standby
+                .query_one(
+                    "SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn",
+                    &[&lsn],
+                )
+                .await
+                .unwrap()
+                .get::<_, bool>(0)
+        },
+    )
+    .await;
+}
+
 /// Connects a plain tokio-postgres client (a "foreign", non-c3 client).
 pub async fn connect(url: &str) -> tokio_postgres::Client {
     let (client, conn) = match tokio_postgres::connect(url, tokio_postgres::NoTls).await {
