@@ -48,7 +48,7 @@ use settings::Settings;
 /// | [`slot`](Self::slot) | `c3_relay` |
 /// | [`publication`](Self::publication) | `c3_relay` |
 /// | [`ack_interval`](Self::ack_interval) | 50 ms |
-/// | [`batch_window`](Self::batch_window) | 1 ms |
+/// | [`batch_window`](Self::batch_window) | none: batches follow the load |
 #[derive(Clone, Debug)]
 #[must_use = "a builder does nothing until build() is called"]
 pub struct RelayBuilder {
@@ -71,7 +71,7 @@ impl Default for RelayBuilder {
             slot: "c3_relay".to_owned(),
             publication: "c3_relay".to_owned(),
             ack_interval: Duration::from_millis(50),
-            batch_window: Duration::from_millis(1),
+            batch_window: Duration::ZERO,
             connect_timeout: Duration::from_secs(5),
             backoff: (Duration::from_millis(100), Duration::from_secs(5)),
             name: None,
@@ -138,11 +138,14 @@ impl RelayBuilder {
         self
     }
 
-    /// How long commits may wait to share one NATS message. The first
-    /// commit after a quiet window is published at once; commits that
-    /// follow within the window go out together at its end — fewer
-    /// messages for every subscriber to receive when writes are frequent,
-    /// no delay when they are not. Zero publishes every commit on its own.
+    /// The least time between two messages on the same stream, for
+    /// commits to share one. Without it (the default) batches follow the
+    /// load: a commit is published as soon as the relay has checked that it
+    /// is visible (one query), and the commits decoded during that check go
+    /// out together in the next message — no wait when writes are rare,
+    /// fewer and larger messages for every subscriber when they are
+    /// frequent. A window trades latency (up to the window) for still fewer
+    /// messages.
     pub fn batch_window(mut self, window: Duration) -> Self {
         self.batch_window = window;
         self

@@ -11,11 +11,17 @@
 //! WAL up to it. A relay that dies before that leaves the commit to be
 //! decoded again; nodes apply duplicates idempotently (versions).
 //!
+//! A commit goes out once it is visible (see [`visible`]); while the relay
+//! checks, the stream goes on, and what is decoded meanwhile goes out
+//! together next — batches follow the load with no timer to tune.
+//!
 //! When the stream is idle, keepalives are acknowledged with the server's
 //! WAL end, so a quiet database does not keep WAL for the slot; only when
 //! no transaction is open and everything published was confirmed.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use futures_util::StreamExt;
@@ -95,9 +101,10 @@ pub(crate) async fn run(
         window: settings.batch_window,
         seqs: HashMap::new(),
         pending: Vec::new(),
-        batches: HashMap::new(),
-        last_sent: HashMap::new(),
-        flush_at: None,
+        gathering: Batches::default(),
+        checking: Batches::default(),
+        wake_at: None,
+        last_publish: None,
         decoded: Lsn(0),
         in_transaction: false,
         xid: 0,
@@ -106,8 +113,15 @@ pub(crate) async fn run(
         sync: None,
         token: 0,
     };
+    // The visibility check of `s.checking`, while it runs. The stream goes
+    // on meanwhile: commits decoded in the meantime gather for the next
+    // message, so batches grow with the load and nothing waits when idle.
+    let mut check: Option<Check> = None;
     let mut next_sync = Instant::now();
     let ended = loop {
+        if check.is_none() {
+            check = s.next_check(&lead.client, Instant::now());
+        }
         let want_sync = s.sync.is_none() && s.published > s.confirmed;
         tokio::select! {
             biased;
@@ -129,20 +143,25 @@ pub(crate) async fn run(
                     status.send_modify(|st| st.acked_lsn = lsn.as_u64());
                 }
             }
-            event = client.recv() => match event {
-                Ok(Some(event)) => {
-                    if let Err(why) = s.apply(event, (nats, &lead.client), &client, status).await {
-                        break Ended::Failed { why, streamed: true };
+            visible = async { check.as_mut().expect("guarded by is_some").await }, if check.is_some() => {
+                check = None;
+                match visible {
+                    Ok(true) => {
+                        if let Err(why) = s.publish(nats, status).await {
+                            break Ended::Failed { why, streamed: true };
+                        }
                     }
+                    // Not yet: look again shortly (a matter of microseconds).
+                    Ok(false) => s.wake_at = Some(Instant::now() + Duration::from_micros(200)),
+                    Err(why) => break Ended::Failed { why, streamed: true },
                 }
+            }
+            event = client.recv() => match event {
+                Ok(Some(event)) => s.apply(event, &client, status),
                 Ok(None) => break Ended::Failed { why: "the replication stream ended".to_owned(), streamed: true },
                 Err(e) => break Ended::Failed { why: format!("the replication stream: {e}"), streamed: true },
             },
-            _ = sleep_until(s.flush_at.unwrap_or(next_sync)), if s.flush_at.is_some() => {
-                if let Err(why) = s.publish_due(nats, &lead.client, status).await {
-                    break Ended::Failed { why, streamed: true };
-                }
-            }
+            _ = sleep_until(s.wake_at.unwrap_or(next_sync)), if s.wake_at.is_some() && check.is_none() => {}
             _ = sleep_until(next_sync), if want_sync => {
                 s.token += 1;
                 s.sync = Some((s.token, s.published));
@@ -158,6 +177,9 @@ pub(crate) async fn run(
     ended
 }
 
+/// A visibility check in flight (see [`visible`]).
+type Check = Pin<Box<dyn Future<Output = Result<bool, String>> + Send>>;
+
 /// Whether every transaction in `xids` (32-bit ids, as decoding reports
 /// them) is visible to a new snapshot. Decoding can deliver a commit before
 /// the committing backend made it visible — the commit record is flushed
@@ -167,7 +189,7 @@ pub(crate) async fn run(
 /// began after the node applied a write returned the value before it, while
 /// the writer still waited for its commit's reply). NOTIFY is delivered
 /// only once the transaction is visible; the relay publishes no sooner.
-async fn visible(pg: &tokio_postgres::Client, xids: &[i64]) -> Result<bool, String> {
+async fn visible(pg: Arc<tokio_postgres::Client>, xids: Vec<i64>) -> Result<bool, String> {
     // The 32-bit ids are widened with the epoch of the snapshot's xmax (the
     // previous epoch for an id above its low half).
     const VISIBLE: &str = "SELECT coalesce(bool_and(pg_visible_in_snapshot((((( \
@@ -221,23 +243,64 @@ fn new_epoch() -> String {
     format!("{now}-{:08x}", h.finish() as u32)
 }
 
-/// Batches past this size are published at once (NATS' default maximum
-/// payload is 1 MiB).
-const MAX_BATCH: usize = 256 * 1024;
+/// A NATS message carries at most this many bytes of payloads (NATS'
+/// default maximum payload is 1 MiB); a batch past it is split.
+const MAX_MESSAGE: usize = 256 * 1024;
 
-/// Committed messages for one subject, waiting for their batch window.
+/// Committed c3 messages that go out together: per subject, in commit
+/// order.
+#[derive(Default)]
+struct Batches {
+    /// Per subject (few: one per cache table), in order of first use.
+    subjects: Vec<(String, Batch)>,
+    /// Their transactions: published only once visible (see [`visible`]).
+    xids: Vec<u32>,
+    /// End LSN of the last commit decoded before the first one here:
+    /// everything up to it may be acknowledged while these wait.
+    before: Option<Lsn>,
+}
+
+/// One subject's share of a [`Batches`].
 struct Batch {
-    /// Payloads separated by `wire::SEPARATOR`.
-    payload: bytes::BytesMut,
+    /// NATS messages to publish, in order: payloads separated by
+    /// `wire::SEPARATOR`, each under [`MAX_MESSAGE`] (one payload alone
+    /// may be longer).
+    messages: Vec<bytes::BytesMut>,
     /// End LSN of the last commit in the batch.
     lsn: Lsn,
-    /// The batch's transactions: published only once visible (see
-    /// `visible`).
-    xids: Vec<u32>,
-    /// End LSN of the last commit decoded before the batch's first one:
-    /// everything up to it may be acknowledged while the batch waits.
-    before: Lsn,
     count: u64,
+}
+
+impl Batches {
+    fn is_empty(&self) -> bool {
+        self.subjects.is_empty()
+    }
+
+    /// Adds one committed payload.
+    fn push(&mut self, subject: String, payload: &[u8], end_lsn: Lsn) {
+        let at = match self.subjects.iter().position(|(s, _)| *s == subject) {
+            Some(i) => i,
+            None => {
+                let batch = Batch {
+                    messages: Vec::new(),
+                    lsn: end_lsn,
+                    count: 0,
+                };
+                self.subjects.push((subject, batch));
+                self.subjects.len() - 1
+            }
+        };
+        let batch = &mut self.subjects[at].1;
+        match batch.messages.last_mut() {
+            Some(m) if m.len() + 1 + payload.len() <= MAX_MESSAGE => {
+                m.extend_from_slice(&[wire::SEPARATOR]);
+                m.extend_from_slice(payload);
+            }
+            _ => batch.messages.push(bytes::BytesMut::from(payload)),
+        }
+        batch.lsn = end_lsn;
+        batch.count += 1;
+    }
 }
 
 /// One stream's state.
@@ -249,12 +312,14 @@ struct Stream<'a> {
     seqs: HashMap<String, u64>,
     /// The open transaction's c3 messages: (subject, payload).
     pending: Vec<(String, bytes::Bytes)>,
-    /// Committed messages not yet published, per subject.
-    batches: HashMap<String, Batch>,
-    /// When each subject was last published to.
-    last_sent: HashMap<String, Instant>,
-    /// When the earliest waiting batch is due.
-    flush_at: Option<Instant>,
+    /// Commits decoded since `checking` was formed.
+    gathering: Batches,
+    /// Commits whose visibility is being checked; published next.
+    checking: Batches,
+    /// When to look again (after "not yet visible", or at the end of the
+    /// batch window), if the next check cannot start now.
+    wake_at: Option<Instant>,
+    last_publish: Option<Instant>,
     /// End LSN of the last commit decoded.
     decoded: Lsn,
     in_transaction: bool,
@@ -270,13 +335,12 @@ struct Stream<'a> {
 }
 
 impl Stream<'_> {
-    async fn apply(
+    fn apply(
         &mut self,
         event: ReplicationEvent,
-        (nats, pg): (&async_nats::Client, &tokio_postgres::Client),
         client: &ReplicationClient,
         status: &watch::Sender<RelayStatus>,
-    ) -> Result<(), String> {
+    ) {
         match event {
             ReplicationEvent::Begin { xid, .. } => {
                 self.in_transaction = true;
@@ -300,29 +364,19 @@ impl Stream<'_> {
                 self.in_transaction = false;
                 let before = self.decoded;
                 self.decoded = self.decoded.max(end_lsn);
-                for (subject, payload) in std::mem::take(&mut self.pending) {
-                    let batch = self.batches.entry(subject).or_insert_with(|| Batch {
-                        payload: bytes::BytesMut::new(),
-                        lsn: end_lsn,
-                        xids: Vec::new(),
-                        before,
-                        count: 0,
-                    });
-                    if batch.xids.last() != Some(&self.xid) {
-                        batch.xids.push(self.xid);
-                    }
-                    if batch.count > 0 {
-                        batch.payload.extend_from_slice(&[wire::SEPARATOR]);
-                    }
-                    batch.payload.extend_from_slice(&payload);
-                    batch.lsn = end_lsn;
-                    batch.count += 1;
+                if !self.pending.is_empty() {
+                    self.gathering.before.get_or_insert(before);
+                    self.gathering.xids.push(self.xid);
                 }
-                self.publish_due(nats, pg, status).await?;
+                for (subject, payload) in std::mem::take(&mut self.pending) {
+                    self.gathering.push(subject, &payload, end_lsn);
+                }
+                self.advance_published(status);
             }
             ReplicationEvent::KeepAlive { wal_end, .. } => {
                 let idle = !self.in_transaction
-                    && self.batches.is_empty()
+                    && self.gathering.is_empty()
+                    && self.checking.is_empty()
                     && self.sync.is_none()
                     && self.published <= self.confirmed;
                 if idle && wal_end > self.confirmed {
@@ -334,74 +388,72 @@ impl Stream<'_> {
             }
             _ => {}
         }
+    }
+
+    /// The visibility check to start now, if one is due: again for the
+    /// commits being checked, or for those gathered since the last
+    /// message (once the batch window, if any, has passed).
+    fn next_check(&mut self, pg: &Arc<tokio_postgres::Client>, now: Instant) -> Option<Check> {
+        if let Some(at) = self.wake_at {
+            if at > now {
+                return None;
+            }
+            self.wake_at = None;
+        }
+        if self.checking.is_empty() {
+            if self.gathering.is_empty() {
+                return None;
+            }
+            if let Some(due) = self.last_publish.map(|at| at + self.window)
+                && due > now
+            {
+                self.wake_at = Some(due);
+                return None;
+            }
+            self.checking = std::mem::take(&mut self.gathering);
+        }
+        let xids = self.checking.xids.iter().map(|x| i64::from(*x)).collect();
+        Some(Box::pin(visible(Arc::clone(pg), xids)))
+    }
+
+    /// Publishes the checked commits, each subject's in order.
+    async fn publish(
+        &mut self,
+        nats: &async_nats::Client,
+        status: &watch::Sender<RelayStatus>,
+    ) -> Result<(), String> {
+        let batches = std::mem::take(&mut self.checking);
+        for (subject, batch) in batches.subjects {
+            let lsn = batch.lsn.to_pg_string();
+            for message in batch.messages {
+                let seq = self.seqs.entry(subject.clone()).or_insert(0);
+                *seq += 1;
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert(wire::HEADER_EPOCH, self.epoch.as_str());
+                headers.insert(wire::HEADER_SEQ, seq.to_string());
+                headers.insert(wire::HEADER_LSN, lsn.as_str());
+                nats.publish_with_headers(subject.clone(), headers, message.freeze())
+                    .await
+                    .map_err(|e| format!("NATS publish: {e}"))?;
+            }
+            status.send_modify(|s| s.published += batch.count);
+        }
+        self.last_publish = Some(Instant::now());
+        self.advance_published(status);
         Ok(())
     }
 
-    /// Publishes every batch whose window has passed (or that is full);
-    /// when none is left waiting, everything decoded is published.
-    async fn publish_due(
-        &mut self,
-        nats: &async_nats::Client,
-        pg: &tokio_postgres::Client,
-        status: &watch::Sender<RelayStatus>,
-    ) -> Result<(), String> {
-        let now = Instant::now();
-        let due: Vec<String> = self
-            .batches
-            .iter()
-            .filter(|(subject, batch)| {
-                batch.payload.len() >= MAX_BATCH
-                    || self
-                        .last_sent
-                        .get(*subject)
-                        .is_none_or(|at| *at + self.window <= now)
-            })
-            .map(|(subject, _)| subject.clone())
-            .collect();
-        let xids: Vec<i64> = due
-            .iter()
-            .filter_map(|subject| self.batches.get(subject))
-            .flat_map(|b| b.xids.iter().map(|x| i64::from(*x)))
-            .collect();
-        if !xids.is_empty() && !visible(pg, &xids).await? {
-            // Not yet: look again shortly (it is a matter of microseconds).
-            let again = now + Duration::from_micros(200);
-            self.flush_at = Some(self.flush_at.map_or(again, |at| at.min(again)));
-            return Ok(());
-        }
-        for subject in due {
-            let Some(batch) = self.batches.remove(&subject) else {
-                continue;
-            };
-            let seq = self.seqs.entry(subject.clone()).or_insert(0);
-            *seq += 1;
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert(wire::HEADER_EPOCH, self.epoch.as_str());
-            headers.insert(wire::HEADER_SEQ, seq.to_string());
-            headers.insert(wire::HEADER_LSN, batch.lsn.to_pg_string());
-            self.last_sent.insert(subject.clone(), now);
-            nats.publish_with_headers(subject, headers, batch.payload.freeze())
-                .await
-                .map_err(|e| format!("NATS publish: {e}"))?;
-            status.send_modify(|s| s.published += batch.count);
-        }
-        self.flush_at = self
-            .batches
-            .keys()
-            .filter_map(|subject| self.last_sent.get(subject).map(|at| *at + self.window))
-            .min();
-        // Published: every commit before the oldest one still waiting.
-        let floor = self
-            .batches
-            .values()
-            .map(|b| b.before)
+    /// Published: every commit before the oldest one still waiting.
+    fn advance_published(&mut self, status: &watch::Sender<RelayStatus>) {
+        let floor = [self.checking.before, self.gathering.before]
+            .into_iter()
+            .flatten()
             .min()
             .unwrap_or(self.decoded);
         if floor > self.published {
             self.published = floor;
             status.send_modify(|s| s.published_lsn = self.published.as_u64());
         }
-        Ok(())
     }
 
     /// The position a returned confirmation token covers, if it is the

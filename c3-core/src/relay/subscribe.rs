@@ -182,8 +182,8 @@ async fn follow(
                     }
                     Step::Unreadable => missed(feed, up, "a relayed message without epoch or sequence"),
                 }
-                // One message may carry several payloads (commits that
-                // shared the relay's batch window), in commit order.
+                // One message may carry several payloads (commits the
+                // relay published together), in commit order.
                 for payload in wire::payloads(&message.payload) {
                     let payload = String::from_utf8_lossy(payload);
                     if let Some((expected, _)) = &awaiting

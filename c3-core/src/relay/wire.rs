@@ -8,8 +8,8 @@
 /// `pg_logical_emit_message(true, 'c3:' || channel, payload)`.
 pub const MESSAGE_PREFIX: &str = "c3:";
 
-/// Separates the c3 payloads one NATS message carries (commits that shared
-/// a batch window). PostgreSQL text cannot contain NUL, so no payload does.
+/// Separates the c3 payloads one NATS message carries (commits published
+/// together). PostgreSQL text cannot contain NUL, so no payload does.
 pub const SEPARATOR: u8 = 0;
 
 /// The c3 payloads of one relayed NATS message, in order.
