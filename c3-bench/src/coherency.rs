@@ -51,7 +51,23 @@ pub(crate) struct Propagation {
 #[derive(Default)]
 struct Seen {
     next: AtomicU64,
-    at: Mutex<Vec<(u64, Instant)>>,
+    at: Mutex<Vec<(u64, u64)>>,
+}
+
+/// Now, in nanoseconds of the system-wide monotonic clock: comparable
+/// between this process and a listener child.
+pub(crate) fn mono_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    u64::try_from(t.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(t.tv_nsec).unwrap_or(0)
+}
+
+/// What every listener of a series applied (write number, when), and the
+/// reads checked right after.
+#[derive(Debug, Default, Serialize, serde::Deserialize)]
+pub(crate) struct Heard {
+    pub(crate) at: Vec<Vec<(u64, u64)>>,
+    pub(crate) stale: u64,
+    pub(crate) checked: u64,
 }
 
 pub(crate) fn rate_name(rate: Option<u32>) -> String {
@@ -66,28 +82,29 @@ async fn drain(seen: &[Arc<Seen>], n: u64, within: Duration) {
     }
 }
 
-/// When the writer issued write i, and when it saw it acknowledged.
+/// When the writer issued write i, and when it saw it acknowledged
+/// ([`mono_ns`]).
 #[derive(Default)]
 struct Writes {
-    issued: Vec<Instant>,
-    acked: Vec<Instant>,
+    issued: Vec<u64>,
+    acked: Vec<u64>,
 }
 
 fn summarise(
     system: &str,
     rate: Option<u32>,
     writes: &Writes,
-    seen: &[Arc<Seen>],
+    seen: &[Vec<(u64, u64)>],
     elapsed: Duration,
 ) -> Propagation {
     let (mut lags, mut after_ack) = (Samples::default(), Samples::default());
     for s in seen {
-        for (i, at) in s.at.lock().expect("seen").iter() {
+        for (i, at) in s {
             let i = usize::try_from(*i).unwrap_or(usize::MAX);
             if let (Some(w), Some(c)) = (writes.issued.get(i), writes.acked.get(i)) {
-                lags.push(at.saturating_duration_since(*w));
+                lags.push(Duration::from_nanos(at.saturating_sub(*w)));
                 // Heard before the writer's own acknowledgement: no delay.
-                after_ack.push(at.saturating_duration_since(*c));
+                after_ack.push(Duration::from_nanos(at.saturating_sub(*c)));
             }
         }
     }
@@ -126,9 +143,9 @@ async fn write_series(
     let mut i = 0u64;
     while Instant::now() < deadline {
         pace(start, i, rate).await;
-        writes.issued.push(Instant::now());
+        writes.issued.push(mono_ns());
         write(i).await;
-        writes.acked.push(Instant::now());
+        writes.acked.push(mono_ns());
         i += 1;
     }
     (writes, start.elapsed())
@@ -155,9 +172,9 @@ async fn write_series_on(
                 while start.elapsed() < series {
                     pace(start, j, each).await;
                     let i = next.fetch_add(1, Ordering::SeqCst);
-                    let issued = Instant::now();
+                    let issued = mono_ns();
                     node.set(&format!("k{i}"), &i).await.expect("set");
-                    done.push((i, issued, Instant::now()));
+                    done.push((i, issued, mono_ns()));
                     j += 1;
                 }
                 done
@@ -220,6 +237,7 @@ pub(crate) async fn c3_run(
     rate: Option<u32>,
     (writers, transport): (usize, Transport<'_>),
     run: usize,
+    child: Option<&crate::placement::Split>,
 ) -> Propagation {
     let channel = format!("c3_bench_coh_{run}");
     let writer = transport
@@ -228,74 +246,151 @@ pub(crate) async fn c3_run(
         .build()
         .await
         .expect("writer");
-    let stale = Arc::new(AtomicU64::new(0));
-    let checked = Arc::new(AtomicU64::new(0));
     // Enough checks to catch a stale read, few enough not to load the server.
     let total_rate = f64::from(rate.unwrap_or(2000)) * listeners as f64;
     let every = ((total_rate / 400.0).ceil() as u64).max(1);
-    let mut seen = Vec::new();
-    let mut nodes = Vec::new();
-    let mut checkers = Vec::new();
-    for _ in 0..listeners {
-        let s = Arc::new(Seen::default());
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(u64, String)>();
-        let sink = Arc::clone(&s);
-        let node = transport
-            .node(env, &channel, 16 << 20)
-            .pool_size(1)
-            .on_applied(move |n| {
-                if n.from != Some("bench-writer") {
-                    return;
-                }
-                let now = Instant::now();
-                for (_, key) in n.written {
-                    let Some(i) = key.strip_prefix('k').and_then(|i| i.parse::<u64>().ok()) else {
-                        continue;
-                    };
-                    sink.next.fetch_add(1, Ordering::SeqCst);
-                    sink.at.lock().expect("seen").push((i, now));
-                    if i % every == 0 {
-                        let _ = tx.send((i, key.clone()));
-                    }
-                }
-            })
-            .build()
-            .await
-            .expect("listener");
-        let (reader, stale, checked) = (node.clone(), Arc::clone(&stale), Arc::clone(&checked));
-        // The node holds the sender (in its observer) and this task holds
-        // the node, so the task is aborted at the end rather than waited on.
-        checkers.push(tokio::spawn(async move {
-            while let Some((i, key)) = rx.recv().await {
-                if let Ok(Some(v)) = reader.get::<u64>(&key).await {
-                    checked.fetch_add(1, Ordering::Relaxed);
-                    if *v < i {
-                        stale.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-        }));
-        seen.push(s);
-        nodes.push(node);
-    }
+    let spec = ListenerSpec {
+        url: env.url.clone(),
+        channel,
+        nats: match transport {
+            Transport::Listen => None,
+            Transport::Relay { nats } => Some(nats.to_owned()),
+        },
+        listeners,
+        every,
+    };
+    let mut host = match child {
+        None => Host::Local(Listeners::start(env, &spec).await),
+        Some(split) => Host::Child(Box::new(crate::listeners::Child::start(split, &spec).await)),
+    };
     let (writes, elapsed) = write_series_on(&writer, env.series, rate, writers).await;
-    let i = writes.acked.len() as u64;
-    drain(&seen, i, Duration::from_secs(10)).await;
-    let mut p = summarise(transport.system(), rate, &writes, &seen, elapsed);
+    let heard = match &mut host {
+        Host::Local(l) => l.finish(writes.acked.len() as u64).await,
+        Host::Child(c) => c.finish(writes.acked.len() as u64).await,
+    };
+    let mut p = summarise(transport.system(), rate, &writes, &heard.at, elapsed);
     p.writers = writers;
-    // Let the last checks finish before counting them.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    p.stale_reads = Some(stale.load(Ordering::SeqCst));
-    p.reads_checked = Some(checked.load(Ordering::SeqCst));
-    for c in checkers {
-        c.abort();
-        let _ = c.await;
-    }
+    p.stale_reads = Some(heard.stale);
+    p.reads_checked = Some(heard.checked);
     writer.shutdown().await;
-    for n in nodes {
-        n.shutdown().await;
-    }
     p
+}
+
+/// Where a series' listener nodes run.
+enum Host {
+    Local(Listeners),
+    Child(Box<crate::listeners::Child>),
+}
+
+/// What a set of listener nodes needs to start (also sent to a child).
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub(crate) struct ListenerSpec {
+    pub(crate) url: String,
+    pub(crate) channel: String,
+    /// `Some(NATS URL)`: relay mode, on the relay's table.
+    pub(crate) nats: Option<String>,
+    pub(crate) listeners: usize,
+    /// Check a read after every `every`th write a listener applies.
+    pub(crate) every: u64,
+}
+
+/// Listener nodes in this process: each records when it applied which
+/// write, and reads some keys back right after.
+pub(crate) struct Listeners {
+    seen: Vec<Arc<Seen>>,
+    nodes: Vec<c3::C3>,
+    checkers: Vec<tokio::task::JoinHandle<()>>,
+    stale: Arc<AtomicU64>,
+    checked: Arc<AtomicU64>,
+}
+
+impl Listeners {
+    pub(crate) async fn start(env: &Env, spec: &ListenerSpec) -> Listeners {
+        let transport = match &spec.nats {
+            None => Transport::Listen,
+            Some(nats) => Transport::Relay { nats },
+        };
+        let every = spec.every;
+        let stale = Arc::new(AtomicU64::new(0));
+        let checked = Arc::new(AtomicU64::new(0));
+        let mut seen = Vec::new();
+        let mut nodes = Vec::new();
+        let mut checkers = Vec::new();
+        for _ in 0..spec.listeners {
+            let s = Arc::new(Seen::default());
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(u64, String)>();
+            let sink = Arc::clone(&s);
+            let node = transport
+                .node(env, &spec.channel, 16 << 20)
+                .pool_size(1)
+                .on_applied(move |n| {
+                    if n.from != Some("bench-writer") {
+                        return;
+                    }
+                    let now = mono_ns();
+                    for (_, key) in n.written {
+                        let Some(i) = key.strip_prefix('k').and_then(|i| i.parse::<u64>().ok())
+                        else {
+                            continue;
+                        };
+                        sink.next.fetch_add(1, Ordering::SeqCst);
+                        sink.at.lock().expect("seen").push((i, now));
+                        if i % every == 0 {
+                            let _ = tx.send((i, key.clone()));
+                        }
+                    }
+                })
+                .build()
+                .await
+                .expect("listener");
+            let (reader, stale, checked) = (node.clone(), Arc::clone(&stale), Arc::clone(&checked));
+            // The node holds the sender (in its observer) and this task holds
+            // the node, so the task is aborted at the end rather than waited on.
+            checkers.push(tokio::spawn(async move {
+                while let Some((i, key)) = rx.recv().await {
+                    if let Ok(Some(v)) = reader.get::<u64>(&key).await {
+                        checked.fetch_add(1, Ordering::Relaxed);
+                        if *v < i {
+                            stale.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }));
+            seen.push(s);
+            nodes.push(node);
+        }
+        Listeners {
+            seen,
+            nodes,
+            checkers,
+            stale,
+            checked,
+        }
+    }
+
+    /// Waits (up to 10 s) for every listener to apply `writes` writes, lets
+    /// the last checks finish, and stops the nodes.
+    pub(crate) async fn finish(&mut self, writes: u64) -> Heard {
+        drain(&self.seen, writes, Duration::from_secs(10)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let heard = Heard {
+            at: self
+                .seen
+                .iter()
+                .map(|s| std::mem::take(&mut *s.at.lock().expect("seen")))
+                .collect(),
+            stale: self.stale.load(Ordering::SeqCst),
+            checked: self.checked.load(Ordering::SeqCst),
+        };
+        for c in self.checkers.drain(..) {
+            c.abort();
+            let _ = c.await;
+        }
+        for n in self.nodes.drain(..) {
+            n.shutdown().await;
+        }
+        heard
+    }
 }
 
 async fn redis_run(env: &Env, listeners: usize, rate: Option<u32>, run: usize) -> Propagation {
@@ -311,7 +406,7 @@ async fn redis_run(env: &Env, listeners: usize, rate: Option<u32>, run: usize) -
         let sink = Arc::clone(&s);
         tasks.push(tokio::spawn(async move {
             while let Ok(Reply::Array(parts)) = sub.reply().await {
-                let now = Instant::now();
+                let now = mono_ns();
                 if let Some(Reply::Bulk(Some(key))) = parts.get(2)
                     && let Some(i) = std::str::from_utf8(key)
                         .ok()
@@ -338,6 +433,10 @@ async fn redis_run(env: &Env, listeners: usize, rate: Option<u32>, run: usize) -
     for t in tasks {
         t.abort();
     }
+    let seen: Vec<_> = seen
+        .iter()
+        .map(|s| std::mem::take(&mut *s.at.lock().expect("seen")))
+        .collect();
     summarise("Redis pub/sub", rate, &writes, &seen, elapsed)
 }
 
@@ -356,7 +455,7 @@ pub(crate) async fn run(env: &Env) -> Vec<Propagation> {
         for &rate in rates {
             run += 1;
             eprintln!("  {n} listeners at {}", rate_name(rate));
-            let one = c3_run(env, n, rate, (1, Transport::Listen), run).await;
+            let one = c3_run(env, n, rate, (1, Transport::Listen), run, None).await;
             // One writer could not drive the rate asked: several can, their
             // writes sharing commits (the write combiner).
             let short = rate.is_some_and(|r| one.achieved_rate < 0.95 * f64::from(r));
@@ -364,7 +463,7 @@ pub(crate) async fn run(env: &Env) -> Vec<Propagation> {
             if short {
                 run += 1;
                 eprintln!("  {n} listeners at {}, {SEVERAL} writers", rate_name(rate));
-                out.push(c3_run(env, n, rate, (SEVERAL, Transport::Listen), run).await);
+                out.push(c3_run(env, n, rate, (SEVERAL, Transport::Listen), run, None).await);
             }
             out.push(redis_run(env, n, rate, run).await);
         }

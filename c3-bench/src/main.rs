@@ -30,8 +30,10 @@
 
 mod coherency;
 mod http;
+mod listeners;
 mod loader;
 mod memory;
+mod placement;
 mod read;
 mod reconnect;
 mod redis;
@@ -161,6 +163,11 @@ fn main() {
         // A fresh process per measurement, so one allocator's leftovers do
         // not flatter the other (see `memory`).
         memory::child(args.get(kind + 1).map_or("", String::as_str));
+        return;
+    }
+    if let Some(at) = args.iter().position(|a| a == listeners::FLAG) {
+        // The relay section's listener nodes (see `listeners`).
+        listeners::child_main(args.get(at + 1).map_or("", String::as_str));
         return;
     }
     let quick = args.iter().any(|a| a == "--quick");

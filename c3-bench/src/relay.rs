@@ -4,9 +4,12 @@
 //!
 //! Needs a PostgreSQL with `wal_level = logical` (`C3_RELAY_DATABASE_URL`)
 //! and a NATS server (`C3_NATS_URL`); `scripts/with-relay-env.sh` starts
-//! both. Listeners are nodes in this process: with NOTIFY each holds a
+//! both. Listeners are nodes in one process: with NOTIFY each holds a
 //! LISTEN session, with the relay a NATS subscription (and heartbeats
-//! through the WAL). The relay runs in this process too.
+//! through the WAL). They run in a child process on the other half of the
+//! CPUs, with the NATS server, while PostgreSQL, the writer and the relay
+//! keep the first half (see `placement`: a fleet's listeners are other
+//! machines).
 //!
 //! Each series has four writers on the writer node, at full speed (the
 //! commit rate) or together at 1,000 writes/s (propagation at that rate).
@@ -23,6 +26,8 @@ pub(crate) const TABLE: &str = "relay_cache";
 /// listener count relative to one listener.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct RelayReport {
+    /// Where the processes ran (see `placement`).
+    pub(crate) placement: String,
     pub(crate) series: Vec<Propagation>,
     /// `(system, listeners, commits/s at full speed, share of its rate at 1 listener)`.
     pub(crate) commit_rates: Vec<(String, usize, f64, f64)>,
@@ -88,6 +93,34 @@ pub(crate) async fn run(env: &Env, url: &str, nats: &str) -> RelayReport {
             })
         })
         .collect();
+    // The database side and the fan-out side on separate CPUs, when this
+    // machine allows it (see `placement`).
+    let backend: i32 = admin
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("backend pid")
+        .get(0);
+    let nats_port = nats
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.trim_end_matches('/').parse::<u16>().ok())
+        .unwrap_or(4222);
+    let mut split = crate::placement::Split::plan();
+    if let Ok(s) = &mut split
+        && let Err(why) = s.apply(u32::try_from(backend).unwrap_or(0), nats_port)
+    {
+        s.undo();
+        split = Err(why);
+    }
+    let placement = match &split {
+        Ok(s) => format!(
+            "split: PostgreSQL, the writer and the relay on CPU {}; the NATS server and the \
+             listener nodes (a child process) on CPU {}",
+            s.database, s.fanout
+        ),
+        Err(why) => format!("shared: every process on every CPU ({why})"),
+    };
+    eprintln!("  placement: {placement}");
     let mut series = Vec::new();
     let mut run = 1000;
     for &n in &fanouts {
@@ -99,11 +132,15 @@ pub(crate) async fn run(env: &Env, url: &str, nats: &str) -> RelayReport {
                     rate_name(rate),
                     matches!(t, Transport::Relay { .. })
                 );
-                series.push(c3_run(&env, n, rate, (SEVERAL, t), run).await);
+                let child = split.as_ref().ok();
+                series.push(c3_run(&env, n, rate, (SEVERAL, t), run, child).await);
             }
         }
     }
     relay.shutdown().await;
+    if let Ok(s) = &mut split {
+        s.undo();
+    }
     let _ = admin
         .batch_execute(&format!(
             "DROP SCHEMA IF EXISTS {} CASCADE; SELECT pg_drop_replication_slot('c3_bench')",
@@ -112,6 +149,7 @@ pub(crate) async fn run(env: &Env, url: &str, nats: &str) -> RelayReport {
         .await;
     let commit_rates = commit_rates(&series);
     RelayReport {
+        placement,
         series,
         commit_rates,
     }

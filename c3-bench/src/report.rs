@@ -486,14 +486,20 @@ fn relay_section(md: &mut String, relay: Option<&crate::relay::RelayReport>) {
         "\n## Past one PostgreSQL's NOTIFY: the relay transport\n\nThe same propagation measure, on a \
          server with `wal_level = logical`: through the relay (commit → logical decoding → relay → NATS → \
          node; PROTOCOL.md §6) and through LISTEN/NOTIFY, in the same run. Four writers on the writer node, \
-         at full speed (the commit rate) or together at 1,000 writes/s; listeners are nodes in this \
-         process (NATS subscribers, or LISTEN sessions), the relay too. Run it alone with \
+         at full speed (the commit rate) or together at 1,000 writes/s; listeners are full c3 nodes in \
+         one process (NATS subscribers, or LISTEN sessions). In a fleet the listeners run on other \
+         machines; here, when the machine has two CPUs or more, the database side (PostgreSQL with its \
+         backends, the writer node, the relay) keeps one half of the CPUs and the fan-out side (the NATS \
+         server and the listeners' process) the other, so that the writer's commit rate shows what each \
+         transport costs the database rather than how much CPU 128 subscribers take from it \
+         (`C3_BENCH_SPLIT=0` shares every CPU). Run it alone with \
          `scripts/with-relay-env.sh cargo run -p c3-bench --release -- --only relay`.\n"
     );
     let Some(relay) = relay else {
         let _ = writeln!(md, "Not run: {}.", crate::relay::SKIPPED);
         return;
     };
+    let _ = writeln!(md, "Placement in this run — {}.\n", relay.placement);
     let _ = writeln!(
         md,
         "| transport | listeners | target | achieved/s | deliveries | lost | p50 µs | p99 µs | max µs | stale reads |\n|---|---|---|---|---|---|---|---|---|---|"
