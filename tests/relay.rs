@@ -458,3 +458,179 @@ async fn the_slot_is_not_acknowledged_past_a_commit_made_while_nats_is_down() {
     .await;
     relay.shutdown().await;
 }
+
+/// PROTOCOL.md §6.3 rule 4: a commit is relayed only once it is visible.
+/// A synchronous standby that never answers holds a commit exactly at the
+/// racing moment: its commit record is flushed (so logical decoding
+/// delivers it to the relay) but the transaction is not yet visible to
+/// other sessions. A node told of it then would read the old row from L2
+/// and keep it in L1 with nothing left to evict it.
+#[tokio::test]
+async fn a_commit_is_relayed_only_once_it_is_visible() {
+    let cluster = Cluster::start_logical("relay_visible");
+    let nats = NatsServer::start();
+    let relay = relay(&cluster, &nats, "relay-a");
+    streaming(&relay).await;
+    // A long heartbeat timeout: the node's own heartbeats wait on the
+    // standby too, and a purge while they do would hide the stale copy.
+    let heard = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let seen = std::sync::Arc::clone(&heard);
+    let b = C3::builder()
+        .postgres(&cluster.url())
+        .relay(Nats::new(nats.url()))
+        .heartbeat(Duration::from_millis(200), Duration::from_secs(30))
+        .on_applied(move |n| {
+            if n.invalidated
+                .iter()
+                .chain(n.written.iter().map(|(_, k)| k))
+                .any(|k| k == "k")
+            {
+                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        })
+        .build()
+        .await
+        .expect("build a relay-mode node");
+    listening(&[&b], &[&relay]).await;
+    // B writes k (and keeps it in L1); a node hears no observer call for
+    // its own messages.
+    b.set("k", &"v1".to_owned()).await.unwrap();
+    assert!(b.is_cached_locally("k"));
+    let before = heard.load(std::sync::atomic::Ordering::SeqCst);
+
+    // From now on every commit waits for a standby that does not exist,
+    // after its commit record is flushed and before it becomes visible.
+    let admin = connect(&cluster.url()).await;
+    admin
+        .batch_execute("ALTER SYSTEM SET synchronous_standby_names = 'c3_nobody'")
+        .await
+        .unwrap();
+    admin
+        .batch_execute("SELECT pg_reload_conf()")
+        .await
+        .unwrap();
+    // The setting reaches the committing backends through the checkpointer;
+    // a commit that waits in SyncRep proves it has.
+    let probe = connect(&cluster.url()).await;
+    let probe_pid: i32 = probe
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let waiting = |pid: i32| {
+        let admin = &admin;
+        async move {
+            admin
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND wait_event = 'SyncRep'",
+                    &[&pid],
+                )
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+                == 1
+        }
+    };
+    let released = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let done = std::sync::Arc::clone(&released);
+    let probe_task = tokio::spawn(async move {
+        // Each attempt writes (a temporary table) and commits; the first
+        // one that waits is held until the standby setting is reset.
+        while !done.load(std::sync::atomic::Ordering::SeqCst) {
+            probe
+                .batch_execute(
+                    "CREATE TEMP TABLE IF NOT EXISTS c3_probe(i int); INSERT INTO c3_probe VALUES (1)",
+                )
+                .await
+                .unwrap();
+        }
+    });
+    wait_until("a commit waits for the standby", DELIVERY, || {
+        waiting(probe_pid)
+    })
+    .await;
+
+    // The held write: a foreign invalidation of k.
+    let writer = connect(&cluster.url()).await;
+    let writer_pid: i32 = writer
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let held = tokio::spawn(async move {
+        writer
+            .execute(
+                "SELECT public.cache_data_invalidate('cache_invalidate', ARRAY['k'])",
+                &[],
+            )
+            .await
+            .unwrap();
+    });
+    wait_until(
+        "the invalidation's commit is flushed and held",
+        DELIVERY,
+        || waiting(writer_pid),
+    )
+    .await;
+    // The relay's walsender has sent it: the relay has decoded the commit.
+    let flushed: i64 = admin
+        .query_one(
+            "SELECT (pg_current_wal_flush_lsn() - '0/0'::pg_lsn)::bigint",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    wait_until("the relay receives the held commit", DELIVERY, || async {
+        let sent: Option<i64> = admin
+            .query_one(
+                "SELECT max((sent_lsn - '0/0'::pg_lsn)::bigint) FROM pg_stat_replication",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        sent.is_some_and(|s| s >= flushed)
+    })
+    .await;
+    // Give a relay that does not wait every chance to publish it, and B to
+    // act on it as a node would: read k again, from L2 while the delete is
+    // invisible.
+    let chance = std::time::Instant::now() + Duration::from_millis(500);
+    while std::time::Instant::now() < chance
+        && heard.load(std::sync::atomic::Ordering::SeqCst) == before
+    {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    if heard.load(std::sync::atomic::Ordering::SeqCst) > before {
+        let _ = b.get::<String>("k").await.unwrap();
+    }
+
+    released.store(true, std::sync::atomic::Ordering::SeqCst);
+    admin
+        .batch_execute("ALTER SYSTEM RESET synchronous_standby_names")
+        .await
+        .unwrap();
+    admin
+        .batch_execute("SELECT pg_reload_conf()")
+        .await
+        .unwrap();
+    tokio::time::timeout(DELIVERY, held)
+        .await
+        .expect("the held commit completes once released")
+        .unwrap();
+    wait_until("B hears the invalidation", DELIVERY, || async {
+        heard.load(std::sync::atomic::Ordering::SeqCst) > before
+    })
+    .await;
+    assert_eq!(
+        b.get::<String>("k").await.unwrap(),
+        None,
+        "B keeps the value read while the invalidation was committed but not yet visible"
+    );
+    tokio::time::timeout(DELIVERY, probe_task)
+        .await
+        .expect("the probe's commit completes once released")
+        .unwrap();
+    relay.shutdown().await;
+}
