@@ -253,6 +253,9 @@ const MAX_MESSAGE: usize = 256 * 1024;
 struct Batches {
     /// Per subject (few: one per cache table), in order of first use.
     subjects: Vec<(String, Batch)>,
+    /// Heartbeats, in commit order: (channel subject, the node's heartbeat
+    /// subject, payload).
+    heartbeats: Vec<(String, String, bytes::Bytes)>,
     /// Their transactions: published only once visible (see [`visible`]).
     xids: Vec<u32>,
     /// End LSN of the last commit decoded before the first one here:
@@ -273,7 +276,7 @@ struct Batch {
 
 impl Batches {
     fn is_empty(&self) -> bool {
-        self.subjects.is_empty()
+        self.subjects.is_empty() && self.heartbeats.is_empty()
     }
 
     /// Adds one committed payload.
@@ -369,7 +372,15 @@ impl Stream<'_> {
                     self.gathering.xids.push(self.xid);
                 }
                 for (subject, payload) in std::mem::take(&mut self.pending) {
-                    self.gathering.push(subject, &payload, end_lsn);
+                    // A heartbeat goes back to its node alone (PROTOCOL.md
+                    // §6.3 rule 4), not to every subscriber of the channel.
+                    match wire::heartbeat_node(&payload) {
+                        Some(node) => {
+                            let to = wire::heartbeat_subject(&subject, node);
+                            self.gathering.heartbeats.push((subject, to, payload));
+                        }
+                        None => self.gathering.push(subject, &payload, end_lsn),
+                    }
                 }
                 self.advance_published(status);
             }
@@ -437,6 +448,19 @@ impl Stream<'_> {
                     .map_err(|e| format!("NATS publish: {e}"))?;
             }
             status.send_modify(|s| s.published += batch.count);
+        }
+        // After the channel's messages: each echo names the last of them,
+        // which its node must have heard to count the echo (a superset of
+        // the commits before the heartbeat's).
+        for (channel, to, payload) in batches.heartbeats {
+            let upto = self.seqs.get(&channel).copied().unwrap_or(0);
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(wire::HEADER_EPOCH, self.epoch.as_str());
+            headers.insert(wire::HEADER_UPTO, upto.to_string());
+            nats.publish_with_headers(to, headers, payload)
+                .await
+                .map_err(|e| format!("NATS publish: {e}"))?;
+            status.send_modify(|s| s.published += 1);
         }
         self.last_publish = Some(Instant::now());
         self.advance_published(status);

@@ -19,7 +19,7 @@ use tokio::time::{Instant, sleep, sleep_until};
 use tracing::{debug, info, warn};
 
 use super::Nats;
-use super::wire::{self, Continuity, Step};
+use super::wire::{self, Continuity, Echo, Step};
 use crate::feed::Feed;
 use crate::stats::Counters;
 use crate::store::Store;
@@ -119,6 +119,12 @@ async fn follow(
         Ok(s) => s,
         Err(e) => return Ended::Lost(format!("subscribing to {subject}: {e}")),
     };
+    // This node's heartbeats come back on a subject of its own.
+    let echo_subject = wire::heartbeat_subject(&subject, feed.node_id());
+    let mut echoes = match client.subscribe(echo_subject.clone()).await {
+        Ok(s) => s,
+        Err(e) => return Ended::Lost(format!("subscribing to {echo_subject}: {e}")),
+    };
     // The first heartbeat must not overtake the subscription: wait until
     // the client is connected and has written the SUB to the server.
     match tokio::time::timeout(settings.connect_timeout, client.flush()).await {
@@ -146,6 +152,8 @@ async fn follow(
     let mut awaiting: Option<(String, Instant)> = None;
     let mut next_beat = Instant::now();
     let mut continuity = Continuity::default();
+    // The echo that came back before the channel's messages it names.
+    let mut held: Option<(String, u64)> = None;
     let mut up = false;
     loop {
         let wake = awaiting
@@ -186,18 +194,14 @@ async fn follow(
                 // relay published together), in commit order.
                 for payload in wire::payloads(&message.payload) {
                     let payload = String::from_utf8_lossy(payload);
+                    // (A relay may also send the echo in the channel's
+                    // stream: its place there proves the same.)
                     if let Some((expected, _)) = &awaiting
                         && is_echo(&payload, expected)
                     {
                         awaiting = None;
-                        if !up {
-                            up = true;
-                            feed.up();
-                            if let Some(t) = lost_at.take() {
-                                info!(target: "c3::listener", outage = ?t.elapsed(),
-                                    "relay heartbeats are back; L1 purged (what changed meanwhile is unknown)");
-                            }
-                        }
+                        held = None;
+                        heard(feed, &mut up, lost_at);
                     } else {
                         feed.message(&payload);
                         // Messages arriving prove the path; a burst may hold
@@ -205,6 +209,42 @@ async fn follow(
                         if let Some((_, deadline)) = &mut awaiting {
                             *deadline = (*deadline).max(Instant::now() + settings.heartbeat_timeout);
                         }
+                    }
+                }
+                // An echo held for this message (or one before it).
+                if let Some((epoch, upto)) = &held {
+                    if continuity.covers(epoch, *upto) {
+                        held = None;
+                        awaiting = None;
+                        heard(feed, &mut up, lost_at);
+                    } else if continuity.epoch() != Some(epoch.as_str()) {
+                        // Another epoch began: that echo proves nothing now.
+                        held = None;
+                    }
+                }
+            }
+            echo = echoes.next() => {
+                let Some(echo) = echo else {
+                    return Ended::Lost("the heartbeat subscription ended".to_owned());
+                };
+                let headers = echo.headers.as_ref();
+                let header = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.as_str());
+                let upto = header(wire::HEADER_UPTO).and_then(|u| u.parse::<u64>().ok());
+                let ours = awaiting
+                    .as_ref()
+                    .is_some_and(|(expected, _)| is_echo(&String::from_utf8_lossy(&echo.payload), expected));
+                if let (true, Some(epoch), Some(upto)) = (ours, header(wire::HEADER_EPOCH), upto) {
+                    match continuity.echo(epoch, upto) {
+                        Echo::Heard => {
+                            awaiting = None;
+                            heard(feed, &mut up, lost_at);
+                        }
+                        Echo::NewEpoch => {
+                            missed(feed, up, "a relay started a new epoch");
+                            awaiting = None;
+                            heard(feed, &mut up, lost_at);
+                        }
+                        Echo::Wait => held = Some((epoch.to_owned(), upto)),
                     }
                 }
             }
@@ -218,6 +258,7 @@ async fn follow(
                             "heartbeat not back through the relay in time; L1 purged and bypassed until one is");
                     }
                     continuity.reset();
+                    held = None;
                 }
                 nonce += 1;
                 let expected = format!("{session:016x}-{nonce}");
@@ -225,6 +266,18 @@ async fn follow(
                 next_beat = Instant::now() + settings.heartbeat_interval;
                 send_heartbeat(store, feed.node_id(), expected, settings.heartbeat_timeout);
             }
+        }
+    }
+}
+
+/// This node's heartbeat came back, with everything committed before it.
+fn heard(feed: &Feed, up: &mut bool, lost_at: &mut Option<std::time::Instant>) {
+    if !*up {
+        *up = true;
+        feed.up();
+        if let Some(t) = lost_at.take() {
+            info!(target: "c3::listener", outage = ?t.elapsed(),
+                "relay heartbeats are back; L1 purged (what changed meanwhile is unknown)");
         }
     }
 }

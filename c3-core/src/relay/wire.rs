@@ -27,6 +27,55 @@ pub const HEADER_SEQ: &str = "C3-Seq";
 /// (`X/Y`, as PostgreSQL prints it): for operators and duplicate tracing.
 pub const HEADER_LSN: &str = "C3-Lsn";
 
+/// The header of a heartbeat's echo carrying the sequence number of the
+/// last message published on the channel's subject before it, in the same
+/// epoch (0: none): the node has heard everything committed before its
+/// heartbeat once it has seen that message.
+pub const HEADER_UPTO: &str = "C3-Upto";
+
+/// The subject a node's heartbeats come back on: `<channel subject>.h.<token>`,
+/// the token being the 64-bit FNV-1a hash of the node id in 16 lowercase hex
+/// digits (node ids may hold characters a subject cannot). Only that node
+/// subscribes: heartbeats do not fan out to the fleet.
+#[must_use]
+pub fn heartbeat_subject(channel_subject: &str, node_id: &str) -> String {
+    format!(
+        "{channel_subject}.h.{:016x}",
+        crate::key::fnv1a(node_id.as_bytes())
+    )
+}
+
+/// The node id of a heartbeat payload (`c3|1|<node>|<time>|h`, then a line
+/// with the nonce), or `None` for any other payload.
+#[must_use]
+pub fn heartbeat_node(payload: &[u8]) -> Option<&str> {
+    let head = payload.split(|b| *b == b'\n').next()?;
+    let head = std::str::from_utf8(head).ok()?;
+    let mut fields = head.split('|');
+    let (c3, _version, node, _time, kind) = (
+        fields.next()?,
+        fields.next()?,
+        fields.next()?,
+        fields.next()?,
+        fields.next()?,
+    );
+    (c3 == "c3" && kind == "h" && fields.next().is_none() && !node.is_empty()).then_some(node)
+}
+
+/// What a node does with the echo of its own heartbeat ([`Continuity::echo`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Echo {
+    /// Everything committed before the heartbeat has been heard.
+    Heard,
+    /// The echo is of an epoch this node did not follow: a relay started
+    /// a new one, and what was committed meanwhile may never be published.
+    /// Drop L1, then count the echo as heard.
+    NewEpoch,
+    /// Messages published before it have not arrived yet: hold the echo
+    /// until [`Continuity::covers`] says they have.
+    Wait,
+}
+
 /// The subject a channel's messages are published on: `<prefix>.<channel>`.
 #[must_use]
 pub fn subject(subject_prefix: &str, channel: &str) -> String {
@@ -114,6 +163,40 @@ impl Continuity {
     pub fn epoch(&self) -> Option<&str> {
         self.epoch.as_deref()
     }
+
+    /// Classifies the echo of this node's heartbeat, published in `epoch`
+    /// after the channel's message `upto`. A node that follows no epoch yet
+    /// (nothing heard since it subscribed or last lost track) or another
+    /// one takes the position from the echo: the next channel message
+    /// must be `upto + 1`, anything else is a gap.
+    pub fn echo(&mut self, epoch: &str, upto: u64) -> Echo {
+        match self.epoch.as_deref() {
+            Some(e) if e == epoch => {
+                if self.covers(epoch, upto) {
+                    Echo::Heard
+                } else {
+                    Echo::Wait
+                }
+            }
+            followed => {
+                let new_epoch = followed.is_some();
+                self.epoch = Some(epoch.to_owned());
+                self.next = upto.saturating_add(1);
+                if new_epoch {
+                    Echo::NewEpoch
+                } else {
+                    Echo::Heard
+                }
+            }
+        }
+    }
+
+    /// Whether the channel's messages up to `upto` of `epoch` have been
+    /// heard.
+    #[must_use]
+    pub fn covers(&self, epoch: &str, upto: u64) -> bool {
+        self.epoch.as_deref() == Some(epoch) && self.next > upto
+    }
 }
 
 #[cfg(test)]
@@ -146,6 +229,44 @@ mod tests {
         assert_eq!(c.observe(None, Some("3")), Step::Unreadable);
         assert_eq!(c.observe(Some("e2"), Some("x")), Step::Unreadable);
         assert_eq!(c.observe(Some("e2"), Some("4")), Step::First);
+    }
+
+    #[test]
+    fn an_echo_is_heard_once_the_messages_before_it_are() {
+        let mut c = Continuity::default();
+        // Nothing followed yet: the echo sets the position.
+        assert_eq!(c.echo("e1", 4), Echo::Heard);
+        assert_eq!(c.observe(Some("e1"), Some("5")), Step::InOrder);
+        // Message 7 was published before the next echo but has not arrived.
+        assert_eq!(c.echo("e1", 7), Echo::Wait);
+        assert!(!c.covers("e1", 7));
+        assert_eq!(c.observe(Some("e1"), Some("6")), Step::InOrder);
+        assert_eq!(c.observe(Some("e1"), Some("7")), Step::InOrder);
+        assert!(c.covers("e1", 7));
+        assert_eq!(c.echo("e1", 7), Echo::Heard);
+        assert_eq!(c.echo("e1", 0), Echo::Heard);
+        // Another epoch: drop L1; its next message must follow the echo's.
+        assert_eq!(c.echo("e2", 2), Echo::NewEpoch);
+        assert!(!c.covers("e1", 7));
+        assert_eq!(
+            c.observe(Some("e2"), Some("2")),
+            Step::Gap {
+                expected: 3,
+                got: 2
+            }
+        );
+    }
+
+    #[test]
+    fn heartbeats_are_recognised_and_get_a_subject_per_node() {
+        assert_eq!(heartbeat_node(b"c3|1|node-a|123|h\nabc-1"), Some("node-a"));
+        assert_eq!(heartbeat_node(b"c3|1|node-a|123|k\n1 key"), None);
+        assert_eq!(heartbeat_node(b"c3|1||123|h\nabc-1"), None);
+        assert_eq!(heartbeat_node(b"user:1"), None);
+        let a = heartbeat_subject("c3.cache_invalidate", "node a.*");
+        assert!(a.starts_with("c3.cache_invalidate.h."), "{a}");
+        assert_eq!(a.len(), "c3.cache_invalidate.h.".len() + 16);
+        assert_ne!(a, heartbeat_subject("c3.cache_invalidate", "node b"));
     }
 
     #[test]
