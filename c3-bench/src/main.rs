@@ -20,6 +20,8 @@
 //! * `relay` — the relay transport (logical decoding → NATS) beside LISTEN/NOTIFY,
 //!   1 to 128 listeners, on a server with `wal_level = logical`
 //!   (`C3_RELAY_DATABASE_URL`, `C3_NATS_URL`: `scripts/with-relay-env.sh` starts both).
+//!   `placement` splits the CPUs between the database side and the fan-out
+//!   side; `listeners` runs the listener nodes in a child process there.
 //! * `loader` — `get_or_load` under a 100-way stampede and while the source is down.
 //! * `write` — `set` (upsert + notify) against the bare upsert; batching.
 //! * `memory` — bytes per L1 entry against moka alone.

@@ -114,6 +114,13 @@ impl Split {
     }
 }
 
+impl Drop for Split {
+    /// A run that stops early (a panic) leaves nothing pinned.
+    fn drop(&mut self) {
+        self.undo();
+    }
+}
+
 /// `/proc/<pid>/stat`'s fields after the command name.
 fn stat_fields(pid: u32) -> Option<Vec<String>> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
