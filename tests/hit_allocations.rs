@@ -136,39 +136,49 @@ where
         drop(hit(svc, request(path)));
     }
     const HITS: usize = 200;
-    let requests: Vec<_> = (0..HITS).map(|_| request(path)).collect();
-    let hits_before = c3.stats().l1_hits;
-    let mut responses = Vec::with_capacity(HITS);
-    let region = Region::new(GLOBAL);
-    for req in requests {
-        responses.push(hit(svc, req));
-    }
-    let during = region.change();
-    assert!(
-        c3.stats().l1_hits - hits_before >= HITS as u64,
-        "{path}: every call hit L1"
-    );
+    // The count is of the whole process: the cache's own upkeep (moka's
+    // maintenance, run on the caller's thread every few dozen reads or when
+    // enough time has passed — more often on a loaded machine) may
+    // allocate inside a round. It only adds, and a hit that allocated would
+    // add to every round: so rounds are repeated (up to five) until one
+    // holds nothing but the responses.
+    let mut rounds = Vec::new();
+    let mut per_response = 0;
+    for _ in 0..5 {
+        let requests: Vec<_> = (0..HITS).map(|_| request(path)).collect();
+        let hits_before = c3.stats().l1_hits;
+        let mut responses = Vec::with_capacity(HITS);
+        let region = Region::new(GLOBAL);
+        for req in requests {
+            responses.push(hit(svc, req));
+        }
+        let during = region.change();
+        assert!(
+            c3.stats().l1_hits - hits_before >= HITS as u64,
+            "{path}: every call hit L1"
+        );
 
-    // What the response itself needs: its header map, cloned from the
-    // stored one (a map of the same shape as the one it holds).
-    let first = &responses[0];
-    let status = first.headers()["cache-status"].to_str().unwrap();
-    assert!(
-        status.starts_with("c3; hit;") && status.ends_with("detail=l1"),
-        "{path}: {status}"
-    );
-    let region = Region::new(GLOBAL);
-    let copy = first.headers().clone();
-    let per_response = region.change().allocations;
-    drop(copy);
-    assert!(per_response >= 1);
-    assert_eq!(
-        during.allocations,
-        HITS * per_response,
-        "{path}: {HITS} hits made {} allocations; the responses' header maps account for {} \
-         ({per_response} each)",
-        during.allocations,
+        // What the response itself needs: its header map, cloned from the
+        // stored one (a map of the same shape as the one it holds).
+        let first = &responses[0];
+        let status = first.headers()["cache-status"].to_str().unwrap();
+        assert!(
+            status.starts_with("c3; hit;") && status.ends_with("detail=l1"),
+            "{path}: {status}"
+        );
+        let region = Region::new(GLOBAL);
+        let copy = first.headers().clone();
+        per_response = region.change().allocations;
+        drop(copy);
+        assert!(per_response >= 1);
+        rounds.push((during.allocations, during.reallocations));
+        if during.allocations == HITS * per_response && during.reallocations == 0 {
+            return;
+        }
+    }
+    panic!(
+        "{path}: no round of {HITS} hits allocated only the responses' header maps \
+         ({per_response} each, {} a round); (allocations, reallocations) per round: {rounds:?}",
         HITS * per_response
     );
-    assert_eq!(during.reallocations, 0, "{path}: a hit grows nothing");
 }

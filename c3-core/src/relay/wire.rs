@@ -267,6 +267,11 @@ mod tests {
         assert!(a.starts_with("c3.cache_invalidate.h."), "{a}");
         assert_eq!(a.len(), "c3.cache_invalidate.h.".len() + 16);
         assert_ne!(a, heartbeat_subject("c3.cache_invalidate", "node b"));
+        // PROTOCOL.md §6.4's example, for implementations elsewhere.
+        assert_eq!(
+            heartbeat_subject("c3.cache_invalidate", "node-a"),
+            "c3.cache_invalidate.h.e6971cc22078cb53"
+        );
     }
 
     #[test]
