@@ -227,6 +227,11 @@ async fn follow(
                 let Some(echo) = echo else {
                     return Ended::Lost("the heartbeat subscription ended".to_owned());
                 };
+                // An echo through a connection the client made again by
+                // itself proves nothing of what was published meanwhile.
+                if stats.connects.load(std::sync::atomic::Ordering::SeqCst) != connects {
+                    return Ended::Lost("NATS reconnected".to_owned());
+                }
                 let headers = echo.headers.as_ref();
                 let header = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.as_str());
                 let upto = header(wire::HEADER_UPTO).and_then(|u| u.parse::<u64>().ok());
