@@ -143,6 +143,7 @@ async fn follow(
     // lost.
     let stats = client.statistics();
     let connects = stats.connects.load(std::sync::atomic::Ordering::SeqCst);
+    let reconnected = || stats.connects.load(std::sync::atomic::Ordering::SeqCst) != connects;
     // Nonces are this subscription's alone: an echo from an earlier one, or
     // someone else's heartbeat, proves nothing.
     let session = crate::key::fnv1a(
@@ -176,12 +177,11 @@ async fn follow(
                 let Some(message) = message else {
                     return Ended::Lost("the subscription ended".to_owned());
                 };
-                if stats.connects.load(std::sync::atomic::Ordering::SeqCst) != connects {
+                if reconnected() {
                     return Ended::Lost("NATS reconnected".to_owned());
                 }
-                let headers = message.headers.as_ref();
-                let header = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.as_str());
-                match continuity.observe(header(wire::HEADER_EPOCH), header(wire::HEADER_SEQ)) {
+                let (epoch, seq) = (header(&message, wire::HEADER_EPOCH), header(&message, wire::HEADER_SEQ));
+                match continuity.observe(epoch, seq) {
                     Step::InOrder | Step::First => {}
                     Step::NewEpoch => missed(feed, up, "a relay started a new epoch"),
                     Step::Gap { expected, got } => {
@@ -229,16 +229,14 @@ async fn follow(
                 };
                 // An echo through a connection the client made again by
                 // itself proves nothing of what was published meanwhile.
-                if stats.connects.load(std::sync::atomic::Ordering::SeqCst) != connects {
+                if reconnected() {
                     return Ended::Lost("NATS reconnected".to_owned());
                 }
-                let headers = echo.headers.as_ref();
-                let header = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.as_str());
-                let upto = header(wire::HEADER_UPTO).and_then(|u| u.parse::<u64>().ok());
+                let upto = header(&echo, wire::HEADER_UPTO).and_then(|u| u.parse::<u64>().ok());
                 let ours = awaiting
                     .as_ref()
                     .is_some_and(|(expected, _)| is_echo(&String::from_utf8_lossy(&echo.payload), expected));
-                if let (true, Some(epoch), Some(upto)) = (ours, header(wire::HEADER_EPOCH), upto) {
+                if let (true, Some(epoch), Some(upto)) = (ours, header(&echo, wire::HEADER_EPOCH), upto) {
                     match continuity.echo(epoch, upto) {
                         Echo::Heard => {
                             awaiting = None;
@@ -273,6 +271,15 @@ async fn follow(
             }
         }
     }
+}
+
+/// A relayed message's header, as text.
+fn header<'m>(message: &'m async_nats::Message, name: &str) -> Option<&'m str> {
+    message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(name))
+        .map(|v| v.as_str())
 }
 
 /// This node's heartbeat came back, with everything committed before it.
