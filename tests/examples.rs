@@ -9,7 +9,7 @@ mod support;
 use std::path::PathBuf;
 use std::process::Stdio;
 
-use support::{DELIVERY, connect, database_url, wait_until};
+use support::{DELIVERY, connect, database_url, free_port, wait_until};
 use tokio::process::{Child, Command};
 
 /// A database of the test's own, so the examples' fixed table and channel
@@ -62,13 +62,6 @@ fn example(name: &str) -> PathBuf {
         path.display()
     );
     path
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
 }
 
 /// Starts an example and waits until it accepts connections.

@@ -6,6 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use super::free_port;
+
 pub struct Cluster {
     bindir: PathBuf,
     dir: PathBuf,
@@ -168,8 +170,26 @@ impl Cluster {
             &["-D", &c.data(), "-A", "trust", "-U", "postgres"],
         );
         prepare(&c);
-        c.pg_ctl("start");
-        c
+        c.first_start()
+    }
+
+    /// The first start, on another free port if the chosen one was taken
+    /// meanwhile (initdb takes seconds; another test's cluster may have
+    /// bound it). Later starts keep the port: clients hold its URL.
+    fn first_start(mut self) -> Cluster {
+        for _ in 0..5 {
+            match self.try_pg_ctl("start", "fast") {
+                Ok(()) => return self,
+                Err(e) if self.log().contains("could not bind") => {
+                    eprintln!("port {} was taken, choosing another: {e}", self.port);
+                    self.port = free_port();
+                    // So the next try's failure is read on its own.
+                    let _ = std::fs::remove_file(self.dir.join("log"));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        panic!("no free port for the cluster after 5 tries");
     }
 
     /// A streaming standby of the cluster listening on `primary_port`
@@ -195,8 +215,7 @@ impl Cluster {
                 "postgres",
             ],
         );
-        c.pg_ctl("start");
-        c
+        c.first_start()
     }
 
     /// Promotes a standby to primary (a new timeline), waiting for it.
@@ -214,10 +233,7 @@ impl Cluster {
     /// tools run as; nothing in it yet.
     fn fresh(name: &str) -> Cluster {
         let bindir = bindir();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+        let port = free_port();
         let dir = std::env::temp_dir().join(format!("c3-{name}-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("cluster directory");
         let as_postgres = running_as_root();
@@ -259,17 +275,34 @@ impl Cluster {
     }
 
     fn run(&self, tool: &str, args: &[&str]) {
+        if let Err(e) = self.try_run(tool, args) {
+            panic!("{e}");
+        }
+    }
+
+    /// Runs a tool; a failure names it and carries its output and the tail
+    /// of the server's log (why a start failed is only written there).
+    fn try_run(&self, tool: &str, args: &[&str]) -> Result<(), String> {
         let out = self
             .command(tool)
             .args(args)
             .output()
             .expect("run a PostgreSQL tool");
-        assert!(
-            out.status.success(),
-            "{tool} {args:?} failed: {}{}",
+        if out.status.success() {
+            return Ok(());
+        }
+        let log = self.log();
+        let tail: Vec<&str> = log.lines().rev().take(20).collect();
+        Err(format!(
+            "{tool} {args:?} failed: {}{}\nserver log (last lines):\n{}",
             String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+            String::from_utf8_lossy(&out.stderr),
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        ))
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
     }
 
     fn pg_ctl(&self, action: &str) {
@@ -277,6 +310,12 @@ impl Cluster {
     }
 
     fn pg_ctl_mode(&self, action: &str, mode: &str) {
+        if let Err(e) = self.try_pg_ctl(action, mode) {
+            panic!("{e}");
+        }
+    }
+
+    fn try_pg_ctl(&self, action: &str, mode: &str) -> Result<(), String> {
         let opts = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1",
             self.port,
@@ -288,7 +327,7 @@ impl Cluster {
         if action != "stop" {
             args.extend(["-o", &opts]);
         }
-        self.run("pg_ctl", &args);
+        self.try_run("pg_ctl", &args)
     }
 
     pub fn url(&self) -> String {

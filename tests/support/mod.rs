@@ -348,3 +348,32 @@ pub fn seed_from(var: &str) -> u64 {
                 .as_nanos() as u64
         })
 }
+
+/// A port free now, below the kernel's ephemeral range, and never handed
+/// out twice in this process: a port from that range (what binding port 0
+/// hands out) can be taken by any outgoing connection before the server the
+/// test starts binds it, or while the test has it stopped.
+pub fn free_port() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (from, to) = if low > 20_000 {
+        (15_000, low)
+    } else {
+        (40_000, 60_000)
+    };
+    for _ in 0..1000 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        let port = from + (h.finish() % u64::from(to - from)) as u16;
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if !given.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
+            return port;
+        }
+    }
+    panic!("no free port in {from}..{to}");
+}

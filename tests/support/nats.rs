@@ -36,10 +36,7 @@ fn binary() -> String {
 
 impl NatsServer {
     pub fn start() -> NatsServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+        let port = super::free_port();
         let mut s = NatsServer { port, child: None };
         s.start_again();
         s

@@ -29,10 +29,7 @@ impl PgBouncer {
     /// (`host:port`).
     pub fn start(upstream: &str, server_pool: u32) -> PgBouncer {
         let (host, pg_port) = upstream.rsplit_once(':').expect("host:port");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+        let port = super::free_port();
         let dir = std::env::temp_dir().join(format!("c3-pgbouncer-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let ini = format!(
