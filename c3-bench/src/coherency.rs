@@ -195,7 +195,7 @@ async fn write_series_on(
 }
 
 /// Paces write `i` of a series started at `start`.
-async fn pace(start: Instant, i: u64, rate: Option<u32>) {
+pub(crate) async fn pace(start: Instant, i: u64, rate: Option<u32>) {
     if let Some(r) = rate {
         let at = start + Duration::from_secs_f64(i as f64 / f64::from(r));
         tokio::time::sleep_until(at.into()).await;

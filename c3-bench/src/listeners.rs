@@ -31,11 +31,17 @@ pub(crate) struct Child {
 impl Child {
     /// Starts the child on the fan-out CPUs and waits until its nodes are up.
     pub(crate) async fn start(split: &Split, spec: &ListenerSpec) -> Child {
+        Self::start_as(split, FLAG, &serde_json::to_string(spec).expect("spec")).await
+    }
+
+    /// Starts this binary with `flag` and `spec` on the fan-out CPUs, and
+    /// waits for its `ready` (also the NATS floor's child, see `floor`).
+    pub(crate) async fn start_as(split: &Split, flag: &str, spec: &str) -> Child {
         let exe = std::env::current_exe().expect("this executable");
         let mut command = tokio::process::Command::from(split.fanout_command(&exe));
         command
-            .arg(FLAG)
-            .arg(serde_json::to_string(spec).expect("spec"))
+            .arg(flag)
+            .arg(spec)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .kill_on_drop(true);
@@ -57,8 +63,15 @@ impl Child {
     /// Tells the child how many writes to wait for, and collects what its
     /// nodes heard.
     pub(crate) async fn finish(&mut self, writes: u64) -> Heard {
+        let line = self.answer(&writes.to_string()).await;
+        serde_json::from_str(&line).expect("the listener child's report")
+    }
+
+    /// Writes `line` to the child, and waits (up to 60 s) for its one-line
+    /// answer and (up to 30 s) for it to exit.
+    pub(crate) async fn answer(&mut self, line: &str) -> String {
         self.input
-            .write_all(format!("{writes}\n").as_bytes())
+            .write_all(format!("{line}\n").as_bytes())
             .await
             .expect("to the listener child");
         self.input.flush().await.expect("to the listener child");
@@ -67,9 +80,8 @@ impl Child {
             .expect("the listener child answers within 60 s")
             .expect("from the listener child")
             .expect("the listener child's report");
-        let heard: Heard = serde_json::from_str(&line).expect("the listener child's report");
         let _ = tokio::time::timeout(Duration::from_secs(30), self.process.wait()).await;
-        heard
+        line
     }
 }
 

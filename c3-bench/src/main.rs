@@ -21,7 +21,8 @@
 //!   1 to 128 listeners, on a server with `wal_level = logical`
 //!   (`C3_RELAY_DATABASE_URL`, `C3_NATS_URL`: `scripts/with-relay-env.sh` starts both).
 //!   `placement` splits the CPUs between the database side and the fan-out
-//!   side; `listeners` runs the listener nodes in a child process there.
+//!   side; `listeners` runs the listener nodes in a child process there;
+//!   `floor` measures NATS alone on the same CPUs.
 //! * `loader` — `get_or_load` under a 100-way stampede and while the source is down.
 //! * `write` — `set` (upsert + notify) against the bare upsert; batching.
 //! * `memory` — bytes per L1 entry against moka alone.
@@ -31,6 +32,7 @@
 //! * `stats`, `redis` — latency summaries; a minimal RESP client.
 
 mod coherency;
+mod floor;
 mod http;
 mod listeners;
 mod loader;
@@ -170,6 +172,11 @@ fn main() {
     if let Some(at) = args.iter().position(|a| a == listeners::FLAG) {
         // The relay section's listener nodes (see `listeners`).
         listeners::child_main(args.get(at + 1).map_or("", String::as_str));
+        return;
+    }
+    if let Some(at) = args.iter().position(|a| a == floor::FLAG) {
+        // The NATS floor's subscribers (see `floor`).
+        floor::child_main(args.get(at + 1).map_or("", String::as_str));
         return;
     }
     let quick = args.iter().any(|a| a == "--quick");

@@ -25,6 +25,8 @@ pub(crate) struct Split {
     pub(crate) fanout: String,
     all: String,
     pinned: Vec<u32>,
+    /// The NATS server's pid, once [`apply`](Self::apply) found it.
+    pub(crate) nats: Option<u32>,
 }
 
 impl Split {
@@ -57,6 +59,7 @@ impl Split {
             fanout: range(half, cpus - 1),
             all: range(0, cpus - 1),
             pinned: Vec::new(),
+            nats: None,
         })
     }
 
@@ -74,6 +77,7 @@ impl Split {
             self.pin(pid, &self.database.clone())?;
         }
         self.pin(nats, &self.fanout.clone())?;
+        self.nats = Some(nats);
         Ok(())
     }
 
@@ -127,6 +131,15 @@ fn stat_fields(pid: u32) -> Option<Vec<String>> {
     // The command name is in parentheses and may hold spaces.
     let rest = &stat[stat.rfind(')')? + 1..];
     Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+/// CPU time (user and system) a process of this machine has used so far.
+pub(crate) fn cpu_time(pid: u32) -> Option<std::time::Duration> {
+    let f = stat_fields(pid)?;
+    // utime and stime, the 14th and 15th fields of the whole line, in
+    // clock ticks (100 per second on Linux).
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(std::time::Duration::from_millis(ticks * 10))
 }
 
 fn parent_of(pid: u32) -> Option<u32> {

@@ -31,6 +31,9 @@ pub(crate) struct RelayReport {
     pub(crate) series: Vec<Propagation>,
     /// `(system, listeners, commits/s at full speed, share of its rate at 1 listener)`.
     pub(crate) commit_rates: Vec<(String, usize, f64, f64)>,
+    /// NATS alone on the fan-out CPUs, at each listener count and rate
+    /// (split placement only; see `floor`).
+    pub(crate) floor: Vec<crate::floor::Floor>,
 }
 
 /// Where the relay series run, if the environment names it.
@@ -138,6 +141,19 @@ pub(crate) async fn run(env: &Env, url: &str, nats: &str) -> RelayReport {
         }
     }
     relay.shutdown().await;
+    let mut floor = Vec::new();
+    if let Ok(s) = &split
+        && transports
+            .iter()
+            .any(|t| matches!(t, Transport::Relay { .. }))
+    {
+        for &n in &fanouts {
+            for rate in rates.iter().flatten() {
+                eprintln!("  NATS alone: {n} subscribers at {rate}/s");
+                floor.push(crate::floor::run(&env, nats, s, n, *rate).await);
+            }
+        }
+    }
     if let Ok(s) = &mut split {
         s.undo();
     }
@@ -152,6 +168,7 @@ pub(crate) async fn run(env: &Env, url: &str, nats: &str) -> RelayReport {
         placement,
         series,
         commit_rates,
+        floor,
     }
 }
 

@@ -249,8 +249,18 @@ fn targets(r: &Report) -> Vec<(String, String, Option<bool>)> {
                 p.map_or_else(
                     || "not run (--quick)".into(),
                     |p| {
+                        let floor = relay
+                            .floor
+                            .iter()
+                            .find(|f| f.listeners == 128 && f.target_rate == "1000/s")
+                            .map_or_else(String::new, |f| {
+                                format!(
+                                    " (NATS alone on the same CPUs, no c3: p99 {:.2} ms)",
+                                    f.p99_us / 1000.0
+                                )
+                            });
                         format!(
-                            "p99 {:.2} ms at an achieved {:.0} writes/s",
+                            "p99 {:.2} ms at an achieved {:.0} writes/s{floor}",
                             p.p99_us / 1000.0,
                             p.achieved_rate
                         )
@@ -529,6 +539,7 @@ fn relay_section(md: &mut String, relay: Option<&crate::relay::RelayReport>) {
             p.max_us
         );
     }
+    floor_table(md, &relay.floor);
     let _ = writeln!(
         md,
         "\nWriter commit rate at full speed, against the same transport's rate with one listener:\n\n\
@@ -539,6 +550,47 @@ fn relay_section(md: &mut String, relay: Option<&crate::relay::RelayReport>) {
             md,
             "| {system} | {n} | {per_s:.0} | {:.0} % |",
             share * 100.0
+        );
+    }
+}
+
+/// NATS alone on the fan-out CPUs: the floor under the relay's propagation.
+fn floor_table(md: &mut String, floor: &[crate::floor::Floor]) {
+    if floor.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "\nThe floor under those numbers: NATS alone on the same CPUs — no database, no relay, no c3. A \
+         publisher on the database side sends messages of the relay's shape (its three headers, a \
+         one-write payload) at the rate, waiting for each flush as the relay does; plain `async-nats` \
+         subscribers, one connection each as each node has, run in a child process on the fan-out CPUs. \
+         Published → received, and the CPU each side spends per delivery; *fan-out busy* is both \
+         together at the achieved rate, as a share of one CPU (`floor`).\n\n\
+         | subscribers | target | achieved/s | deliveries | lost | p50 µs | p99 µs | max µs | subscribers µs CPU/delivery | server µs CPU/delivery | fan-out busy |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|"
+    );
+    for f in floor {
+        let server = f
+            .server_cpu_us
+            .map_or_else(|| "—".to_owned(), |c| format!("{c:.1}"));
+        let busy = (f.subscribers_cpu_us + f.server_cpu_us.unwrap_or(0.0))
+            * f.achieved_rate
+            * f.listeners as f64
+            / 1e6;
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:.0} | {} | {} | {:.0} | {:.0} | {:.0} | {:.1} | {server} | {:.0} % |",
+            f.listeners,
+            f.target_rate,
+            f.achieved_rate,
+            f.deliveries,
+            f.lost,
+            f.p50_us,
+            f.p99_us,
+            f.max_us,
+            f.subscribers_cpu_us,
+            busy * 100.0
         );
     }
 }
