@@ -139,7 +139,10 @@ impl Continuity {
     /// messages may have been missed.
     pub fn observe(&mut self, epoch: Option<&str>, seq: Option<&str>) -> Step {
         let (Some(epoch), Some(seq)) = (epoch, seq.and_then(|s| s.parse::<u64>().ok())) else {
-            self.reset();
+            // The position stays: forgetting it would take the next message
+            // as a first one, and a message lost between the two would go
+            // unseen. The next readable one is judged against it (a gap,
+            // if the unreadable message took a number).
             return Step::Unreadable;
         };
         let step = match &self.epoch {
@@ -228,7 +231,19 @@ mod tests {
         assert_eq!(c.observe(Some("e2"), Some("2")), Step::InOrder);
         assert_eq!(c.observe(None, Some("3")), Step::Unreadable);
         assert_eq!(c.observe(Some("e2"), Some("x")), Step::Unreadable);
-        assert_eq!(c.observe(Some("e2"), Some("4")), Step::First);
+        // The two unreadable messages took 3 and 4; 5 is lost: 6 is a gap
+        // (taking it as a first message would have hidden 5's loss).
+        assert_eq!(
+            c.observe(Some("e2"), Some("6")),
+            Step::Gap {
+                expected: 3,
+                got: 6
+            }
+        );
+        assert_eq!(c.observe(Some("e2"), Some("7")), Step::InOrder);
+        // Nor does an echo after an unreadable message skip past it.
+        assert_eq!(c.observe(None, None), Step::Unreadable);
+        assert_eq!(c.echo("e2", 8), Echo::Wait);
     }
 
     #[test]
