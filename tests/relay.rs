@@ -634,3 +634,98 @@ async fn a_commit_is_relayed_only_once_it_is_visible() {
         .unwrap();
     relay.shutdown().await;
 }
+
+/// A committed c3 message the relay cannot publish as it is — one holding a
+/// NUL (the `bytea` form of `pg_logical_emit_message`: a node would split
+/// it and misread the rest), or one larger than NATS takes (the publish
+/// would fail and the relay restart on the same commit, forever) — goes out
+/// as "drop all of L1": the invalidation it carried is not lost, and the
+/// relay streams on in the same epoch.
+#[tokio::test]
+async fn a_message_that_cannot_travel_as_it_is_makes_every_node_drop_l1() {
+    let cluster = Cluster::start_logical("relay_undeliverable");
+    let nats = NatsServer::start();
+    let relay = relay(&cluster, &nats, "relay-a");
+    streaming(&relay).await;
+    let (a, b) = (
+        node(&cluster, &nats, QUICK).await,
+        node(&cluster, &nats, QUICK).await,
+    );
+    listening(&[&a, &b], &[&relay]).await;
+    let epoch = relay.status().epoch;
+    let sql = connect(&cluster.url()).await;
+    let cached = |key: &'static str| {
+        let (a, b) = (a.clone(), b.clone());
+        async move {
+            a.set(key, &1u32).await.unwrap();
+            for n in [&a, &b] {
+                assert_eq!(*n.get::<u32>(key).await.unwrap().unwrap(), 1);
+                assert!(n.is_cached_locally(key));
+            }
+        }
+    };
+    let far = i64::MAX.to_string();
+
+    // Invalidates "x", then (after the NUL) "y": split at the NUL, a node
+    // would read the second half as one bare key named "\n<far> y".
+    cached("x").await;
+    cached("y").await;
+    let mut with_nul = format!("c3|1|foreign|1|k\n{far} x").into_bytes();
+    with_nul.push(0);
+    with_nul.extend_from_slice(format!("\n{far} y").as_bytes());
+    sql.execute(
+        "SELECT pg_logical_emit_message(true, 'c3:cache_invalidate', $1::bytea)",
+        &[&with_nul],
+    )
+    .await
+    .unwrap();
+    wait_until("both nodes drop y", DELIVERY, || async {
+        !a.is_cached_locally("y") && !b.is_cached_locally("y")
+    })
+    .await;
+
+    // 2 MiB of keys, the last one "z": over NATS' default max_payload.
+    cached("z").await;
+    let mut big = String::from("c3|1|foreign|1|k");
+    for i in 0..100_000 {
+        big.push_str(&format!("\n{far} pad{i}"));
+    }
+    big.push_str(&format!("\n{far} z"));
+    assert!(big.len() > 2 << 20);
+    sql.execute(
+        "SELECT pg_logical_emit_message(true, 'c3:cache_invalidate', $1::text)",
+        &[&big],
+    )
+    .await
+    .unwrap();
+    wait_until("both nodes drop z", DELIVERY, || async {
+        !a.is_cached_locally("z") && !b.is_cached_locally("z")
+    })
+    .await;
+
+    // The relay streams on in its epoch: a later write arrives as usual.
+    cached("w").await;
+    a.set("w", &2u32).await.unwrap();
+    wait_until("B drops w", DELIVERY, || async {
+        !b.is_cached_locally("w")
+    })
+    .await;
+    let status = relay.status();
+    assert_eq!((&status.epoch, status.epochs), (&epoch, 1), "{status:?}");
+
+    // Writers through the announce function are refused over the limit,
+    // as NOTIFY refuses them.
+    let refused = sql
+        .execute(
+            "SELECT public.cache_data_announce('cache_invalidate', repeat('k', 8000))",
+            &[],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        Some(&tokio_postgres::error::SqlState::INVALID_PARAMETER_VALUE),
+        "{refused}"
+    );
+    relay.shutdown().await;
+}

@@ -135,7 +135,13 @@ fn announce_ddl(ann: &str, announce: Announce) -> String {
     let (body, security, extra) = match announce {
         Announce::Notify => ("PERFORM pg_notify(channel, payload);", "", String::new()),
         Announce::Relay => (
-            "PERFORM pg_logical_emit_message(true, 'c3:' || channel, payload);",
+            // The same limit as pg_notify's, with its error code: a payload
+            // a NOTIFY table would refuse is refused here too.
+            "IF octet_length(payload) >= 8000 THEN \
+                RAISE EXCEPTION 'c3: payload too long (% bytes; under 8000)', octet_length(payload) \
+                USING ERRCODE = '22023'; \
+             END IF; \
+             PERFORM pg_logical_emit_message(true, 'c3:' || channel, payload);",
             " SECURITY DEFINER SET search_path = pg_catalog, pg_temp",
             format!(
                 "    IF NOT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = '{RELAY_PUBLICATION}') THEN

@@ -28,7 +28,7 @@ use futures_util::StreamExt;
 use pgwire_replication::{Lsn, ReplicationClient, ReplicationEvent};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Duration, Instant, sleep_until};
-use tracing::info;
+use tracing::{info, warn};
 
 use super::leadership::Leadership;
 use super::settings::{RelayStatus, Settings};
@@ -371,7 +371,15 @@ impl Stream<'_> {
                     self.gathering.before.get_or_insert(before);
                     self.gathering.xids.push(self.xid);
                 }
-                for (subject, payload) in std::mem::take(&mut self.pending) {
+                for (subject, mut payload) in std::mem::take(&mut self.pending) {
+                    if let Some(why) = wire::undeliverable(&payload) {
+                        // Dropping it would lose an invalidation; sending it
+                        // could fail forever or be misread.
+                        warn!(target: "c3::relay", %subject, bytes = payload.len(), why,
+                            "a committed c3 message cannot be published as it is; every node drops all of L1 instead");
+                        let now = crate::clock::unix_micros(std::time::SystemTime::now());
+                        payload = wire::drop_all("c3-relay", now).into();
+                    }
                     // A heartbeat goes back to its node alone (PROTOCOL.md
                     // §6.3 rule 4), not to every subscriber of the channel.
                     match wire::heartbeat_node(&payload) {

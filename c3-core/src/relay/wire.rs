@@ -12,6 +12,40 @@ pub const MESSAGE_PREFIX: &str = "c3:";
 /// together). PostgreSQL text cannot contain NUL, so no payload does.
 pub const SEPARATOR: u8 = 0;
 
+/// The largest payload the relay publishes as it is. c3 and foreign writers
+/// announce under 8000 bytes (the NOTIFY limit, which the announce function
+/// enforces in relay mode too); this bound only catches a payload emitted
+/// around it, which NATS might refuse (its `max_payload` is 1 MiB by
+/// default) — a refused publish would restart the relay on the same commit
+/// again and again.
+pub const MAX_PAYLOAD: usize = 64 * 1024;
+
+/// Why a committed payload cannot be published as it is, if it cannot: it
+/// holds a NUL (the separator: a node would split it in two and misread
+/// both halves — the `bytea` form of `pg_logical_emit_message` can emit
+/// one), is not UTF-8 (payloads are text), or is over [`MAX_PAYLOAD`]. The
+/// relay publishes [`drop_all`] in its place: nodes cannot know what it
+/// invalidated.
+#[must_use]
+pub fn undeliverable(payload: &[u8]) -> Option<&'static str> {
+    if payload.len() > MAX_PAYLOAD {
+        Some("larger than the relay publishes")
+    } else if payload.contains(&SEPARATOR) {
+        Some("holds a NUL byte")
+    } else if std::str::from_utf8(payload).is_err() {
+        Some("not UTF-8")
+    } else {
+        None
+    }
+}
+
+/// The payload that makes every node drop all of its L1 (§3.3 op `c`),
+/// from `node` at `unix_micros`.
+#[must_use]
+pub fn drop_all(node: &str, unix_micros: u64) -> String {
+    format!("c3|1|{node}|{unix_micros}|c")
+}
+
 /// The c3 payloads of one relayed NATS message, in order.
 pub fn payloads(message: &[u8]) -> impl Iterator<Item = &[u8]> {
     message.split(|b| *b == SEPARATOR)
@@ -244,6 +278,18 @@ mod tests {
         // Nor does an echo after an unreadable message skip past it.
         assert_eq!(c.observe(None, None), Step::Unreadable);
         assert_eq!(c.echo("e2", 8), Echo::Wait);
+    }
+
+    #[test]
+    fn payloads_that_cannot_travel_as_they_are_are_named() {
+        assert_eq!(undeliverable(b"c3|1|n|1|k\n1 a"), None);
+        assert_eq!(undeliverable(&vec![b'a'; MAX_PAYLOAD]), None);
+        assert!(undeliverable(&vec![b'a'; MAX_PAYLOAD + 1]).is_some());
+        assert!(undeliverable(b"c3|1|n|1|k\n1 a\0b").is_some());
+        assert!(undeliverable(b"c3|1|n|1|k\n1 \xff").is_some());
+        // What replaces them parses as "drop all of L1".
+        assert_eq!(drop_all("relay", 7), "c3|1|relay|7|c");
+        assert!(heartbeat_node(drop_all("relay", 7).as_bytes()).is_none());
     }
 
     #[test]
