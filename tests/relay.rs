@@ -467,7 +467,32 @@ async fn the_slot_is_not_acknowledged_past_a_commit_made_while_nats_is_down() {
 /// and keep it in L1 with nothing left to evict it.
 #[tokio::test]
 async fn a_commit_is_relayed_only_once_it_is_visible() {
-    let cluster = Cluster::start_logical("relay_visible");
+    relayed_only_once_visible(Cluster::start_logical("relay_visible")).await;
+}
+
+/// The same, on a cluster whose transaction ids are past the first 2³²
+/// (epoch 1 of the 64-bit ids): decoding reports 32-bit ids, and the relay
+/// widens them against the snapshot's `xmax`. The held commit's id is above
+/// `xmax` — the probe's held commit, older and also not visible, keeps
+/// `xmax` at or below the probe's id — and must not be widened into the
+/// previous epoch, where every id reads as visible.
+#[tokio::test]
+async fn a_commit_is_relayed_only_once_it_is_visible_past_the_first_xid_epoch() {
+    let cluster = Cluster::start_logical_at_xid_epoch("relay_visible_epoch", 1);
+    let epoch: i64 = connect(&cluster.url())
+        .await
+        .query_one("SELECT (pg_current_xact_id()::text::bigint >> 32)", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(epoch, 1, "transaction ids in epoch 1");
+    relayed_only_once_visible(cluster).await;
+}
+
+/// A foreign invalidation of `k` whose commit is flushed (so decoded) but
+/// held before it becomes visible: the relay must not publish it until it
+/// is, or a node that re-reads `k` keeps the old row.
+async fn relayed_only_once_visible(cluster: Cluster) {
     let nats = NatsServer::start();
     let relay = relay(&cluster, &nats, "relay-a");
     streaming(&relay).await;

@@ -162,6 +162,18 @@ impl Cluster {
         })
     }
 
+    /// [`start_logical`](Self::start_logical), with transaction ids in the
+    /// 64-bit epoch `epoch` (`pg_resetwal -e` before the first start): as a
+    /// cluster that has used more than `epoch`·2³² transaction ids, or
+    /// inherited the count through `pg_upgrade`.
+    pub fn start_logical_at_xid_epoch(name: &str, epoch: u32) -> Cluster {
+        let c = Self::start_logical(name);
+        c.stop();
+        c.run("pg_resetwal", &["-e", &epoch.to_string(), "-D", &c.data()]);
+        c.start_again();
+        c
+    }
+
     /// `start`, with `prepare` run between initdb and the first start.
     fn start_with(name: &str, prepare: impl FnOnce(&Cluster)) -> Cluster {
         let c = Self::fresh(name);

@@ -190,12 +190,18 @@ type Check = Pin<Box<dyn Future<Output = Result<bool, String>> + Send>>;
 /// the writer still waited for its commit's reply). NOTIFY is delivered
 /// only once the transaction is visible; the relay publishes no sooner.
 async fn visible(pg: Arc<tokio_postgres::Client>, xids: Vec<i64>) -> Result<bool, String> {
-    // The 32-bit ids are widened with the epoch of the snapshot's xmax (the
-    // previous epoch for an id above its low half).
-    const VISIBLE: &str = "SELECT coalesce(bool_and(pg_visible_in_snapshot((((( \
-        pg_snapshot_xmax(q.s)::text::bigint >> 32) \
-        - (x > (pg_snapshot_xmax(q.s)::text::bigint & 4294967295))::int) << 32) | x)::text::xid8, q.s)), true) \
-        FROM (SELECT pg_current_snapshot() AS s) AS q, unnest($1::bigint[]) AS x";
+    // A 32-bit id is widened to the 64-bit id nearest the snapshot's xmax:
+    // xmax plus the signed 32-bit distance from xmax's low half to it (ids
+    // in use lie within 2³¹ of the next one). The id being checked may well
+    // be *above* xmax — committed, not yet visible, while an older one still
+    // runs — and must stay there, where it reads as not visible; taking an
+    // id above xmax's low half for one of the previous epoch (as this did)
+    // put it below xmin, where every id reads as visible, once the cluster
+    // had used 2³² ids (test: `…visible_past_the_first_xid_epoch`).
+    const VISIBLE: &str = "SELECT coalesce(bool_and(pg_visible_in_snapshot((q.xmax \
+        + (((x - (q.xmax & 4294967295) + 2147483648) & 4294967295) - 2147483648))::text::xid8, q.s)), true) \
+        FROM (SELECT s, pg_snapshot_xmax(s)::text::bigint AS xmax FROM pg_current_snapshot() AS s) AS q, \
+        unnest($1::bigint[]) AS x";
     let row = tokio::time::timeout(Duration::from_secs(5), pg.query_one(VISIBLE, &[&xids]))
         .await
         .map_err(|_| "the visibility check did not answer within 5 s".to_owned())?
