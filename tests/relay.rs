@@ -754,3 +754,54 @@ async fn a_message_that_cannot_travel_as_it_is_makes_every_node_drop_l1() {
     );
     relay.shutdown().await;
 }
+
+/// Slot names are cluster-wide, advisory locks per database: a relay of
+/// another database on the same server that finds the slot name taken
+/// refuses it with a clear error — it used to drop the slot (when no
+/// walsender held it) and create its own, and the two relays would take
+/// the name from each other forever, every time in a new epoch.
+#[tokio::test]
+async fn a_relay_of_another_database_never_drops_the_slot() {
+    let cluster = Cluster::start_logical("relay_two_databases");
+    let nats = NatsServer::start();
+    let first = relay(&cluster, &nats, "relay-a");
+    streaming(&first).await;
+    first.shutdown().await;
+    let admin = connect(&cluster.url()).await;
+    admin.batch_execute("CREATE DATABASE other").await.unwrap();
+    wait_until("the slot is free", DELIVERY, || async {
+        admin
+            .query_one(
+                "SELECT active_pid IS NULL FROM pg_replication_slots WHERE slot_name = $1",
+                &[&SLOT],
+            )
+            .await
+            .is_ok_and(|r| r.get::<_, bool>(0))
+    })
+    .await;
+
+    let other_url = format!("postgres://postgres@127.0.0.1:{}/other", cluster.port());
+    let second = relay_at(&other_url, &nats, "relay-b");
+    wait_until(
+        "the other database's relay refuses the slot",
+        DELIVERY,
+        || async {
+            second
+                .status()
+                .last_error
+                .is_some_and(|e| e.contains("taken"))
+        },
+    )
+    .await;
+    let owner: String = admin
+        .query_one(
+            "SELECT database FROM pg_replication_slots WHERE slot_name = $1",
+            &[&SLOT],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(owner, "postgres", "{:?}", second.status());
+    assert_eq!(second.status().slots_created, 0, "{:?}", second.status());
+    second.shutdown().await;
+}

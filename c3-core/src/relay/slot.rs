@@ -1,7 +1,8 @@
 //! The slot and the publication the relay reads through, made ready by
 //! the leader before it streams: created when missing, recreated when the
-//! server lost the WAL the slot needed (`wal_status = 'lost'`) or when a
-//! slot of that name is not a pgoutput slot of this database. A created
+//! server lost the WAL the slot needed (`wal_status = 'lost'`); a slot of
+//! that name that is not a pgoutput slot of this database is refused, never
+//! dropped (another database's relay, or not c3's at all). A created
 //! slot starts at the server's current position: whatever committed before
 //! it is never decoded, which is why every stream starts a new epoch and
 //! every node purges (PROTOCOL.md §6).
@@ -39,8 +40,8 @@ pub(crate) async fn prepare(
     }
     let found = client
         .query_opt(
-            "SELECT slot_type = 'logical' AND plugin = 'pgoutput' AND database = current_database(), \
-                    wal_status, active_pid FROM pg_replication_slots WHERE slot_name = $1",
+            "SELECT slot_type, plugin, database, current_database(), wal_status, active_pid \
+             FROM pg_replication_slots WHERE slot_name = $1",
             &[&slot],
         )
         .await
@@ -48,24 +49,44 @@ pub(crate) async fn prepare(
     let usable = match &found {
         None => false,
         Some(row) => {
-            let ours: Option<bool> = row.get(0);
-            let wal_status: Option<String> = row.get(1);
-            let active: Option<i32> = row.get(2);
-            let ok = ours == Some(true) && wal_status.as_deref() != Some("lost");
-            if !ok {
+            let kind: Option<String> = row.get(0);
+            let plugin: Option<String> = row.get(1);
+            let database: Option<String> = row.get(2);
+            let here: String = row.get(3);
+            let wal_status: Option<String> = row.get(4);
+            let active: Option<i32> = row.get(5);
+            // Slot names are cluster-wide, advisory locks per database: the
+            // relays of two databases would both lead, each dropping the
+            // other's slot in turn (every drop a new epoch, a fleet purge)
+            // and never settle. A slot that is not a pgoutput slot of this
+            // database is someone else's: never dropped.
+            if kind.as_deref() != Some("logical")
+                || plugin.as_deref() != Some("pgoutput")
+                || database.as_deref() != Some(here.as_str())
+            {
+                return Err(format!(
+                    "replication slot {slot} is taken ({} slot, plugin {}, database {}): \
+                     each database's relay needs a slot of its own — RelayBuilder::slot or C3_RELAY_SLOT",
+                    kind.as_deref().unwrap_or("?"),
+                    plugin.as_deref().unwrap_or("none"),
+                    database.as_deref().unwrap_or("none"),
+                ));
+            }
+            let lost = wal_status.as_deref() == Some("lost");
+            if lost {
                 if let Some(pid) = active {
                     return Err(format!(
-                        "slot {slot} is unusable (not a pgoutput slot of this database, or its WAL was lost) and process {pid} still uses it"
+                        "slot {slot} lost the WAL it needed and process {pid} still uses it"
                     ));
                 }
-                tracing::warn!(target: "c3::relay", slot, wal_status = ?wal_status,
-                    "the slot is unusable (its WAL was removed, or it is not a pgoutput slot of this database); recreating it — every node will purge");
+                tracing::warn!(target: "c3::relay", slot,
+                    "the slot lost the WAL it needed; recreating it — every node will purge");
                 client
                     .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
                     .await
-                    .map_err(pg("dropping the unusable slot"))?;
+                    .map_err(pg("dropping the slot that lost its WAL"))?;
             }
-            ok
+            !lost
         }
     };
     if usable {
