@@ -805,3 +805,51 @@ async fn a_relay_of_another_database_never_drops_the_slot() {
     assert_eq!(second.status().slots_created, 0, "{:?}", second.status());
     second.shutdown().await;
 }
+
+/// A confirmation that never comes back — here the relay's NATS user may
+/// subscribe to its inbox but not publish to it: the server answers the
+/// token with an error and keeps the connection — would hold every
+/// acknowledgement back while the slot's WAL grows unseen. The stream gives
+/// up after `connect_timeout`, says why, and starts over.
+#[tokio::test]
+async fn a_confirmation_that_never_returns_ends_the_stream_with_a_reason() {
+    let cluster = Cluster::start_logical("relay_unconfirmed");
+    let nats = NatsServer::start_with_config(
+        "authorization {\n  users = [\n    { user: relay, password: secret, permissions: \
+         { publish: { allow: [\"c3.>\"] }, subscribe: { allow: [\"_INBOX.>\"] } } }\n  ]\n}\n",
+    );
+    let relay = Relay::builder()
+        .postgres(cluster.url())
+        .nats(Nats::new(nats.url_as("relay", "secret")))
+        .name("relay-a")
+        .connect_timeout(Duration::from_secs(1))
+        .backoff(Duration::from_millis(50), Duration::from_millis(500))
+        .build()
+        .expect("relay settings")
+        .spawn();
+    streaming(&relay).await;
+    // Something to publish, so something to confirm (no node has migrated
+    // a table here: emitted directly).
+    let sql = connect(&cluster.url()).await;
+    sql.execute(
+        "SELECT pg_logical_emit_message(true, 'c3:cache_invalidate', 'k')",
+        &[],
+    )
+    .await
+    .unwrap();
+    wait_until(
+        "the stream gives up on the confirmation",
+        DELIVERY,
+        || async {
+            relay
+                .status()
+                .last_error
+                .is_some_and(|e| e.contains("did not confirm"))
+        },
+    )
+    .await;
+    // And the unconfirmed commit was never acknowledged.
+    let status = relay.status();
+    assert!(status.acked_lsn < status.published_lsn, "{status:?}");
+    relay.shutdown().await;
+}

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 pub struct NatsServer {
     port: u16,
     child: Option<Child>,
+    /// A configuration file (`-c`), if the test gave one.
+    config: Option<std::path::PathBuf>,
 }
 
 fn binary() -> String {
@@ -37,9 +39,33 @@ fn binary() -> String {
 impl NatsServer {
     pub fn start() -> NatsServer {
         let port = super::free_port();
-        let mut s = NatsServer { port, child: None };
+        let mut s = NatsServer {
+            port,
+            child: None,
+            config: None,
+        };
         s.start_again();
         s
+    }
+
+    /// A server started with `config` (nats-server's configuration syntax,
+    /// e.g. an `authorization` block) as its configuration file.
+    pub fn start_with_config(config: &str) -> NatsServer {
+        let port = super::free_port();
+        let file = std::env::temp_dir().join(format!("c3-nats-{}-{port}.conf", std::process::id()));
+        std::fs::write(&file, config).expect("NATS configuration file");
+        let mut s = NatsServer {
+            port,
+            child: None,
+            config: Some(file),
+        };
+        s.start_again();
+        s
+    }
+
+    /// The URL with a user and password.
+    pub fn url_as(&self, user: &str, password: &str) -> String {
+        format!("nats://{user}:{password}@127.0.0.1:{}", self.port)
     }
 
     pub fn url(&self) -> String {
@@ -50,7 +76,11 @@ impl NatsServer {
     /// connections.
     pub fn start_again(&mut self) {
         assert!(self.child.is_none(), "already running");
-        let child = Command::new(binary())
+        let mut command = Command::new(binary());
+        if let Some(config) = &self.config {
+            command.arg("-c").arg(config);
+        }
+        let child = command
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -76,5 +106,8 @@ impl NatsServer {
 impl Drop for NatsServer {
     fn drop(&mut self) {
         self.kill();
+        if let Some(config) = &self.config {
+            let _ = std::fs::remove_file(config);
+        }
     }
 }

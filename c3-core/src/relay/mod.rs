@@ -151,7 +151,10 @@ impl RelayBuilder {
         self
     }
 
-    /// Bound on connecting to PostgreSQL or NATS.
+    /// Bound on connecting to PostgreSQL or NATS, and on NATS confirming
+    /// what the relay published: a stream whose confirmation takes longer
+    /// starts over (in a new epoch) and reports why, rather than holding
+    /// every acknowledgement back while the slot's WAL grows.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self

@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 ///     .credentials_file("/etc/c3/relay.creds")
 ///     .root_certificate("/etc/c3/nats-ca.pem");
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct Nats {
     pub(crate) url: String,
@@ -30,7 +30,10 @@ pub struct Nats {
 
 impl Nats {
     /// The NATS server(s): `nats://host:4222`, `tls://host:4222`, or a
-    /// comma-separated list of such URLs.
+    /// comma-separated list of such URLs. A user and password
+    /// (`nats://user:password@host:4222`, percent-encoded) or a token
+    /// (`nats://token@host:4222`) in the URL authenticate the connection;
+    /// they never appear in logs, errors or `Debug` output.
     pub fn new(url: impl Into<String>) -> Self {
         Nats {
             url: url.into(),
@@ -114,6 +117,13 @@ impl Nats {
         if self.url.trim().is_empty() {
             return Err("the NATS URL is empty".to_owned());
         }
+        let (_, auth) = split_credentials(&self.url)?;
+        if auth.is_some() && (self.credentials_file.is_some() || self.nkey_seed.is_some()) {
+            return Err(
+                "the NATS URL carries credentials and a credentials file or nkey is set too: give them one way"
+                    .to_owned(),
+            );
+        }
         let p = &self.subject_prefix;
         let token_ok = |t: &str| {
             !t.is_empty()
@@ -164,11 +174,146 @@ impl Nats {
         if self.require_tls {
             options = options.require_tls(true);
         }
+        // async-nats does not read credentials from the URL: take them out
+        // and hand them over explicitly (and keep them out of messages).
+        let (urls, auth) = split_credentials(&self.url)?;
+        match auth {
+            Some(Auth::UserPassword(user, password)) => {
+                options = options.user_and_password(user, password);
+            }
+            Some(Auth::Token(token)) => options = options.token(token),
+            None => {}
+        }
         // `retry_on_initial_connect` returns at once and connects in the
         // background; the caller waits for the `Connected` event.
         options
-            .connect(self.url.as_str())
+            .connect(urls.as_str())
             .await
-            .map_err(|e| format!("NATS at {}: {e}", self.url))
+            .map_err(|e| format!("NATS at {urls}: {e}"))
+    }
+}
+
+impl std::fmt::Debug for Nats {
+    /// Without secrets: the URL's credentials and the nkey seed are not shown.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let url = split_credentials(&self.url).map_or_else(|_| "<invalid>".to_owned(), |(u, _)| u);
+        f.debug_struct("Nats")
+            .field("url", &url)
+            .field("credentials_file", &self.credentials_file)
+            .field("nkey_seed", &self.nkey_seed.as_ref().map(|_| "<secret>"))
+            .field("root_certificate", &self.root_certificate)
+            .field("require_tls", &self.require_tls)
+            .field("subject_prefix", &self.subject_prefix)
+            .finish()
+    }
+}
+
+/// Credentials found in a NATS URL.
+#[derive(Debug, PartialEq, Eq)]
+enum Auth {
+    UserPassword(String, String),
+    Token(String),
+}
+
+/// The URL list without credentials, and the credentials it carried (the
+/// same in every address that has any).
+fn split_credentials(urls: &str) -> Result<(String, Option<Auth>), String> {
+    let mut plain = Vec::new();
+    let mut found: Option<Auth> = None;
+    for (i, address) in urls.split(',').map(str::trim).enumerate() {
+        let (scheme, rest) = match address.split_once("://") {
+            Some((scheme, rest)) => (Some(scheme), rest),
+            None => (None, address),
+        };
+        let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let (authority, tail) = rest.split_at(end);
+        let (host, auth) = match authority.rsplit_once('@') {
+            Some((userinfo, host)) => {
+                let auth = match userinfo.split_once(':') {
+                    Some((user, password)) => {
+                        Auth::UserPassword(percent_decode(user)?, percent_decode(password)?)
+                    }
+                    None => Auth::Token(percent_decode(userinfo)?),
+                };
+                (host, Some(auth))
+            }
+            None => (authority, None),
+        };
+        if let Some(auth) = auth {
+            match &found {
+                Some(other) if *other != auth => {
+                    return Err(format!(
+                        "NATS URL {}: its addresses carry different credentials",
+                        i + 1
+                    ));
+                }
+                _ => found = Some(auth),
+            }
+        }
+        plain.push(match scheme {
+            Some(scheme) => format!("{scheme}://{host}{tail}"),
+            None => format!("{host}{tail}"),
+        });
+    }
+    Ok((plain.join(","), found))
+}
+
+/// `%XX` escapes decoded (URL userinfo).
+fn percent_decode(text: &str) -> Result<String, String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| "NATS URL: a bad %-escape in its credentials".to_owned())?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| "NATS URL: its credentials are not UTF-8".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_are_taken_out_of_the_url() {
+        assert_eq!(
+            split_credentials("nats://a:b%40c@h:4222").unwrap(),
+            (
+                "nats://h:4222".to_owned(),
+                Some(Auth::UserPassword("a".into(), "b@c".into()))
+            )
+        );
+        assert_eq!(
+            split_credentials("tls://tok@h1:4222, tls://tok@h2:4222/x").unwrap(),
+            (
+                "tls://h1:4222,tls://h2:4222/x".to_owned(),
+                Some(Auth::Token("tok".into()))
+            )
+        );
+        assert_eq!(
+            split_credentials("nats://h:4222,h2").unwrap(),
+            ("nats://h:4222,h2".to_owned(), None)
+        );
+        assert!(split_credentials("nats://a:b@h1,nats://a:c@h2").is_err());
+        assert!(split_credentials("nats://a:%zz@h").is_err());
+        let debug = format!("{:?}", Nats::new("nats://a:pw123@h:4222").nkey("SUseed"));
+        assert!(
+            !debug.contains("pw123") && !debug.contains("SUseed"),
+            "{debug}"
+        );
+        assert!(
+            Nats::new("nats://a:b@h").nkey("SU").validate().is_err(),
+            "credentials given two ways"
+        );
     }
 }

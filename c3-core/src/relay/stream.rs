@@ -118,6 +118,13 @@ pub(crate) async fn run(
     // message, so batches grow with the load and nothing waits when idle.
     let mut check: Option<Check> = None;
     let mut next_sync = Instant::now();
+    // When the confirmation in flight is given up on: a token that never
+    // comes back (a server that refuses the relay's publish to its inbox
+    // answers with an error and keeps the connection) would otherwise hold
+    // every acknowledgement back, and the slot's WAL would grow unseen.
+    let mut sync_deadline = Instant::now();
+    // Successive "not yet visible" answers: the next look waits longer.
+    let mut rechecks = 0u32;
     let ended = loop {
         if check.is_none() {
             check = s.next_check(&lead.client, Instant::now());
@@ -147,12 +154,19 @@ pub(crate) async fn run(
                 check = None;
                 match visible {
                     Ok(true) => {
+                        rechecks = 0;
                         if let Err(why) = s.publish(nats, status).await {
                             break Ended::Failed { why, streamed: true };
                         }
                     }
-                    // Not yet: look again shortly (a matter of microseconds).
-                    Ok(false) => s.wake_at = Some(Instant::now() + Duration::from_micros(200)),
+                    // Not yet: look again shortly — usually a matter of
+                    // microseconds; longer (up to 5 ms between looks) while a
+                    // synchronous standby holds commits back.
+                    Ok(false) => {
+                        let wait = Duration::from_micros(200) * 2u32.pow(rechecks.min(5));
+                        rechecks += 1;
+                        s.wake_at = Some(Instant::now() + wait.min(Duration::from_millis(5)));
+                    }
                     Err(why) => break Ended::Failed { why, streamed: true },
                 }
             }
@@ -162,9 +176,20 @@ pub(crate) async fn run(
                 Err(e) => break Ended::Failed { why: format!("the replication stream: {e}"), streamed: true },
             },
             _ = sleep_until(s.wake_at.unwrap_or(next_sync)), if s.wake_at.is_some() && check.is_none() => {}
+            _ = sleep_until(sync_deadline), if s.sync.is_some() => {
+                break Ended::Failed {
+                    why: format!(
+                        "NATS did not confirm the relay's publishes within {:?} (may its user publish and \
+                         subscribe to _INBOX.>?)",
+                        settings.connect_timeout
+                    ),
+                    streamed: true,
+                };
+            }
             _ = sleep_until(next_sync), if want_sync => {
                 s.token += 1;
                 s.sync = Some((s.token, s.published));
+                sync_deadline = Instant::now() + settings.connect_timeout;
                 if let Err(e) = nats.publish(inbox.clone(), s.token.to_string().into()).await {
                     break Ended::Failed { why: format!("NATS publish: {e}"), streamed: true };
                 }
