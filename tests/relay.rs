@@ -853,3 +853,50 @@ async fn a_confirmation_that_never_returns_ends_the_stream_with_a_reason() {
     assert!(status.acked_lsn < status.published_lsn, "{status:?}");
     relay.shutdown().await;
 }
+
+/// A NATS server whose `max_payload` is smaller than the relay's own bound
+/// for a message: the relay sizes its messages from what the server
+/// announced (headers included) — a commit's payloads that would not fit
+/// one message go out in several — instead of having every publish of that
+/// commit refused and restarting on it forever.
+#[tokio::test]
+async fn messages_fit_a_servers_smaller_max_payload() {
+    let cluster = Cluster::start_logical("relay_max_payload");
+    let nats = NatsServer::start_with_config("max_payload: 16384\n");
+    let relay = relay(&cluster, &nats, "relay-a");
+    streaming(&relay).await;
+    let a = node(&cluster, &nats, QUICK).await;
+    listening(&[&a], &[&relay]).await;
+    let epoch = relay.status().epoch;
+    for key in ["x", "y", "z"] {
+        a.set(key, &1u32).await.unwrap();
+        assert!(a.is_cached_locally(key));
+    }
+    // One transaction, three payloads over 6 KiB: more than 16 KiB together.
+    let far = i64::MAX.to_string();
+    let payload = |key: &str| {
+        let mut p = format!("c3|1|foreign|1|k\n{far} {key}");
+        for i in 0..270 {
+            p.push_str(&format!("\n{far} pad{i}"));
+        }
+        p
+    };
+    let (x, y, z) = (payload("x"), payload("y"), payload("z"));
+    assert!(x.len() > 6000 && x.len() < 8000, "{}", x.len());
+    let sql = connect(&cluster.url()).await;
+    sql.execute(
+        "SELECT pg_logical_emit_message(true, 'c3:cache_invalidate', $1::text), \
+                pg_logical_emit_message(true, 'c3:cache_invalidate', $2::text), \
+                pg_logical_emit_message(true, 'c3:cache_invalidate', $3::text)",
+        &[&x, &y, &z],
+    )
+    .await
+    .unwrap();
+    wait_until("the node drops x, y and z", DELIVERY, || async {
+        ["x", "y", "z"].iter().all(|k| !a.is_cached_locally(k))
+    })
+    .await;
+    let status = relay.status();
+    assert_eq!((&status.epoch, status.epochs), (&epoch, 1), "{status:?}");
+    relay.shutdown().await;
+}

@@ -86,6 +86,10 @@ pub(crate) async fn run(
     let stats = nats.statistics();
     let connects = stats.connects.load(std::sync::atomic::Ordering::SeqCst);
     let reconnected = || stats.connects.load(std::sync::atomic::Ordering::SeqCst) != connects;
+    // What one message may hold here: NATS refuses (client-side, before
+    // sending) a message over the server's `max_payload`, headers included,
+    // and a refused publish would restart the stream on the same commit.
+    let limits = Limits::for_server(nats.server_info().max_payload);
     let epoch = new_epoch();
     status.send_modify(|s| {
         s.epoch = Some(epoch.clone());
@@ -98,6 +102,7 @@ pub(crate) async fn run(
     let mut s = Stream {
         epoch,
         subject_prefix: &settings.nats.subject_prefix,
+        limits,
         window: settings.batch_window,
         seqs: HashMap::new(),
         pending: Vec::new(),
@@ -278,6 +283,32 @@ fn new_epoch() -> String {
 /// default maximum payload is 1 MiB); a batch past it is split.
 const MAX_MESSAGE: usize = 256 * 1024;
 
+/// Room kept for a message's headers (epoch, sequence, LSN: under 200
+/// bytes) below the server's `max_payload`.
+const HEADER_ROOM: usize = 512;
+
+/// How much a message and a single payload may hold on this server.
+#[derive(Clone, Copy, Debug)]
+struct Limits {
+    /// Payloads joined into one message, at most.
+    message: usize,
+    /// One payload, at most; a larger one goes out as "drop all of L1".
+    payload: usize,
+}
+
+impl Limits {
+    /// For a server whose `max_payload` is `max` (0: unknown, NATS'
+    /// default of 1 MiB assumed).
+    fn for_server(max: usize) -> Limits {
+        let max = if max == 0 { 1 << 20 } else { max };
+        let message = MAX_MESSAGE.min(max.saturating_sub(HEADER_ROOM));
+        Limits {
+            message,
+            payload: wire::MAX_PAYLOAD.min(message),
+        }
+    }
+}
+
 /// Committed c3 messages that go out together: per subject, in commit
 /// order.
 #[derive(Default)]
@@ -311,7 +342,7 @@ impl Batches {
     }
 
     /// Adds one committed payload.
-    fn push(&mut self, subject: String, payload: &[u8], end_lsn: Lsn) {
+    fn push(&mut self, subject: String, payload: &[u8], end_lsn: Lsn, limit: usize) {
         let at = match self.subjects.iter().position(|(s, _)| *s == subject) {
             Some(i) => i,
             None => {
@@ -326,7 +357,7 @@ impl Batches {
         };
         let batch = &mut self.subjects[at].1;
         match batch.messages.last_mut() {
-            Some(m) if m.len() + 1 + payload.len() <= MAX_MESSAGE => {
+            Some(m) if m.len() + 1 + payload.len() <= limit => {
                 m.extend_from_slice(&[wire::SEPARATOR]);
                 m.extend_from_slice(payload);
             }
@@ -341,6 +372,7 @@ impl Batches {
 struct Stream<'a> {
     epoch: String,
     subject_prefix: &'a str,
+    limits: Limits,
     window: Duration,
     /// The last sequence number published per subject in this epoch.
     seqs: HashMap<String, u64>,
@@ -403,7 +435,7 @@ impl Stream<'_> {
                     self.gathering.xids.push(self.xid);
                 }
                 for (subject, mut payload) in std::mem::take(&mut self.pending) {
-                    if let Some(why) = wire::undeliverable(&payload) {
+                    if let Some(why) = wire::undeliverable(&payload, self.limits.payload) {
                         // Dropping it would lose an invalidation; sending it
                         // could fail forever or be misread.
                         warn!(target: "c3::relay", %subject, bytes = payload.len(), why,
@@ -418,7 +450,10 @@ impl Stream<'_> {
                             let to = wire::heartbeat_subject(&subject, node);
                             self.gathering.heartbeats.push((subject, to, payload));
                         }
-                        None => self.gathering.push(subject, &payload, end_lsn),
+                        None => {
+                            self.gathering
+                                .push(subject, &payload, end_lsn, self.limits.message)
+                        }
                     }
                 }
                 self.advance_published(status);
@@ -529,5 +564,28 @@ impl Stream<'_> {
         self.sync = None;
         self.confirmed = self.confirmed.max(lsn);
         Some(self.confirmed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_fit_the_servers_max_payload_with_their_headers() {
+        let default = Limits::for_server(1 << 20);
+        assert_eq!(
+            (default.message, default.payload),
+            (MAX_MESSAGE, wire::MAX_PAYLOAD)
+        );
+        assert_eq!(Limits::for_server(0).message, MAX_MESSAGE);
+        // A server that takes exactly 256 KiB: the headers must fit too.
+        let tight = Limits::for_server(256 * 1024);
+        assert_eq!(tight.message, 256 * 1024 - HEADER_ROOM);
+        let small = Limits::for_server(16 * 1024);
+        assert_eq!(
+            (small.message, small.payload),
+            (16 * 1024 - HEADER_ROOM, 16 * 1024 - HEADER_ROOM)
+        );
     }
 }

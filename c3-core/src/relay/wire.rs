@@ -23,12 +23,13 @@ pub const MAX_PAYLOAD: usize = 64 * 1024;
 /// Why a committed payload cannot be published as it is, if it cannot: it
 /// holds a NUL (the separator: a node would split it in two and misread
 /// both halves — the `bytea` form of `pg_logical_emit_message` can emit
-/// one), is not UTF-8 (payloads are text), or is over [`MAX_PAYLOAD`]. The
-/// relay publishes [`drop_all`] in its place: nodes cannot know what it
+/// one), is not UTF-8 (payloads are text), or is over `limit` (at most
+/// [`MAX_PAYLOAD`], less when the NATS server takes less). The relay
+/// publishes [`drop_all`] in its place: nodes cannot know what it
 /// invalidated.
 #[must_use]
-pub fn undeliverable(payload: &[u8]) -> Option<&'static str> {
-    if payload.len() > MAX_PAYLOAD {
+pub fn undeliverable(payload: &[u8], limit: usize) -> Option<&'static str> {
+    if payload.len() > limit {
         Some("larger than the relay publishes")
     } else if payload.contains(&SEPARATOR) {
         Some("holds a NUL byte")
@@ -282,11 +283,12 @@ mod tests {
 
     #[test]
     fn payloads_that_cannot_travel_as_they_are_are_named() {
-        assert_eq!(undeliverable(b"c3|1|n|1|k\n1 a"), None);
-        assert_eq!(undeliverable(&vec![b'a'; MAX_PAYLOAD]), None);
-        assert!(undeliverable(&vec![b'a'; MAX_PAYLOAD + 1]).is_some());
-        assert!(undeliverable(b"c3|1|n|1|k\n1 a\0b").is_some());
-        assert!(undeliverable(b"c3|1|n|1|k\n1 \xff").is_some());
+        assert_eq!(undeliverable(b"c3|1|n|1|k\n1 a", MAX_PAYLOAD), None);
+        assert_eq!(undeliverable(&vec![b'a'; MAX_PAYLOAD], MAX_PAYLOAD), None);
+        assert!(undeliverable(&vec![b'a'; MAX_PAYLOAD + 1], MAX_PAYLOAD).is_some());
+        assert!(undeliverable(&vec![b'a'; 101], 100).is_some());
+        assert!(undeliverable(b"c3|1|n|1|k\n1 a\0b", MAX_PAYLOAD).is_some());
+        assert!(undeliverable(b"c3|1|n|1|k\n1 \xff", MAX_PAYLOAD).is_some());
         // What replaces them parses as "drop all of L1".
         assert_eq!(drop_all("relay", 7), "c3|1|relay|7|c");
         assert!(heartbeat_node(drop_all("relay", 7).as_bytes()).is_none());
