@@ -286,7 +286,7 @@ mod tests {
         assert_eq!(undeliverable(b"c3|1|n|1|k\n1 a", MAX_PAYLOAD), None);
         assert_eq!(undeliverable(&vec![b'a'; MAX_PAYLOAD], MAX_PAYLOAD), None);
         assert!(undeliverable(&vec![b'a'; MAX_PAYLOAD + 1], MAX_PAYLOAD).is_some());
-        assert!(undeliverable(&vec![b'a'; 101], 100).is_some());
+        assert!(undeliverable(&[b'a'; 101], 100).is_some());
         assert!(undeliverable(b"c3|1|n|1|k\n1 a\0b", MAX_PAYLOAD).is_some());
         assert!(undeliverable(b"c3|1|n|1|k\n1 \xff", MAX_PAYLOAD).is_some());
         // What replaces them parses as "drop all of L1".
