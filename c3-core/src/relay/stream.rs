@@ -165,10 +165,12 @@ pub(crate) async fn run(
                         }
                     }
                     // Not yet: look again shortly — usually a matter of
-                    // microseconds; longer (up to 5 ms between looks) while a
-                    // synchronous standby holds commits back.
+                    // microseconds. Past 2 ms of looking (a synchronous
+                    // standby holding commits back), look less often, up to
+                    // every 5 ms, rather than query the primary 5,000 times a
+                    // second.
                     Ok(false) => {
-                        let wait = Duration::from_micros(200) * 2u32.pow(rechecks.min(5));
+                        let wait = Duration::from_micros(200) * 2u32.pow(rechecks.saturating_sub(10).min(5));
                         rechecks += 1;
                         s.wake_at = Some(Instant::now() + wait.min(Duration::from_millis(5)));
                     }
