@@ -86,7 +86,15 @@ async fn tags_invalidate_responses_on_every_node() {
     let db = TestDb::new("http_tags").await;
     let (a, b) = (db.node().await, db.node().await);
     let origin = Origin::new(|parts, n| match parts.method {
-        http::Method::POST => resp(&[("c3-invalidate-tag", "team:9")], "posted"),
+        // Two header lines: every one counts (the tag that matters here is
+        // on the second).
+        http::Method::POST => resp(
+            &[
+                ("c3-invalidate-tag", "other:1"),
+                ("c3-invalidate-tag", "team:9"),
+            ],
+            "posted",
+        ),
         _ => resp(
             &[
                 ("cache-control", "max-age=600"),

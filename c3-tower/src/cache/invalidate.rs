@@ -52,12 +52,17 @@ where
         shared.config.fixed_authority.as_deref(),
     );
     let mut res = inner.call(Request::from_parts(parts, body)).await?;
+    // Every header line counts (`remove` would hand back only the first
+    // value, and drop the others unread).
     let tags: Vec<String> = res
-        .headers_mut()
-        .remove(C3_INVALIDATE_TAG)
-        .and_then(|v| v.to_str().ok().map(str::to_owned))
-        .map(|v| v.split_ascii_whitespace().map(str::to_owned).collect())
-        .unwrap_or_default();
+        .headers()
+        .get_all(C3_INVALIDATE_TAG)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(str::split_ascii_whitespace)
+        .map(str::to_owned)
+        .collect();
+    res.headers_mut().remove(C3_INVALIDATE_TAG);
     // "Non-error": 2xx and 3xx.
     let succeeded = res.status().is_success() || res.status().is_redirection();
     if !succeeded {
