@@ -103,11 +103,10 @@ impl Stripe {
 pub(crate) struct FillToken {
     stripe: usize,
     bare_gen: u64,
-    /// The stripe's highest version: a value of unknown version (a load in
-    /// flight, a fill not yet stored) is judged by whether it moved.
-    max_version: u64,
     /// How many versions the stripe had recorded: a value of known version
-    /// is judged by each one recorded since (see `Stripe::newer_since`).
+    /// is judged by each one recorded since (see `Stripe::newer_since`), a
+    /// value of unknown version (a load in flight, a fill not yet stored)
+    /// by whether any was.
     writes: u64,
     epoch: u64,
 }
@@ -233,20 +232,21 @@ impl Coherency {
         Some(FillToken {
             stripe,
             bare_gen: s.bare_gen,
-            max_version: s.max_version,
             writes: s.writes,
             epoch: self.epoch.load(Ordering::Acquire),
         })
     }
 
-    /// Whether nothing has invalidated `key` since `token` was taken (the
-    /// same test as [`fill`](Self::fill), without filling).
+    /// Whether nothing has invalidated `key` since `token` was taken: no
+    /// version at all recorded on its stripe since (a value of unknown
+    /// version cannot be compared with one, and a late write can carry a
+    /// version below the stripe's highest — rule 3).
     pub(crate) fn token_valid(&self, _key: &str, token: FillToken) -> bool {
         let s = self.lock(token.stripe);
         self.l1_enabled()
             && self.epoch.load(Ordering::Acquire) == token.epoch
             && s.bare_gen == token.bare_gen
-            && s.max_version == token.max_version
+            && s.writes == token.writes
     }
 
     /// Puts `entry` in L1 unless something invalidated `key` since `token` was
@@ -452,18 +452,20 @@ impl Coherency {
         FillToken {
             stripe,
             bare_gen: s.bare_gen,
-            max_version: s.max_version,
             writes: s.writes,
             epoch: self.epoch.load(Ordering::Acquire),
         }
     }
 
-    /// Whether nothing has changed `key`'s stripe since `token`, L1 on or off.
+    /// Whether nothing has changed `key`'s stripe since `token`, L1 on or
+    /// off: no version recorded since — not "the highest version did not
+    /// move": a write that arrives late can carry a version below it and
+    /// still make the load's value stale (rule 3).
     pub(crate) fn join_valid(&self, token: FillToken) -> bool {
         let s = self.lock(token.stripe);
         self.epoch.load(Ordering::Acquire) == token.epoch
             && s.bare_gen == token.bare_gen
-            && s.max_version == token.max_version
+            && s.writes == token.writes
     }
 
     /// `key` changed in a way we cannot order: drop it whatever its version.
@@ -638,6 +640,27 @@ mod tests {
             c.apply_written(&other, v);
         }
         assert!(!c.fill("k", t, entry(1_000)));
+    }
+
+    #[test]
+    fn a_write_below_the_stripes_highest_version_ends_joins_of_an_older_load() {
+        let c = engine();
+        let other = (0..10_000)
+            .map(|i| format!("other{i}"))
+            .find(|k| Coherency::stripe_of(k) == Coherency::stripe_of("k") && k != "k")
+            .expect("a key sharing k's stripe");
+        c.apply_written(&other, 110);
+        // A load of k starts (its value: k before the write below).
+        let join = c.join_token("k");
+        let fill = c.fill_token("k").unwrap();
+        assert!(c.join_valid(join) && c.token_valid("k", fill));
+        // k's write at 105 — below the stripe's highest — is applied.
+        c.apply_written("k", 105);
+        assert!(
+            !c.join_valid(join),
+            "a caller could join a load older than an applied write"
+        );
+        assert!(!c.token_valid("k", fill));
     }
 
     #[test]
