@@ -1011,3 +1011,34 @@ async fn shutdown_waits_for_queued_writes_and_leaves_nothing_running() {
     })
     .await;
 }
+
+/// A panic in the listener's task (here the user's `on_applied` observer)
+/// ends it; nobody delivers invalidations any more, so L1 must not be
+/// trusted: it is purged and off, and reads go to L2.
+#[tokio::test]
+async fn a_panicking_listener_turns_l1_off() {
+    let db = TestDb::new("listener_panic").await;
+    let a = db
+        .builder()
+        .on_applied(|n| {
+            if n.written.iter().any(|(_, k)| k == "boom") {
+                panic!("an observer that panics");
+            }
+        })
+        .build()
+        .await
+        .unwrap();
+    let b = db.node().await;
+    b.set("x", &1u32).await.unwrap();
+    assert_eq!(*a.get::<u32>("x").await.unwrap().unwrap(), 1);
+    assert!(a.is_cached_locally("x"));
+    b.set("boom", &1u32).await.unwrap();
+    wait_until("A's listener is stopped", DELIVERY, || async {
+        a.listener_state() == ListenerState::Stopped
+    })
+    .await;
+    // B's next write is never heard by A; A must read it from L2.
+    b.set("x", &2u32).await.unwrap();
+    assert!(!a.is_cached_locally("x"));
+    assert_eq!(*a.get::<u32>("x").await.unwrap().unwrap(), 2);
+}

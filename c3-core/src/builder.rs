@@ -537,7 +537,10 @@ impl C3Builder {
 
     /// Calls `observer` for every notification from another node or client
     /// that this node applies (see [`Applied`](crate::Applied)): the hook
-    /// for propagation-lag metrics and delivery benchmarks.
+    /// for propagation-lag metrics and delivery benchmarks. It runs on the
+    /// listener's task: keep it short, and do not panic — a panic there
+    /// ends the listener, and L1 is then purged and off for good (reads go
+    /// to L2) until the cache is built again.
     pub fn on_applied(
         mut self,
         observer: impl Fn(&crate::events::Applied<'_>) + Send + Sync + 'static,

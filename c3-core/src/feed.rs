@@ -113,6 +113,14 @@ impl Feed {
         self.coherency.purge();
     }
 
+    /// A guard for the task that runs this feed's transport: if the task
+    /// panics (a user's `on_applied` observer, a tracing layer…), nobody
+    /// delivers messages any more, so L1 is turned off for good as the
+    /// stack unwinds — the task would otherwise die with L1 still trusted.
+    pub(crate) fn panic_guard(&self) -> PanicGuard {
+        PanicGuard(self.clone())
+    }
+
     /// The node shuts down: L1 is purged and off for good.
     pub(crate) fn stopped(&self) {
         self.coherency.disable();
@@ -144,5 +152,18 @@ impl Feed {
 
     pub(crate) fn subscribe(&self) -> watch::Receiver<ListenerState> {
         self.state.subscribe()
+    }
+}
+
+/// See [`Feed::panic_guard`].
+pub(crate) struct PanicGuard(Feed);
+
+impl Drop for PanicGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            tracing::error!(target: "c3::listener",
+                "the invalidation listener panicked; L1 is purged and off until the cache is rebuilt");
+            self.0.stopped();
+        }
     }
 }

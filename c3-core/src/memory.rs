@@ -407,6 +407,7 @@ async fn run_memory(
     mut rx: tokio::sync::broadcast::Receiver<Arc<str>>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
+    let _guard = feed.panic_guard();
     loop {
         tokio::select! {
             biased;

@@ -97,6 +97,7 @@ pub(crate) async fn run_postgres(
     problem: watch::Sender<Option<NotListening>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let _guard = feed.panic_guard();
     let mut attempt: u32 = 0;
     let mut ever_connected = false;
     let mut rng = Jitter::new(feed.node_id());

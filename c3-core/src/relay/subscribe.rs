@@ -47,6 +47,7 @@ pub(crate) async fn run(
     settings: Settings,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let _guard = feed.panic_guard();
     let mut seed = crate::key::fnv1a(feed.node_id().as_bytes()) | 1;
     let mut attempt = 0u32;
     let name: String = format!("c3-node {}", feed.node_id());
