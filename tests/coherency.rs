@@ -1042,3 +1042,28 @@ async fn a_panicking_listener_turns_l1_off() {
     assert!(!a.is_cached_locally("x"));
     assert_eq!(*a.get::<u32>("x").await.unwrap().unwrap(), 2);
 }
+
+/// `get_many` with a key named twice answers it twice, from L2 as from L1.
+#[tokio::test]
+async fn get_many_answers_a_repeated_key_each_time() {
+    let db = TestDb::new("get_many_repeat").await;
+    let nodes = db.nodes(2).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    b.set("a", &1u32).await.unwrap();
+    b.set("c", &3u32).await.unwrap();
+    // Not in A's L1: read from L2.
+    let got = a
+        .get_many::<u32>(&["a", "c", "a", "none", "a"])
+        .await
+        .unwrap();
+    let got: Vec<Option<u32>> = got.into_iter().map(|v| v.map(|v| *v)).collect();
+    assert_eq!(got, [Some(1), Some(3), Some(1), None, Some(1)]);
+    // Now from L1.
+    let got = a.get_many::<u32>(&["a", "a"]).await.unwrap();
+    assert_eq!(
+        got.iter()
+            .map(|v| v.as_deref().copied())
+            .collect::<Vec<_>>(),
+        [Some(1), Some(1)]
+    );
+}
