@@ -81,7 +81,11 @@ impl C3 {
     }
 
     /// Drops `key` from every node's L1 without touching L2 — for when the L2
-    /// row was changed behind c3's back, or to force a re-read.
+    /// row was changed behind c3's back, or to force a re-read. Nothing is
+    /// recorded in the table: a node using
+    /// [`warm_reconnect`](crate::C3Builder::warm_reconnect) that was
+    /// disconnected when this was sent keeps its copy, unless the row itself
+    /// changed.
     ///
     /// # Errors
     ///
