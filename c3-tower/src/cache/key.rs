@@ -197,12 +197,73 @@ fn scheme_and_authority<'a>(
     fixed_authority: Option<&'a str>,
 ) -> Option<(&'a str, &'a str)> {
     let scheme = parts.uri.scheme_str().unwrap_or(default_scheme);
+    let mut hosts = parts.headers.get_all(http::header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        // Two Host lines: which one the application reads is anyone's guess.
+        return None;
+    }
     let authority = match (fixed_authority, parts.uri.authority()) {
         (Some(f), _) => f,
-        (None, Some(a)) => a.as_str(),
-        (None, None) => parts.headers.get(http::header::HOST)?.to_str().ok()?,
+        (None, Some(a)) => {
+            // An absolute-form target and a Host that names another
+            // authority: the key would follow one, the application may
+            // read the other.
+            let target = a.as_str().rsplit('@').next()?;
+            if host.is_some_and(|h| !h.as_bytes().eq_ignore_ascii_case(target.as_bytes())) {
+                return None;
+            }
+            a.as_str()
+        }
+        (None, None) => {
+            // The Host header is the client's word, checked by nobody before
+            // us: anything but `host[:port]` (a `/`, `@`, `?`, space…) could
+            // make one resource's key another's — uncached instead.
+            let h = host?.to_str().ok()?;
+            if !is_authority(h) {
+                return None;
+            }
+            h
+        }
     };
     Some((scheme, authority))
+}
+
+/// Whether `a` is `host[:port]` as RFC 3986 spells it without userinfo: a
+/// registered name or IPv4 address (unreserved, sub-delims, `%`-escapes), or
+/// an IP literal in brackets, then optionally `:` and up to five digits.
+fn is_authority(a: &str) -> bool {
+    let (host, port) = match a.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((literal, after)) => {
+                let literal_ok = !literal.is_empty()
+                    && literal
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b":.%-_~".contains(&b));
+                if !literal_ok {
+                    return false;
+                }
+                match after {
+                    "" => return true,
+                    _ => ("x", after.strip_prefix(':')),
+                }
+            }
+            None => return false,
+        },
+        None => match a.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (a, None),
+        },
+    };
+    let host_ok = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%".contains(&b));
+    let port_ok = match port {
+        None => true,
+        Some(p) => (1..=5).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit()),
+    };
+    host_ok && port_ok
 }
 
 /// How long the URI tag of a primary key is (`http-uri:` + the URL).
@@ -382,6 +443,52 @@ mod tests {
             RequestUri::from_request(&parts, "http").is_none(),
             "no Host: no key"
         );
+    }
+
+    #[test]
+    fn a_host_header_that_is_not_an_authority_is_not_keyed() {
+        let key = |host: &str, target: &str| {
+            let (parts, ()) = http::Request::get(target)
+                .header("host", host)
+                .body(())
+                .unwrap()
+                .into_parts();
+            RequestUri::from_request(&parts, "http").map(|u| u.url)
+        };
+        assert_eq!(key("a.test", "/app.js").as_deref(), Some("http://a.test/app.js"));
+        assert_eq!(key("a.test:8080", "/").as_deref(), Some("http://a.test:8080/"));
+        assert_eq!(key("[::1]:3000", "/").as_deref(), Some("http://[::1]:3000/"));
+        assert_eq!(key("127.0.0.1", "/").as_deref(), Some("http://127.0.0.1/"));
+        // Would be another resource's key, or an origin the app never serves.
+        for bad in [
+            "a.test/static",
+            "evil.com/@a.test",
+            "u@a.test",
+            "a.test?x",
+            "a.test#x",
+            "a.test page",
+            "a.test:80x",
+            "a.test:",
+            "",
+            "[::1",
+            "a\\b",
+        ] {
+            assert_eq!(key(bad, "/app.js"), None, "{bad:?}");
+        }
+        // Absolute form: a Host naming another authority is not keyed.
+        assert_eq!(
+            key("a.test", "http://a.test/x").as_deref(),
+            Some("http://a.test/x")
+        );
+        assert_eq!(key("evil.com", "http://a.test/x"), None);
+        // Two Host lines: not keyed.
+        let (mut parts, ()) = http::Request::get("/x")
+            .header("host", "a.test")
+            .body(())
+            .unwrap()
+            .into_parts();
+        parts.headers.append("host", "b.test".parse().unwrap());
+        assert!(RequestUri::from_request(&parts, "http").is_none());
     }
 
     #[test]
