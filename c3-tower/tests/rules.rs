@@ -406,6 +406,7 @@ async fn stale_entries_are_revalidated_with_validators_and_updated_by_304() {
             let mut r = resp(
                 &[
                     ("cache-control", "max-age=100"),
+                    ("c3-cache-control", "max-age=100"),
                     ("etag", "\"e1\""),
                     ("x-refreshed", "yes"),
                 ],
@@ -435,6 +436,9 @@ async fn stale_entries_are_revalidated_with_validators_and_updated_by_304() {
         "headers updated from the 304"
     );
     assert_eq!(origin.request(1).headers["if-none-match"], "\"e1\"");
+    // The field meant for the cache is not stored with the refresh, nor
+    // sent on to clients.
+    assert!(!p.headers.contains_key("c3-cache-control"));
     stored(&c3, w, 1).await;
 
     clock.advance(Duration::from_secs(50)); // fresh again thanks to max-age=100
@@ -444,6 +448,7 @@ async fn stale_entries_are_revalidated_with_validators_and_updated_by_304() {
         "{}",
         cache_status(&p)
     );
+    assert!(!p.headers.contains_key("c3-cache-control"));
     assert_eq!(origin.hits(), 2);
 }
 

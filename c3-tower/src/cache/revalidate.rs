@@ -26,7 +26,7 @@ use super::policy::Policy;
 use super::reuse::{self, Reuse};
 use super::serve::serve;
 use super::status::{CacheStatus, Fwd};
-use super::store::{HOP_BY_HOP, store_entry, store_response};
+use super::store::{HOP_BY_HOP, storable_headers, store_entry, store_response};
 use super::stored::StoredResponse;
 use c3_core::unix_micros;
 
@@ -268,8 +268,10 @@ fn refreshed(
         response_time,
     )
     .ok()?;
-    let mut headers = synth.headers;
-    headers.remove(header::AGE);
+    // What is stored (and served) is what a miss would store: without the
+    // fields meant for this cache (`C3-Cache-Control`), hop-by-hop fields
+    // and those the 304's `Connection` names, and `Age`.
+    let headers = storable_headers(&synth.headers);
     Some((
         // The selection the stored response was chosen by still holds.
         StoredResponse::new(
