@@ -71,7 +71,10 @@ pub(crate) fn decide(
         {
             return Reuse::MaxStale { age };
         }
-        if staleness <= stored.freshness.swr {
+        // A request's max-age or min-fresh without max-stale says the client
+        // does not want a stale response (RFC 9111 §5.2.1.1, §5.2.1.3): the
+        // response's stale-while-revalidate does not override that.
+        if staleness <= stored.freshness.swr && dirs.max_age.is_none() && dirs.min_fresh.is_none() {
             return Reuse::WhileRevalidate { age };
         }
     }
@@ -177,6 +180,22 @@ mod tests {
             decide(&s, &req(&[]), &d, now),
             Reuse::WhileRevalidate { .. }
         ));
+        // A reload (request max-age=0) or min-fresh wants nothing stale.
+        for d in [
+            Directives {
+                max_age: Some(0),
+                ..Directives::default()
+            },
+            Directives {
+                min_fresh: Some(1),
+                ..Directives::default()
+            },
+        ] {
+            assert!(matches!(
+                decide(&s, &req(&[]), &d, now),
+                Reuse::Revalidate { .. }
+            ));
+        }
         let d = Directives {
             max_stale: Some(None),
             ..Directives::default()
