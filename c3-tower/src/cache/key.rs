@@ -197,30 +197,19 @@ fn scheme_and_authority<'a>(
     fixed_authority: Option<&'a str>,
 ) -> Option<(&'a str, &'a str)> {
     let scheme = parts.uri.scheme_str().unwrap_or(default_scheme);
-    let mut hosts = parts.headers.get_all(http::header::HOST).iter();
-    let host = hosts.next();
-    if hosts.next().is_some() {
-        // Two Host lines: which one the application reads is anyone's guess.
-        return None;
-    }
     let authority = match (fixed_authority, parts.uri.authority()) {
         (Some(f), _) => f,
-        (None, Some(a)) => {
-            // An absolute-form target and a Host that names another
-            // authority: the key would follow one, the application may
-            // read the other.
-            let target = a.as_str().rsplit('@').next()?;
-            if host.is_some_and(|h| !h.as_bytes().eq_ignore_ascii_case(target.as_bytes())) {
-                return None;
-            }
-            a.as_str()
-        }
+        // Client side (or a proxy's outgoing request): the target names
+        // what is fetched.
+        (None, Some(a)) => a.as_str(),
         (None, None) => {
             // The Host header is the client's word, checked by nobody before
-            // us: anything but `host[:port]` (a `/`, `@`, `?`, space…) could
-            // make one resource's key another's — uncached instead.
-            let h = host?.to_str().ok()?;
-            if !is_authority(h) {
+            // us: anything but one `host[:port]` (a `/`, `@`, `?`, space, a
+            // second Host line…) could make one resource's key another's —
+            // uncached instead.
+            let mut hosts = parts.headers.get_all(http::header::HOST).iter();
+            let h = hosts.next()?.to_str().ok()?;
+            if hosts.next().is_some() || !is_authority(h) {
                 return None;
             }
             h
@@ -499,12 +488,12 @@ mod tests {
         ] {
             assert_eq!(key(bad, "/app.js"), None, "{bad:?}");
         }
-        // Absolute form: a Host naming another authority is not keyed.
+        // Absolute form (client side, a proxy's outgoing request): the
+        // target is what is fetched, and what is keyed.
         assert_eq!(
-            key("a.test", "http://a.test/x").as_deref(),
+            key("evil.com", "http://a.test/x").as_deref(),
             Some("http://a.test/x")
         );
-        assert_eq!(key("evil.com", "http://a.test/x"), None);
         // Two Host lines: not keyed.
         let (mut parts, ()) = http::Request::get("/x")
             .header("host", "a.test")
