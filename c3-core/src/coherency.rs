@@ -103,6 +103,8 @@ impl Stripe {
 pub(crate) struct FillToken {
     stripe: usize,
     bare_gen: u64,
+    /// The stripe's highest version (see `token_valid`).
+    max_version: u64,
     /// How many versions the stripe had recorded: a value of known version
     /// is judged by each one recorded since (see `Stripe::newer_since`), a
     /// value of unknown version (a load in flight, a fill not yet stored)
@@ -232,21 +234,23 @@ impl Coherency {
         Some(FillToken {
             stripe,
             bare_gen: s.bare_gen,
+            max_version: s.max_version,
             writes: s.writes,
             epoch: self.epoch.load(Ordering::Acquire),
         })
     }
 
-    /// Whether nothing has invalidated `key` since `token` was taken: no
-    /// version at all recorded on its stripe since (a value of unknown
-    /// version cannot be compared with one, and a late write can carry a
-    /// version below the stripe's highest — rule 3).
+    /// Whether nothing visibly invalidated `key` since `token` was taken: a
+    /// cheap early drop before a fill goes to L2, whose fence is what keeps
+    /// a stale fill out of L2, and `fill` (per version, rule 3) what keeps it
+    /// out of L1. It compares the stripe's highest version, so a fill is not
+    /// dropped for the versions its own transaction records.
     pub(crate) fn token_valid(&self, _key: &str, token: FillToken) -> bool {
         let s = self.lock(token.stripe);
         self.l1_enabled()
             && self.epoch.load(Ordering::Acquire) == token.epoch
             && s.bare_gen == token.bare_gen
-            && s.writes == token.writes
+            && s.max_version == token.max_version
     }
 
     /// Puts `entry` in L1 unless something invalidated `key` since `token` was
@@ -452,6 +456,7 @@ impl Coherency {
         FillToken {
             stripe,
             bare_gen: s.bare_gen,
+            max_version: s.max_version,
             writes: s.writes,
             epoch: self.epoch.load(Ordering::Acquire),
         }
@@ -660,7 +665,8 @@ mod tests {
             !c.join_valid(join),
             "a caller could join a load older than an applied write"
         );
-        assert!(!c.token_valid("k", fill));
+        // The load's own value, had it been stored, would not be kept either.
+        assert!(!c.fill("k", fill, entry(100)));
     }
 
     #[test]
