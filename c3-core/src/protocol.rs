@@ -121,13 +121,13 @@ pub(crate) fn parse(payload: &str) -> Result<Notification, ProtocolError> {
     };
     let sent_at_us = match ts {
         "" | "-" => None,
-        t => Some(t.parse::<u64>().map_err(|_| ProtocolError::BadHeader)?),
+        t => Some(digits(t).ok_or(ProtocolError::BadHeader)?),
     };
     let body = match op {
         "k" => Body::Written(body_lines(lines, |line| {
             let (v, key) = line.split_once(' ')?;
             validate_key(key, MAX_KEY_BYTES_LIMIT).ok()?;
-            Some((v.parse::<u64>().ok()?, key.to_owned()))
+            Some((digits(v)?, key.to_owned()))
         })?),
         "i" => Body::Invalidate(body_lines(lines, |line| {
             validate_key(line, MAX_KEY_BYTES_LIMIT).ok()?;
@@ -181,7 +181,7 @@ fn parse_pushed(line: &str, json: &str) -> Option<Pushed> {
     let (version, fresh, stale, key) = (f.next()?, f.next()?, f.next()?, f.next()?);
     let until = |t: &str| match t {
         "-" => Some(u64::MAX),
-        t => t.parse::<u64>().ok(),
+        t => digits(t),
     };
     validate_key(key, MAX_KEY_BYTES_LIMIT).ok()?;
     let fresh_until_us = until(fresh)?;
@@ -282,6 +282,15 @@ pub(crate) fn pack(header: &str, lines: impl IntoIterator<Item = String>) -> Vec
         out.push(cur);
     }
     out
+}
+
+/// A number as §3 writes it: ASCII digits only (`u64::from_str` would also
+/// take a leading `+`, which other implementations need not accept).
+fn digits(s: &str) -> Option<u64> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
 }
 
 #[cfg(test)]
@@ -393,6 +402,10 @@ mod tests {
             "c3|1|n|1|i\n",
             "c3|1|bad node|1|c",
             "c3|1|n|1|c|extra",
+            // Numbers are digits only.
+            "c3|1|n|+1|c",
+            "c3|1|n|1|k\n+5 a",
+            "c3|1|n|1|k\n 5 a",
         ] {
             assert!(parse(bad).is_err(), "{bad:?} should not parse");
         }
