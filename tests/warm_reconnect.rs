@@ -343,3 +343,53 @@ async fn a_promoted_standby_that_lost_commits_purges_l1() {
         "the node serves what the promoted server holds, not the write it lost"
     );
 }
+
+/// `C3::invalidate` — for a row changed behind c3's back — records the keys
+/// as deleted in the same transaction as its message, so a node that was
+/// away when it was sent finds them in its warm replay (it used to send
+/// only the message, and such a node kept its copy).
+#[tokio::test]
+async fn an_invalidation_sent_while_a_node_was_away_is_replayed() {
+    let db = TestDb::new("warm_invalidate").await;
+    let link = FaultProxy::start(support::database_addr()).await;
+    let node = db
+        .split_builder(&db.url, &link.url(&db.url))
+        .warm_reconnect(true)
+        .connect_timeout(Duration::from_secs(1))
+        .build()
+        .await
+        .unwrap();
+    let writer = db.node().await;
+    writer.set("k", &1u64).await.unwrap();
+    writer.set("other", &1u64).await.unwrap();
+    for k in ["k", "other"] {
+        assert_eq!(node.get::<u64>(k).await.unwrap().as_deref(), Some(&1));
+        assert!(node.is_cached_locally(k));
+    }
+    marked(&node).await;
+    let before = node.stats();
+    link.refuse_new();
+    assert_eq!(db.kill_listener(&node).await, 1);
+    wait_until("the node sees the loss", DELIVERY, || async {
+        node.listener_state() != ListenerState::Listening
+    })
+    .await;
+    // Behind c3's back: the row goes, with no deletion record; then the
+    // remedy the docs give, an invalidation.
+    let sql = support::connect(&db.url).await;
+    sql.execute(&format!("DELETE FROM {} WHERE key = 'k'", db.table()), &[])
+        .await
+        .unwrap();
+    writer.invalidate("k").await.unwrap();
+    link.forward();
+    reconnected(&node, &before).await;
+    let after = node.stats();
+    assert_eq!(
+        after.warm_reconnect_fallbacks - before.warm_reconnect_fallbacks,
+        0,
+        "a warm reconnect, not a purge"
+    );
+    assert!(!node.is_cached_locally("k"), "the replay dropped k");
+    assert_eq!(node.get::<u64>("k").await.unwrap(), None);
+    assert!(node.is_cached_locally("other"), "the rest of L1 was kept");
+}

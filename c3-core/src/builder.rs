@@ -317,12 +317,9 @@ impl C3Builder {
     /// Turn it on only if **every invalidator goes through the table**: c3
     /// nodes, the SQL invalidation function (c3-sqlx's `invalidate` and
     /// triggers), or deletes that record themselves (PROTOCOL.md §4.1). A
-    /// bare `pg_notify` from a foreign client leaves nothing to replay, and
-    /// neither does [`C3::invalidate`](crate::C3::invalidate) (an `i`
-    /// message, nothing recorded; c3-axum's admin endpoint uses it): a node
-    /// that was disconnected when it was sent keeps its copy unless the row
-    /// itself changed in L2 — with warm reconnect, change or delete the row
-    /// (`delete`, the SQL function) rather than only invalidate it.
+    /// bare `pg_notify` from a foreign client leaves nothing to replay.
+    /// [`C3::invalidate`](crate::C3::invalidate) records its keys, so it is
+    /// replayed too.
     pub fn warm_reconnect(mut self, on: bool) -> Self {
         self.warm_reconnect = on;
         self

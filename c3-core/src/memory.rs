@@ -270,6 +270,18 @@ impl MemoryStore {
         (keys, version)
     }
 
+    pub(crate) fn invalidate(&self, keys: &[&str], payloads: &[String]) {
+        let mut state = self.server.lock();
+        state.version += 1;
+        let version = state.version;
+        for k in keys {
+            state.deleted.insert((*k).to_owned(), version);
+        }
+        for p in payloads {
+            self.server.notify(p);
+        }
+    }
+
     pub(crate) fn publish(&self, payloads: &[String]) {
         let _state = self.server.lock();
         for p in payloads {
@@ -363,6 +375,11 @@ impl Store for MemoryStore {
 
     fn publish<'a>(&'a self, payloads: &'a [String]) -> Call<'a, ()> {
         MemoryStore::publish(self, payloads);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn invalidate<'a>(&'a self, keys: &'a [&'a str], payloads: &'a [String]) -> Call<'a, ()> {
+        MemoryStore::invalidate(self, keys, payloads);
         Box::pin(std::future::ready(Ok(())))
     }
 

@@ -131,8 +131,14 @@ pub(crate) trait Store: Send + Sync {
     /// Deletes every entry tagged `tag` and publishes their new version.
     fn invalidate_tag<'a>(&'a self, tag: &'a str, header: &'a str) -> Call<'a, (Vec<String>, u64)>;
 
-    /// Publishes ready-made payloads (unversioned invalidations).
+    /// Publishes ready-made payloads (heartbeats and the like).
     fn publish<'a>(&'a self, payloads: &'a [String]) -> Call<'a, ()>;
+
+    /// Records `keys` as deleted — without deleting their rows — and
+    /// publishes `payloads` (their unversioned invalidation), atomically: so
+    /// a node that was disconnected finds them in its warm replay, and fills
+    /// of those keys in progress are refused, as for a delete.
+    fn invalidate<'a>(&'a self, keys: &'a [&'a str], payloads: &'a [String]) -> Call<'a, ()>;
 
     /// Deletes every row and publishes `payload` (a clear message) atomically.
     fn clear<'a>(&'a self, payload: &'a str) -> Call<'a, ()>;

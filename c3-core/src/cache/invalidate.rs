@@ -81,11 +81,12 @@ impl C3 {
     }
 
     /// Drops `key` from every node's L1 without touching L2 — for when the L2
-    /// row was changed behind c3's back, or to force a re-read. Nothing is
-    /// recorded in the table: a node using
-    /// [`warm_reconnect`](crate::C3Builder::warm_reconnect) that was
-    /// disconnected when this was sent keeps its copy, unless the row itself
-    /// changed.
+    /// row was changed behind c3's back, or to force a re-read. The keys
+    /// are recorded as deleted (their rows stay) in the same transaction as
+    /// the message, so a node using
+    /// [`warm_reconnect`](crate::C3Builder::warm_reconnect) that was away
+    /// when it was sent drops them too, and fills of them in progress are
+    /// refused.
     ///
     /// # Errors
     ///
@@ -124,7 +125,7 @@ impl C3 {
         }
         self.inner
             .l2
-            .call("invalidate", |s| s.publish(&payloads))
+            .call("invalidate", |s| s.invalidate(keys, &payloads))
             .await?;
         Counters::inc(&self.inner.counters.key_invalidations_sent);
         Ok(())

@@ -628,6 +628,25 @@ impl PgStore {
         Ok((keys, version))
     }
 
+    /// Records the keys' deletions (waiting for fills of them in progress,
+    /// making later ones wait), then notifies and commits — a bounded
+    /// transaction, like `delete` without its DELETE.
+    pub(crate) async fn invalidate(&self, keys: &[&str], payloads: &[String]) -> Result<()> {
+        let op = "invalidate";
+        let pg = |e| Error::postgres(op, e);
+        let s = self.session(op).await?;
+        let begin = begin_sql(op, None)?;
+        let record = s.ready(&self.sql.record_deletes).await.map_err(pg)?;
+        let no_tags: &[&str] = &[];
+        let params: [&(dyn ToSql + Sync); 2] = [&keys, &no_tags];
+        let (b, r) = tokio::join!(biased; s.batch_execute(&begin), s.run(&record, &params));
+        b.map_err(pg)?;
+        r.map_err(pg)?;
+        self.notify_and_commit(&s, payloads, op).await?;
+        s.done();
+        Ok(())
+    }
+
     pub(crate) async fn publish(&self, payloads: &[String]) -> Result<()> {
         let s = self.session("publish").await?;
         let pg = |e| Error::postgres("publish", e);
@@ -815,6 +834,10 @@ impl Store for PgStore {
 
     fn publish<'a>(&'a self, payloads: &'a [String]) -> Call<'a, ()> {
         Box::pin(PgStore::publish(self, payloads))
+    }
+
+    fn invalidate<'a>(&'a self, keys: &'a [&'a str], payloads: &'a [String]) -> Call<'a, ()> {
+        Box::pin(PgStore::invalidate(self, keys, payloads))
     }
 
     fn clear<'a>(&'a self, payload: &'a str) -> Call<'a, ()> {
