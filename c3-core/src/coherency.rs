@@ -612,13 +612,18 @@ mod tests {
     /// highest version can already be above the write that makes a read
     /// stale. The relay's history checker found this (a read filling L1 with
     /// the value before a write whose message had just been applied).
+    /// Another key on `key`'s stripe.
+    fn stripe_mate(key: &str) -> String {
+        (0..10_000)
+            .map(|i| format!("other{i}"))
+            .find(|k| Coherency::stripe_of(k) == Coherency::stripe_of(key) && k != key)
+            .expect("a key sharing the stripe")
+    }
+
     #[test]
     fn a_write_below_the_stripes_highest_version_still_drops_an_older_fill() {
         let c = engine();
-        let other = (0..10_000)
-            .map(|i| format!("other{i}"))
-            .find(|k| Coherency::stripe_of(k) == Coherency::stripe_of("k") && k != "k")
-            .expect("a key sharing k's stripe");
+        let other = stripe_mate("k");
         // Another key of the stripe committed later with a higher version,
         // and its message came first.
         c.apply_written(&other, 110);
@@ -650,10 +655,7 @@ mod tests {
     #[test]
     fn a_write_below_the_stripes_highest_version_ends_joins_of_an_older_load() {
         let c = engine();
-        let other = (0..10_000)
-            .map(|i| format!("other{i}"))
-            .find(|k| Coherency::stripe_of(k) == Coherency::stripe_of("k") && k != "k")
-            .expect("a key sharing k's stripe");
+        let other = stripe_mate("k");
         c.apply_written(&other, 110);
         // A load of k starts (its value: k before the write below).
         let join = c.join_token("k");

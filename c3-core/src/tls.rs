@@ -283,7 +283,8 @@ fn keyword_value(
     }
 }
 
-fn percent_decode(s: &str) -> Result<String, String> {
+/// `%XX` escapes of a URL component decoded (also NATS URLs' credentials).
+pub(crate) fn percent_decode(s: &str) -> Result<String, String> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

@@ -258,26 +258,9 @@ fn split_credentials(urls: &str) -> Result<(String, Option<Auth>), String> {
     Ok((plain.join(","), found))
 }
 
-/// `%XX` escapes decoded (URL userinfo).
+/// A URL component's `%XX` escapes decoded (the one decoder, `tls`'s).
 fn percent_decode(text: &str) -> Result<String, String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes
-                .get(i + 1..i + 3)
-                .and_then(|h| std::str::from_utf8(h).ok())
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| "NATS URL: a bad %-escape in its credentials".to_owned())?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| "NATS URL: its credentials are not UTF-8".to_owned())
+    crate::tls::percent_decode(text).map_err(|e| format!("NATS URL credentials: {e}"))
 }
 
 #[cfg(test)]
